@@ -1,0 +1,421 @@
+"""Character backends for the serial console: where UART output goes, where input comes from.
+
+Every backend has the same three calls:
+  write(data)               guest output; never raises for a vanished reader
+  start(sink, on_quit=None) begin delivering host input as sink(bytes)
+  close()                   stop input, restore the terminal, release files
+
+parse_serial() turns a --serial argument into a backend.
+"""
+from __future__ import annotations
+
+import _thread
+import atexit
+import errno
+import os
+import select
+import socket
+import stat
+import sys
+import termios
+import threading
+from typing import Callable
+
+Sink = Callable[[bytes], None]
+
+CTRL_A = 0x01
+HELP_TEXT = (
+    "\r\n"
+    "C-a h    print this help\r\n"
+    "C-a x    exit the VM\r\n"
+    "C-a C-a  send C-a to the guest\r\n"
+)
+READ_CHUNK = 4096
+
+
+class ChardevError(Exception):
+    """A serial backend that cannot be set up (bad spec, unusable path)."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write everything, waiting out a non-blocking fd instead of dropping bytes."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
+class _Reader:
+    """Reads an fd on a daemon thread until EOF or stop(); a wake-up pipe makes stop() prompt."""
+
+    def __init__(self, fd: int, on_data: Sink, name: str):
+        self._fd = fd
+        self._on_data = on_data
+        self._wake_r, self._wake_w = os.pipe()
+        self.eof = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([self._fd, self._wake_r], [], [])
+                if self._wake_r in ready:
+                    return
+                try:
+                    data = os.read(self._fd, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""      # EIO: the terminal hung up
+                if not data:
+                    return
+                self._on_data(data)
+        finally:
+            self.eof.set()
+
+    def stop(self) -> None:
+        if self._wake_w < 0:
+            return
+        os.write(self._wake_w, b"x")
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        os.close(self._wake_w)
+        os.close(self._wake_r)
+        self._wake_w = self._wake_r = -1
+
+
+class Chardev:
+    """Base backend: discards output and has no input (the `none` backend)."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+NullChardev = Chardev
+
+
+class EscapeFilter:
+    """QEMU-style console escapes: Ctrl-A x quits, Ctrl-A h help, Ctrl-A Ctrl-A a literal Ctrl-A.
+
+    Any other key after Ctrl-A is swallowed, as QEMU does. Input after a quit
+    is discarded, so keys typed past Ctrl-A x never reach the guest.
+    """
+
+    def __init__(self, on_quit: Callable[[], None], on_help: Callable[[], None]):
+        self.on_quit = on_quit
+        self.on_help = on_help
+        self._escaped = False
+        self.quit = False
+
+    def feed(self, data: bytes) -> bytes:
+        out = bytearray()
+        for byte in data:
+            if self.quit:
+                break
+            if not self._escaped:
+                if byte == CTRL_A:
+                    self._escaped = True
+                else:
+                    out.append(byte)
+                continue
+            self._escaped = False
+            if byte == CTRL_A:
+                out.append(CTRL_A)
+            elif byte == ord("x"):
+                self.quit = True
+                self.on_quit()
+            elif byte in (ord("h"), ord("?")):
+                self.on_help()
+        return bytes(out)
+
+
+def _raw_mode(attrs: list) -> list:
+    """cfmakeraw(), except OPOST stays on so host messages with plain \\n still render."""
+    iflag, oflag, cflag, lflag, ispeed, ospeed, cc = attrs
+    iflag &= ~(termios.IGNBRK | termios.BRKINT | termios.PARMRK | termios.ISTRIP
+               | termios.INLCR | termios.IGNCR | termios.ICRNL | termios.IXON)
+    lflag &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+    cflag = (cflag & ~(termios.CSIZE | termios.PARENB)) | termios.CS8
+    cc = list(cc)
+    cc[termios.VMIN] = 1
+    cc[termios.VTIME] = 0
+    return [iflag, oflag, cflag, lflag, ispeed, ospeed, cc]
+
+
+class StdioChardev(Chardev):
+    """The controlling terminal (or whatever stdin/stdout are).
+
+    On a TTY, input is put in raw mode so Ctrl-C and friends reach the guest,
+    and Ctrl-A escapes control the VMM. The old terminal mode comes back on
+    close() or at interpreter exit. Piped stdin is passed through untouched
+    (no escapes unless asked for) and its EOF just ends input.
+    on_quit defaults to interrupting the main thread, like a Ctrl-C would.
+    """
+
+    def __init__(self, stdin_fd: int = 0, stdout_fd: int = 1, stderr_fd: int = 2,
+                 escapes: bool | None = None):
+        self.stdin_fd = stdin_fd
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.is_tty = os.isatty(stdin_fd)
+        self.escapes = self.is_tty if escapes is None else escapes
+        self._saved_attrs = None
+        self._reader: _Reader | None = None
+        self._out_lock = threading.Lock()
+        self._out_dead = False
+        self._sink: Sink | None = None
+        self._filter: EscapeFilter | None = None
+
+    def write(self, data: bytes) -> None:
+        with self._out_lock:
+            if self._out_dead:
+                return
+            try:
+                _write_all(self.stdout_fd, data)
+            except OSError as e:
+                if e.errno not in (errno.EPIPE, errno.EIO, errno.EBADF):
+                    raise
+                self._out_dead = True   # nobody is reading: drop output from now on
+
+    def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
+        if self._reader is not None:
+            raise ChardevError("stdio chardev already started")
+        if self.stdout_fd == 1:
+            sys.stdout.flush()          # earlier buffered prints come first
+        self._sink = sink
+        if self.escapes:
+            self._filter = EscapeFilter(on_quit or _thread.interrupt_main, self._print_help)
+        if self.is_tty:
+            self._saved_attrs = termios.tcgetattr(self.stdin_fd)
+            atexit.register(self._restore_terminal)
+            termios.tcsetattr(self.stdin_fd, termios.TCSANOW, _raw_mode(self._saved_attrs))
+        self._reader = _Reader(self.stdin_fd, self._on_input, "stdio-input")
+
+    def _on_input(self, data: bytes) -> None:
+        if self._filter is not None:
+            data = self._filter.feed(data)
+        if data:
+            self._sink(data)
+
+    def _print_help(self) -> None:
+        try:
+            _write_all(self.stderr_fd, HELP_TEXT.encode())
+        except OSError:
+            pass
+
+    def _restore_terminal(self) -> None:
+        if self._saved_attrs is not None:
+            try:
+                termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, self._saved_attrs)
+            except (termios.error, OSError):
+                pass
+            self._saved_attrs = None
+
+    @property
+    def input_ended(self) -> bool:
+        """True once stdin hit EOF (or close() stopped reading)."""
+        return self._reader is not None and self._reader.eof.is_set()
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.stop()
+        self._restore_terminal()
+        atexit.unregister(self._restore_terminal)
+
+
+class FileChardev(Chardev):
+    """Output to a file (truncated, or appended with append=True); there is no input."""
+
+    def __init__(self, path: str, append: bool = False):
+        self.path = path
+        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            self._fd = os.open(path, flags, 0o644)
+        except OSError as e:
+            raise ChardevError(f"--serial: cannot open {path}: {e.strerror or e}") from None
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                _write_all(self._fd, data)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+class UnixSocketChardev(Chardev):
+    """A listening UNIX stream socket; one client at a time is the console.
+
+    Output goes to the connected client and is dropped while there is none.
+    Further clients wait in the listen backlog until the current one leaves.
+    A stale socket file is replaced; a live one (something accepts) or a
+    path that is not a socket is refused.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._remove_stale(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(path)
+            self._listener.listen(1)
+        except OSError as e:
+            self._listener.close()
+            raise ChardevError(f"--serial: cannot listen on {path}: {e.strerror or e}") from None
+        self._inode = os.stat(path).st_ino
+        self._client: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self.clients = 0            # connections accepted so far
+
+    @staticmethod
+    def _remove_stale(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ChardevError(f"--serial: {path} exists and is not a socket; "
+                               "refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)         # nobody listening: a leftover from an earlier run
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass                    # e.g. a full accept queue: someone is there
+        finally:
+            probe.close()
+        raise ChardevError(f"--serial: {path} is in use by another listener")
+
+    def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
+        if self._thread is not None:
+            raise ChardevError("unix chardev already started")
+        self._thread = threading.Thread(target=self._serve, args=(sink,),
+                                        name=f"serial-unix:{self.path}", daemon=True)
+        self._thread.start()
+
+    def _serve(self, sink: Sink) -> None:
+        while True:
+            ready, _, _ = select.select([self._listener, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                self._client = client
+                self.clients += 1
+            self._connected.set()
+            stopping = self._pump_client(client, sink)
+            self._drop_client(client)
+            if stopping:
+                return
+
+    def _pump_client(self, client: socket.socket, sink: Sink) -> bool:
+        """Deliver the client's bytes until it leaves; True if close() interrupted."""
+        while True:
+            ready, _, _ = select.select([client, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return True
+            try:
+                data = client.recv(READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                return False
+            sink(data)
+
+    def _drop_client(self, client: socket.socket) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+                self._connected.clear()
+            client.close()
+
+    def wait_for_client(self, timeout: float | None = None) -> bool:
+        """Block until a client is connected (for tests and scripted consoles)."""
+        return self._connected.wait(timeout)
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            client = self._client
+            if client is None:
+                return
+            try:
+                client.sendall(data)
+            except OSError:
+                self._client = None     # gone; the serve thread notices EOF and closes it
+                self._connected.clear()
+
+    def close(self) -> None:
+        if self._wake_w < 0:
+            return
+        os.write(self._wake_w, b"x")
+        client = self._client
+        if client is not None:
+            try:
+                client.shutdown(socket.SHUT_RDWR)   # unblocks a write() stuck in sendall
+            except OSError:
+                pass
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        self._listener.close()
+        os.close(self._wake_w)
+        os.close(self._wake_r)
+        self._wake_w = self._wake_r = -1
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)    # only our own socket, not a successor's
+        except FileNotFoundError:
+            pass
+
+
+SERIAL_USAGE = "--serial: expected stdio, file:PATH, unix:PATH or none"
+
+
+def parse_serial(spec: str) -> Chardev:
+    """Build the backend for a --serial argument; files and sockets are opened now."""
+    if spec == "stdio":
+        return StdioChardev()
+    if spec == "none":
+        return NullChardev()
+    kind, sep, path = spec.partition(":")
+    if sep and path:
+        if kind == "file":
+            return FileChardev(path)
+        if kind == "unix":
+            return UnixSocketChardev(path)
+    raise ChardevError(f"{SERIAL_USAGE}, got {spec!r}")

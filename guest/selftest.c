@@ -1,0 +1,351 @@
+/*
+ * Self-tests.  Each returns NULL on success or a reason; the runner
+ * prints "PASS name" / "FAIL name: reason" and a closing count line.
+ */
+#include "monitor.h"
+#include "acpi.h"
+#include "apic.h"
+#include "console.h"
+#include "cpu.h"
+#include "lib.h"
+#include "mm.h"
+#include "multiboot.h"
+#include "pci.h"
+#include "rtc.h"
+#include "smp.h"
+#include "timer.h"
+#include "trap.h"
+#include "x86.h"
+
+static char why[160];
+
+#define FAIL(...) ({ ksnprintf(why, sizeof(why), __VA_ARGS__); why; })
+
+static const char *test_memmap(void)
+{
+	if (!bootinfo.valid || !(bootinfo.flags & MB_INFO_MMAP) || !bootinfo.nmmap)
+		return "no multiboot memory map";
+	if (!(bootinfo.flags & MB_INFO_MEM))
+		return "no mem_lower/mem_upper";
+	bool ram_at_1m = false;
+	uint64_t upper = 0;
+	for (int i = 0; i < bootinfo.nmmap; i++) {
+		const struct mmap_region *r = &bootinfo.mmap[i];
+		if (r->len == 0)
+			return FAIL("entry %d is empty", i);
+		if (r->addr + r->len < r->addr)
+			return FAIL("entry %d wraps", i);
+		if (i) {
+			const struct mmap_region *p = &bootinfo.mmap[i - 1];
+			if (r->addr < p->addr)
+				return FAIL("entry %d (0x%lx) not sorted", i, r->addr);
+			if (r->addr < p->addr + p->len)
+				return FAIL("entry %d (0x%lx) overlaps entry %d", i, r->addr, i - 1);
+		}
+		if (r->type == 1 && r->addr <= 0x100000 && r->addr + r->len > 0x100000)
+			ram_at_1m = true;
+		if (r->type == 1 && r->addr >= 0x100000)
+			upper += r->len / 1024;
+	}
+	if (!ram_at_1m)
+		return "no available RAM at 1 MiB";
+	uint64_t mu = bootinfo.mem_upper;
+	uint64_t diff = upper > mu ? upper - mu : mu - upper;
+	if (diff > MAX(1024, mu / 32))
+		return FAIL("RAM above 1 MiB is %lu KiB, mem_upper says %lu KiB", upper, mu);
+	return NULL;
+}
+
+static const char *test_acpi(void)
+{
+	if (!acpi.present)
+		return "no ACPI";
+	if (acpi.ntables == 0)
+		return "no RSDT/XSDT";
+	if (acpi_checksum(PHYS_TO_VIRT(acpi.rsdp_pa), 20) != 0)
+		return "RSDP checksum";
+	for (int i = 0; i < acpi.ntables; i++) {
+		const struct acpi_table *t = &acpi.tables[i];
+		/* Recompute: the table must still be intact now. */
+		if (acpi_checksum(PHYS_TO_VIRT(t->pa), t->len) != 0)
+			return FAIL("%s at 0x%lx: bad checksum", t->sig, t->pa);
+	}
+	if (!acpi_find("APIC"))
+		return "no MADT";
+	if (!acpi_find("FACP"))
+		return "no FADT";
+	return NULL;
+}
+
+static const char *test_madt(void)
+{
+	if (!acpi.have_madt)
+		return "no MADT";
+	if (acpi.nlapic != ncpus)
+		return FAIL("MADT lists %d enabled CPUs, %d online", acpi.nlapic, ncpus);
+	for (int i = 0; i < acpi.nlapic; i++) {
+		bool found = false;
+		for (int c = 0; c < MAX_CPUS; c++)
+			found |= cpus[c].online && cpus[c].apic_id == acpi.lapics[i].apic_id;
+		if (!found)
+			return FAIL("APIC id %u from the MADT is not online", acpi.lapics[i].apic_id);
+	}
+	return NULL;
+}
+
+static const char *test_ipi(void)
+{
+	if (acpi.have_madt && acpi.nlapic != ncpus)
+		return FAIL("%d of %d cores online", ncpus, acpi.nlapic);
+	for (int i = 0; i < MAX_CPUS; i++) {
+		if (!cpus[i].online)
+			continue;
+		if (!smp_ping(i, 100000))
+			return FAIL("core %d (APIC id %u) did not answer", i, cpus[i].apic_id);
+	}
+	return NULL;
+}
+
+/* The shootdown test maps TEST_WINDOW_VA with a 4 KiB page. */
+extern uint64_t boot_pdpt_high[];
+static uint64_t tw_pd[512] __attribute__((aligned(PAGE_SIZE)));
+static uint64_t tw_pt[512] __attribute__((aligned(PAGE_SIZE)));
+static uint64_t frame_a[512] __attribute__((aligned(PAGE_SIZE)));
+static uint64_t frame_b[512] __attribute__((aligned(PAGE_SIZE)));
+
+static void window_map(uint64_t *frame)
+{
+	if (!boot_pdpt_high[0]) {
+		tw_pd[0] = KVA_TO_PA(tw_pt) | PTE_P | PTE_W;
+		boot_pdpt_high[0] = KVA_TO_PA(tw_pd) | PTE_P | PTE_W;
+	}
+	tw_pt[0] = KVA_TO_PA(frame) | PTE_P | PTE_W;
+}
+
+static const char *test_shootdown(void)
+{
+	const uint64_t A = 0xAAAA0000AAAA0001ULL, B = 0xBBBB0000BBBB0002ULL;
+	frame_a[0] = A;
+	frame_b[0] = B;
+
+	window_map(frame_a);
+	int acks = tlb_shootdown(TEST_WINDOW_VA, true);     /* everyone caches A */
+	if (acks != ncpus)
+		return FAIL("%d of %d cores acknowledged", acks, ncpus);
+	for (int i = 0; i < MAX_CPUS; i++)
+		if (cpus[i].online && cpus[i].probe_val != A)
+			return FAIL("core %d read 0x%lx before the change", i, cpus[i].probe_val);
+
+	window_map(frame_b);                                /* no local invlpg here */
+	acks = tlb_shootdown(TEST_WINDOW_VA, true);
+	if (acks != ncpus)
+		return FAIL("%d of %d cores acknowledged", acks, ncpus);
+	for (int i = 0; i < MAX_CPUS; i++)
+		if (cpus[i].online && cpus[i].probe_val != B)
+			return FAIL("core %d still reads 0x%lx", i, cpus[i].probe_val);
+	return NULL;
+}
+
+static volatile int ticks;
+static volatile uint64_t tick_first, tick_last;
+
+static void timer_tick(struct trapframe *tf)
+{
+	uint64_t t = rdtsc();
+	if (ticks == 0)
+		tick_first = t;
+	tick_last = t;
+	ticks++;
+}
+
+static const char *test_timer(void)
+{
+	const int want = 21;            /* 20 periods of 1 ms */
+	if (!lapic_timer_hz)
+		return "LAPIC timer frequency unknown";
+	uint32_t count = lapic_timer_hz / 1000;
+
+	ticks = 0;
+	irq_register(VEC_TIMER, timer_tick);
+	lapic_timer_periodic(VEC_TIMER, count);
+	uint64_t end = tsc_deadline_us(500000);
+	while (ticks < want && !tsc_passed(end))
+		pause();
+	uint64_t f = irq_save();
+	lapic_timer_stop();
+	int n = ticks;
+	uint64_t span = tick_last - tick_first;
+	irq_restore(f);
+	irq_register(VEC_TIMER, NULL);
+
+	if (n < 2)
+		return FAIL("%d timer interrupts in 500 ms", n);
+	uint64_t period = span / (n - 1);       /* TSC cycles */
+	uint64_t pct = period * 100 / tsc_khz;  /* tsc_khz = cycles per ms */
+	if (pct < 90 || pct > 110)
+		return FAIL("period %lu us, programmed 1000 us", period * 1000 / tsc_khz);
+	return NULL;
+}
+
+static const char *test_pci(void)
+{
+	uint32_t id = pci_read32_cf8(0, 0, 0, 0);
+	uint32_t cls = pci_read32_cf8(0, 0, 0, 8);
+	if ((id & 0xFFFF) == 0xFFFF)
+		return "nothing at 00:00.0 (0xCF8)";
+	if ((cls >> 16) != 0x0600)
+		return FAIL("00:00.0 class %02x/%02x, want 06/00", cls >> 24, (cls >> 16) & 0xFF);
+	uint32_t eid, ecls;
+	if (pci_read32_ecam(0, 0, 0, 0, &eid) && pci_read32_ecam(0, 0, 0, 8, &ecls)) {
+		if (eid != id || ecls != cls)
+			return FAIL("ECAM reads %08x/%08x, 0xCF8 %08x/%08x", eid, ecls, id, cls);
+	}
+	if (pci_scan() < 1)
+		return "scan found nothing";
+	return NULL;
+}
+
+static const char *test_serial(void)
+{
+	return console_loopback_test(why, sizeof(why));
+}
+
+static const char *test_pit(void)
+{
+	pit_start_ch0();
+	uint16_t c1 = pit_read_ch0();
+	uint64_t t0 = rdtsc();
+	udelay(2000);
+	uint16_t c2 = pit_read_ch0();
+	uint64_t t1 = rdtsc();
+	uint16_t delta = c1 - c2;               /* counts down, mod 2^16 */
+	uint64_t expect = (t1 - t0) * PIT_HZ / (tsc_khz * 1000);
+	if (delta == 0)
+		return FAIL("channel 0 stuck at 0x%04x", c1);
+	if (delta < expect / 2 || delta > expect * 2)
+		return FAIL("counted %u in %lu us, expected about %lu", delta,
+			    tsc_to_ns(t1 - t0) / 1000, expect);
+	return NULL;
+}
+
+static const char *test_rtc(void)
+{
+	uint8_t h, m, s;
+	const char *err = rtc_read(&h, &m, &s);
+	if (err)
+		return err;
+	if (s > 59 || m > 59)
+		return FAIL("time %02u:%02u:%02u out of range", h, m, s);
+	return NULL;
+}
+
+/*
+ * Deliberately executes XSAVE/XRSTOR (not a default test): on kvm_pvm
+ * hosts they end KVM_RUN with an emulation failure unless the VMM
+ * completes them.  Round-trips the x87 control word through memory.
+ */
+static uint8_t xsave_area[2][4096] __attribute__((aligned(64)));
+
+static uint64_t xsave_xgetbv0(void)
+{
+	uint32_t lo, hi;
+	asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return ((uint64_t)hi << 32) | lo;
+}
+
+static void xsave_save(void *area, uint64_t mask)
+{
+	asm volatile("xsave64 (%0)" :: "r"(area), "a"((uint32_t)mask), "d"((uint32_t)(mask >> 32)) : "memory");
+}
+
+static void xsave_restore(const void *area, uint64_t mask)
+{
+	asm volatile("xrstor64 (%0)" :: "r"(area), "a"((uint32_t)mask), "d"((uint32_t)(mask >> 32)) : "memory");
+}
+
+static const char *selftest_xsave(void)
+{
+	if (!cpuinfo.xsave)
+		return "CPUID says no XSAVE";
+	uint64_t cr4 = read_cr4();
+	write_cr4(cr4 | CR4_OSXSAVE);
+	const char *err = NULL;
+	uint64_t xcr0 = xsave_xgetbv0();
+	if (!(xcr0 & 1)) {
+		err = FAIL("XCR0 0x%lx lacks x87", xcr0);
+		goto out;
+	}
+	memset(xsave_area, 0, sizeof(xsave_area));
+	xsave_save(xsave_area[0], 1);
+	uint16_t fcw = *(uint16_t *)xsave_area[0];
+	memcpy(xsave_area[1], xsave_area[0], 4096);
+	*(uint16_t *)xsave_area[1] = fcw ^ 0x0C00;          /* flip rounding control */
+	xsave_area[1][512] |= 1;                            /* XSTATE_BV: x87 valid */
+	xsave_restore(xsave_area[1], 1);
+	memset(xsave_area[0], 0, 4096);
+	xsave_save(xsave_area[0], 1);
+	uint16_t got = *(uint16_t *)xsave_area[0];
+	*(uint16_t *)xsave_area[1] = fcw;
+	xsave_restore(xsave_area[1], 1);                    /* put it back */
+	if (got != (fcw ^ 0x0C00))
+		err = FAIL("FCW after xrstor/xsave is 0x%04x, want 0x%04x", got, fcw ^ 0x0C00);
+out:
+	write_cr4(cr4);
+	return err;
+}
+
+struct selftest {
+	const char *name;
+	const char *(*fn)(void);
+	bool dflt;
+};
+
+static const struct selftest tests[] = {
+	{ "memmap", test_memmap, true },
+	{ "acpi", test_acpi, true },
+	{ "madt", test_madt, true },
+	{ "ipi", test_ipi, true },
+	{ "shootdown", test_shootdown, true },
+	{ "timer", test_timer, true },
+	{ "pci", test_pci, true },
+	{ "serial", test_serial, true },
+	{ "pit", test_pit, true },
+	{ "rtc", test_rtc, true },
+	{ "xsave", selftest_xsave, false },
+};
+
+static bool run_one(const struct selftest *t)
+{
+	why[0] = 0;
+	const char *err = t->fn();
+	if (err)
+		kprintf("FAIL %s: %s\n", t->name, err);
+	else
+		kprintf("PASS %s\n", t->name);
+	return !err;
+}
+
+int selftest_main(int argc, char **argv)
+{
+	int passed = 0, failed = 0;
+
+	if (argc == 0) {
+		for (size_t i = 0; i < ARRAY_SIZE(tests); i++)
+			if (tests[i].dflt)
+				run_one(&tests[i]) ? passed++ : failed++;
+	}
+	for (int a = 0; a < argc; a++) {
+		size_t i;
+		for (i = 0; i < ARRAY_SIZE(tests); i++)
+			if (!strcmp(argv[a], tests[i].name))
+				break;
+		if (i == ARRAY_SIZE(tests)) {
+			kprintf("FAIL %s: no such test\n", argv[a]);
+			failed++;
+		} else {
+			run_one(&tests[i]) ? passed++ : failed++;
+		}
+	}
+	kprintf("%d passed, %d failed\n", passed, failed);
+	return failed != 0;
+}

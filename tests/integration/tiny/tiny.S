@@ -1,0 +1,150 @@
+/* tiny: a Multiboot 1 kernel for akvm's integration tests.
+ * 32-bit code, paging off. The first byte of the command line picks
+ * what it does after printing its banner:
+ *   p  power off through the ACPI PM1a control port
+ *   r  reset through port 0xCF9
+ *   t  triple fault (empty IDT, then ud2)
+ *   s  start the second CPU with INIT-SIPI-SIPI; it prints, then power off
+ *   e  echo serial input until 'q', then power off
+ */
+	.set MB_MAGIC, 0x1BADB002
+	.set MB_FLAGS, 0x3
+	.set COM1, 0x3F8
+	.set PM1A_CNT, 0x604
+	.set TRAMPOLINE, 0x8000
+	.set AP_FLAG, 0x9F000
+	.set LAPIC_SVR, 0xFEE000F0
+	.set LAPIC_ICR_LO, 0xFEE00300
+	.set LAPIC_ICR_HI, 0xFEE00310
+
+	.section .text
+	.code32
+	.align 4
+	.long MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
+
+	.globl _start
+_start:
+	mov $0x200000, %esp
+	mov %ebx, %ebp
+	mov $banner, %esi
+	call puts
+	mov 16(%ebp), %esi		/* multiboot info: cmdline */
+	call puts
+	mov $newline, %esi
+	call puts
+	mov 16(%ebp), %esi
+	movb (%esi), %al
+	cmp $'p', %al
+	je poweroff
+	cmp $'r', %al
+	je reset
+	cmp $'t', %al
+	je triple
+	cmp $'s', %al
+	je smp
+	cmp $'e', %al
+	je echo
+	jmp poweroff
+
+poweroff:
+	mov $PM1A_CNT, %dx
+	mov $0x3400, %ax		/* SLP_TYP 5, SLP_EN */
+	out %ax, %dx
+1:	hlt
+	jmp 1b
+
+reset:
+	mov $0xCF9, %dx
+	mov $0x06, %al
+	out %al, %dx
+1:	hlt
+	jmp 1b
+
+triple:
+	lidt null_idt
+	ud2
+
+echo:
+	mov $COM1 + 5, %dx
+1:	in %dx, %al
+	test $1, %al
+	jz 1b
+	mov $COM1, %dx
+	in %dx, %al
+	cmp $'q', %al
+	je poweroff
+	call putc
+	mov $COM1 + 5, %dx
+	jmp 1b
+
+smp:
+	movl $0, AP_FLAG
+	mov $ap_start, %esi		/* copy the real-mode trampoline down */
+	mov $TRAMPOLINE, %edi
+	mov $(ap_end - ap_start), %ecx
+	rep movsb
+	movl $0x1FF, LAPIC_SVR		/* software-enable the local APIC */
+	movl $(1 << 24), LAPIC_ICR_HI
+	movl $0x4500, LAPIC_ICR_LO	/* INIT */
+	movl $(1 << 24), LAPIC_ICR_HI
+	movl $(0x4600 | (TRAMPOLINE >> 12)), LAPIC_ICR_LO	/* SIPI */
+	mov $2000000, %ecx
+1:	cmpl $0, AP_FLAG
+	jne 2f
+	pause
+	loop 1b
+	mov $ap_missing, %esi
+	call puts
+	jmp poweroff
+2:	mov $ap_seen, %esi
+	call puts
+	jmp poweroff
+
+/* putc: %al to COM1 once the transmitter holding register is empty. */
+putc:
+	push %edx
+	push %eax
+	mov $COM1 + 5, %dx
+1:	in %dx, %al
+	test $0x20, %al
+	jz 1b
+	pop %eax
+	mov $COM1, %dx
+	out %al, %dx
+	pop %edx
+	ret
+
+/* puts: the NUL-terminated string at %esi. */
+puts:
+	lodsb
+	test %al, %al
+	jz 1f
+	call putc
+	jmp puts
+1:	ret
+
+	.code16
+ap_start:
+	mov $COM1, %dx
+	mov $'A', %al
+	out %al, %dx
+	mov $'P', %al
+	out %al, %dx
+	mov $'\n', %al
+	out %al, %dx
+	mov $(AP_FLAG >> 4), %ax
+	mov %ax, %ds
+	movl $1, 0
+1:	hlt
+	jmp 1b
+ap_end:
+	.code32
+
+	.section .rodata
+banner:	.asciz "tiny: hello, cmdline="
+newline: .asciz "\n"
+ap_missing: .asciz "tiny: no AP\n"
+ap_seen: .asciz "tiny: AP online\n"
+	.align 8
+null_idt: .word 0
+	.long 0

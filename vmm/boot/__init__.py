@@ -1,0 +1,1 @@
+"""Kernel loaders: put a kernel image and its boot information into guest RAM."""

@@ -1,0 +1,86 @@
+"""Port-I/O and MMIO buses: an address range maps to one device.
+
+A device is any object with read(offset, size) -> int and
+write(offset, size, value). Offsets are relative to the range's base.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+
+
+class BusError(ValueError):
+    """A registration that overlaps an existing range."""
+
+
+@dataclass
+class Range:
+    base: int
+    size: int
+    device: object
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+class Bus:
+    """Ranges sorted by base; lookups are a bisect. Unclaimed reads return all ones."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._bases: list[int] = []
+        self._ranges: list[Range] = []
+        self._lock = threading.Lock()
+        self.unclaimed_reads = 0
+        self.unclaimed_writes = 0
+        self.accesses = 0
+
+    def register(self, base: int, size: int, device, name: str | None = None) -> Range:
+        if size <= 0:
+            raise BusError(f"{self.name}: empty range at {base:#x}")
+        rng = Range(base, size, device, name or type(device).__name__)
+        with self._lock:
+            i = bisect.bisect_left(self._bases, base)
+            for other in self._ranges[max(0, i - 1):i + 1]:
+                if base < other.end and other.base < rng.end:
+                    raise BusError(f"{self.name}: {rng.name} at {base:#x}+{size:#x} overlaps "
+                                   f"{other.name} at {other.base:#x}+{other.size:#x}")
+            self._bases.insert(i, base)
+            self._ranges.insert(i, rng)
+        return rng
+
+    def unregister(self, rng: Range) -> None:
+        with self._lock:
+            i = self._ranges.index(rng)
+            del self._ranges[i]
+            del self._bases[i]
+
+    def find(self, addr: int) -> Range | None:
+        i = bisect.bisect_right(self._bases, addr) - 1
+        if i >= 0:
+            rng = self._ranges[i]
+            if addr < rng.end:
+                return rng
+        return None
+
+    def read(self, addr: int, size: int) -> int:
+        self.accesses += 1
+        rng = self.find(addr)
+        if rng is None:
+            self.unclaimed_reads += 1
+            return (1 << (8 * size)) - 1
+        return rng.device.read(addr - rng.base, size)
+
+    def write(self, addr: int, size: int, value: int) -> None:
+        self.accesses += 1
+        rng = self.find(addr)
+        if rng is None:
+            self.unclaimed_writes += 1
+            return
+        rng.device.write(addr - rng.base, size, value)
+
+    def ranges(self) -> list[Range]:
+        return list(self._ranges)

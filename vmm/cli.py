@@ -1,0 +1,77 @@
+"""The `akvm` command line.
+
+Every failure the user can cause (bad options, missing files, no /dev/kvm)
+ends with one line on stderr and exit status 2; how a guest run ended is
+the exit status documented in README.md (vmm.cpu.ExitCode).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vmm import __version__
+from vmm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
+from vmm.cpu import ExitCode
+
+EPILOG = """\
+serial console: Ctrl-A x quits, Ctrl-A h shows the escape keys.
+exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
+4 triple fault, 5 guest error (see README.md)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, status 2, as for every other bad input
+        self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="akvm", description="Run a kernel in a KVM virtual machine.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"akvm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    run = sub.add_parser("run", help="boot a kernel", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--kernel", metavar="PATH",
+                     help="Multiboot kernel (ELF32/ELF64, or with the a.out kludge)")
+    run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
+    run.add_argument("--memory", "-m", default="512M", metavar="SIZE",
+                     help="guest RAM, e.g. 512M or 2G (default 512M)")
+    run.add_argument("--cpus", default="1", metavar="N", help="number of vCPUs (default 1)")
+    run.add_argument("--serial", default="stdio", metavar="BACKEND",
+                     help="COM1 backend: stdio, file:PATH, unix:PATH or none (default stdio)")
+    run.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
+                     help="a Multiboot module, with its command line after the comma; repeatable")
+    run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
+    run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
+    return parser
+
+
+def config_from_args(args) -> MachineConfig:
+    if args.kernel is None:
+        raise ConfigError("--kernel is required")
+    return MachineConfig(kernel=args.kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
+                         cpus=parse_cpus(args.cpus), serial=args.serial,
+                         modules=[parse_module(m) for m in args.module], stats=args.stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+    from vmm.machine import Machine, UserError  # after argument errors, which need no KVM
+    try:
+        config = config_from_args(args)
+        machine = Machine.build(config)
+    except (ConfigError, UserError) as e:
+        print(f"akvm: error: {e}", file=sys.stderr)
+        return ExitCode.USAGE
+    code, message = machine.run()
+    print(f"akvm: {message}", file=sys.stderr)
+    if config.stats:
+        print(machine.format_stats(), file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

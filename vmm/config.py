@@ -1,0 +1,69 @@
+"""MachineConfig: everything `akvm run` was asked for, validated before any KVM work.
+
+Parsing errors raise ConfigError with one line meant for the user.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MIN_MEMORY = 2 << 20            # room for the boot information and a tiny kernel
+MAX_CPUS = 255                  # xAPIC ids in the MADT's type-0 entries are 8 bits
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is printed as is, and akvm exits with status 2."""
+
+
+@dataclass
+class Module:
+    path: str
+    args: str = ""
+
+
+@dataclass
+class MachineConfig:
+    kernel: str | None = None
+    cmdline: str = ""
+    memory: int = 512 << 20
+    cpus: int = 1
+    serial: str = "stdio"
+    modules: list[Module] = field(default_factory=list)
+    stats: bool = False
+
+
+_SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_memory(text: str) -> int:
+    """'512M', '1G', '1024' (MiB, as QEMU's -m) -> bytes; a whole number of MiB."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise ConfigError(f"--memory: expected a size such as 512M or 2G, got '{text}'")
+    size = int(m.group(1)) * _UNITS[m.group(2).upper()]
+    if size % (1 << 20):
+        raise ConfigError(f"--memory: {text} is not a whole number of MiB")
+    if size < MIN_MEMORY:
+        raise ConfigError(f"--memory: {text} is too small (at least {MIN_MEMORY >> 20}M)")
+    if size > 1 << 40:
+        raise ConfigError(f"--memory: {text} is too large (at most 1T)")
+    return size
+
+
+def parse_cpus(text: str) -> int:
+    try:
+        n = int(text, 10)
+    except ValueError:
+        raise ConfigError(f"--cpus: expected a number, got '{text}'") from None
+    if not 1 <= n <= MAX_CPUS:
+        raise ConfigError(f"--cpus: {n} is out of range (1 to {MAX_CPUS})")
+    return n
+
+
+def parse_module(text: str) -> Module:
+    """'PATH[,ARGS]': the module's command line follows the first comma."""
+    path, _, args = text.partition(",")
+    if not path:
+        raise ConfigError(f"--module: expected PATH[,ARGS], got '{text}'")
+    return Module(path, args)

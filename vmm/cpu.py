@@ -1,0 +1,212 @@
+"""vCPUs: initial state per boot protocol, CPUID, the run thread and exit dispatch.
+
+A vCPU thread loops on KVM_RUN (in C, without the GIL) and hands each exit
+to the port-I/O or MMIO bus. Exits that end the VM (triple fault, reset,
+poweroff, an error KVM cannot recover from) are reported to the Machine
+through its `stop` callback with an ExitCode.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+
+from vmm import kvm
+from vmm.native import ffi, lib
+
+log = logging.getLogger("akvm.cpu")
+
+# A real-time signal nothing else uses: sent to a vCPU thread to end KVM_RUN.
+KICK_SIGNAL = signal.SIGRTMIN + 3
+
+
+class ExitCode(enum.IntEnum):
+    """How an `akvm run` ended; the process exit status (documented in README.md)."""
+    POWEROFF = 0      # the guest powered off (ACPI S5), or the user quit (Ctrl-A x)
+    USAGE = 2         # bad command line or input files; nothing ran
+    RESET = 3         # the guest reset the machine (0xCF9, i8042, KVM system event)
+    TRIPLE_FAULT = 4  # a vCPU shut down (triple fault)
+    GUEST_ERROR = 5   # a vCPU stopped on an error KVM or akvm cannot complete
+
+
+@dataclass
+class VcpuStats:
+    exits: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reason: str) -> None:
+        self.exits[reason] = self.exits.get(reason, 0) + 1
+
+
+# --- initial register state ----------------------------------------------
+
+def _flat_segment(seg: kvm.kvm_segment, selector: int, type_: int) -> None:
+    seg.base, seg.limit, seg.selector, seg.type = 0, 0xFFFFFFFF, selector, type_
+    seg.present, seg.dpl, seg.db, seg.s, seg.l, seg.g, seg.avl, seg.unusable = 1, 0, 1, 1, 0, 1, 0, 0
+
+
+def enter_protected_mode(vcpu: kvm.Vcpu, entry: int, eax: int, ebx: int) -> None:
+    """32-bit protected mode, paging off, flat 4 GiB segments: the Multiboot 1 machine state."""
+    sregs = vcpu.get_sregs()
+    _flat_segment(sregs.cs, 0x08, 0xB)            # execute/read, accessed
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _flat_segment(seg, 0x10, 0x3)             # read/write, accessed
+    sregs.cr0 = 0x11                               # PE | ET
+    sregs.cr4 = 0
+    sregs.efer = 0
+    vcpu.set_sregs(sregs)
+    regs = kvm.kvm_regs()
+    regs.rip, regs.rax, regs.rbx, regs.rflags = entry, eax, ebx, 0x2
+    vcpu.set_regs(regs)
+
+
+def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> None:
+    """The host's supported CPUID with this vCPU's APIC id filled in."""
+    entries = []
+    for src in supported:
+        e = kvm.kvm_cpuid_entry2.from_buffer_copy(src)
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | (vcpu.index << 24)
+        elif e.function in (0xB, 0x1F):
+            e.edx = vcpu.index
+        entries.append(e)
+    vcpu.set_cpuid2(entries)
+
+
+# --- register dump -------------------------------------------------------
+
+def format_registers(regs: kvm.kvm_regs, sregs: kvm.kvm_sregs) -> str:
+    """A readable dump of the state people ask for first when a guest dies."""
+    g = lambda n: f"{n.upper():>3}={getattr(regs, n):016x}"
+    lines = []
+    names = ["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
+    for i in range(0, len(names), 4):
+        lines.append("  ".join(g(n) for n in names[i:i + 4]))
+    lines.append(f"RIP={regs.rip:016x}  RFLAGS={regs.rflags:08x}")
+    lines.append(f"CR0={sregs.cr0:08x}  CR2={sregs.cr2:016x}  CR3={sregs.cr3:016x}  "
+                 f"CR4={sregs.cr4:08x}  EFER={sregs.efer:x}")
+    for name in ("cs", "ds", "es", "fs", "gs", "ss", "tr"):
+        s = getattr(sregs, name)
+        lines.append(f"{name.upper():>3}={s.selector:04x} base={s.base:016x} limit={s.limit:08x} "
+                     f"type={s.type:x} dpl={s.dpl} p={s.present} db={s.db} l={s.l} g={s.g}")
+    lines.append(f"GDT={sregs.gdt.base:016x}/{sregs.gdt.limit:04x}  "
+                 f"IDT={sregs.idt.base:016x}/{sregs.idt.limit:04x}")
+    return "\n".join(lines)
+
+
+# --- the vCPU thread -----------------------------------------------------
+
+class VcpuThread(threading.Thread):
+    """Runs one vCPU until the machine stops."""
+
+    def __init__(self, vcpu: kvm.Vcpu, pio_bus, mmio_bus, stop, completer=None):
+        super().__init__(name=f"vcpu{vcpu.index}", daemon=True)
+        self.vcpu = vcpu
+        self.pio_bus = pio_bus
+        self.mmio_bus = mmio_bus
+        self.stop = stop                  # stop(ExitCode, message)
+        self.completer = completer        # finishes instructions KVM gave up on, or None
+        self.stats = VcpuStats()
+        self.stopping = False
+        self._run_ptr = ffi.cast("void *", vcpu.run_address)
+
+    def kick(self) -> None:
+        """Make the thread leave KVM_RUN and exit its loop."""
+        self.stopping = True
+        self.vcpu.kvm_run.immediate_exit = 1
+        if self.is_alive() and self.ident is not None:
+            try:
+                signal.pthread_kill(self.ident, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # a bug in akvm must still end the VM cleanly
+            log.exception("vcpu%d: internal error", self.vcpu.index)
+            self.stop(ExitCode.GUEST_ERROR, f"vcpu{self.vcpu.index}: akvm internal error: {e}")
+
+    def _loop(self) -> None:
+        run = self.vcpu.kvm_run
+        fd = self.vcpu.fd
+        while not self.stopping:
+            reason = lib.akvm_vcpu_run(fd, self._run_ptr)
+            if reason < 0:
+                if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
+                    continue
+                self.fatal(f"KVM_RUN failed: errno {-reason}")
+                return
+            if reason == kvm.KVM_EXIT_IO:
+                self.stats.count("io")
+                self._io(run.exit.io)
+            elif reason == kvm.KVM_EXIT_MMIO:
+                self.stats.count("mmio")
+                self._mmio(run.exit.mmio)
+            elif not self._other_exit(reason, run):
+                return
+
+    def _io(self, io: kvm.kvm_run_io) -> None:
+        size, port = io.size, io.port
+        buf = self.vcpu.run_mmap
+        off = io.data_offset
+        if io.direction == kvm.KVM_EXIT_IO_OUT:
+            for i in range(io.count):
+                p = off + i * size
+                self.pio_bus.write(port, size, int.from_bytes(buf[p:p + size], "little"))
+        else:
+            for i in range(io.count):
+                p = off + i * size
+                buf[p:p + size] = self.pio_bus.read(port, size).to_bytes(size, "little")
+
+    def _mmio(self, mmio: kvm.kvm_run_mmio) -> None:
+        size = mmio.len
+        if mmio.is_write:
+            self.mmio_bus.write(mmio.phys_addr, size, int.from_bytes(bytes(mmio.data)[:size], "little"))
+        else:
+            value = self.mmio_bus.read(mmio.phys_addr, size)
+            for i in range(size):
+                mmio.data[i] = (value >> (8 * i)) & 0xFF
+
+    def _other_exit(self, reason: int, run: kvm.kvm_run) -> bool:
+        """Handle a rare exit; False ends the loop."""
+        name = kvm.EXIT_REASON_NAMES.get(reason, str(reason)).lower()
+        self.stats.count(name)
+        if reason in (kvm.KVM_EXIT_HLT, kvm.KVM_EXIT_IRQ_WINDOW_OPEN, kvm.KVM_EXIT_INTR):
+            return True
+        if reason == kvm.KVM_EXIT_SHUTDOWN:
+            self.fatal("triple fault", ExitCode.TRIPLE_FAULT)
+            return False
+        if reason == kvm.KVM_EXIT_SYSTEM_EVENT:
+            kind = run.exit.system_event.type
+            if kind == kvm.KVM_SYSTEM_EVENT_SHUTDOWN:
+                self.stop(ExitCode.POWEROFF, "guest powered off")
+            elif kind == kvm.KVM_SYSTEM_EVENT_RESET:
+                self.stop(ExitCode.RESET, "guest reset the machine")
+            else:
+                self.fatal(f"system event {kind}")
+            return False
+        if reason == kvm.KVM_EXIT_INTERNAL_ERROR:
+            internal = run.exit.internal
+            if (internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION
+                    and self.completer is not None and self.completer(self)):
+                return True
+            self.fatal(f"KVM internal error, suberror {internal.suberror}"
+                       f"{' (emulation failure)' if internal.suberror == 1 else ''}")
+            return False
+        if reason == kvm.KVM_EXIT_FAIL_ENTRY:
+            fe = run.exit.fail_entry
+            self.fatal(f"VM entry failed, hardware reason {fe.hardware_entry_failure_reason:#x}")
+            return False
+        self.fatal(f"unexpected exit {name}")
+        return False
+
+    def fatal(self, what: str, code: ExitCode = ExitCode.GUEST_ERROR) -> None:
+        """Stop the VM with what happened and the registers of this vCPU."""
+        try:
+            dump = format_registers(self.vcpu.get_regs(), self.vcpu.get_sregs())
+        except kvm.KvmError as e:
+            dump = f"(registers unavailable: {e})"
+        self.stop(code, f"vcpu{self.vcpu.index}: {what}\n{dump}")

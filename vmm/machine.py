@@ -1,0 +1,186 @@
+"""Machine: builds a VM from a MachineConfig, runs it, reports how it ended.
+
+build() does everything that can fail on user input first (kernel file,
+serial backend, /dev/kvm), so that a mistake costs one clear line and no
+half-built VM. run() starts the vCPU threads and waits for the first stop.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from devices.acpi_pm import AcpiPm
+from devices.chardev import ChardevError, parse_serial
+from devices.cmos import Cmos
+from devices.debugport import DebugPort
+from devices.i8042 import I8042, ResetControl
+from devices.uart import Uart16550
+from vmm import kvm
+from vmm.boot import multiboot
+from vmm.bus import Bus
+from vmm.config import MachineConfig
+from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
+from vmm.irq import KvmIrqLine
+from vmm.memory import GuestMemory, PCI_HOLE_START
+from vmm.native import lib
+from vmm.tables import layout
+from vmm.tables.acpi import build_acpi
+from vmm.tables.mptable import build_mptable
+
+log = logging.getLogger("akvm.machine")
+
+COM1_PORT, COM1_IRQ = 0x3F8, 4
+# Addresses KVM needs on Intel VMX hosts (real-mode TSS, identity page table); unused elsewhere.
+TSS_ADDR = 0xFFFB_D000
+IDENTITY_MAP_ADDR = 0xFFFB_C000
+
+
+class UserError(Exception):
+    """Bad user input found while building the machine (exit status 2)."""
+
+
+def open_kvm() -> kvm.System:
+    try:
+        return kvm.System()
+    except FileNotFoundError:
+        raise UserError("/dev/kvm does not exist: this host has no KVM "
+                        "(load the kvm module, or enable virtualization)") from None
+    except PermissionError:
+        raise UserError("/dev/kvm: permission denied (run as a member of the kvm group)") from None
+    except OSError as e:
+        raise UserError(f"/dev/kvm: {e.strerror or e}") from None
+
+
+class Machine:
+    def __init__(self, config: MachineConfig):
+        self.config = config
+        self.pio_bus = Bus("pio")
+        self.mmio_bus = Bus("mmio")
+        self.vcpus: list[VcpuThread] = []
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.result: tuple[ExitCode, str] | None = None
+
+    # --- building -----------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: MachineConfig) -> "Machine":
+        m = cls(config)
+        image = m._read_kernel()
+        try:
+            m.serial = parse_serial(config.serial)
+        except ChardevError as e:
+            raise UserError(str(e)) from None
+        try:
+            m.system = open_kvm()
+            m._create_vm()
+            m._add_devices()
+            m._write_tables()
+            m._load_kernel(image)
+        except BaseException:
+            m.serial.close()
+            raise
+        return m
+
+    def _read_kernel(self) -> multiboot.MultibootImage:
+        try:
+            data = multiboot.load_file(self.config.kernel, "kernel")
+            return multiboot.parse(data, self.config.kernel)
+        except multiboot.BootError as e:
+            raise UserError(str(e)) from None
+
+    def _create_vm(self) -> None:
+        self.vm = self.system.create_vm()
+        if self.system.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
+            self.vm.set_tss_addr(TSS_ADDR)
+        if self.system.check_extension(kvm.KVM_CAP_SET_IDENTITY_MAP_ADDR):
+            self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
+        self.vm.create_irqchip()
+        self.vm.create_pit2(kvm.KVM_PIT_SPEAKER_DUMMY)
+        self.memory = GuestMemory.anonymous(self.config.memory)
+        for slot in self.memory.slots:
+            self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
+                                           self.memory.host_address(slot))
+
+    def _add_devices(self) -> None:
+        pio = self.pio_bus
+        self.uart = Uart16550(KvmIrqLine(self.vm, COM1_IRQ), self.serial)
+        pio.register(COM1_PORT, 8, self.uart, "com1")
+        self.debug_port = DebugPort()
+        self.debug_port.register(pio)
+        self.i8042 = I8042(reset=self._guest_reset)
+        self.i8042.register(pio)
+        ResetControl(reset=self._guest_reset).register(pio)
+        below_4g = min(self.config.memory, PCI_HOLE_START)
+        pio.register(layout.CMOS_PORT, layout.CMOS_PORT_SIZE,
+                     Cmos(below_4g, self.config.memory - below_4g, self.config.cpus), "cmos")
+        pio.register(layout.ACPI_PM_BASE, layout.ACPI_PM_SIZE,
+                     AcpiPm(poweroff=lambda: self.stop(ExitCode.POWEROFF, "guest powered off")),
+                     "acpi-pm")
+
+    def _write_tables(self) -> None:
+        build_acpi(self.memory, self.config.cpus)
+        build_mptable(self.memory, self.config.cpus)
+
+    def _load_kernel(self, image: multiboot.MultibootImage) -> None:
+        modules = [multiboot.BootModule(m.path, m.args) for m in self.config.modules]
+        try:
+            boot = multiboot.load(image, self.memory, layout.memory_map(self.config.memory),
+                                  cmdline=self.config.cmdline, modules=modules)
+        except multiboot.BootError as e:
+            raise UserError(str(e)) from None
+        supported = self.system.supported_cpuid()
+        for i in range(self.config.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            configure_cpuid(vcpu, supported)
+            if i == 0:
+                enter_protected_mode(vcpu, boot.entry, boot.eax, boot.ebx)
+            self.vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.stop))
+
+    # --- running ------------------------------------------------------------
+
+    def _guest_reset(self) -> None:
+        self.stop(ExitCode.RESET, "guest reset the machine")
+
+    def stop(self, code: ExitCode, message: str) -> None:
+        """End the run; the first reason given wins. Safe from any thread."""
+        with self._stop_lock:
+            if self.result is not None:
+                return
+            self.result = (code, message)
+        for t in self.vcpus:
+            t.kick()
+        self._stopped.set()
+
+    def run(self) -> tuple[ExitCode, str]:
+        lib.akvm_install_kick_signal(KICK_SIGNAL)
+        self.serial.start(self.uart.receive,
+                          on_quit=lambda: self.stop(ExitCode.POWEROFF, "quit (Ctrl-A x)"))
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, lambda signo, _: self.stop(
+                    ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
+        for t in self.vcpus:
+            t.start()
+        try:
+            while not self._stopped.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            self.stop(ExitCode.POWEROFF, "interrupted")
+        for t in self.vcpus:
+            t.join(timeout=2.0)
+        self.serial.close()
+        return self.result
+
+    def format_stats(self) -> str:
+        lines = ["akvm statistics:"]
+        for t in self.vcpus:
+            exits = ", ".join(f"{k} {v}" for k, v in sorted(t.stats.exits.items())) or "none"
+            lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
+        for bus in (self.pio_bus, self.mmio_bus):
+            lines.append(f"  {bus.name} bus: {bus.accesses} accesses, "
+                         f"{bus.unclaimed_reads} unclaimed reads, "
+                         f"{bus.unclaimed_writes} unclaimed writes")
+        lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
+        return "\n".join(lines)
