@@ -230,8 +230,12 @@ static void parse_dmar(const struct sdt *t)
 		if (len < 4 || p + len > end)
 			break;
 		/* Only the DRHD register base for now. */
-		if (type == 0 && len >= 16 && acpi.ndrhd < (int)ARRAY_SIZE(acpi.drhd))
-			acpi.drhd[acpi.ndrhd++] = (struct dmar_drhd){ rd64(p + 8), rd16(p + 6), p[4] };
+		if (type == 0 && len >= 16 && acpi.ndrhd < (int)ARRAY_SIZE(acpi.drhd)) {
+			struct dmar_drhd *d = &acpi.drhd[acpi.ndrhd++];
+			*d = (struct dmar_drhd){ rd64(p + 8), rd16(p + 6), p[4], 0 };
+			for (const uint8_t *sc = p + 16; sc + 2 <= p + len && sc[1] >= 2; sc += sc[1])
+				d->nscopes++;   /* device scope entries */
+		}
 	}
 }
 
@@ -436,9 +440,9 @@ void acpi_print(void)
 	if (acpi.have_dmar) {
 		kprintf("DMAR: host address width %u, %d DRHD\n", acpi.dmar_haw, acpi.ndrhd);
 		for (int i = 0; i < acpi.ndrhd; i++)
-			kprintf("  DRHD registers at 0x%lx segment %u flags 0x%x%s\n", acpi.drhd[i].base,
-				acpi.drhd[i].seg, acpi.drhd[i].flags,
-				acpi.drhd[i].flags & 1 ? " (INCLUDE_PCI_ALL)" : "");
+			kprintf("  DRHD registers at 0x%lx segment %u flags 0x%x%s, %u device scopes\n",
+				acpi.drhd[i].base, acpi.drhd[i].seg, acpi.drhd[i].flags,
+				acpi.drhd[i].flags & 1 ? " (INCLUDE_PCI_ALL)" : "", acpi.drhd[i].nscopes);
 	} else {
 		kprintf("DMAR: none\n");
 	}

@@ -18,7 +18,7 @@ struct madt_lapic { uint32_t apic_id, uid, flags; };
 struct madt_ioapic { uint8_t id; uint32_t pa, gsi_base; };
 struct madt_iso { uint8_t bus, irq; uint32_t gsi; uint16_t flags; };
 struct mcfg_region { uint64_t base; uint16_t seg; uint8_t bus_start, bus_end; };
-struct dmar_drhd { uint64_t base; uint16_t seg; uint8_t flags; };
+struct dmar_drhd { uint64_t base; uint16_t seg; uint8_t flags, nscopes; };
 
 struct acpi_info {
 	bool present;

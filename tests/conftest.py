@@ -1,0 +1,40 @@
+"""Shared fixtures: skip markers for tests that need /dev/kvm, gcc/binutils or QEMU."""
+import os
+import shutil
+
+import pytest
+
+
+def kvm_usable() -> str | None:
+    """None when /dev/kvm can be opened, else the reason it cannot."""
+    if not os.path.exists("/dev/kvm"):
+        return "/dev/kvm does not exist on this host"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "no read/write permission on /dev/kvm"
+    return None
+
+
+_KVM_REASON = kvm_usable()
+needs_kvm = pytest.mark.skipif(_KVM_REASON is not None, reason=f"needs KVM: {_KVM_REASON}")
+needs_binutils = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
+                                    reason="needs GNU as and ld to build test kernels")
+needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
+                                reason="qemu-system-x86_64 is not installed")
+
+
+@pytest.fixture(scope="session")
+def tiny_kernel(tmp_path_factory):
+    """tests/integration/tiny/tiny.S as a Multiboot ELF32 at 1 MiB."""
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("needs GNU as and ld to build test kernels")
+    from tests.kernels import build_tiny
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def tiny_kernel_at_64m(tmp_path_factory):
+    """The same kernel linked at 64 MiB: too big for a 32 MiB guest."""
+    if shutil.which("as") is None or shutil.which("ld") is None:
+        pytest.skip("needs GNU as and ld to build test kernels")
+    from tests.kernels import build_tiny
+    return build_tiny(tmp_path_factory.mktemp("tiny64m"), 0x4000000)

@@ -1,0 +1,69 @@
+"""The port-I/O / MMIO bus: dispatch by range, overlap refusal, unclaimed accesses."""
+import pytest
+
+from vmm.bus import Bus, BusError
+
+
+class Recorder:
+    def __init__(self):
+        self.writes = []
+
+    def read(self, offset, size):
+        return 0x1000 + offset
+
+    def write(self, offset, size, value):
+        self.writes.append((offset, size, value))
+
+
+def test_dispatch_passes_offset_relative_to_base():
+    bus, dev = Bus("pio"), Recorder()
+    bus.register(0x3F8, 8, dev)
+    assert bus.read(0x3FA, 1) == 0x1002
+    bus.write(0x3FF, 1, 0x55)
+    assert dev.writes == [(7, 1, 0x55)]
+
+
+@pytest.mark.parametrize("base,size", [(0x3F8, 8), (0x3F0, 9), (0x3FF, 1), (0x3F0, 0x100)])
+def test_overlap_refused(base, size):
+    bus = Bus("pio")
+    bus.register(0x3F8, 8, Recorder(), "com1")
+    with pytest.raises(BusError, match="overlaps com1"):
+        bus.register(base, size, Recorder())
+
+
+def test_adjacent_ranges_allowed_and_distinct():
+    bus, a, b = Bus("mmio"), Recorder(), Recorder()
+    bus.register(0x1000, 0x1000, a)
+    bus.register(0x2000, 0x1000, b)
+    bus.register(0x0, 0x1000, Recorder())
+    bus.write(0x1FFF, 4, 1)
+    bus.write(0x2000, 4, 2)
+    assert a.writes == [(0xFFF, 4, 1)] and b.writes == [(0, 4, 2)]
+
+
+@pytest.mark.parametrize("size,expected", [(1, 0xFF), (2, 0xFFFF), (4, 0xFFFFFFFF), (8, 2**64 - 1)])
+def test_unclaimed_reads_all_ones_and_counted(size, expected):
+    bus = Bus("mmio")
+    assert bus.read(0xFEBF0000, size) == expected
+    assert bus.unclaimed_reads == 1
+
+
+def test_unclaimed_writes_ignored_and_counted():
+    bus = Bus("pio")
+    bus.register(0x80, 1, Recorder())
+    bus.write(0x81, 1, 0)
+    bus.write(0x2F8, 1, 0)
+    assert bus.unclaimed_writes == 2 and bus.accesses == 2
+
+
+def test_unregister_frees_the_range():
+    bus = Bus("mmio")
+    rng = bus.register(0xC0000000, 0x1000, Recorder())
+    bus.unregister(rng)
+    assert bus.read(0xC0000000, 4) == 0xFFFFFFFF
+    bus.register(0xC0000000, 0x1000, Recorder())
+
+
+def test_empty_range_refused():
+    with pytest.raises(BusError):
+        Bus("pio").register(0x80, 0, Recorder())

@@ -1,0 +1,88 @@
+"""Bad user input: one line on stderr, exit status 2, never a traceback."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import needs_kvm
+
+
+def akvm(*args, stdin=subprocess.DEVNULL, timeout=30):
+    return subprocess.run([sys.executable, "-m", "vmm", *args], capture_output=True, text=True,
+                          stdin=stdin, timeout=timeout)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("akvm: error: ")
+    for f in fragments:
+        assert f in lines[0]
+
+
+def test_version():
+    r = akvm("--version")
+    assert r.returncode == 0 and r.stdout.startswith("akvm ")
+
+
+def test_help_lists_run_options():
+    r = akvm("run", "--help")
+    assert r.returncode == 0
+    for opt in ("--kernel", "--cmdline", "--memory", "--cpus", "--serial", "--module", "--stats",
+                "Ctrl-A x"):
+        assert opt in r.stdout
+
+
+def test_missing_kernel(tmp_path):
+    assert_one_line_error(akvm("run", "--kernel", str(tmp_path / "nope")), "No such file")
+
+
+def test_kernel_is_directory(tmp_path):
+    assert_one_line_error(akvm("run", "--kernel", str(tmp_path)), "directory")
+
+
+def test_not_a_multiboot_kernel(tmp_path):
+    k = tmp_path / "k"
+    k.write_bytes(b"\x7fELF" + bytes(200))
+    assert_one_line_error(akvm("run", "--kernel", str(k)), "multiboot header")
+
+
+def test_unknown_option():
+    assert_one_line_error(akvm("run", "--bogus"), "--bogus")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--memory", "12X"], "--memory"),
+    (["--memory", "1"], "too small"),
+    (["--memory", "1536K"], "whole number of MiB"),
+    (["--cpus", "0"], "--cpus"),
+    (["--cpus", "two"], "--cpus"),
+    (["--cpus", "999"], "--cpus"),
+    (["--serial", "tcp:1"], "--serial"),
+    (["--module", ",args"], "--module"),
+])
+def test_bad_values(tiny_kernel, args, fragment):
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), *args), fragment)
+
+
+def test_missing_module(tiny_kernel, tmp_path):
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--module", str(tmp_path / "m")),
+                          "module")
+
+
+@needs_kvm
+def test_kernel_does_not_fit_in_ram(tiny_kernel_at_64m):
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel_at_64m), "--memory", "32M"), "RAM")
+
+
+def test_no_dev_kvm(tiny_kernel, tmp_path):
+    """Without /dev/kvm (hidden by a private mount namespace) akvm says so in one line."""
+    unshare = ["unshare", "--mount", "sh", "-c",
+               f"mount -t tmpfs none /dev && exec {sys.executable} -m vmm run --kernel {tiny_kernel}"]
+    r = subprocess.run(unshare, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
+                       cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+    if r.returncode != 2 and "unshare" in r.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {r.stderr.strip()}")
+    assert_one_line_error(r, "/dev/kvm")
