@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from vmm import __version__
+from vmm import __version__, guest_kernel
 from vmm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
 from vmm.cpu import ExitCode
 
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="boot a kernel", epilog=EPILOG,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--kernel", metavar="PATH",
-                     help="Multiboot kernel (ELF32/ELF64, or with the a.out kludge)")
+                     help="Multiboot kernel (ELF32/ELF64, or with the a.out kludge); "
+                          "default: the bundled guest kernel, built with make on demand")
     run.add_argument("--cmdline", default="", metavar="STR", help="kernel command line")
     run.add_argument("--memory", "-m", default="512M", metavar="SIZE",
                      help="guest RAM, e.g. 512M or 2G (default 512M)")
@@ -48,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> MachineConfig:
-    if args.kernel is None:
-        raise ConfigError("--kernel is required")
-    return MachineConfig(kernel=args.kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
+    kernel = args.kernel
+    if kernel is None:
+        try:
+            kernel = str(guest_kernel.build())
+        except guest_kernel.GuestBuildError as e:
+            raise ConfigError(str(e)) from None
+    return MachineConfig(kernel=kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
                          cpus=parse_cpus(args.cpus), serial=args.serial,
                          modules=[parse_module(m) for m in args.module], stats=args.stats)
 

@@ -1,0 +1,64 @@
+"""The bundled guest kernel's self-tests, run through the pytest plugin under akvm and QEMU."""
+import pytest
+
+from tests.conftest import needs_kvm, needs_qemu
+from vmm.cpu import ExitCode
+
+pytestmark = needs_kvm
+
+# Generous: guest ring-0 code is emulated on this host (see README).
+TIMEOUT = 180
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_selftests_pass_under_akvm(akvm_guest_factory, cpus):
+    guest = akvm_guest_factory(cpus=cpus, timeout=TIMEOUT)
+    result = guest.selftest()
+    assert result.failed == {}
+    assert {"memmap", "acpi", "madt", "ipi", "shootdown", "timer", "pci", "serial", "pit",
+            "rtc"} <= set(result.passed)
+
+
+@pytest.mark.akvm_guest(cpus=2, timeout=TIMEOUT)
+def test_monitor_commands(akvm_guest):
+    assert "2 cores" in akvm_guest.command("cores") or "cores online: 2" in akvm_guest.command("cores")
+    info = akvm_guest.command("kerninfo")
+    assert "TSC" in info
+    assert "00:00.0" in akvm_guest.command("pci")
+    assert "APIC" in akvm_guest.command("acpi")
+    assert "Unknown command 'frobnicate'" in akvm_guest.command("frobnicate")
+
+
+@pytest.mark.akvm_guest(timeout=TIMEOUT)
+def test_poweroff_from_the_monitor(akvm_guest):
+    akvm_guest.send("poweroff\r")
+    assert akvm_guest.wait_exit() == ExitCode.POWEROFF
+
+
+@pytest.mark.akvm_guest(timeout=TIMEOUT)
+def test_reboot_from_the_monitor(akvm_guest):
+    akvm_guest.send("reboot\r")
+    assert akvm_guest.wait_exit() == ExitCode.RESET
+
+
+def test_akvm_run_without_kernel_boots_the_guest(akvm_guest_factory):
+    from vmm import guest_kernel
+    guest = akvm_guest_factory(kernel=guest_kernel.build(), timeout=TIMEOUT)
+    guest.close()
+    import pexpect, sys
+    child = pexpect.spawn(sys.executable, ["-m", "vmm", "run"], timeout=TIMEOUT)
+    child.expect(r"guest\(Core 0\)> ")
+    child.sendcontrol("a")
+    child.send("x")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == ExitCode.POWEROFF
+
+
+@needs_qemu
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_selftests_pass_under_qemu(akvm_guest_factory, cpus):
+    guest = akvm_guest_factory(vmm="qemu", cpus=cpus, timeout=TIMEOUT)
+    result = guest.selftest()
+    assert result.failed == {}
+    assert len(result.passed) >= 10

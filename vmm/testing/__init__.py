@@ -1,0 +1,165 @@
+"""Drive a guest's serial console from Python: boot, wait for the prompt, run commands.
+
+`Guest` boots a kernel under akvm (or QEMU, for cross-checks) behind a
+pseudo-terminal with pexpect, and keeps the whole serial log so that a
+failing test can show it. The pytest plugin (vmm.testing.plugin) wraps it
+in fixtures.
+"""
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pexpect
+
+from vmm import guest_kernel
+
+GUEST_PROMPT = r"guest\(Core 0\)> "
+_SUMMARY = re.compile(rb"^(\d+) passed, (\d+) failed\s*$", re.M)
+
+
+class GuestError(Exception):
+    """The guest did not do what the harness waited for; the message carries the log tail."""
+
+
+@dataclass
+class SelftestResult:
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and bool(self.passed)
+
+
+def parse_selftest(text: str) -> SelftestResult:
+    """The guest's `PASS name` / `FAIL name: reason` lines, checked against its summary line."""
+    result = SelftestResult(output=text)
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("PASS "):
+            result.passed.append(line[5:].strip())
+        elif line.startswith("FAIL "):
+            name, _, reason = line[5:].partition(":")
+            result.failed[name.strip()] = reason.strip()
+    m = _SUMMARY.search(text.encode())
+    if m is None:
+        raise GuestError(f"no 'N passed, M failed' line in:\n{text}")
+    if (int(m.group(1)), int(m.group(2))) != (len(result.passed), len(result.failed)):
+        raise GuestError(f"summary {m.group(0).decode()!r} disagrees with the PASS/FAIL lines")
+    return result
+
+
+def qemu_command(kernel: Path, cpus: int, memory: str, cmdline: str = "",
+                 extra: list[str] = ()) -> list[str]:
+    """QEMU with KVM booting the same kernel through its own Multiboot loader."""
+    cmd = ["qemu-system-x86_64", "-enable-kvm", "-kernel", str(kernel),
+           "-smp", str(cpus), "-m", memory, "-display", "none", "-serial", "stdio",
+           "-monitor", "none", "-no-reboot", *extra]
+    if cmdline:
+        cmd += ["-append", cmdline]
+    return cmd
+
+
+class Guest:
+    """A kernel booted under a VMM, driven through its serial console."""
+
+    def __init__(self, kernel: Path | str | None = None, *, cpus: int = 1, memory: str = "512M",
+                 cmdline: str = "", args: list[str] = (), vmm: str = "akvm",
+                 prompt: str = GUEST_PROMPT, timeout: float = 120):
+        self.kernel = Path(kernel) if kernel else guest_kernel.build()
+        self.cpus, self.memory, self.cmdline = cpus, memory, cmdline
+        self.args = list(args)
+        self.vmm = vmm
+        self.prompt = prompt
+        self.timeout = timeout
+        self.log = io.BytesIO()
+        self.child: pexpect.spawn | None = None
+        self.exitstatus: int | None = None
+
+    def command_line(self) -> list[str]:
+        if self.vmm == "qemu":
+            if shutil.which("qemu-system-x86_64") is None:
+                raise GuestError("qemu-system-x86_64 is not installed")
+            return qemu_command(self.kernel, self.cpus, self.memory, self.cmdline, self.args)
+        cmd = [sys.executable, "-m", "vmm", "run", "--kernel", str(self.kernel),
+               "--cpus", str(self.cpus), "--memory", self.memory, *self.args]
+        if self.cmdline:
+            cmd += ["--cmdline", self.cmdline]
+        return cmd
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self, wait_prompt: bool = True) -> "Guest":
+        cmd = self.command_line()
+        self.child = pexpect.spawn(cmd[0], cmd[1:], timeout=self.timeout, dimensions=(50, 200))
+        self.child.logfile_read = self.log
+        if wait_prompt:
+            self.expect(self.prompt)
+        return self
+
+    def __enter__(self) -> "Guest":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Quit the VMM if it still runs (Ctrl-A x for akvm), and reap it."""
+        if self.child is None:
+            return
+        if self.child.isalive():
+            if self.vmm == "akvm":
+                self.child.sendcontrol("a")
+                self.child.send("x")
+            else:
+                self.child.terminate(force=True)
+            try:
+                self.child.expect(pexpect.EOF, timeout=15)
+            except pexpect.TIMEOUT:
+                self.child.terminate(force=True)
+        self.child.close()
+        self.exitstatus = self.child.exitstatus
+        self.child = None
+
+    def wait_exit(self, timeout: float | None = None) -> int:
+        """Wait for the VMM to end by itself (poweroff, reset, ...) and return its status."""
+        self.expect(pexpect.EOF, timeout=timeout)
+        self.child.close()
+        self.exitstatus = self.child.exitstatus
+        self.child = None
+        return self.exitstatus
+
+    # --- console ------------------------------------------------------------
+
+    @property
+    def serial_log(self) -> str:
+        return self.log.getvalue().decode(errors="replace").replace("\r", "")
+
+    def expect(self, pattern, timeout: float | None = None) -> int:
+        try:
+            return self.child.expect(pattern, timeout=timeout or self.timeout)
+        except pexpect.TIMEOUT:
+            raise GuestError(f"timed out waiting for {pattern!r}; serial log tail:\n"
+                             f"{self.serial_log[-2000:]}") from None
+        except pexpect.EOF:
+            raise GuestError(f"the VMM exited while waiting for {pattern!r}; serial log tail:\n"
+                             f"{self.serial_log[-2000:]}") from None
+
+    def send(self, text: str) -> None:
+        self.child.send(text)
+
+    def command(self, line: str, timeout: float | None = None) -> str:
+        """Type a monitor command, wait for the next prompt, return what it printed."""
+        self.child.send(line + "\r")
+        self.expect(re.escape(line), timeout)
+        self.expect(self.prompt, timeout)
+        return self.child.before.decode(errors="replace").replace("\r", "").strip("\n")
+
+    def selftest(self, *names: str, timeout: float | None = None) -> SelftestResult:
+        return parse_selftest(self.command(" ".join(("selftest",) + names), timeout))
