@@ -164,6 +164,17 @@ class kvm_pit_config(_Struct):
     _fields_ = [("flags", c_u32), ("pad", c_u32 * 15)]
 
 
+class kvm_pit_channel_state(_Struct):
+    _fields_ = [("count", c_u32), ("latched_count", c_u16), ("count_latched", c_u8),
+                ("status_latched", c_u8), ("status", c_u8), ("read_state", c_u8),
+                ("write_state", c_u8), ("write_latch", c_u8), ("rw_mode", c_u8), ("mode", c_u8),
+                ("bcd", c_u8), ("gate", c_u8), ("count_load_time", ctypes.c_int64)]
+
+
+class kvm_pit_state2(_Struct):
+    _fields_ = [("channels", kvm_pit_channel_state * 3), ("flags", c_u32), ("reserved", c_u32 * 9)]
+
+
 class kvm_msi(_Struct):
     _fields_ = [("address_lo", c_u32), ("address_hi", c_u32), ("data", c_u32),
                 ("flags", c_u32), ("devid", c_u32), ("pad", c_u8 * 12)]
@@ -286,6 +297,8 @@ KVM_GET_MP_STATE = _ior(0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(0xA0, kvm_vcpu_events)
+KVM_GET_PIT2 = _ior(0x9F, kvm_pit_state2)
+KVM_SET_PIT2 = _iow(0xA0, kvm_pit_state2)
 KVM_GET_XSAVE = _ior(0xA4, kvm_xsave)
 KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
 KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
@@ -452,6 +465,14 @@ class Vm(_Fd):
 
     def create_pit2(self, flags: int = 0) -> None:
         self.ioctl(KVM_CREATE_PIT2, kvm_pit_config(flags=flags))
+
+    def get_pit2(self) -> kvm_pit_state2:
+        state = kvm_pit_state2()
+        self.ioctl(KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state: kvm_pit_state2) -> None:
+        self.ioctl(KVM_SET_PIT2, state)
 
     def irq_line(self, irq: int, level: int) -> None:
         self.ioctl(KVM_IRQ_LINE, kvm_irq_level(irq, level))

@@ -98,10 +98,20 @@ class Machine:
             self.vm.set_identity_map_addr(IDENTITY_MAP_ADDR)
         self.vm.create_irqchip()
         self.vm.create_pit2(kvm.KVM_PIT_SPEAKER_DUMMY)
+        self._start_pit()
         self.memory = GuestMemory.anonymous(self.config.memory)
         for slot in self.memory.slots:
             self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
                                            self.memory.host_address(slot))
+
+    def _start_pit(self) -> None:
+        """Leave PIT channel 0 counting as a BIOS does (mode 3, count 65536, 18.2 Hz):
+        Akaros latches and reads it before it programs it."""
+        state = self.vm.get_pit2()
+        ch0 = state.channels[0]
+        ch0.count, ch0.mode, ch0.rw_mode, ch0.gate = 0x10000, 3, 3, 1
+        ch0.read_state = ch0.write_state = 3
+        self.vm.set_pit2(state)
 
     def _add_devices(self) -> None:
         pio = self.pio_bus

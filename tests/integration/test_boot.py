@@ -103,3 +103,8 @@ def test_multiboot_info_reaches_guest_with_module(tiny_kernel, tmp_path):
     mod.write_bytes(b"x" * 5000)
     r = run(tiny_kernel, "--cmdline", "p module test", "--module", f"{mod},arg1 arg2")
     assert r.stdout == b"tiny: hello, cmdline=p module test\n"
+
+
+def test_pit_channel0_counts_at_entry(tiny_kernel):
+    r = run(tiny_kernel, "--cmdline", "c")
+    assert b"tiny: PIT counting" in r.stdout

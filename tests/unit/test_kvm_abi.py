@@ -27,6 +27,8 @@ STRUCTS = {
     "kvm_vcpu_events": "struct kvm_vcpu_events",
     "kvm_irq_level": "struct kvm_irq_level",
     "kvm_pit_config": "struct kvm_pit_config",
+    "kvm_pit_channel_state": "struct kvm_pit_channel_state",
+    "kvm_pit_state2": "struct kvm_pit_state2",
     "kvm_msi": "struct kvm_msi",
     "kvm_irqfd": "struct kvm_irqfd",
     "kvm_ioeventfd": "struct kvm_ioeventfd",
@@ -49,7 +51,7 @@ IOCTLS = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GE
           "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU",
           "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_SET_CPUID2", "KVM_GET_CPUID2",
           "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
-          "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2"]
+          "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2"]
 CONSTANTS = [n for n in dir(kvm) if n.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_",
                                                    "KVM_SYSTEM_EVENT_", "KVM_IRQ_ROUTING_",
                                                    "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_"))]

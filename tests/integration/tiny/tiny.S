@@ -6,6 +6,7 @@
  *   t  triple fault (empty IDT, then ud2)
  *   s  start the second CPU with INIT-SIPI-SIPI; it prints, then power off
  *   e  echo serial input until 'q', then power off
+ *   c  check that PIT channel 0 is already counting (a BIOS leaves it so)
  */
 	.set MB_MAGIC, 0x1BADB002
 	.set MB_FLAGS, 0x3
@@ -44,6 +45,8 @@ _start:
 	je smp
 	cmp $'e', %al
 	je echo
+	cmp $'c', %al
+	je pit
 	jmp poweroff
 
 poweroff:
@@ -76,6 +79,29 @@ echo:
 	call putc
 	mov $COM1 + 5, %dx
 	jmp 1b
+
+pit:
+	call pit_read
+	mov %ax, %bx
+	mov $100000, %ecx
+1:	loop 1b
+	call pit_read
+	mov $pit_stopped, %esi
+	cmp %ax, %bx
+	je 2f
+	mov $pit_counting, %esi
+2:	call puts
+	jmp poweroff
+
+/* pit_read: latch and read PIT channel 0's count into %ax. */
+pit_read:
+	mov $0x00, %al
+	out %al, $0x43
+	in $0x40, %al
+	mov %al, %ah
+	in $0x40, %al
+	xchg %al, %ah
+	ret
 
 smp:
 	movl $0, AP_FLAG
@@ -144,6 +170,8 @@ ap_end:
 banner:	.asciz "tiny: hello, cmdline="
 newline: .asciz "\n"
 ap_missing: .asciz "tiny: no AP\n"
+pit_counting: .asciz "tiny: PIT counting\n"
+pit_stopped: .asciz "tiny: PIT stopped\n"
 ap_seen: .asciz "tiny: AP online\n"
 	.align 8
 null_idt: .word 0
