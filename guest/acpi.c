@@ -261,6 +261,11 @@ static void parse_fadt(const struct sdt *t)
 		acpi.pm1a_cnt = gas_port(b + 172);
 	if (!acpi.pm1b_cnt && len >= 196)
 		acpi.pm1b_cnt = gas_port(b + 184);
+	/* Hardware-reduced platforms sleep through SLEEP_CONTROL_REG. */
+	if (len >= 256 && (b[244] == 0 || b[244] == 1) && rd64(b + 248)) {
+		acpi.sleep_ctl_io = b[244] == 1;
+		acpi.sleep_ctl = rd64(b + 248);
+	}
 	acpi.dsdt_pa = rd32(b + 40);
 	if (len >= 148 && rd64(b + 140))
 		acpi.dsdt_pa = rd64(b + 140);
@@ -450,6 +455,9 @@ void acpi_print(void)
 		uint8_t a, b;
 		kprintf("FADT: PM1a_CNT 0x%x PM1b_CNT 0x%x SMI_CMD 0x%x DSDT 0x%lx\n",
 			acpi.pm1a_cnt, acpi.pm1b_cnt, acpi.smi_cmd, acpi.dsdt_pa);
+		if (acpi.sleep_ctl)
+			kprintf("  SLEEP_CONTROL_REG %s 0x%lx\n", acpi.sleep_ctl_io ? "port" : "MMIO",
+				acpi.sleep_ctl);
 		if (acpi_s5(&a, &b))
 			kprintf("  \\_S5: SLP_TYPa %u SLP_TYPb %u\n", a, b);
 		else

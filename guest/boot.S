@@ -110,7 +110,7 @@ boot_pdpt_low:
 	.quad PHYS(boot_pd) + 2 * PAGE_SIZE + (PTE_P | PTE_W)
 	.quad PHYS(boot_pd) + 3 * PAGE_SIZE + (PTE_P | PTE_W)
 	.fill 508, 8, 0
-boot_pdpt_high:                         /* [0] is the test window (smp.c) */
+boot_pdpt_high:                         /* [0]: test window (selftest.c) */
 	.fill 510, 8, 0
 	.quad PHYS(boot_pd) + (PTE_P | PTE_W)   /* KERNBASE = -2 GiB */
 	.quad 0

@@ -122,9 +122,17 @@ void console_force_unlock(void)
 	tx_room = 0;
 }
 
+/*
+ * Empty the receiver completely: the IOAPIC pin is edge-triggered, so
+ * data left behind would never raise another interrupt.  Bounded, since
+ * an absent UART reads LSR = 0xFF ("data ready" forever).
+ */
 static void rx_drain(void)
 {
-	while (inb(COM1 + LSR) & LSR_DR) {
+	for (int i = 0; i < 256; i++) {
+		uint8_t lsr = inb(COM1 + LSR);
+		if (lsr == 0xFF || !(lsr & LSR_DR))
+			break;
 		uint8_t c = inb(COM1 + RBR);
 		if ((uint8_t)(rx_head + 1) != rx_tail) {
 			rxbuf[rx_head] = c;

@@ -4,6 +4,7 @@
  */
 #include "acpi.h"
 #include "apic.h"
+#include "boot.h"
 #include "console.h"
 #include "cpu.h"
 #include "ioapic.h"
@@ -16,8 +17,6 @@
 #include "trap.h"
 #include "x86.h"
 
-struct boot_stage { const char *name; uint64_t tsc; };
-
 static void serial_irq(struct trapframe *tf)
 {
 	console_intr();
@@ -25,7 +24,6 @@ static void serial_irq(struct trapframe *tf)
 
 uint64_t boot_tsc_start, boot_tsc_prompt;
 
-/* Boot profile (TSC at the end of each stage), shown by kerninfo. */
 struct boot_stage boot_stages[12];
 int boot_nstages;
 

@@ -2,6 +2,7 @@
 #include "monitor.h"
 #include "acpi.h"
 #include "apic.h"
+#include "boot.h"
 #include "console.h"
 #include "cpu.h"
 #include "ioapic.h"
@@ -15,9 +16,7 @@
 #define MAXARGS 16
 
 extern char _kernel_start[], _kernel_end[];
-extern uint64_t boot_tsc_start, boot_tsc_prompt;
-extern struct boot_stage { const char *name; uint64_t tsc; } boot_stages[];
-extern int boot_nstages;
+
 
 struct command {
 	const char *name;

@@ -65,6 +65,11 @@ static bool pit_window(uint64_t *tsc_delta, uint32_t *lapic_delta)
 	lapic_write(LAPIC_LVT_TIMER, LVT_MASKED | VEC_TIMER);
 	lapic_write(LAPIC_TIMER_ICR, 0xFFFFFFFF);
 
+	/* Mode 0 drives OUT2 low once programmed: if it reads high, there is
+	 * no PIT behind these ports (absent ports read 0xFF). */
+	if (inb(PORT_61) & 0x20)
+		return false;
+
 	outb(PORT_61, p61 | 0x01);              /* gate high: count down */
 	uint64_t t0 = rdtsc();
 	uint32_t a0 = lapic_read(LAPIC_TIMER_CCR);
@@ -91,7 +96,8 @@ void timer_calibrate(void)
 	uint32_t da;
 	const uint32_t count = PIT_HZ * CAL_MS / 1000;
 
-	if (pit_window(&dt, &da)) {
+	/* A TSC below 10 MHz means the window did not really run. */
+	if (pit_window(&dt, &da) && dt >= 10000ULL * CAL_MS) {
 		tsc_khz = dt * PIT_HZ / ((uint64_t)count * 1000);
 		lapic_timer_hz = (uint64_t)da * PIT_HZ / count;
 		tsc_source = "PIT";

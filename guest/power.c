@@ -2,6 +2,7 @@
 #include "power.h"
 #include "acpi.h"
 #include "lib.h"
+#include "mm.h"
 #include "timer.h"
 #include "x86.h"
 
@@ -30,7 +31,7 @@ void power_off(void)
 {
 	uint8_t a, b;
 
-	if (!acpi.have_fadt || !acpi.pm1a_cnt) {
+	if (!acpi.have_fadt || !(acpi.pm1a_cnt || acpi.sleep_ctl)) {
 		kprintf("poweroff: no ACPI PM1a control block\n");
 		return;
 	}
@@ -40,6 +41,18 @@ void power_off(void)
 	}
 	kprintf("powering off\n");
 	cli();
+	if (!acpi.pm1a_cnt) {
+		/* Hardware-reduced: SLP_TYP in bits 4:2, SLP_EN is bit 5. */
+		uint8_t v = ((a & 7) << 2) | (1u << 5);
+		if (acpi.sleep_ctl_io)
+			outb(acpi.sleep_ctl, v);
+		else if (acpi.sleep_ctl < PHYS_LIMIT)
+			*(volatile uint8_t *)(uintptr_t)acpi.sleep_ctl = v;
+		udelay(100000);
+		sti();
+		kprintf("poweroff failed: still running after writing SLEEP_CONTROL_REG\n");
+		return;
+	}
 	/* Hand the PM registers to the OS if firmware has not. */
 	if (!(inw(acpi.pm1a_cnt) & SCI_EN) && acpi.smi_cmd && acpi.acpi_enable) {
 		outb(acpi.smi_cmd, acpi.acpi_enable);

@@ -18,7 +18,8 @@ import pexpect
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROMPT = "guest(Core 0)> "
-COMMANDS = ["help", "kerninfo", "mem", "acpi", "pci", "cores", "bogus",
+# "kerninfx<BS>o" checks backspace editing: it must run kerninfo.
+COMMANDS = ["help", "kerninfx\x7fo", "mem", "acpi", "pci", "cores", "bogus",
             "selftest", "bench"]
 
 
@@ -55,6 +56,8 @@ def run(machine, smp, kernel, verbose, extra):
                 break
             if re.search(r"EXCEPTION|panic", out):
                 failures.append(f"fault in {cmd}")
+            if cmd.startswith("kerninfx") and "TSC frequency" not in out:
+                failures.append("backspace editing")
             if cmd == "bogus" and "Unknown command 'bogus'" not in out:
                 failures.append("unknown command message")
             if cmd == "selftest":

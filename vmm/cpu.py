@@ -61,12 +61,24 @@ def enter_protected_mode(vcpu: kvm.Vcpu, entry: int, eax: int, ebx: int) -> None
     vcpu.set_regs(regs)
 
 
+# "GenuineIntel" as leaf 0 spells it in EBX, EDX, ECX.
+INTEL_VENDOR = (0x756E6547, 0x49656E69, 0x6C65746E)
+
+
 def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> None:
-    """The host's supported CPUID with this vCPU's APIC id filled in."""
+    """The host's supported CPUID with this vCPU's APIC id filled in, as an Intel CPU.
+
+    The machine is an Intel platform (VT-d, an Intel host bridge), and the
+    vendor changes how KVM checks guest page tables: for an AMD guest, bit 8
+    of a non-leaf PML4E is reserved, and Akaros sets it (PTE_G) in its
+    PML4, so it would triple-fault as soon as it enables paging.
+    """
     entries = []
     for src in supported:
         e = kvm.kvm_cpuid_entry2.from_buffer_copy(src)
-        if e.function == 1:
+        if e.function == 0:
+            e.ebx, e.edx, e.ecx = INTEL_VENDOR
+        elif e.function == 1:
             e.ebx = (e.ebx & 0x00FFFFFF) | (vcpu.index << 24)
         elif e.function in (0xB, 0x1F):
             e.edx = vcpu.index

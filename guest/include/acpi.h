@@ -51,6 +51,8 @@ struct acpi_info {
 	uint32_t pm1a_cnt, pm1b_cnt, smi_cmd;
 	uint8_t acpi_enable;
 	uint64_t dsdt_pa;
+	uint64_t sleep_ctl;             /* hardware-reduced ACPI only */
+	bool sleep_ctl_io;
 };
 
 extern struct acpi_info acpi;
