@@ -31,37 +31,47 @@ class Bus:
 
     def __init__(self, name: str):
         self.name = name
-        self._bases: list[int] = []
-        self._ranges: list[Range] = []
+        # (bases, ranges), replaced whole under the lock so lookups from other
+        # threads never see one list updated and not the other.
+        self._table: tuple[list[int], list[Range]] = ([], [])
         self._lock = threading.Lock()
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
         self.accesses = 0
+        self.listeners: list = []    # called with the bus after every change of its ranges
 
     def register(self, base: int, size: int, device, name: str | None = None) -> Range:
         if size <= 0:
             raise BusError(f"{self.name}: empty range at {base:#x}")
         rng = Range(base, size, device, name or type(device).__name__)
         with self._lock:
-            i = bisect.bisect_left(self._bases, base)
-            for other in self._ranges[max(0, i - 1):i + 1]:
+            bases, ranges = self._table
+            i = bisect.bisect_left(bases, base)
+            for other in ranges[max(0, i - 1):i + 1]:
                 if base < other.end and other.base < rng.end:
                     raise BusError(f"{self.name}: {rng.name} at {base:#x}+{size:#x} overlaps "
                                    f"{other.name} at {other.base:#x}+{other.size:#x}")
-            self._bases.insert(i, base)
-            self._ranges.insert(i, rng)
+            self._table = (bases[:i] + [base] + bases[i:], ranges[:i] + [rng] + ranges[i:])
+            self._changed()
         return rng
 
     def unregister(self, rng: Range) -> None:
         with self._lock:
-            i = self._ranges.index(rng)
-            del self._ranges[i]
-            del self._bases[i]
+            bases, ranges = self._table
+            i = ranges.index(rng)
+            self._table = (bases[:i] + bases[i + 1:], ranges[:i] + ranges[i + 1:])
+            self._changed()
+
+    def _changed(self) -> None:
+        """Tell listeners (the C fast path's copy of the ranges); called with the lock held."""
+        for listener in self.listeners:
+            listener(self)
 
     def find(self, addr: int) -> Range | None:
-        i = bisect.bisect_right(self._bases, addr) - 1
+        bases, ranges = self._table
+        i = bisect.bisect_right(bases, addr) - 1
         if i >= 0:
-            rng = self._ranges[i]
+            rng = ranges[i]
             if addr < rng.end:
                 return rng
         return None
@@ -83,4 +93,4 @@ class Bus:
         rng.device.write(addr - rng.base, size, value)
 
     def ranges(self) -> list[Range]:
-        return list(self._ranges)
+        return list(self._table[1])

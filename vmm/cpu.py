@@ -113,15 +113,17 @@ def format_registers(regs: kvm.kvm_regs, sregs: kvm.kvm_sregs) -> str:
 class VcpuThread(threading.Thread):
     """Runs one vCPU until the machine stops."""
 
-    def __init__(self, vcpu: kvm.Vcpu, pio_bus, mmio_bus, stop, completer=None):
+    def __init__(self, vcpu: kvm.Vcpu, pio_bus, mmio_bus, stop, fastpath, completer=None):
         super().__init__(name=f"vcpu{vcpu.index}", daemon=True)
         self.vcpu = vcpu
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.stop = stop                  # stop(ExitCode, message)
         self.completer = completer        # finishes instructions KVM gave up on, or None
+        self.completion_report: str | None = None   # why the completer could not (vmm.complete)
         self.stats = VcpuStats()
         self.stopping = False
+        self.fastpath = fastpath          # vmm.fastpath.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
 
     def kick(self) -> None:
@@ -143,9 +145,9 @@ class VcpuThread(threading.Thread):
 
     def _loop(self) -> None:
         run = self.vcpu.kvm_run
-        fd = self.vcpu.fd
+        fd, fast = self.vcpu.fd, self.fastpath.handle
         while not self.stopping:
-            reason = lib.akvm_vcpu_run(fd, self._run_ptr)
+            reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast)
             if reason < 0:
                 if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
                     continue
@@ -205,8 +207,10 @@ class VcpuThread(threading.Thread):
             if (internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION
                     and self.completer is not None and self.completer(self)):
                 return True
+            report, self.completion_report = self.completion_report, None
             self.fatal(f"KVM internal error, suberror {internal.suberror}"
-                       f"{' (emulation failure)' if internal.suberror == 1 else ''}")
+                       f"{' (emulation failure)' if internal.suberror == 1 else ''}"
+                       f"{chr(10) + report if report else ''}")
             return False
         if reason == kvm.KVM_EXIT_FAIL_ENTRY:
             fe = run.exit.fail_entry

@@ -15,11 +15,14 @@ from devices.chardev import ChardevError, parse_serial
 from devices.cmos import Cmos
 from devices.debugport import DebugPort
 from devices.i8042 import I8042, ResetControl
+from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from devices.uart import Uart16550
 from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
+from vmm.complete import Completer
 from vmm.config import MachineConfig
+from vmm.fastpath import FastPath
 from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
 from vmm.irq import KvmIrqLine
 from vmm.memory import GuestMemory, PCI_HOLE_START
@@ -58,6 +61,7 @@ class Machine:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
+        self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.result: tuple[ExitCode, str] | None = None
@@ -121,13 +125,26 @@ class Machine:
         self.debug_port.register(pio)
         self.i8042 = I8042(reset=self._guest_reset)
         self.i8042.register(pio)
-        ResetControl(reset=self._guest_reset).register(pio)
+        self._add_pci()
+        # 0xCF9 sits inside CONFIG_ADDRESS (0xCF8-0xCFB): byte accesses pass through to it.
+        ResetControl(reset=self._guest_reset).register(self.pci.config_address_port.legacy_io)
         below_4g = min(self.config.memory, PCI_HOLE_START)
         pio.register(layout.CMOS_PORT, layout.CMOS_PORT_SIZE,
                      Cmos(below_4g, self.config.memory - below_4g, self.config.cpus), "cmos")
         pio.register(layout.ACPI_PM_BASE, layout.ACPI_PM_SIZE,
                      AcpiPm(poweroff=lambda: self.stop(ExitCode.POWEROFF, "guest powered off")),
                      "acpi-pm")
+
+    def _add_pci(self) -> None:
+        """PCI bus 0: mechanism #1 at 0xCF8/0xCFC, ECAM as the MCFG says, the host bridge."""
+        self.pci = PciRoot(self.pio_bus, self.mmio_bus,
+                           mmio_window=(layout.PCI_MMIO_START, layout.PCI_MMIO_END),
+                           irq=lambda gsi: KvmIrqLine(self.vm, gsi),
+                           msi=lambda address, data: self.vm.signal_msi(address, data))
+        self.pio_bus.register(CONFIG_ADDRESS, 4, self.pci.config_address_port, "pci-config-address")
+        self.pio_bus.register(CONFIG_DATA, 4, self.pci.config_data_port, "pci-config-data")
+        self.mmio_bus.register(layout.ECAM_BASE, layout.ECAM_SIZE, self.pci.ecam, "pci-ecam")
+        self.pci.add(PciHostBridge(), slot=0)
 
     def _write_tables(self) -> None:
         build_acpi(self.memory, self.config.cpus)
@@ -141,12 +158,15 @@ class Machine:
         except multiboot.BootError as e:
             raise UserError(str(e)) from None
         supported = self.system.supported_cpuid()
+        # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/complete.py.
+        self.completer = Completer.for_host(self.memory, supported)
         for i in range(self.config.cpus):
             vcpu = self.vm.create_vcpu(i)
             configure_cpuid(vcpu, supported)
             if i == 0:
                 enter_protected_mode(vcpu, boot.entry, boot.eax, boot.ebx)
-            self.vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.stop))
+            self.vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.stop,
+                                         self.fastpath, completer=self.completer))
 
     # --- running ------------------------------------------------------------
 
@@ -188,9 +208,13 @@ class Machine:
         for t in self.vcpus:
             exits = ", ".join(f"{k} {v}" for k, v in sorted(t.stats.exits.items())) or "none"
             lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
-        for bus in (self.pio_bus, self.mmio_bus):
-            lines.append(f"  {bus.name} bus: {bus.accesses} accesses, "
-                         f"{bus.unclaimed_reads} unclaimed reads, "
-                         f"{bus.unclaimed_writes} unclaimed writes")
+        fast = self.fastpath.stats()
+        lines.append(f"  completed in C: {fast['fast_exits']} exits, "
+                     f"debug port {fast['debug_writes']} writes (last {fast['debug_last']:#04x})")
+        for i, bus in enumerate((self.pio_bus, self.mmio_bus)):
+            lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
+                         f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
+                         f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
+        lines.append(f"  {self.completer.format_stats()}")
         return "\n".join(lines)

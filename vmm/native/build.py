@@ -8,7 +8,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = ["run.c"]
+SOURCES = ["run.c", "fastpath.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "akvm_native.h").read_text())

@@ -1,20 +1,9 @@
-/* The vCPU run loop: KVM_RUN without the GIL, and the kick that ends it. */
+/* The kick that ends a vCPU's KVM_RUN (the loop itself is in fastpath.c). */
 #include <errno.h>
-#include <linux/kvm.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/ioctl.h>
 
 #include "akvm_native.h"
-
-int akvm_vcpu_run(int vcpu_fd, void *kvm_run)
-{
-	struct kvm_run *run = kvm_run;
-
-	if (ioctl(vcpu_fd, KVM_RUN, 0) < 0)
-		return -errno;
-	return (int)run->exit_reason;
-}
 
 static void kick_handler(int signo)
 {
