@@ -11,7 +11,8 @@ import logging
 import sys
 
 from vmm import __version__, guest_kernel
-from vmm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
+from vmm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
+                        parse_module)
 from vmm.cpu import ExitCode
 
 EPILOG = """\
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="COM1 backend: stdio, file:PATH, unix:PATH or none (default stdio)")
     run.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                      help="a Multiboot module, with its command line after the comma; repeatable")
+    run.add_argument("--device", action="append", default=[], metavar="KIND[,KEY=VALUE...]",
+                     help="add a device, e.g. edu or virtio-blk,file=disk.img; repeatable")
+    run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
+                     help="emulate an Intel VT-d IOMMU in front of the PCI devices")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
@@ -57,7 +62,10 @@ def config_from_args(args) -> MachineConfig:
             raise ConfigError(str(e)) from None
     return MachineConfig(kernel=kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
                          cpus=parse_cpus(args.cpus), serial=args.serial,
-                         modules=[parse_module(m) for m in args.module], stats=args.stats)
+                         modules=[parse_module(m) for m in args.module],
+                         devices=[parse_device(d) for d in args.device],
+                         iommu=parse_device(args.iommu, "--iommu") if args.iommu else None,
+                         stats=args.stats)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
 from vmm.complete import Completer
-from vmm.config import MachineConfig
+from vmm.config import ConfigError, MachineConfig
 from vmm.fastpath import FastPath
 from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
 from vmm.irq import KvmIrqLine
@@ -41,6 +41,11 @@ IDENTITY_MAP_ADDR = 0xFFFB_C000
 
 class UserError(Exception):
     """Bad user input found while building the machine (exit status 2)."""
+
+
+# --device KIND -> builder(machine, spec). A builder takes its options from the
+# spec with spec.take(...), adds its device, and raises ConfigError on bad values.
+DEVICE_BUILDERS: dict = {}
 
 
 def open_kvm() -> kvm.System:
@@ -126,6 +131,7 @@ class Machine:
         self.i8042 = I8042(reset=self._guest_reset)
         self.i8042.register(pio)
         self._add_pci()
+        self._add_user_devices()
         # 0xCF9 sits inside CONFIG_ADDRESS (0xCF8-0xCFB): byte accesses pass through to it.
         ResetControl(reset=self._guest_reset).register(self.pci.config_address_port.legacy_io)
         below_4g = min(self.config.memory, PCI_HOLE_START)
@@ -145,6 +151,17 @@ class Machine:
         self.pio_bus.register(CONFIG_DATA, 4, self.pci.config_data_port, "pci-config-data")
         self.mmio_bus.register(layout.ECAM_BASE, layout.ECAM_SIZE, self.pci.ecam, "pci-ecam")
         self.pci.add(PciHostBridge(), slot=0)
+
+    def _add_user_devices(self) -> None:
+        if self.config.iommu is not None:
+            raise ConfigError(f"--iommu {self.config.iommu.kind}: no such IOMMU")
+        for spec in self.config.devices:
+            builder = DEVICE_BUILDERS.get(spec.kind)
+            if builder is None:
+                known = ", ".join(sorted(DEVICE_BUILDERS)) or "none yet"
+                raise ConfigError(f"--device {spec.kind}: no such device (known: {known})")
+            builder(self, spec)
+            spec.check_consumed()
 
     def _write_tables(self) -> None:
         build_acpi(self.memory, self.config.cpus)

@@ -86,3 +86,25 @@ def test_no_dev_kvm(tiny_kernel, tmp_path):
     if r.returncode != 2 and "unshare" in r.stderr:
         pytest.skip(f"cannot make a mount namespace here: {r.stderr.strip()}")
     assert_one_line_error(r, "/dev/kvm")
+
+
+def test_parse_device_options():
+    from vmm.config import ConfigError, parse_device
+    spec = parse_device("virtio-blk,file=disk.img,readonly=on")
+    assert spec.kind == "virtio-blk" and spec.take("file") == "disk.img"
+    assert spec.take_bool("readonly") is True
+    spec.check_consumed()
+    left = parse_device("edu,bogus=1")
+    with pytest.raises(ConfigError, match="unknown option 'bogus'"):
+        left.check_consumed()
+    for bad in ("", ",x=1", "Edu", "edu,x", "edu,x=1,x=2"):
+        with pytest.raises(ConfigError):
+            parse_device(bad)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--device", "nosuch"], "no such device"),
+    (["--device", "edu,x"], "KEY=VALUE"),
+])
+def test_bad_device(tiny_kernel, args, fragment):
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), *args), fragment)
