@@ -225,16 +225,34 @@ static void parse_dmar(const struct sdt *t)
 		return;
 	acpi.have_dmar = true;
 	acpi.dmar_haw = base[36] + 1;
+	acpi.dmar_flags = base[37];
 	for (; p + 4 <= end; p += rd16(p + 2)) {
 		uint16_t type = rd16(p), len = rd16(p + 2);
 		if (len < 4 || p + len > end)
 			break;
-		/* Only the DRHD register base for now. */
+		/* DRHDs and their device scopes; RMRR/ATSR/RHSA/ANDD are skipped. */
 		if (type == 0 && len >= 16 && acpi.ndrhd < (int)ARRAY_SIZE(acpi.drhd)) {
 			struct dmar_drhd *d = &acpi.drhd[acpi.ndrhd++];
-			*d = (struct dmar_drhd){ rd64(p + 8), rd16(p + 6), p[4], 0 };
-			for (const uint8_t *sc = p + 16; sc + 2 <= p + len && sc[1] >= 2; sc += sc[1])
-				d->nscopes++;   /* device scope entries */
+			d->base = rd64(p + 8);
+			d->seg = rd16(p + 6);
+			d->flags = p[4];
+			d->nscopes = d->nkept = 0;
+			for (const uint8_t *sc = p + 16; sc + 6 <= p + len && sc[1] >= 6 &&
+			     sc + sc[1] <= p + len; sc += sc[1]) {
+				d->nscopes++;
+				if (d->nkept == DMAR_MAX_SCOPES)
+					continue;
+				struct dmar_scope *s = &d->scopes[d->nkept++];
+				s->type = sc[0];
+				s->enum_id = sc[4];
+				s->start_bus = sc[5];
+				s->npath = 0;
+				for (int i = 6; i + 2 <= sc[1] && s->npath < DMAR_MAX_PATH; i += 2) {
+					s->path[s->npath][0] = sc[i];
+					s->path[s->npath][1] = sc[i + 1];
+					s->npath++;
+				}
+			}
 		}
 	}
 }
@@ -443,11 +461,24 @@ void acpi_print(void)
 	else
 		kprintf("MCFG: none\n");
 	if (acpi.have_dmar) {
-		kprintf("DMAR: host address width %u, %d DRHD\n", acpi.dmar_haw, acpi.ndrhd);
-		for (int i = 0; i < acpi.ndrhd; i++)
+		kprintf("DMAR: host address width %u, flags 0x%x, %d DRHD\n", acpi.dmar_haw,
+			acpi.dmar_flags, acpi.ndrhd);
+		for (int i = 0; i < acpi.ndrhd; i++) {
+			const struct dmar_drhd *d = &acpi.drhd[i];
 			kprintf("  DRHD registers at 0x%lx segment %u flags 0x%x%s, %u device scopes\n",
-				acpi.drhd[i].base, acpi.drhd[i].seg, acpi.drhd[i].flags,
-				acpi.drhd[i].flags & 1 ? " (INCLUDE_PCI_ALL)" : "", acpi.drhd[i].nscopes);
+				d->base, d->seg, d->flags, d->flags & 1 ? " (INCLUDE_PCI_ALL)" : "",
+				d->nscopes);
+			static const char *const kinds[] = { "?", "endpoint", "bridge", "IOAPIC",
+							     "HPET", "namespace" };
+			for (int j = 0; j < d->nkept; j++) {
+				const struct dmar_scope *s = &d->scopes[j];
+				kprintf("    scope %s id %u bus %u path", kinds[s->type < 6 ? s->type : 0],
+					s->enum_id, s->start_bus);
+				for (int k = 0; k < s->npath; k++)
+					kprintf(" %02x.%x", s->path[k][0], s->path[k][1]);
+				kprintf("\n");
+			}
+		}
 	} else {
 		kprintf("DMAR: none\n");
 	}

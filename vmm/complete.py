@@ -59,7 +59,7 @@ from iced_x86 import Decoder, DecoderError, Formatter, FormatterSyntax, Instruct
 
 from vmm.memory import GuestMemory, GuestMemoryError
 from vmm.paging import (BP, CR0_MP, CR0_NE, CR0_PE, CR0_TS, CR4_OSXSAVE, CR4_TSD, DB, GP, MF,
-                        NM, NP, OF, PF, SS, UD, VECTOR_NAMES, Access, GuestFault, PagingState,
+                        NM, NP, OF, SS, UD, VECTOR_NAMES, Access, GuestFault, PagingState,
                         canonical, read_linear, translate_range)
 
 log = logging.getLogger("akvm.complete")
@@ -402,7 +402,6 @@ _GPR_NAMES = {getattr(Register, n.upper()): n for n in (
     "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")}
 _SEG_NAMES = {Register.ES: "es", Register.CS: "cs", Register.SS: "ss", Register.DS: "ds",
               Register.FS: "fs", Register.GS: "gs"}
-_info_factory = InstructionInfoFactory()
 _MNEMONIC_NAMES = {v: k.lower() for k, v in vars(Mnemonic).items()
                    if k.isupper() and isinstance(v, int)}
 
@@ -410,8 +409,6 @@ _MNEMONIC_NAMES = {v: k.lower() for k, v in vars(Mnemonic).items()
 def mnemonic_name(mnemonic: int) -> str:
     """'xrstor64', 'int3', 'wait', ...: the iced-x86 mnemonic in lower case."""
     return _MNEMONIC_NAMES.get(mnemonic, str(mnemonic))
-
-_formatter = Formatter(FormatterSyntax.GAS)
 
 
 class _Area:
@@ -423,12 +420,15 @@ class _Area:
     def read(self, off: int, n: int) -> bytes:
         return read_linear(self.memory, self.ps, (self.base + off) % self.wrap, n, self.access)
 
-    def write_all(self, size: int, writes: list[tuple[int, bytes]]) -> None:
-        """Check the whole area is writable, then write: no partial saves."""
+    def prepare_write(self, size: int) -> None:
+        """Check (and mark dirty) the whole area as writable before anything is
+        read or written: a fault is reported as a write and no save is partial."""
         access = Access(write=True, user=self.access.user, ac=self.access.ac)
-        pieces = translate_range(self.memory, self.ps, self.base, size, access)
+        self.pieces = translate_range(self.memory, self.ps, self.base, size, access)
+
+    def write_all(self, writes: list[tuple[int, bytes]]) -> None:
         for off, data in writes:
-            self._write(pieces, off, data)
+            self._write(self.pieces, off, data)
 
     def _write(self, pieces, off: int, data: bytes) -> None:
         pos = 0
@@ -514,7 +514,7 @@ class Insn:
 
     def operand_address(self) -> tuple[int, int]:
         """The linear address of the memory operand, and its segment register."""
-        used = _info_factory.info(self.instr).used_memory()
+        used = InstructionInfoFactory().info(self.instr).used_memory()
         if not used:
             raise CannotComplete("no memory operand")
         m = used[0]
@@ -673,18 +673,21 @@ class Completer:
         log.info("%s: %s at rip %#x: injected %s", where, insn.mnemonic, insn.rip, f)
 
     def _fail(self, thread, report: str) -> None:
+        """Record a failure. A VcpuThread prints the report in the message that
+        stops the VM (with the registers), so it is only logged at INFO then;
+        any other caller gets it at ERROR."""
         with self._lock:
             self.failures += 1
-        log.error("%s", report)
-        try:
+        if hasattr(thread, "completion_report"):
             thread.completion_report = report
-        except AttributeError:
-            pass
+            log.info("%s", report)
+        else:
+            log.error("%s", report)
 
     def report(self, insn: Insn, headline: str) -> str:
         """One readable account of an instruction that could not be completed."""
         if insn.instr is not None and insn.instr.code != iced_x86.Code.INVALID:
-            text = _formatter.format(insn.instr)
+            text = Formatter(FormatterSyntax.GAS).format(insn.instr)
         else:
             text = "(undecodable)"
         lines = [f"{headline}: `{text}` at rip {insn.rip:#x} "
@@ -756,11 +759,12 @@ class Completer:
         la, rfbm, _, _ = self._xsave_prologue(insn, supervisor)
         area = _Area(self.memory, insn.ps, la, insn.wrap, insn.data_access())
         size = area_size(self.layout, rfbm, compacted)
+        area.prepare_write(size)
         kvm = self._kvm_state(insn.vcpu)
         old_bv = 0 if compacted else _u64.unpack(area.read(XSTATE_BV_OFF, 8))[0]
         writes = save_area(kvm, self.layout, rfbm, compacted=compacted, rex_w=rex_w,
                            mode64=insn.bitness == 64, old_xstate_bv=old_bv)
-        area.write_all(size, writes)
+        area.write_all(writes)
         insn.advance()
 
     def _xrstor(self, insn: Insn) -> None:

@@ -18,7 +18,22 @@ struct madt_lapic { uint32_t apic_id, uid, flags; };
 struct madt_ioapic { uint8_t id; uint32_t pa, gsi_base; };
 struct madt_iso { uint8_t bus, irq; uint32_t gsi; uint16_t flags; };
 struct mcfg_region { uint64_t base; uint16_t seg; uint8_t bus_start, bus_end; };
-struct dmar_drhd { uint64_t base; uint16_t seg; uint8_t flags, nscopes; };
+/* A DRHD device scope: type 1 PCI endpoint, 2 PCI sub-hierarchy, 3 IOAPIC,
+ * 4 HPET, 5 ACPI namespace device; a path of (device, function) hops
+ * starting at start_bus. */
+#define DMAR_MAX_SCOPES 16
+#define DMAR_MAX_PATH   4
+struct dmar_scope {
+	uint8_t type, enum_id, start_bus, npath;
+	uint8_t path[DMAR_MAX_PATH][2];
+};
+struct dmar_drhd {
+	uint64_t base;
+	uint16_t seg;
+	uint8_t flags, nscopes;         /* flags bit 0: INCLUDE_PCI_ALL */
+	uint8_t nkept;                  /* scopes recorded below */
+	struct dmar_scope scopes[DMAR_MAX_SCOPES];
+};
 
 struct acpi_info {
 	bool present;
@@ -43,7 +58,7 @@ struct acpi_info {
 	struct mcfg_region mcfg[4];
 
 	bool have_dmar;
-	uint8_t dmar_haw;
+	uint8_t dmar_haw, dmar_flags;
 	int ndrhd;
 	struct dmar_drhd drhd[4];
 

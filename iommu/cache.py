@@ -1,0 +1,179 @@
+"""The remapping unit's caches: the context cache and the IOTLB (VT-d 6.1, 6.2).
+
+Both are bounded (least recently used entries are evicted) and tagged with
+the domain id, and both keep serving what they hold until software
+invalidates it: a guest that changes a context or page-table entry without
+invalidating really uses the old translation, as on hardware.
+
+With caching mode (CAP.CM) the unit may also cache not-present and
+erroneous entries; those are stored as `Negative` entries and answer with
+the same fault until invalidated (context entries under domain 0, as the
+spec has software invalidate them).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from iommu.translate import ContextEntry, Leaf, TranslationFault
+
+LARGE_PAGE_SHIFTS = (12, 21, 30)
+
+
+@dataclass
+class DomainStats:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    invalidated: int = 0          # entries dropped by invalidations
+
+
+@dataclass(frozen=True)
+class Negative:
+    """A cached fault (caching mode only)."""
+    fault: TranslationFault
+    did: int = 0
+
+
+@dataclass
+class IotlbEntry:
+    did: int
+    leaf: Leaf
+    sid: int                      # the requester whose walk filled it (for reports)
+    reported: bool = False        # the checker has reported this entry stale
+
+
+class ContextCache:
+    """source id -> ContextEntry (or Negative), bounded, tagged by domain id."""
+
+    def __init__(self, capacity: int = 256):
+        self.capacity = max(1, capacity)
+        self._entries: OrderedDict[int, ContextEntry | Negative] = OrderedDict()
+        self.hits = self.misses = self.evictions = self.invalidated = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def lookup(self, sid: int) -> ContextEntry | Negative | None:
+        entry = self._entries.get(sid)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(sid)
+        self.hits += 1
+        return entry
+
+    def insert(self, sid: int, entry: ContextEntry | Negative) -> None:
+        self._entries[sid] = entry
+        self._entries.move_to_end(sid)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def entries(self) -> list[tuple[int, ContextEntry | Negative]]:
+        return list(self._entries.items())
+
+    def _drop(self, keep) -> int:
+        victims = [sid for sid, e in self._entries.items() if not keep(sid, e)]
+        for sid in victims:
+            del self._entries[sid]
+        self.invalidated += len(victims)
+        return len(victims)
+
+    def invalidate_all(self) -> int:
+        return self._drop(lambda sid, e: False)
+
+    def invalidate_domain(self, did: int) -> int:
+        return self._drop(lambda sid, e: e.did != did)
+
+    def invalidate_device(self, did: int, sid: int, function_mask: int) -> int:
+        """Device-selective: DID and SID match, ignoring the function bits FM masks
+        (FM 1: bit 2, 2: bits 2:1, 3: bits 2:0)."""
+        ignore = (0, 0b100, 0b110, 0b111)[function_mask & 3]
+        return self._drop(lambda s, e: e.did != did or (s & ~ignore) != (sid & ~ignore))
+
+
+class Iotlb:
+    """(domain, page) -> translation, for 4 KiB, 2 MiB and 1 GiB pages; bounded LRU.
+
+    Statistics are kept per domain id: hits, misses, evictions, invalidated.
+    """
+
+    def __init__(self, capacity: int = 512):
+        self.capacity = max(1, capacity)
+        # key (did, shift, iova >> shift)
+        self._entries: OrderedDict[tuple[int, int, int], IotlbEntry | Negative] = OrderedDict()
+        self._by_domain: dict[int, dict[tuple[int, int, int], None]] = {}
+        self._shift_count = {s: 0 for s in LARGE_PAGE_SHIFTS}
+        self.domains: dict[int, DomainStats] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def stats(self, did: int) -> DomainStats:
+        s = self.domains.get(did)
+        if s is None:
+            s = self.domains[did] = DomainStats()
+        return s
+
+    def lookup(self, did: int, iova: int) -> IotlbEntry | Negative | None:
+        entries = self._entries
+        for shift in LARGE_PAGE_SHIFTS:
+            if self._shift_count[shift]:
+                key = (did, shift, iova >> shift)
+                entry = entries.get(key)
+                if entry is not None:
+                    entries.move_to_end(key)
+                    self.stats(did).hits += 1
+                    return entry
+        self.stats(did).misses += 1
+        return None
+
+    def insert(self, did: int, iova: int, shift: int, entry: IotlbEntry | Negative) -> None:
+        key = (did, shift, iova >> shift)
+        if key not in self._entries:
+            self._shift_count[shift] += 1
+            self._by_domain.setdefault(did, {})[key] = None
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            victim, _ = self._entries.popitem(last=False)
+            self._forget(victim)
+            self.stats(victim[0]).evictions += 1
+
+    def _forget(self, key: tuple[int, int, int]) -> None:
+        self._shift_count[key[1]] -= 1
+        keys = self._by_domain.get(key[0])
+        if keys is not None:
+            keys.pop(key, None)
+            if not keys:
+                del self._by_domain[key[0]]
+
+    def _remove(self, keys) -> int:
+        n = 0
+        for key in list(keys):
+            if self._entries.pop(key, None) is not None:
+                self._forget(key)
+                self.stats(key[0]).invalidated += 1
+                n += 1
+        return n
+
+    def entries(self) -> list[tuple[tuple[int, int, int], IotlbEntry | Negative]]:
+        return list(self._entries.items())
+
+    def invalidate_all(self) -> int:
+        return self._remove(list(self._entries))
+
+    def invalidate_domain(self, did: int) -> int:
+        return self._remove(list(self._by_domain.get(did, ())))
+
+    def invalidate_pages(self, did: int, address: int, address_mask: int) -> int:
+        """Page-selective: every entry of `did` overlapping the 2^AM naturally
+        aligned pages containing `address` (large pages included)."""
+        size = 1 << (12 + address_mask)
+        start = address & ~(size - 1)
+        end = start + size
+        victims = [key for key in self._by_domain.get(did, ())
+                   if key[2] << key[1] < end and start < (key[2] + 1) << key[1]]
+        return self._remove(victims)
+

@@ -1,0 +1,153 @@
+"""DmaSpace: how a device reaches guest memory.
+
+Every emulated PCI device is handed one when it is attached. Without an
+IOMMU it is a DirectDma (device addresses are guest-physical addresses);
+with `--iommu vtd` it is a TranslatedDma that asks the remapping unit to
+translate each access for the device's requester id (bus << 8 | devfn).
+
+A transfer that cannot be done raises DmaError and nothing else: a
+translation fault (which the IOMMU has recorded, as hardware would) or an
+address outside guest RAM (a master abort). The device decides what a
+failed transfer means for it; the VMM never sees an exception.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from vmm.memory import GuestMemory, GuestMemoryError
+
+
+class DmaError(Exception):
+    """A DMA that did not happen (or happened only up to `address`).
+
+    `reason` is the VT-d fault reason when the IOMMU refused the access,
+    None when the address was simply not guest RAM.
+    """
+
+    def __init__(self, message: str, address: int, write: bool, reason: int | None = None):
+        super().__init__(message)
+        self.address = address
+        self.write = write
+        self.reason = reason
+
+
+class Translator(Protocol):
+    """What TranslatedDma needs from an IOMMU (iommu.vtd.VtdIommu)."""
+    memory: GuestMemory
+
+    def translate(self, sid: int, address: int, write: bool) -> tuple[int, int]:
+        """(guest-physical address, bytes valid from it) or raise TranslationFault."""
+
+
+class DmaSpace:
+    """A device's view of memory: read/write by device (bus) address.
+
+    `translate(address, size, write)` returns the guest-physical pieces a
+    transfer covers, for code that copies through GuestMemory itself (the
+    C virtqueue paths); it raises DmaError like read/write.
+    """
+
+    translated = False
+
+    def __init__(self, memory: GuestMemory):
+        self.memory = memory
+
+    def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+    def read(self, address: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+        parts = []
+        for gpa, n in self.translate(address, size, False):
+            parts.append(self._memory_read(gpa, n, address))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, address: int, data) -> None:
+        data = memoryview(data).cast("B")
+        done = 0
+        for gpa, n in self.translate(address, len(data), True):
+            try:
+                self.memory.write(gpa, data[done:done + n])
+            except GuestMemoryError:
+                raise DmaError(f"DMA write to {address + done:#x} (guest-physical {gpa:#x}) "
+                               "is outside guest RAM", address + done, True) from None
+            done += n
+
+    def _memory_read(self, gpa: int, n: int, address: int) -> bytes:
+        try:
+            return self.memory.read(gpa, n)
+        except GuestMemoryError:
+            raise DmaError(f"DMA read of {address:#x} (guest-physical {gpa:#x}) is outside "
+                           "guest RAM", address, False) from None
+
+    # --- fixed-size helpers (little-endian, as PCI devices see memory) -----------
+
+    def read_u16(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 2), "little")
+
+    def read_u32(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 4), "little")
+
+    def read_u64(self, address: int) -> int:
+        return int.from_bytes(self.read(address, 8), "little")
+
+    def write_u16(self, address: int, value: int) -> None:
+        self.write(address, (value & 0xFFFF).to_bytes(2, "little"))
+
+    def write_u32(self, address: int, value: int) -> None:
+        self.write(address, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+
+    def write_u64(self, address: int, value: int) -> None:
+        self.write(address, (value & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"))
+
+
+class DirectDma(DmaSpace):
+    """No IOMMU: device addresses are guest-physical addresses."""
+
+    def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
+        if address < 0 or size < 0 or not self.memory.contains(address, max(size, 1)):
+            raise DmaError(f"DMA {'write' if write else 'read'} of {address:#x}+{size:#x} is "
+                           "outside guest RAM", address, write)
+        return [(address, size)] if size else []
+
+    def __repr__(self) -> str:
+        return "DirectDma()"
+
+
+class TranslatedDma(DmaSpace):
+    """DMA remapped by an IOMMU for one requester id (source id)."""
+
+    translated = True
+
+    def __init__(self, iommu: Translator, requester_id: int):
+        super().__init__(iommu.memory)
+        self.iommu = iommu
+        self.requester_id = requester_id & 0xFFFF
+
+    def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
+        # Local import: translate.py does not depend on this module either way round.
+        from iommu.translate import TranslationFault
+        out: list[tuple[int, int]] = []
+        end = address + size
+        while address < end:
+            try:
+                gpa, span = self.iommu.translate(self.requester_id, address, write)
+            except TranslationFault as f:
+                raise DmaError(f"DMA {'write' if write else 'read'} of {address:#x} by "
+                               f"{_bdf(self.requester_id)} blocked by the IOMMU: {f}",
+                               address, write, f.reason) from None
+            n = min(span, end - address)
+            if out and out[-1][0] + out[-1][1] == gpa:
+                out[-1] = (out[-1][0], out[-1][1] + n)
+            else:
+                out.append((gpa, n))
+            address += n
+        return out
+
+    def __repr__(self) -> str:
+        return f"TranslatedDma({_bdf(self.requester_id)})"
+
+
+def _bdf(sid: int) -> str:
+    return f"{sid >> 8:02x}:{(sid >> 3) & 0x1F:02x}.{sid & 7:x}"
