@@ -84,6 +84,34 @@ int ioapic_route_isa(uint8_t irq, uint8_t vector, uint32_t dest_apic)
 	return -1;
 }
 
+static struct ioapic *ioapic_for(uint32_t gsi)
+{
+	for (int i = 0; i < nioapics; i++)
+		if (gsi >= ioapics[i].gsi_base && gsi < ioapics[i].gsi_base + ioapics[i].nentries)
+			return &ioapics[i];
+	return NULL;
+}
+
+bool ioapic_route_gsi(uint32_t gsi, uint8_t vector, uint32_t dest_apic, bool level, bool active_low)
+{
+	struct ioapic *io = ioapic_for(gsi);
+	if (!io)
+		return false;
+	uint32_t pin = gsi - io->gsi_base;
+	uint32_t lo = vector | (level ? RTE_LEVEL : 0) | (active_low ? RTE_ACTIVE_LO : 0);
+	ioapic_write(io, IOREDTBL(pin), RTE_MASKED);
+	ioapic_write(io, IOREDTBL(pin) + 1, dest_apic << 24);
+	ioapic_write(io, IOREDTBL(pin), lo);
+	return true;
+}
+
+void ioapic_mask_gsi(uint32_t gsi)
+{
+	struct ioapic *io = ioapic_for(gsi);
+	if (io)
+		ioapic_write(io, IOREDTBL(gsi - io->gsi_base), RTE_MASKED);
+}
+
 void ioapic_print(void)
 {
 	for (int i = 0; i < nioapics; i++)

@@ -62,6 +62,28 @@ size_t strlcpy(char *d, const char *s, size_t n)
 	return len;
 }
 
+char *strchr(const char *s, int c)
+{
+	for (; *s; s++)
+		if (*s == (char)c)
+			return (char *)s;
+	return c ? NULL : (char *)s;
+}
+
+bool mem_eq64(const void *a, const void *b, size_t nwords)
+{
+	if (!nwords)
+		return true;
+	bool eq;
+	asm volatile("repe cmpsq" : "+S"(a), "+D"(b), "+c"(nwords), "=@ccz"(eq) :: "memory");
+	return eq;
+}
+
+void mem_fill64(void *d, uint64_t v, size_t nwords)
+{
+	asm volatile("rep stosq" : "+D"(d), "+c"(nwords) : "a"(v) : "memory");
+}
+
 void spin_lock(spinlock_t *l)
 {
 	while (__atomic_exchange_n(&l->locked, 1, __ATOMIC_ACQUIRE))

@@ -12,14 +12,15 @@
 #include "multiboot.h"
 #include "pci.h"
 #include "rtc.h"
+#include "selftest.h"
 #include "smp.h"
 #include "timer.h"
 #include "trap.h"
 #include "x86.h"
 
-static char why[160];
-
-#define FAIL(...) ({ ksnprintf(why, sizeof(why), __VA_ARGS__); why; })
+char st_why[160];
+bool st_skipped;
+#define why st_why
 
 static const char *test_memmap(void)
 {
@@ -290,12 +291,6 @@ static const char *selftest_xsave(void)
 	return err;
 }
 
-struct selftest {
-	const char *name;
-	const char *(*fn)(void);
-	bool dflt;
-};
-
 static const struct selftest tests[] = {
 	{ "memmap", test_memmap, true },
 	{ "acpi", test_acpi, true },
@@ -310,38 +305,102 @@ static const struct selftest tests[] = {
 	{ "xsave", selftest_xsave, false },
 };
 
-static bool run_one(const struct selftest *t)
+static const struct { const struct selftest *t; const size_t *n; size_t fixed; } lists[] = {
+	{ tests, NULL, ARRAY_SIZE(tests) },
+	{ dev_tests, &dev_ntests, 0 },
+	{ virtio_tests, &virtio_ntests, 0 },
+	{ swint_tests, &swint_ntests, 0 },
+};
+
+enum { PASSED, FAILED, SKIPPED };
+
+static int run_one(const struct selftest *t)
 {
 	why[0] = 0;
+	st_skipped = false;
 	const char *err = t->fn();
+	if (err && st_skipped) {
+		kprintf("SKIP %s: %s\n", t->name, err);
+		return SKIPPED;
+	}
 	if (err)
 		kprintf("FAIL %s: %s\n", t->name, err);
 	else
 		kprintf("PASS %s\n", t->name);
-	return !err;
+	return err ? FAILED : PASSED;
 }
 
+static const struct selftest *find_test(const char *name)
+{
+	for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+		size_t n = lists[l].n ? *lists[l].n : lists[l].fixed;
+		for (size_t i = 0; i < n; i++)
+			if (!strcmp(name, lists[l].t[i].name))
+				return &lists[l].t[i];
+	}
+	return NULL;
+}
+
+static bool prefix_match(const char *pat, const char *name)
+{
+	size_t n = strlen(pat);
+	return n && pat[n - 1] == '*' && !strncmp(pat, name, n - 1);
+}
+
+/*
+ * selftest            all default tests
+ * selftest NAME...    those tests (default or not); "iommu-*" runs a group
+ * selftest list       names, with (default) marks
+ * Prints PASS/FAIL/SKIP lines, "K skipped" when K > 0, then the
+ * "N passed, M failed" summary the harnesses parse (skips are in neither).
+ */
 int selftest_main(int argc, char **argv)
 {
-	int passed = 0, failed = 0;
+	int count[3] = { 0, 0, 0 };
 
-	if (argc == 0) {
-		for (size_t i = 0; i < ARRAY_SIZE(tests); i++)
-			if (tests[i].dflt)
-				run_one(&tests[i]) ? passed++ : failed++;
+	if (argc == 1 && !strcmp(argv[0], "list")) {
+		for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+			size_t n = lists[l].n ? *lists[l].n : lists[l].fixed;
+			for (size_t i = 0; i < n; i++)
+				kprintf("%s%s\n", lists[l].t[i].name, lists[l].t[i].dflt ? " (default)" : "");
+		}
+		return 0;
 	}
-	for (int a = 0; a < argc; a++) {
-		size_t i;
-		for (i = 0; i < ARRAY_SIZE(tests); i++)
-			if (!strcmp(argv[a], tests[i].name))
-				break;
-		if (i == ARRAY_SIZE(tests)) {
-			kprintf("FAIL %s: no such test\n", argv[a]);
-			failed++;
-		} else {
-			run_one(&tests[i]) ? passed++ : failed++;
+	if (argc == 0) {
+		for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+			size_t n = lists[l].n ? *lists[l].n : lists[l].fixed;
+			for (size_t i = 0; i < n; i++)
+				if (lists[l].t[i].dflt)
+					count[run_one(&lists[l].t[i])]++;
 		}
 	}
-	kprintf("%d passed, %d failed\n", passed, failed);
-	return failed != 0;
+	for (int a = 0; a < argc; a++) {
+		if (strchr(argv[a], '*')) {
+			int hits = 0;
+			for (size_t l = 0; l < ARRAY_SIZE(lists); l++) {
+				size_t n = lists[l].n ? *lists[l].n : lists[l].fixed;
+				for (size_t i = 0; i < n; i++)
+					if (prefix_match(argv[a], lists[l].t[i].name) && lists[l].t[i].dflt) {
+						count[run_one(&lists[l].t[i])]++;
+						hits++;
+					}
+			}
+			if (!hits) {
+				kprintf("FAIL %s: no such test\n", argv[a]);
+				count[FAILED]++;
+			}
+			continue;
+		}
+		const struct selftest *t = find_test(argv[a]);
+		if (!t) {
+			kprintf("FAIL %s: no such test\n", argv[a]);
+			count[FAILED]++;
+		} else {
+			count[run_one(t)]++;
+		}
+	}
+	if (count[SKIPPED])
+		kprintf("%d skipped\n", count[SKIPPED]);
+	kprintf("%d passed, %d failed\n", count[PASSED], count[FAILED]);
+	return count[FAILED] != 0;
 }

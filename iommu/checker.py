@@ -24,7 +24,7 @@ import logging
 from typing import Callable
 
 from iommu.cache import IotlbEntry
-from iommu.translate import ContextEntry, TranslationFault, context_entry, walk
+from iommu.translate import ContextEntry, TranslationFault, context_entry, format_sid, walk
 
 log = logging.getLogger("akvm.iommu")
 
@@ -33,10 +33,6 @@ MAX_KEPT_REPORTS = 32
 
 def _perms(read: bool, write: bool) -> str:
     return ("r" if read else "-") + ("w" if write else "-")
-
-
-def _bdf(sid: int) -> str:
-    return f"{sid >> 8:02x}:{(sid >> 3) & 0x1F:02x}.{sid & 7:x}"
 
 
 class CoherenceChecker:
@@ -78,7 +74,7 @@ class CoherenceChecker:
             return
         self._reported_contexts.add(key)
         self._report(f"iommu check: stale context entry #{self.reported + 1}: device "
-                     f"{_bdf(sid)}: cached domain {cached.did} tt {cached.tt} table "
+                     f"{format_sid(sid)}: cached domain {cached.did} tt {cached.tt} table "
                      f"{cached.slptptr:#x}, {now} (no context-cache invalidation since)")
 
     def iotlb_hit(self, ctx: ContextEntry, address: int, entry: IotlbEntry) -> None:
@@ -100,5 +96,5 @@ class CoherenceChecker:
             return
         entry.reported = True
         self._report(f"iommu check: stale IOTLB entry #{self.reported + 1}: domain {entry.did} "
-                     f"device {_bdf(ctx.sid)} iova {address & ~0xFFF:#x}: cached frame "
+                     f"device {format_sid(ctx.sid)} iova {address & ~0xFFF:#x}: cached frame "
                      f"{old_frame & ~0xFFF:#x} ({_perms(old.read, old.write)}), {now}")

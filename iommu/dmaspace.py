@@ -12,9 +12,13 @@ failed transfer means for it; the VMM never sees an exception.
 """
 from __future__ import annotations
 
+import logging
 from typing import Protocol
 
+from iommu.translate import TranslationFault, format_sid
 from vmm.memory import GuestMemory, GuestMemoryError
+
+log = logging.getLogger("akvm.iommu")
 
 
 class DmaError(Exception):
@@ -126,8 +130,6 @@ class TranslatedDma(DmaSpace):
         self.requester_id = requester_id & 0xFFFF
 
     def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
-        # Local import: translate.py does not depend on this module either way round.
-        from iommu.translate import TranslationFault
         out: list[tuple[int, int]] = []
         end = address + size
         while address < end:
@@ -135,8 +137,11 @@ class TranslatedDma(DmaSpace):
                 gpa, span = self.iommu.translate(self.requester_id, address, write)
             except TranslationFault as f:
                 raise DmaError(f"DMA {'write' if write else 'read'} of {address:#x} by "
-                               f"{_bdf(self.requester_id)} blocked by the IOMMU: {f}",
+                               f"{format_sid(self.requester_id)} blocked by the IOMMU: {f}",
                                address, write, f.reason) from None
+            except Exception as e:          # the IOMMU promises not to; a device must not crash
+                log.error("%r: translation of %#x failed: %r", self, address, e)
+                raise DmaError(f"DMA of {address:#x} failed: {e!r}", address, write) from None
             n = min(span, end - address)
             if out and out[-1][0] + out[-1][1] == gpa:
                 out[-1] = (out[-1][0], out[-1][1] + n)
@@ -146,8 +151,5 @@ class TranslatedDma(DmaSpace):
         return out
 
     def __repr__(self) -> str:
-        return f"TranslatedDma({_bdf(self.requester_id)})"
+        return f"TranslatedDma({format_sid(self.requester_id)})"
 
-
-def _bdf(sid: int) -> str:
-    return f"{sid >> 8:02x}:{(sid >> 3) & 0x1F:02x}.{sid & 7:x}"

@@ -83,6 +83,11 @@ AW_LEVELS = {1: (3, 39), 2: (4, 48), 3: (5, 57)}
 SAGAW_BIT = {1: 1 << 1, 2: 1 << 2, 3: 1 << 3}
 
 
+def format_sid(sid: int) -> str:
+    """A source id (requester id) as bus:device.function."""
+    return f"{sid >> 8:02x}:{(sid >> 3) & 0x1F:02x}.{sid & 7:x}"
+
+
 class TranslationFault(Exception):
     """A request the remapping hardware blocks; `reason` is the fault reason code.
 

@@ -14,9 +14,12 @@ from devices.acpi_pm import AcpiPm
 from devices.chardev import ChardevError, parse_serial
 from devices.cmos import Cmos
 from devices.debugport import DebugPort
+from devices.edu import Edu
 from devices.i8042 import I8042, ResetControl
 from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from devices.uart import Uart16550
+from iommu.dmaspace import DirectDma, TranslatedDma
+from iommu.vtd import VtdConfig, VtdIommu
 from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
@@ -29,6 +32,7 @@ from vmm.memory import GuestMemory, PCI_HOLE_START
 from vmm.native import lib
 from vmm.tables import layout
 from vmm.tables.acpi import build_acpi
+from vmm.tables.dmar import build_dmar
 from vmm.tables.mptable import build_mptable
 
 log = logging.getLogger("akvm.machine")
@@ -46,6 +50,16 @@ class UserError(Exception):
 # --device KIND -> builder(machine, spec). A builder takes its options from the
 # spec with spec.take(...), adds its device, and raises ConfigError on bad values.
 DEVICE_BUILDERS: dict = {}
+
+
+def _build_edu(machine: "Machine", spec) -> None:
+    text = spec.take("dma_bits", "28")
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise ConfigError(f"edu: dma_bits={text}: expected 1 to 64")
+    machine.pci.add(Edu(dma_bits=int(text)))
+
+
+DEVICE_BUILDERS["edu"] = _build_edu
 
 
 def open_kvm() -> kvm.System:
@@ -66,6 +80,7 @@ class Machine:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
+        self.iommu: VtdIommu | None = None
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -130,6 +145,7 @@ class Machine:
         self.debug_port.register(pio)
         self.i8042 = I8042(reset=self._guest_reset)
         self.i8042.register(pio)
+        self._add_iommu()
         self._add_pci()
         self._add_user_devices()
         # 0xCF9 sits inside CONFIG_ADDRESS (0xCF8-0xCFB): byte accesses pass through to it.
@@ -141,20 +157,40 @@ class Machine:
                      AcpiPm(poweroff=lambda: self.stop(ExitCode.POWEROFF, "guest powered off")),
                      "acpi-pm")
 
+    def _add_iommu(self) -> None:
+        """--iommu vtd[,...]: the remapping unit's registers at VTD_BASE (the DMAR says so)."""
+        spec = self.config.iommu
+        if spec is None:
+            return
+        if spec.kind != "vtd":
+            raise ConfigError(f"--iommu {spec.kind}: no such IOMMU (known: vtd)")
+        self.iommu = VtdIommu(self.memory, lambda address, data: self.vm.signal_msi(address, data),
+                              VtdConfig.from_spec(spec), on_stale=self._iommu_stale)
+        self.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, self.iommu, "vtd")
+
+    def _iommu_stale(self, message: str) -> None:
+        """check=stop: the coherence checker found a stale translation in use."""
+        self.stop(ExitCode.GUEST_ERROR, f"stopped by the IOMMU checker (check=stop): {message}")
+
+    def _dma_space(self, requester_id: int):
+        """Each PCI function's DMA: through the IOMMU when there is one."""
+        if self.iommu is None:
+            return DirectDma(self.memory)
+        return TranslatedDma(self.iommu, requester_id)
+
     def _add_pci(self) -> None:
         """PCI bus 0: mechanism #1 at 0xCF8/0xCFC, ECAM as the MCFG says, the host bridge."""
         self.pci = PciRoot(self.pio_bus, self.mmio_bus,
                            mmio_window=(layout.PCI_MMIO_START, layout.PCI_MMIO_END),
                            irq=lambda gsi: KvmIrqLine(self.vm, gsi),
-                           msi=lambda address, data: self.vm.signal_msi(address, data))
+                           msi=lambda address, data: self.vm.signal_msi(address, data),
+                           dma=self._dma_space)
         self.pio_bus.register(CONFIG_ADDRESS, 4, self.pci.config_address_port, "pci-config-address")
         self.pio_bus.register(CONFIG_DATA, 4, self.pci.config_data_port, "pci-config-data")
         self.mmio_bus.register(layout.ECAM_BASE, layout.ECAM_SIZE, self.pci.ecam, "pci-ecam")
         self.pci.add(PciHostBridge(), slot=0)
 
     def _add_user_devices(self) -> None:
-        if self.config.iommu is not None:
-            raise ConfigError(f"--iommu {self.config.iommu.kind}: no such IOMMU")
         for spec in self.config.devices:
             builder = DEVICE_BUILDERS.get(spec.kind)
             if builder is None:
@@ -164,7 +200,8 @@ class Machine:
             spec.check_consumed()
 
     def _write_tables(self) -> None:
-        build_acpi(self.memory, self.config.cpus)
+        extra = [build_dmar(self.iommu.config.aw)] if self.iommu is not None else []
+        build_acpi(self.memory, self.config.cpus, extra_tables=extra)
         build_mptable(self.memory, self.config.cpus)
 
     def _load_kernel(self, image: multiboot.MultibootImage) -> None:
@@ -234,4 +271,6 @@ class Machine:
                          f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
         lines.append(f"  {self.completer.format_stats()}")
+        if self.iommu is not None:
+            lines += [f"  {line}" for line in self.iommu.format_stats()]
         return "\n".join(lines)

@@ -317,6 +317,7 @@ class PciDevice:
         self.mmio_bus = None
         self.irq = None
         self._msi_sink: MsiSink | None = None
+        self.dma = None                    # its DmaSpace (iommu.dmaspace), given by attach()
         self.intx_asserted = False         # the function's internal INTx request
         self.msi_sent = 0
         self.msi_dropped = 0
@@ -349,6 +350,12 @@ class PciDevice:
     @property
     def class_code(self) -> int:
         return self.config.get(REVISION_ID, 4) >> 8
+
+    @property
+    def requester_id(self) -> int:
+        """bus << 8 | device << 3 | function: the source id of its DMA and MSIs."""
+        bus, device, function = self.address
+        return bus << 8 | device << 3 | function
 
     @property
     def interrupt_pin(self) -> int:
@@ -432,8 +439,9 @@ class PciDevice:
         return msix
 
     def attach(self, address: PciAddress, pio_bus=None, mmio_bus=None, irq=None,
-               msi: MsiSink | None = None) -> None:
-        """Connect the function to the machine: called once, by PciRoot.add()."""
+               msi: MsiSink | None = None, dma=None) -> None:
+        """Connect the function to the machine: called once, by PciRoot.add().
+        `dma` is the DmaSpace all its bus-master accesses go through."""
         if self.address is not None:
             raise PciError(f"{self.name} is already attached at {self.address}")
         self.address = PciAddress(*address)
@@ -441,6 +449,7 @@ class PciDevice:
         self.mmio_bus = mmio_bus
         self.irq = irq
         self._msi_sink = msi
+        self.dma = dma
         with self.lock:
             self._update_bars()
 

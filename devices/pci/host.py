@@ -201,6 +201,7 @@ class PciRoot:
 
     Register `config_address` (0xCF8, 4 ports) and `config_data` (0xCFC,
     4 ports) on the PIO bus and `ecam` on the MMIO bus; add() functions.
+    `dma(requester_id)` makes each function's DmaSpace.
     """
 
     def __init__(self, pio_bus: Bus | None = None, mmio_bus: Bus | None = None, *,
@@ -208,10 +209,12 @@ class PciRoot:
                  io_window: tuple[int, int] = DEFAULT_IO_WINDOW,
                  irq: Callable[[int], IrqLine] | None = None,
                  msi: MsiSink | None = None,
+                 dma: Callable[[int], object] | None = None,
                  intx_gsis: tuple[int, ...] = DEFAULT_INTX_GSIS):
         self.pio_bus = pio_bus
         self.mmio_bus = mmio_bus
         self.msi = msi
+        self.dma = dma                      # requester id -> the DmaSpace of that function
         self.lock = threading.RLock()
         self.config_address = 0             # the mechanism #1 latch
         self.config_address_port = ConfigAddressPort(self)
@@ -254,7 +257,8 @@ class PciRoot:
                 irq = _IntxInput(self._shared_line(gsi))
                 device.config.set(INTERRUPT_LINE, 1, gsi)
                 self._routes.append(IntxRoute(slot, pin - 1, gsi))
-            device.attach(address, self.pio_bus, self.mmio_bus, irq, self.msi)
+            dma = self.dma(slot << 3 | function) if self.dma is not None else None
+            device.attach(address, self.pio_bus, self.mmio_bus, irq, self.msi, dma)
             self._functions[key] = device
             self._update_multifunction(slot)
             if assign_bars:

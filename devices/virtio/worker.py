@@ -55,7 +55,7 @@ class Worker:
     def unwatch(self, fd: int) -> None:
         try:
             self._selector.unregister(fd)
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, RuntimeError):   # not watched, or already stopped
             pass
 
     def call(self, fn: Callable[[], None]) -> None:

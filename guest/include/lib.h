@@ -10,6 +10,11 @@ size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 size_t strlcpy(char *d, const char *s, size_t n);
+char *strchr(const char *s, int c);
+/* n 64-bit words: equal?  (REPE CMPSQ: one instruction to emulate) */
+bool mem_eq64(const void *a, const void *b, size_t nwords);
+/* Fill n 64-bit words with v (REP STOSQ). */
+void mem_fill64(void *d, uint64_t v, size_t nwords);
 
 int kprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int vkprintf(const char *fmt, va_list ap);

@@ -6,6 +6,11 @@
 /* Vector assignment.  0x20-0x2F: the masked 8259 after remapping. */
 #define VEC_PIC_BASE    0x20
 #define VEC_IRQ_BASE    0x30    /* ISA IRQ n via the IOAPIC -> 0x30 + n */
+#define VEC_IOMMU_FAULT 0xD0    /* VT-d fault event (FEDATA) */
+#define VEC_IOMMU_INV   0xD1    /* VT-d invalidation completion (IEDATA) */
+#define VEC_EDU_MSI     0xD2
+#define VEC_EDU_INTX    0xD3
+#define VEC_SOFT_TEST   0x80    /* int $0x80 self-test */
 #define VEC_TIMER       0xE0
 #define VEC_IPI_TEST    0xF0
 #define VEC_SHOOTDOWN   0xF1
@@ -25,5 +30,8 @@ void trap_init(void);           /* build the IDT (BSP) */
 void idt_load(void);            /* every core */
 void gdt_load(void);            /* every core: high-half GDT base */
 void irq_register(int vector, irq_handler_t h);
+/* A handler for an exception or a software interrupt (INT n): no EOI.
+ * For vectors < 32 it runs instead of the fatal exception dump. */
+void trap_register_soft(int vector, irq_handler_t h);
 
 #endif

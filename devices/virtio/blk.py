@@ -1,0 +1,197 @@
+"""virtio-blk (virtio 1.2, 5.2) on a raw image file.
+
+One request queue. A request is a struct virtio_blk_req: a 16-byte header
+the device reads (le32 type, le32 reserved, le64 sector), data, and a
+status byte the device writes last. Served on the device's own thread:
+
+    VIRTIO_BLK_T_IN            pread into the driver's buffers
+    VIRTIO_BLK_T_OUT           pwrite (and fdatasync while the driver has not
+                               negotiated VIRTIO_BLK_F_FLUSH: write-through)
+    VIRTIO_BLK_T_FLUSH         fsync, then the status: a flushed write is on disk
+    VIRTIO_BLK_T_GET_ID        the serial number, 20 bytes
+    VIRTIO_BLK_T_DISCARD       punch holes (a hint: OK even where the host cannot)
+    VIRTIO_BLK_T_WRITE_ZEROES  zero range / punch hole (unmap), or plain zeros
+
+Requests are served in order, one at a time, so every write completed
+before a flush was taken is in the file when the flush calls fsync.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
+from devices.virtio.image import RawImage
+
+VIRTIO_BLK_F_SIZE_MAX = 1
+VIRTIO_BLK_F_SEG_MAX = 2
+VIRTIO_BLK_F_GEOMETRY = 4
+VIRTIO_BLK_F_RO = 5
+VIRTIO_BLK_F_BLK_SIZE = 6
+VIRTIO_BLK_F_FLUSH = 9
+VIRTIO_BLK_F_TOPOLOGY = 10
+VIRTIO_BLK_F_CONFIG_WCE = 11
+VIRTIO_BLK_F_DISCARD = 13
+VIRTIO_BLK_F_WRITE_ZEROES = 14
+
+VIRTIO_BLK_T_IN = 0
+VIRTIO_BLK_T_OUT = 1
+VIRTIO_BLK_T_FLUSH = 4
+VIRTIO_BLK_T_GET_ID = 8
+VIRTIO_BLK_T_GET_LIFETIME = 10
+VIRTIO_BLK_T_DISCARD = 11
+VIRTIO_BLK_T_WRITE_ZEROES = 13
+VIRTIO_BLK_T_SECURE_ERASE = 14
+
+VIRTIO_BLK_S_OK = 0
+VIRTIO_BLK_S_IOERR = 1
+VIRTIO_BLK_S_UNSUPP = 2
+
+VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
+VIRTIO_BLK_ID_BYTES = 20
+
+SECTOR_SIZE = 512
+QUEUE_SIZE = 256
+CHUNK = 1 << 20                      # the most copied between file and guest at a time
+MAX_DISCARD_SECTORS = (1 << 30) // SECTOR_SIZE
+MAX_DISCARD_SEG = 32
+DISCARD_ALIGNMENT = 4096 // SECTOR_SIZE
+
+_HEADER = struct.Struct("<IIQ")                   # type, reserved, sector
+_SEGMENT = struct.Struct("<QII")                  # sector, num_sectors, flags
+# struct virtio_blk_config, up to write_zeroes_may_unmap
+CONFIG_SIZE = 0x3C
+CAPACITY, SEG_MAX, BLK_SIZE = 0x00, 0x0C, 0x14
+MAX_DISCARD_SECTORS_OFF, MAX_DISCARD_SEG_OFF, DISCARD_ALIGNMENT_OFF = 0x24, 0x28, 0x2C
+MAX_WRITE_ZEROES_SECTORS_OFF, MAX_WRITE_ZEROES_SEG_OFF = 0x30, 0x34
+WRITE_ZEROES_MAY_UNMAP_OFF = 0x38
+
+
+class VirtioBlk(VirtioDevice):
+    device_id = VIRTIO_ID_BLOCK
+    kind = "virtio-blk"
+
+    def __init__(self, image: RawImage, serial: str | None = None, name: str | None = None):
+        features = bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
+        if image.readonly:
+            features |= bit(VIRTIO_BLK_F_RO)
+        else:
+            features |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES)
+        super().__init__([QUEUE_SIZE], features, CONFIG_SIZE, name)
+        self.image = image
+        self.capacity = image.size // SECTOR_SIZE
+        ident = serial if serial is not None else os.path.basename(image.path)
+        self.serial = ident.encode()[:VIRTIO_BLK_ID_BYTES]
+        c = self.config
+        struct.pack_into("<Q", c, CAPACITY, self.capacity)
+        struct.pack_into("<I", c, SEG_MAX, QUEUE_SIZE - 2)
+        struct.pack_into("<I", c, BLK_SIZE, SECTOR_SIZE)
+        if not image.readonly:
+            struct.pack_into("<III", c, MAX_DISCARD_SECTORS_OFF, MAX_DISCARD_SECTORS,
+                             MAX_DISCARD_SEG, DISCARD_ALIGNMENT)
+            struct.pack_into("<II", c, MAX_WRITE_ZEROES_SECTORS_OFF, MAX_DISCARD_SECTORS,
+                             MAX_DISCARD_SEG)
+            c[WRITE_ZEROES_MAY_UNMAP_OFF] = 1
+        self.reads = self.writes = self.flushes = 0
+
+    def on_close(self) -> None:
+        self.image.close()
+
+    # --- requests ---------------------------------------------------------------------
+
+    def handle(self, req: Request) -> int:
+        if req.readable_len < _HEADER.size or req.writable_len < 1:
+            self.log_once("malformed", f"{self.name}: request without header or status byte")
+            self.errors += 1
+            return 0
+        kind, _, sector = _HEADER.unpack(req.read(0, _HEADER.size))
+        status_at = req.writable_len - 1
+        written = 1
+        try:
+            if kind == VIRTIO_BLK_T_IN:
+                status = self._read(req, sector, status_at)
+                written += status_at if status == VIRTIO_BLK_S_OK else 0
+            elif kind == VIRTIO_BLK_T_OUT:
+                status = self._write(req, sector)
+            elif kind == VIRTIO_BLK_T_FLUSH:
+                self.sync()
+                self.flushes += 1
+                status = VIRTIO_BLK_S_OK
+            elif kind == VIRTIO_BLK_T_GET_ID:
+                n = min(status_at, VIRTIO_BLK_ID_BYTES)
+                req.write(0, self.serial.ljust(VIRTIO_BLK_ID_BYTES, b"\0")[:n])
+                written += n
+                status = VIRTIO_BLK_S_OK
+            elif kind in (VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES):
+                status = self._ranges(req, kind)
+            else:
+                status = VIRTIO_BLK_S_UNSUPP
+        except OSError as e:
+            self.log_once(f"io-{e.errno}", f"{self.name}: {self.image.path}: {e.strerror or e}")
+            self.errors += 1
+            status, written = VIRTIO_BLK_S_IOERR, 1
+        except DMA_ERRORS as e:           # a data buffer the device may not reach
+            self.log_once("dma", f"{self.name}: request failed: {e}")
+            self.errors += 1
+            status, written = VIRTIO_BLK_S_IOERR, 1
+        req.write(status_at, bytes((status,)))
+        return written
+
+    def sync(self) -> None:
+        """Make every write so far durable (VIRTIO_BLK_T_FLUSH)."""
+        self.image.fsync()
+
+    def _in_range(self, sector: int, length: int) -> bool:
+        return length % SECTOR_SIZE == 0 and sector + length // SECTOR_SIZE <= self.capacity
+
+    def _read(self, req: Request, sector: int, length: int) -> int:
+        if not self._in_range(sector, length):
+            return VIRTIO_BLK_S_IOERR
+        base = sector * SECTOR_SIZE
+        for off in range(0, length, CHUNK):
+            req.write(off, self.image.pread(min(CHUNK, length - off), base + off))
+        self.reads += 1
+        return VIRTIO_BLK_S_OK
+
+    def _write(self, req: Request, sector: int) -> int:
+        length = req.readable_len - _HEADER.size
+        if self.image.readonly or not self._in_range(sector, length):
+            return VIRTIO_BLK_S_IOERR
+        base = sector * SECTOR_SIZE
+        for off in range(0, length, CHUNK):
+            self.image.pwrite(req.read(_HEADER.size + off, min(CHUNK, length - off)), base + off)
+        self._write_through()
+        self.writes += 1
+        return VIRTIO_BLK_S_OK
+
+    def _write_through(self) -> None:
+        if not self.negotiated(VIRTIO_BLK_F_FLUSH):
+            self.image.fdatasync()
+
+    def _ranges(self, req: Request, kind: int) -> int:
+        """VIRTIO_BLK_T_DISCARD / WRITE_ZEROES: struct virtio_blk_discard_write_zeroes[]."""
+        length = req.readable_len - _HEADER.size
+        count = length // _SEGMENT.size
+        if self.image.readonly or length % _SEGMENT.size or not 0 < count <= MAX_DISCARD_SEG:
+            return VIRTIO_BLK_S_IOERR
+        data = req.read(_HEADER.size, length)
+        segments = [_SEGMENT.unpack_from(data, i * _SEGMENT.size) for i in range(count)]
+        for sector, sectors, flags in segments:
+            allowed = VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP if kind == VIRTIO_BLK_T_WRITE_ZEROES else 0
+            if flags & ~allowed:
+                return VIRTIO_BLK_S_UNSUPP
+            if sectors > MAX_DISCARD_SECTORS or sector + sectors > self.capacity:
+                return VIRTIO_BLK_S_IOERR
+        for sector, sectors, flags in segments:
+            offset, n = sector * SECTOR_SIZE, sectors * SECTOR_SIZE
+            if kind == VIRTIO_BLK_T_DISCARD:
+                self.image.discard(offset, n)
+            else:
+                self.image.write_zeroes(offset, n, bool(flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP))
+        self._write_through()
+        return VIRTIO_BLK_S_OK
+
+    def format_stats(self) -> str:
+        return (f"{self.name}: {self.reads} reads, {self.writes} writes, {self.flushes} flushes, "
+                f"{self.errors} errors")
