@@ -3,6 +3,7 @@
  *   BENCH name iterations=N cycles_per_op=X ns_per_op=Y
  */
 #include "monitor.h"
+#include "selftest.h"
 #include "apic.h"
 #include "cpu.h"
 #include "lib.h"
@@ -15,7 +16,7 @@
 #define BENCH_MMIO_PA 0xFEF00000u
 #define BENCH_PIO_PORT 0x80     /* POST diagnostic port, harmless to write */
 
-static void report(const char *name, uint64_t n, uint64_t cycles)
+void bench_report(const char *name, uint64_t n, uint64_t cycles)
 {
 	kprintf("BENCH %s iterations=%lu cycles_per_op=%lu ns_per_op=%lu\n", name, n,
 		cycles / n, tsc_to_ns(cycles) / n);
@@ -30,7 +31,7 @@ static bool bench_pio(void)
 		outb(BENCH_PIO_PORT, 0);
 	uint64_t t1 = rdtsc();
 	irq_restore(f);
-	report("pio", n, t1 - t0);
+	bench_report("pio", n, t1 - t0);
 	return true;
 }
 
@@ -43,7 +44,7 @@ static bool bench_mmio(void)
 		mmio_write32(BENCH_MMIO_PA, (uint32_t)i);
 	uint64_t t1 = rdtsc();
 	irq_restore(f);
-	report("mmio", n, t1 - t0);
+	bench_report("mmio", n, t1 - t0);
 	return true;
 }
 
@@ -57,7 +58,7 @@ static bool bench_cpuid(void)
 		cpuid(0, 0, r);
 	uint64_t t1 = rdtsc();
 	irq_restore(f);
-	report("cpuid", n, t1 - t0);
+	bench_report("cpuid", n, t1 - t0);
 	return true;
 }
 
@@ -76,7 +77,7 @@ static bool bench_ipi(void)
 			return false;
 		}
 	uint64_t t1 = rdtsc();
-	report("ipi", n, t1 - t0);
+	bench_report("ipi", n, t1 - t0);
 	return true;
 }
 
@@ -96,8 +97,8 @@ static bool bench_insn(void)
 	asm volatile("1: mov (%%rsp), %1; dec %0; jnz 1b" : "+r"(c2), "=&r"(dummy) :: "cc");
 	uint64_t t2 = rdtsc();
 	irq_restore(f);
-	report("insn-loop", 2 * n, t1 - t0);
-	report("insn-load-loop", 3 * n, t2 - t1);
+	bench_report("insn-loop", 2 * n, t1 - t0);
+	bench_report("insn-load-loop", 3 * n, t2 - t1);
 	return true;
 }
 
@@ -112,6 +113,8 @@ static const struct bench benches[] = {
 	{ "cpuid", bench_cpuid },
 	{ "ipi", bench_ipi },
 	{ "insn", bench_insn },
+	{ "iommu", bench_iommu },
+	{ "edu", bench_edu },
 };
 
 int bench_main(int argc, char **argv)

@@ -20,7 +20,7 @@
 #include "vm.h"
 #include "x86.h"
 
-#define IOVA_BASE       0x0A000000ULL
+#define IOVA_BASE       0x0A000000UL
 #define IOVA_SRC        (IOVA_BASE + 0x0000)
 #define IOVA_P          (IOVA_BASE + 0x1000)
 #define IOVA_Q          (IOVA_BASE + 0x2000)
@@ -181,7 +181,9 @@ static const char *xlate_domain(struct iodomain *d, uint16_t did, int levels)
 	return iommu_inv_iotlb(INV_DOMAIN, did, 0, 0);
 }
 
-#define TRY(expr) do { const char *e_ = (expr); if (e_) return restore(FAIL("%s: %s", #expr, e_)); } while (0)
+/* The reason may already live in st_why: copy it before formatting. */
+#define TRY(expr) do { const char *e_ = (expr); if (e_) { char t_[160]; strlcpy(t_, e_, sizeof(t_)); \
+	return restore(FAIL("%s: %s", #expr, t_)); } } while (0)
 #define EXPECT(cond, ...) do { if (!(cond)) return restore(FAIL(__VA_ARGS__)); } while (0)
 
 /* ---- edu ------------------------------------------------------------------ */
@@ -238,8 +240,10 @@ static const char *irq_test(int mode)
 	const char *err = need_edu();
 	if (err)
 		return err;
-	if ((err = edu_set_irq(mode)))
-		return edu_set_irq(0), SKIP("%s", err);
+	if ((err = edu_set_irq(mode))) {
+		edu_set_irq(0);
+		return SKIP("%s", err);
+	}
 	if (iommu.enabled && iommu_covers(edu.pci->bus, edu.pci->dev, edu.pci->fn))
 		TRY(edu_ctx(TT_PASSTHROUGH, NULL));
 	/* A raised interrupt with a distinctive status... */

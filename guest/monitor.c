@@ -5,12 +5,14 @@
 #include "boot.h"
 #include "console.h"
 #include "cpu.h"
+#include "iommu.h"
 #include "ioapic.h"
 #include "lib.h"
 #include "multiboot.h"
 #include "pci.h"
 #include "power.h"
 #include "timer.h"
+#include "virtio.h"
 #include "x86.h"
 
 #define MAXARGS 16
@@ -117,7 +119,43 @@ static int cmd_bench(int argc, char **argv)
 
 static int cmd_reboot(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "int"))
+		reboot_int(true);
+	if (argc > 1 && !strcmp(argv[1], "int0"))
+		reboot_int(false);
+	if (argc > 1) {
+		kprintf("usage: reboot [int|int0]\n");
+		return 1;
+	}
 	power_reboot();
+	return 0;
+}
+
+static int cmd_iommu(int argc, char **argv)
+{
+	const char *err = NULL;
+	if (argc == 1) {
+		iommu_print();
+		return 0;
+	}
+	if (!strcmp(argv[1], "on"))
+		err = iommu_enable();
+	else if (!strcmp(argv[1], "off"))
+		iommu_disable();
+	else if (!strcmp(argv[1], "faults"))
+		iommu_print_faults();
+	else if (!strcmp(argv[1], "qi") && argc == 3 && (!strcmp(argv[2], "on") || !strcmp(argv[2], "off")))
+		err = (err = iommu_enable()) ? err : iommu_qi_set(!strcmp(argv[2], "on"));
+	else
+		err = "usage: iommu [on|off|faults|qi on|qi off]";
+	if (err)
+		kprintf("iommu: %s\n", err);
+	return err != NULL;
+}
+
+static int cmd_virtio(int argc, char **argv)
+{
+	virtio_print();
 	return 0;
 }
 
@@ -136,7 +174,9 @@ static const struct command commands[] = {
 	{ "cores", "cores online and their APIC ids", cmd_cores },
 	{ "selftest", "[NAME...] run self-tests (no name: all default tests)", cmd_selftest },
 	{ "bench", "[NAME...] run micro-benchmarks", cmd_bench },
-	{ "reboot", "reset the machine", cmd_reboot },
+	{ "iommu", "[on|off|faults|qi on|off] VT-d: CAP/ECAP decoded, state", cmd_iommu },
+	{ "virtio", "virtio devices found (PCI and MMIO)", cmd_virtio },
+	{ "reboot", "[int|int0] reset (int: 0xCF9 then int $0 on a zero stack, as Akaros)", cmd_reboot },
 	{ "poweroff", "ACPI soft-off (S5)", cmd_poweroff },
 };
 

@@ -1,7 +1,7 @@
 """virtio 1.2 devices: split virtqueues, two transports, four device types.
 
-  dma       the DMA interface devices reach guest memory through (read/write,
-            DmaError), and the direct one over GuestMemory
+  dma       the DMA interface devices reach guest memory through: the IOMMU's
+            DmaSpace (read/write, DmaError); DirectDma without an IOMMU
   queue     split virtqueues: descriptor walking (direct and indirect),
             used ring, notification suppression (VIRTIO_F_EVENT_IDX), RingError
   worker    a device's own thread: eventfds (queue kicks, KVM ioeventfds), backend fds
@@ -21,7 +21,7 @@ datamatch=None, deassign=False) callable.
 from devices.virtio.blk import VirtioBlk
 from devices.virtio.console import VirtioConsole
 from devices.virtio.device import VirtioDevice
-from devices.virtio.dma import DMA_ERRORS, DmaError, GuestMemoryDma, direct_dma
+from devices.virtio.dma import DirectDma, DmaError
 from devices.virtio.image import ImageError, RawImage
 from devices.virtio.mmio import VirtioMmio, cmdline_string
 from devices.virtio.net import VirtioNet
@@ -31,7 +31,7 @@ from devices.virtio.pci import VirtioPci
 from devices.virtio.queue import Chain, RingError, Virtqueue
 from devices.virtio.rng import VirtioRng
 
-__all__ = ["Chain", "DMA_ERRORS", "DmaError", "GuestMemoryDma", "ImageError", "LoopbackBackend",
+__all__ = ["Chain", "DirectDma", "DmaError", "ImageError", "LoopbackBackend",
            "NetBackendError", "RawImage", "RingError", "SocketBackend", "TapBackend",
            "VirtioBlk", "VirtioConsole", "VirtioDevice", "VirtioMmio", "VirtioNet", "VirtioPci",
-           "VirtioRng", "Virtqueue", "cmdline_string", "direct_dma"]
+           "VirtioRng", "Virtqueue", "cmdline_string"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import struct
 
-from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.dma import DmaError
 from devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
 from devices.virtio.image import RawImage
 
@@ -131,7 +131,7 @@ class VirtioBlk(VirtioDevice):
             self.log_once(f"io-{e.errno}", f"{self.name}: {self.image.path}: {e.strerror or e}")
             self.errors += 1
             status, written = VIRTIO_BLK_S_IOERR, 1
-        except DMA_ERRORS as e:           # a data buffer the device may not reach
+        except DmaError as e:           # a data buffer the device may not reach
             self.log_once("dma", f"{self.name}: request failed: {e}")
             self.errors += 1
             status, written = VIRTIO_BLK_S_IOERR, 1

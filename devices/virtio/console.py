@@ -14,7 +14,7 @@ import threading
 
 from devices.chardev import Chardev
 from devices.virtio.device import VIRTIO_ID_CONSOLE, Abandoned, Request, VirtioDevice, bit
-from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.dma import DmaError
 
 VIRTIO_CONSOLE_F_SIZE = 0
 VIRTIO_CONSOLE_F_MULTIPORT = 1
@@ -73,7 +73,7 @@ class VirtioConsole(VirtioDevice):
                 n = req.write(0, chunk)
             except Abandoned:
                 return
-            except DMA_ERRORS as e:
+            except DmaError as e:
                 self.errors += 1
                 self.log_once("dma", f"{self.name}: receive buffer dropped: {e}")
                 n = 0

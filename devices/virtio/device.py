@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 
-from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.dma import DmaError
 from devices.virtio.queue import Chain, RingError, Virtqueue
 from devices.virtio.worker import Worker, drain_eventfd, new_eventfd
 
@@ -362,7 +362,7 @@ class VirtioDevice:
             written = self.handle(req)
         except Abandoned:
             return
-        except DMA_ERRORS as e:
+        except DmaError as e:
             self.errors += 1
             self.log_once("dma", f"{self.name}: queue {req.vq.index}: request dropped: {e}")
             written = 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 
 from devices.virtio.device import VIRTIO_ID_NET, Abandoned, Request, VirtioDevice, bit
-from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.dma import DmaError
 
 VIRTIO_NET_F_MTU = 3
 VIRTIO_NET_F_MAC = 5
@@ -105,7 +105,7 @@ class VirtioNet(VirtioDevice):
                 n = req.write(0, header + frame)
             except Abandoned:
                 return
-            except DMA_ERRORS as e:
+            except DmaError as e:
                 self.errors += 1
                 self.log_once("dma", f"{self.name}: receive buffer dropped: {e}")
                 n = 0

@@ -25,6 +25,7 @@ import logging
 from devices.pci import BarKind, PciDevice
 from devices.pci.config import CAP_ID_VENDOR
 from devices.virtio.device import VirtioDevice
+from devices.virtio.dma import DirectDma
 
 log = logging.getLogger("akvm.virtio")
 
@@ -122,6 +123,18 @@ class VirtioPci(PciDevice):
         c.set_wmask(self.pci_cfg + PCI_CFG_DATA, 4, 0xFFFF_FFFF)
         self._registered: list[tuple[int, int]] = []     # (fd, addr) ioeventfds in KVM
         self._reset_transport()
+
+    def attach(self, address, pio_bus=None, mmio_bus=None, irq=None, msi=None, dma=None) -> None:
+        """As PciDevice.attach; the function's DmaSpace becomes the device's DMA. Behind an
+        IOMMU (a translating DmaSpace) the device offers VIRTIO_F_ACCESS_PLATFORM and uses it
+        when the driver accepts; a driver that does not gets guest-physical DMA (virtio 1.2, 6.1)."""
+        super().attach(address, pio_bus, mmio_bus, irq, msi, dma)
+        if dma is None:
+            return                          # a machine without DmaSpaces: set_dma() was called
+        if getattr(dma, "translated", False):
+            self.device.set_dma(DirectDma(dma.memory), dma)
+        else:
+            self.device.set_dma(dma)
 
     def _add_cap(self, cfg_type: int, offset: int, length: int, cap_len: int = CAP_LEN) -> int:
         at = self.config.add_capability(CAP_ID_VENDOR, cap_len)

@@ -30,7 +30,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from devices.virtio.dma import DMA_ERRORS
+from devices.virtio.dma import DmaError
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -158,13 +158,13 @@ class Virtqueue:
     def _read(self, addr: int, n: int) -> bytes:
         try:
             return self.dma.read(addr, n)
-        except DMA_ERRORS as e:
+        except DmaError as e:
             raise RingError(f"queue {self.index}: ring access failed: {e}") from None
 
     def _write(self, addr: int, data: bytes) -> None:
         try:
             self.dma.write(addr, data)
-        except DMA_ERRORS as e:
+        except DmaError as e:
             raise RingError(f"queue {self.index}: ring access failed: {e}") from None
 
     def _u16(self, addr: int) -> int:

@@ -12,7 +12,7 @@ from devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK, Abandoned, VirtioDevice, bit,
 )
-from devices.virtio.dma import DmaError, GuestMemoryDma
+from devices.virtio.dma import DmaError, DirectDma
 from devices.virtio.queue import VIRTQ_DESC_F_NEXT
 from tests.unit.virtio_driver import DATA, MEM_SIZE, Recorder, bring_up, new_memory
 from vmm.memory import GuestMemory
@@ -57,7 +57,7 @@ def test_offered_features():
 
 def test_features_ok_refused_without_version_1():
     dev = Echo()
-    dev.set_dma(GuestMemoryDma(new_memory()))
+    dev.set_dma(DirectDma(new_memory()))
     dev.write_status(ACK_DRIVER)
     dev.set_driver_features_word(0, bit(3))
     dev.write_status(ACK_DRIVER | VIRTIO_STATUS_FEATURES_OK)
@@ -75,7 +75,7 @@ def test_features_ok_refused_for_features_not_offered():
 
 def test_driver_features_freeze_at_features_ok():
     dev = Echo()
-    dev.set_dma(GuestMemoryDma(new_memory()))
+    dev.set_dma(DirectDma(new_memory()))
     dev.write_status(ACK_DRIVER)
     dev.set_driver_features_word(1, 1)
     dev.write_status(ACK_DRIVER | VIRTIO_STATUS_FEATURES_OK)
@@ -103,7 +103,7 @@ def test_requests_before_driver_ok_wait_for_it():
     mem = new_memory()
     dev = Echo()
     dev.transport = Recorder()
-    dev.set_dma(GuestMemoryDma(mem))
+    dev.set_dma(DirectDma(mem))
     from tests.unit.virtio_driver import RINGS, QueueDriver
     q0 = QueueDriver(mem, 8, RINGS)
     q0.configure(dev.queues[0])
@@ -196,7 +196,7 @@ def test_queue_layout_that_cannot_work_needs_reset_at_driver_ok():
     mem = new_memory()
     dev = Echo()
     dev.transport = Recorder()
-    dev.set_dma(GuestMemoryDma(mem))
+    dev.set_dma(DirectDma(mem))
     dev.write_status(ACK_DRIVER)
     dev.set_driver_features_word(1, 1)
     dev.write_status(ACK_DRIVER | VIRTIO_STATUS_FEATURES_OK)
@@ -276,13 +276,13 @@ class OffsetDma:
     beyond `limit` is mapped (stands in for the IOMMU's TranslatedDma)."""
 
     def __init__(self, mem, offset, limit):
-        self.direct = GuestMemoryDma(mem)
+        self.direct = DirectDma(mem)
         self.offset, self.limit = offset, limit
         self.accesses = 0
 
     def _map(self, addr, n):
         if addr + n > self.limit:
-            raise DmaError(f"bus address {addr:#x} not mapped")
+            raise DmaError(f"bus address {addr:#x} not mapped", addr, False)
         self.accesses += 1
         return addr + self.offset
 
@@ -301,7 +301,7 @@ def test_access_platform_routes_every_access_through_the_platform_dma():
     bus = GuestMemory()
     bus.add_slot(0, mem.slots[0].view[offset:])
     dev = Echo()
-    dev.set_dma(GuestMemoryDma(mem), platform)
+    dev.set_dma(DirectDma(mem), platform)
     assert dev.device_features & bit(VIRTIO_F_ACCESS_PLATFORM)
     q0, _ = bring_up(dev, bus)
     bus.write(0x80000, b"ping")
@@ -319,7 +319,7 @@ def test_without_access_platform_the_direct_dma_is_used():
     mem = new_memory()
     dev = Echo()
     platform = OffsetDma(mem, 0, 0)                      # maps nothing
-    dev.set_dma(GuestMemoryDma(mem), platform)
+    dev.set_dma(DirectDma(mem), platform)
     features = dev.device_features & ~bit(VIRTIO_F_ACCESS_PLATFORM)
     (q0, _) = bring_up(dev, mem, features=features)
     mem.write(DATA, b"ab")
@@ -338,7 +338,7 @@ def test_any_register_sequence_keeps_the_device_consistent(ops):
     mem = new_memory()
     dev = Echo()
     dev.transport = Recorder()
-    dev.set_dma(GuestMemoryDma(mem))
+    dev.set_dma(DirectDma(mem))
     for op, value in ops:
         if op == "status":
             dev.write_status(value)

@@ -5,7 +5,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from devices.virtio.dma import GuestMemoryDma
+from devices.virtio.dma import DirectDma
 from devices.virtio.queue import (
     MAX_CHAIN_BYTES, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, RingError, Virtqueue,
@@ -21,7 +21,7 @@ def make(size=SIZE, event_idx=False, indirect=True):
     vq = Virtqueue(0, size)
     drv.configure(vq)
     vq.ready = True
-    vq.activate(GuestMemoryDma(mem), event_idx=event_idx, indirect=indirect)
+    vq.activate(DirectDma(mem), event_idx=event_idx, indirect=indirect)
     return mem, drv, vq
 
 
@@ -42,7 +42,7 @@ def test_direct_chain_readable_then_writable():
     assert chain.readable == [(DATA, 6), (DATA + 0x100, 5)]
     assert chain.writable == [(DATA + 0x200, 4), (DATA + 0x300, 8)]
     assert (chain.readable_len, chain.writable_len) == (11, 12)
-    dma = GuestMemoryDma(mem)
+    dma = DirectDma(mem)
     assert chain.gather(dma, 0, 11) == b"hello world"
     assert chain.gather(dma, 4, 4) == b"o wo"
     assert chain.gather(dma, 9, 100) == b"ld"               # stops at the end of the stream
@@ -270,7 +270,7 @@ def test_rings_outside_ram():
     vq = Virtqueue(0, SIZE)
     vq.size, vq.desc, vq.driver, vq.device = SIZE, MEM_SIZE + 0x1000, MEM_SIZE, MEM_SIZE + 0x2000
     vq.ready = True
-    vq.activate(GuestMemoryDma(mem), event_idx=False, indirect=True)
+    vq.activate(DirectDma(mem), event_idx=False, indirect=True)
     with pytest.raises(RingError, match="ring access failed"):
         vq.pop()
 
@@ -294,7 +294,7 @@ def test_activate_refuses_unusable_layouts(size, desc, driver, device, message):
     vq = Virtqueue(0, 8)
     vq.size, vq.desc, vq.driver, vq.device = size, desc, driver, device
     with pytest.raises(RingError, match=message):
-        vq.activate(GuestMemoryDma(new_memory()), event_idx=False, indirect=False)
+        vq.activate(DirectDma(new_memory()), event_idx=False, indirect=False)
 
 
 def test_buffers_outside_ram_fail_only_when_touched():
@@ -303,7 +303,7 @@ def test_buffers_outside_ram_fail_only_when_touched():
     chain = vq.pop()                           # walking does not touch buffers
     from devices.virtio.dma import DmaError
     with pytest.raises(DmaError):
-        chain.scatter(GuestMemoryDma(mem), 0, b"x" * 64)
+        chain.scatter(DirectDma(mem), 0, b"x" * 64)
 
 
 # --- hypothesis: any ring the driver can write --------------------------------------------

@@ -13,7 +13,7 @@ from devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK,
     VIRTIO_STATUS_FEATURES_OK, VirtioDevice,
 )
-from devices.virtio.dma import GuestMemoryDma
+from devices.virtio.dma import DirectDma
 from devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 )
@@ -62,6 +62,7 @@ class QueueDriver:
         self.avail_idx = 0
         self.last_used = 0
         self.next_desc = 0
+        mem.write(base, bytes(self.used + 6 + 8 * size - base))   # fresh rings are zeroed
 
     def configure(self, vq) -> None:
         """Write the queue's addresses straight into a Virtqueue (what a transport does)."""
@@ -145,7 +146,7 @@ def bring_up(device: VirtioDevice, mem: GuestMemory, features: int | None = None
              sizes: list[int] | None = None, dma=None) -> list[QueueDriver]:
     """Negotiate `features` (default: all offered) and start every queue; returns the drivers."""
     if device.direct_dma is None:
-        device.set_dma(dma or GuestMemoryDma(mem))
+        device.set_dma(dma or DirectDma(mem))
     if device.transport is None:
         device.transport = Recorder()
     device.write_status(VIRTIO_STATUS_ACKNOWLEDGE)

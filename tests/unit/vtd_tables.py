@@ -29,7 +29,7 @@ def sid_of(bus: int, dev: int, fn: int) -> int:
 class Rig:
     """A VtdIommu on `size` bytes of RAM, a page allocator from 1 MiB, and table builders."""
 
-    def __init__(self, size: int = 64 * MiB, **config):
+    def __init__(self, size: int = 16 * MiB, **config):
         self.mem = GuestMemory.from_bytearray(size)
         self.msis: list[tuple[int, int]] = []
         self.stale: list[str] = []

@@ -38,6 +38,15 @@ ECAM_START_BUS = 0
 ECAM_END_BUS = 255
 ECAM_SEGMENT = 0
 
+# virtio-mmio devices: one 4 KiB page each in the hole between ECAM and the
+# IOAPIC (not the PCI BAR window), each with its own ISA-range IOAPIC pin that
+# no PC device uses here (PCI INTx has GSIs 16-23). Guests learn them from
+# `virtio_mmio.device=SIZE@ADDR:IRQ` on their command line (akvm prints it).
+VIRTIO_MMIO_BASE = 0xF000_0000
+VIRTIO_MMIO_STRIDE = 0x1000
+VIRTIO_MMIO_GSIS = (5, 10, 11, 3, 6, 7, 14, 15)
+VIRTIO_MMIO_END = VIRTIO_MMIO_BASE + VIRTIO_MMIO_STRIDE * len(VIRTIO_MMIO_GSIS)
+
 IOAPIC_BASE = 0xFEC0_0000
 IOAPIC_SIZE = 0x1000
 # KVM's in-kernel IOAPIC resets its ID register to 0; the MADT and the MP
@@ -113,6 +122,7 @@ def memory_map(ram_size: int) -> list[MemoryRegion]:
         regions.append(MemoryRegion(FOUR_GIB, ram_size - PCI_HOLE_START, E820_RAM))
     regions += [
         MemoryRegion(ECAM_BASE, ECAM_SIZE, E820_RESERVED),
+        MemoryRegion(VIRTIO_MMIO_BASE, VIRTIO_MMIO_END - VIRTIO_MMIO_BASE, E820_RESERVED),
         MemoryRegion(IOAPIC_BASE, IOAPIC_SIZE, E820_RESERVED),
         MemoryRegion(VTD_BASE, VTD_SIZE, E820_RESERVED),
         MemoryRegion(LAPIC_BASE, LAPIC_SIZE, E820_RESERVED),

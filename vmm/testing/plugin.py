@@ -27,10 +27,10 @@ def pytest_configure(config):
 def akvm_guest_factory(request):
     guests = request.node.stash.setdefault(_GUESTS, [])
 
-    def start(**kwargs) -> Guest:
+    def start(wait_prompt: bool = True, **kwargs) -> Guest:
         guest = Guest(**kwargs)
         guests.append(guest)
-        return guest.start()
+        return guest.start(wait_prompt)
 
     yield start
     for guest in guests:

@@ -1,0 +1,339 @@
+"""virtio-blk on real image files: every request type, read-only images, bad requests,
+and data safety (a flush reaches fsync before it completes; write-through without FLUSH)."""
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from devices.virtio.blk import (
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlk,
+)
+from devices.virtio.device import VIRTIO_STATUS_DEVICE_NEEDS_RESET, bit
+from devices.virtio.image import ImageError, RawImage
+from tests.unit.virtio_driver import DATA, MEM_SIZE, Allocator, bring_up, new_memory
+
+SECTORS = 64
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(bytes(i % 251 for i in range(SECTORS * 512)))
+    return path
+
+
+class Disk:
+    """A driver for the block device: requests in, status out."""
+
+    def __init__(self, path, readonly=False, features=None, serial=None, cls=VirtioBlk):
+        self.mem = new_memory()
+        self.dev = cls(RawImage(str(path), readonly), serial=serial)
+        (self.q,) = bring_up(self.dev, self.mem, features=features)
+        self.alloc = Allocator()
+
+    def request(self, kind, sector=0, out=b"", in_len=0, status_addr=None):
+        hdr = self.alloc(16)
+        self.mem.write(hdr, struct.pack("<IIQ", kind, 0, sector))
+        bufs = [(hdr, 16, False)]
+        if out:
+            a = self.alloc(len(out))
+            self.mem.write(a, out)
+            bufs.append((a, len(out), False))
+        data = None
+        if in_len:
+            data = self.alloc(in_len)
+            bufs.append((data, in_len, True))
+        status = status_addr if status_addr is not None else self.alloc(1)
+        bufs.append((status, 1, True))
+        head = self.q.add(bufs)
+        self.dev.kick(0)
+        used = self.q.take_used()
+        assert [u[0] for u in used] == [head]
+        self.used_len = used[0][1]
+        st_ = self.mem.read(status, 1)[0] if status < MEM_SIZE else None
+        return st_, (self.mem.read(data, in_len) if data is not None else None)
+
+    def close(self):
+        self.dev.close()
+
+
+@pytest.fixture
+def disk(image_path):
+    d = Disk(image_path)
+    yield d
+    d.close()
+
+
+def test_capacity_and_config(image_path):
+    path = image_path
+    with open(path, "ab") as f:
+        f.write(b"x" * 100)                             # a partial sector is not visible
+    dev = VirtioBlk(RawImage(str(path)))
+    assert dev.read_config(0, 8) == SECTORS
+    assert dev.read_config(0x14, 4) == 512               # blk_size
+    assert dev.device_features & bit(VIRTIO_BLK_F_FLUSH)
+    assert dev.device_features & bit(VIRTIO_BLK_F_DISCARD)
+    assert dev.device_features & bit(VIRTIO_BLK_F_WRITE_ZEROES)
+    assert not dev.device_features & bit(VIRTIO_BLK_F_RO)
+    dev.close()
+
+
+def test_read(disk, image_path):
+    status, data = disk.request(VIRTIO_BLK_T_IN, sector=3, in_len=1024)
+    assert status == VIRTIO_BLK_S_OK
+    assert data == image_path.read_bytes()[3 * 512:5 * 512]
+    assert disk.used_len == 1025
+
+
+def test_write_then_read_back(disk, image_path):
+    payload = os.urandom(2048)
+    status, _ = disk.request(VIRTIO_BLK_T_OUT, sector=10, out=payload)
+    assert status == VIRTIO_BLK_S_OK and disk.used_len == 1
+    assert image_path.read_bytes()[10 * 512:14 * 512] == payload
+    status, data = disk.request(VIRTIO_BLK_T_IN, sector=10, in_len=2048)
+    assert data == payload
+
+
+def test_data_split_across_many_descriptors(disk, image_path):
+    """The spec makes no promise about framing: header, data and status may be cut anywhere."""
+    payload = os.urandom(1024)
+    m = disk.mem
+    blob = struct.pack("<IIQ", VIRTIO_BLK_T_OUT, 0, 2) + payload
+    bufs, addr = [], DATA + 0x40000
+    for i in range(0, len(blob), 100):               # 100-byte pieces: header split too
+        piece = blob[i:i + 100]
+        m.write(addr, piece)
+        bufs.append((addr, len(piece), False))
+        addr += 0x200
+    bufs.append((addr, 1, True))
+    disk.q.add(bufs)
+    disk.dev.kick(0)
+    disk.q.take_used()
+    assert m.read(addr, 1) == b"\0"
+    assert image_path.read_bytes()[1024:2048] == payload
+
+
+def test_flush(disk):
+    status, _ = disk.request(VIRTIO_BLK_T_FLUSH)
+    assert status == VIRTIO_BLK_S_OK
+    assert disk.dev.flushes == 1
+
+
+def test_get_id(image_path):
+    d = Disk(image_path, serial="serial-42")
+    status, data = d.request(VIRTIO_BLK_T_GET_ID, in_len=20)
+    assert status == VIRTIO_BLK_S_OK
+    assert data == b"serial-42".ljust(20, b"\0")
+    d.close()
+
+
+def test_get_id_defaults_to_the_file_name(disk):
+    _, data = disk.request(VIRTIO_BLK_T_GET_ID, in_len=20)
+    assert data.rstrip(b"\0") == b"disk.img"
+
+
+def test_out_of_range_and_partial_sectors_are_io_errors(disk):
+    assert disk.request(VIRTIO_BLK_T_IN, sector=SECTORS - 1, in_len=1024)[0] == VIRTIO_BLK_S_IOERR
+    assert disk.request(VIRTIO_BLK_T_IN, sector=0, in_len=100)[0] == VIRTIO_BLK_S_IOERR
+    assert disk.request(VIRTIO_BLK_T_OUT, sector=SECTORS, out=b"x" * 512)[0] == VIRTIO_BLK_S_IOERR
+    assert disk.request(VIRTIO_BLK_T_IN, sector=1 << 62, in_len=512)[0] == VIRTIO_BLK_S_IOERR
+
+
+def test_unknown_request_type_is_unsupported(disk):
+    assert disk.request(99)[0] == VIRTIO_BLK_S_UNSUPP
+
+
+def test_discard_and_write_zeroes(disk, image_path):
+    seg = struct.pack("<QII", 4, 8, 0)
+    assert disk.request(VIRTIO_BLK_T_DISCARD, out=seg)[0] == VIRTIO_BLK_S_OK
+    assert image_path.read_bytes()[4 * 512:12 * 512] == bytes(8 * 512)
+    for unmap in (0, 1):
+        seg = struct.pack("<QII", 20 + 8 * unmap, 4, unmap)
+        assert disk.request(VIRTIO_BLK_T_WRITE_ZEROES, out=seg)[0] == VIRTIO_BLK_S_OK
+        start = (20 + 8 * unmap) * 512
+        assert image_path.read_bytes()[start:start + 2048] == bytes(2048)
+    # the rest is untouched
+    data = image_path.read_bytes()
+    assert data[:4 * 512] == bytes(i % 251 for i in range(4 * 512))
+
+
+def test_discard_and_write_zeroes_check_their_segments(disk):
+    assert disk.request(VIRTIO_BLK_T_DISCARD, out=struct.pack("<QII", 0, 1, 1))[0] == \
+        VIRTIO_BLK_S_UNSUPP                             # unmap flag on a discard
+    assert disk.request(VIRTIO_BLK_T_WRITE_ZEROES, out=struct.pack("<QII", 0, 1, 2))[0] == \
+        VIRTIO_BLK_S_UNSUPP                             # a reserved flag
+    assert disk.request(VIRTIO_BLK_T_DISCARD, out=struct.pack("<QII", SECTORS, 1, 0))[0] == \
+        VIRTIO_BLK_S_IOERR
+    assert disk.request(VIRTIO_BLK_T_DISCARD, out=b"x" * 15)[0] == VIRTIO_BLK_S_IOERR
+
+
+def test_readonly(image_path):
+    before = image_path.read_bytes()
+    d = Disk(image_path, readonly=True)
+    assert d.dev.device_features & bit(VIRTIO_BLK_F_RO)
+    assert not d.dev.device_features & bit(VIRTIO_BLK_F_DISCARD)
+    assert d.request(VIRTIO_BLK_T_OUT, out=b"y" * 512)[0] == VIRTIO_BLK_S_IOERR
+    assert d.request(VIRTIO_BLK_T_WRITE_ZEROES, out=struct.pack("<QII", 0, 1, 0))[0] == \
+        VIRTIO_BLK_S_IOERR
+    assert d.request(VIRTIO_BLK_T_IN, in_len=512)[0] == VIRTIO_BLK_S_OK
+    assert d.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK
+    d.close()
+    assert image_path.read_bytes() == before
+
+
+def test_image_errors(tmp_path, image_path):
+    with pytest.raises(ImageError, match="cannot open"):
+        RawImage(str(tmp_path / "missing.img"))
+    first = RawImage(str(image_path))
+    with pytest.raises(ImageError, match="in use by another process"):
+        RawImage(str(image_path))
+    first.close()
+    RawImage(str(image_path)).close()
+
+
+def test_data_buffer_outside_ram_is_an_io_error(disk):
+    hdr = disk.alloc(16)
+    disk.mem.write(hdr, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, 0))
+    status = disk.alloc(1)
+    disk.q.add([(hdr, 16, False), (MEM_SIZE + 0x10000, 512, True), (status, 1, True)])
+    disk.dev.kick(0)
+    assert disk.q.take_used()[0][1] == 1
+    assert disk.mem.read(status, 1) == bytes((VIRTIO_BLK_S_IOERR,))
+    assert not disk.dev.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET
+
+
+def test_status_byte_outside_ram_drops_the_request(disk):
+    disk.request(VIRTIO_BLK_T_FLUSH, status_addr=MEM_SIZE + 0x10000)
+    assert disk.used_len == 0
+    assert disk.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK   # still working
+
+
+def test_request_without_status_byte_is_dropped(disk):
+    hdr = disk.alloc(16)
+    disk.mem.write(hdr, struct.pack("<IIQ", VIRTIO_BLK_T_FLUSH, 0, 0))
+    disk.q.add([(hdr, 16, False)])
+    disk.dev.kick(0)
+    assert disk.q.take_used()[0][1] == 0
+
+
+# --- data safety ---------------------------------------------------------------------------
+
+class WatchedBlk(VirtioBlk):
+    """Records, at the moment the device syncs, whether the guest could already see the
+    flush as complete (it must not) and what the file held (everything written)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.observations = []
+        self.driver = None
+
+    def sync(self):
+        self.observations.append(("sync", self.driver.used_idx, open(self.image.path, "rb").read()))
+        super().sync()
+
+
+def test_flush_syncs_every_completed_write_before_it_completes(image_path):
+    d = Disk(image_path, cls=WatchedBlk)
+    d.dev.driver = d.q
+    payloads = [os.urandom(512) for _ in range(4)]
+    for i, p in enumerate(payloads):
+        assert d.request(VIRTIO_BLK_T_OUT, sector=i, out=p)[0] == VIRTIO_BLK_S_OK
+    used_before = d.q.used_idx
+    assert d.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK
+    ((_, used_at_sync, contents),) = d.dev.observations
+    assert used_at_sync == used_before                 # the flush was not yet complete
+    assert contents[:2048] == b"".join(payloads)        # and every write was in the file
+    d.close()
+
+
+def test_writes_and_flush_in_one_batch_keep_their_order(image_path):
+    """Writes and a flush made available together: the flush still syncs after the writes."""
+    d = Disk(image_path, cls=WatchedBlk)
+    d.dev.driver = d.q
+    payload = os.urandom(1024)
+    heads = []
+    for kind, sector, out in ((VIRTIO_BLK_T_OUT, 0, payload[:512]), (VIRTIO_BLK_T_OUT, 1, payload[512:]),
+                              (VIRTIO_BLK_T_FLUSH, 0, b"")):
+        hdr = d.alloc(16)
+        d.mem.write(hdr, struct.pack("<IIQ", kind, 0, sector))
+        bufs = [(hdr, 16, False)]
+        if out:
+            a = d.alloc(len(out))
+            d.mem.write(a, out)
+            bufs.append((a, len(out), False))
+        bufs.append((d.alloc(1), 1, True))
+        heads.append(d.q.add(bufs))
+    d.dev.kick(0)
+    assert [u[0] for u in d.q.take_used()] == heads
+    ((_, used_at_sync, contents),) = d.dev.observations
+    assert used_at_sync == 2 and contents[:1024] == payload
+    d.close()
+
+
+class CountingImage(RawImage):
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.syncs = 0
+
+    def fdatasync(self):
+        self.syncs += 1
+        super().fdatasync()
+
+
+def test_without_the_flush_feature_writes_are_write_through(image_path):
+    mem = new_memory()
+    image = CountingImage(str(image_path))
+    dev = VirtioBlk(image)
+    features = dev.device_features & ~bit(VIRTIO_BLK_F_FLUSH)
+    (q,) = bring_up(dev, mem, features=features)
+    hdr, data, status = DATA, DATA + 0x1000, DATA + 0x2000
+    mem.write(hdr, struct.pack("<IIQ", VIRTIO_BLK_T_OUT, 0, 0))
+    q.add([(hdr, 16, False), (data, 512, False), (status, 1, True)])
+    dev.kick(0)
+    assert mem.read(status, 1) == b"\0" and image.syncs == 1
+    dev.close()
+
+
+# --- hypothesis: the disk behaves like a byte array ----------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["read", "write", "zero", "flush"]),
+                          st.integers(0, SECTORS + 2), st.integers(0, 4), st.binary(min_size=1,
+                                                                                    max_size=1)),
+                max_size=25))
+def test_block_device_matches_a_model(tmp_path_factory, ops):
+    path = tmp_path_factory.mktemp("blk") / "d.img"
+    path.write_bytes(bytes(SECTORS * 512))
+    model = bytearray(SECTORS * 512)
+    d = Disk(path)
+    for op, sector, count, fill in ops:
+        ok = sector + count <= SECTORS
+        if op == "read":
+            status, data = d.request(VIRTIO_BLK_T_IN, sector, in_len=count * 512)
+            if count == 0:
+                assert status == (VIRTIO_BLK_S_OK if sector <= SECTORS else VIRTIO_BLK_S_IOERR)
+            elif ok:
+                assert status == VIRTIO_BLK_S_OK
+                assert data == bytes(model[sector * 512:(sector + count) * 512])
+            else:
+                assert status == VIRTIO_BLK_S_IOERR
+        elif op == "write" and count:
+            payload = fill * (count * 512)
+            status, _ = d.request(VIRTIO_BLK_T_OUT, sector, out=payload)
+            assert status == (VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR)
+            if ok:
+                model[sector * 512:(sector + count) * 512] = payload
+        elif op == "zero" and count:
+            status, _ = d.request(VIRTIO_BLK_T_WRITE_ZEROES, out=struct.pack("<QII", sector, count, 0))
+            assert status == (VIRTIO_BLK_S_OK if ok else VIRTIO_BLK_S_IOERR)
+            if ok:
+                model[sector * 512:(sector + count) * 512] = bytes(count * 512)
+        elif op == "flush":
+            assert d.request(VIRTIO_BLK_T_FLUSH)[0] == VIRTIO_BLK_S_OK
+        d.alloc.next = DATA                              # reuse buffer memory
+    d.close()
+    assert path.read_bytes() == bytes(model)
