@@ -264,10 +264,15 @@ class FileChardev(Chardev):
                 self._fd = -1
 
 
+OFFLINE_BACKLOG = 64 * 1024
+
+
 class UnixSocketChardev(Chardev):
     """A listening UNIX stream socket; one client at a time is the console.
 
-    Output goes to the connected client and is dropped while there is none.
+    Output goes to the connected client; while there is none, the last
+    OFFLINE_BACKLOG bytes are kept and sent to the next client, so a console
+    attached after boot still sees the banner.
     Further clients wait in the listen backlog until the current one leaves.
     A stale socket file is replaced; a live one (something accepts) or a
     path that is not a socket is refused.
@@ -289,6 +294,7 @@ class UnixSocketChardev(Chardev):
         self._connected = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
+        self._pending = bytearray()  # output while no client is connected
         self.clients = 0            # connections accepted so far
 
     @staticmethod
@@ -334,6 +340,11 @@ class UnixSocketChardev(Chardev):
             with self._lock:
                 self._client = client
                 self.clients += 1
+                pending, self._pending = bytes(self._pending), bytearray()
+                try:
+                    client.sendall(pending)
+                except OSError:
+                    pass
             self._connected.set()
             stopping = self._pump_client(client, sink)
             self._drop_client(client)
@@ -369,6 +380,8 @@ class UnixSocketChardev(Chardev):
         with self._lock:
             client = self._client
             if client is None:
+                self._pending += data
+                del self._pending[:-OFFLINE_BACKLOG]
                 return
             try:
                 client.sendall(data)

@@ -108,3 +108,25 @@ def test_multiboot_info_reaches_guest_with_module(tiny_kernel, tmp_path):
 def test_pit_channel0_counts_at_entry(tiny_kernel):
     r = run(tiny_kernel, "--cmdline", "c")
     assert b"tiny: PIT counting" in r.stdout
+
+
+def test_serial_on_a_unix_socket(tiny_kernel, tmp_path):
+    import socket
+    path = tmp_path / "com1.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
+                             "--cmdline", "e", "--serial", f"unix:{path}"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(path))
+        s.settimeout(30)
+        got = b""
+        while b"cmdline=e\n" not in got:
+            got += s.recv(100)
+        s.sendall(b"hi q")
+        while not got.endswith(b"hi "):
+            got += s.recv(100)
+    assert proc.wait(timeout=30) == ExitCode.POWEROFF
+    assert got.startswith(b"tiny: hello")

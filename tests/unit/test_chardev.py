@@ -256,11 +256,14 @@ def test_unix_socket_roundtrip(tmp_path):
     dev = UnixSocketChardev(str(path))
     sink = Collector()
     dev.start(sink)
-    dev.write(b"dropped: nobody connected")
+    dev.write(b"kept for the first client;")
     c = connect(path)
     assert dev.wait_for_client(5)
     dev.write(b"hello")
-    assert c.recv(100) == b"hello"
+    got = b""
+    while len(got) < len(b"kept for the first client;hello"):
+        got += c.recv(100)
+    assert got == b"kept for the first client;hello"
     c.sendall(b"typed")
     assert sink.wait_for(5) == b"typed"
     c.close()
@@ -279,11 +282,14 @@ def test_unix_socket_next_client_after_disconnect(tmp_path):
     sink.wait_for(1)
     first.close()
     assert wait_until(lambda: not dev.wait_for_client(0))
-    dev.write(b"lost")                      # between clients: dropped
+    dev.write(b"between;")                  # between clients: kept for the next one
     second = connect(path)
     assert wait_until(lambda: dev.clients == 2)
     dev.write(b"two")
-    assert second.recv(100) == b"two"
+    got = b""
+    while len(got) < len(b"between;two"):
+        got += second.recv(100)
+    assert got == b"between;two"
     second.sendall(b"2")
     assert sink.wait_for(2) == b"12"
     second.close()
@@ -371,3 +377,21 @@ def test_parse_error_message_exact():
     with pytest.raises(ChardevError) as info:
         parse_serial("x")
     assert str(info.value) == "--serial: expected stdio, file:PATH, unix:PATH or none, got 'x'"
+
+
+def test_unix_socket_offline_backlog_is_bounded(tmp_path):
+    from devices.chardev import OFFLINE_BACKLOG
+    path = tmp_path / "con.sock"
+    dev = UnixSocketChardev(str(path))
+    dev.start(Collector())
+    dev.write(b"x" * OFFLINE_BACKLOG)
+    dev.write(b"tail")
+    c = connect(path)
+    assert dev.wait_for_client(5)
+    c.settimeout(5)
+    got = b""
+    while not got.endswith(b"tail"):
+        got += c.recv(65536)
+    assert len(got) == OFFLINE_BACKLOG and got.startswith(b"x")
+    c.close()
+    dev.close()
