@@ -169,10 +169,12 @@ static void timer_tick(struct trapframe *tf)
 
 static const char *test_timer(void)
 {
-	const int want = 21;            /* 20 periods of 1 ms */
+	/* 10 periods of 10 ms: long enough that a tick delayed by a busy host
+	 * (ring 0 is emulated on kvm_pvm) does not skew the rate. */
+	const int want = 11;
 	if (!lapic_timer_hz)
 		return "LAPIC timer frequency unknown";
-	uint32_t count = lapic_timer_hz / 1000;
+	uint32_t count = lapic_timer_hz / 100;
 
 	ticks = 0;
 	irq_register(VEC_TIMER, timer_tick);     /* stays: a late tick is harmless */
@@ -189,9 +191,9 @@ static const char *test_timer(void)
 	if (n < 2)
 		return FAIL("%d timer interrupts in 500 ms", n);
 	uint64_t period = span / (n - 1);       /* TSC cycles */
-	uint64_t pct = period * 100 / tsc_khz;  /* tsc_khz = cycles per ms */
+	uint64_t pct = period * 10 / tsc_khz;   /* tsc_khz = cycles per ms */
 	if (pct < 90 || pct > 110)
-		return FAIL("period %lu us, programmed 1000 us", period * 1000 / tsc_khz);
+		return FAIL("period %lu us, programmed 10000 us", period * 1000 / tsc_khz);
 	return NULL;
 }
 
