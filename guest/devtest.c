@@ -15,6 +15,7 @@
 #include "iommu.h"
 #include "lib.h"
 #include "mm.h"
+#include "multiboot.h"
 #include "smp.h"
 #include "timer.h"
 #include "vm.h"
@@ -225,9 +226,12 @@ static const char *test_edu_dma(void)
 	pg[PG_BIG][511] = token ^ 2;
 	pg[PG_BIG][200] = ~token;
 	mem_fill64(pg[PG_A], 0, 512);
-	TRY(edu_dma(pa_of(PG_BIG), EDU_BUF_ADDR, EDU_BUF_SIZE, EDU_DMA_TO_DEV, EDU_POLL));
-	TRY(edu_dma(EDU_BUF_ADDR, pa_of(PG_A), EDU_BUF_SIZE, EDU_DMA_TO_RAM, EDU_POLL));
-	EXPECT(mem_eq64(pg[PG_A], pg[PG_BIG], 512), "4 KiB came back different");
+	pg[PG_BIG][EDU_DMA_MAX / 8 - 1] = token ^ 2;
+	TRY(edu_dma(pa_of(PG_BIG), EDU_BUF_ADDR, EDU_DMA_MAX, EDU_DMA_TO_DEV, EDU_POLL));
+	TRY(edu_dma(EDU_BUF_ADDR, pa_of(PG_A), EDU_DMA_MAX, EDU_DMA_TO_RAM, EDU_POLL));
+	EXPECT(mem_eq64(pg[PG_A], pg[PG_BIG], EDU_DMA_MAX / 8), "%d bytes came back different",
+	       EDU_DMA_MAX);
+	EXPECT(pg[PG_A][511] == 0, "the DMA wrote past its %d bytes", EDU_DMA_MAX);
 	/* A partial transfer at an offset inside the buffer. */
 	mem_fill64(pg[PG_B], 0, HEAD_WORDS);
 	TRY(edu_dma(EDU_BUF_ADDR + 200 * 8, pa_of(PG_B), 8, EDU_DMA_TO_RAM, EDU_POLL));
@@ -414,14 +418,14 @@ static const char *test_iommu_qi_batch(void)
 		TRY(iodomain_map(&dom_x, IOVA_P, pa_of(PG_B), SL_R | SL_W));
 	}
 	uint64_t t0 = rdtsc();
-	for (unsigned i = 0; i < n; i++)
-		iommu_qi_push_iotlb(INV_PAGE, DID_XLATE,
-				    i == n / 2 ? IOVA_P : IOVA_BATCH + ((uint64_t)i << 12), 0);
+	iommu_qi_push_pages(DID_XLATE, IOVA_BATCH, PAGE_SIZE, n / 2);
+	iommu_qi_push_iotlb(INV_PAGE, DID_XLATE, IOVA_P, 0);
+	iommu_qi_push_pages(DID_XLATE, IOVA_BATCH + (n / 2) * PAGE_SIZE, PAGE_SIZE, n / 2 - 1);
 	err = iommu_qi_wait(false);
 	uint64_t t1 = rdtsc();
 	if (err)
 		return restore(FAIL("%s", err));
-	kprintf("iommu-qi-batch: %u page invalidations + 1 wait in %lu us\n", n,
+	kprintf("iommu-qi-batch: %u page invalidations + 1 wait: %lu us\n", n,
 		tsc_to_ns(t1 - t0) / 1000);
 	if (dma) {
 		clear_heads();
@@ -683,7 +687,33 @@ static const char *test_iommu_stale(void)
 	return FAIL("store without invalidation landed in %s", where);
 }
 
+/* map_mmio() above 4 GiB, tried on RAM there (boot with -m 5G or more). */
+static const char *test_vm_high(void)
+{
+	uint64_t pa = 0;
+	for (int i = 0; i < bootinfo.nmmap && !pa; i++) {
+		const struct mmap_region *r = &bootinfo.mmap[i];
+		uint64_t a = MAX(r->addr, PHYS_LIMIT + (2ULL << 20));
+		if (r->type == 1 && a + 4096 <= r->addr + r->len)
+			pa = (a + 0x1FFFFF) & ~0x1FFFFFULL;
+		if (pa && pa + 4096 > r->addr + r->len)
+			pa = 0;
+	}
+	if (!pa)
+		return SKIP("no RAM above 4 GiB to map");
+	volatile uint64_t *p = (volatile uint64_t *)map_mmio(pa + 0x1238, 8);
+	if (!p)
+		return FAIL("map_mmio(0x%lx) failed", pa);
+	uint64_t v = rdtsc();
+	*p = v;
+	if (*p != v)
+		return FAIL("read back 0x%lx, wrote 0x%lx at 0x%lx", *p, v, pa);
+	kprintf("vm-high: wrote and read RAM at 0x%lx through a new mapping\n", pa + 0x1238);
+	return NULL;
+}
+
 const struct selftest dev_tests[] = {
+	{ "vm-high", test_vm_high, false },
 	{ "edu-id", test_edu_id, true },
 	{ "edu-dma", test_edu_dma, true },
 	{ "edu-msi", test_edu_msi, true },
@@ -755,9 +785,7 @@ bool bench_iommu(void)
 			unsigned per = batches[b], rounds = 10;
 			t0 = rdtsc();
 			for (unsigned r = 0; r < rounds && !err; r++) {
-				for (unsigned i = 0; i < per; i++)
-					iommu_qi_push_iotlb(INV_PAGE, DID_XLATE,
-							    IOVA_BATCH + ((uint64_t)i << 12), 0);
+				iommu_qi_push_pages(DID_XLATE, IOVA_BATCH, PAGE_SIZE, per);
 				err = iommu_qi_wait(false);
 			}
 			t1 = rdtsc();
@@ -779,7 +807,7 @@ static bool dma_bench(const char *name, uint64_t ram, int n)
 {
 	uint64_t t0 = rdtsc();
 	for (int i = 0; i < n; i++) {
-		const char *err = edu_dma(EDU_BUF_ADDR, ram, EDU_BUF_SIZE, EDU_DMA_TO_RAM, EDU_POLL);
+		const char *err = edu_dma(EDU_BUF_ADDR, ram, EDU_DMA_MAX, EDU_DMA_TO_RAM, EDU_POLL);
 		if (err) {
 			kprintf("BENCH %s: %s\n", name, err);
 			return false;
@@ -788,8 +816,8 @@ static bool dma_bench(const char *name, uint64_t ram, int n)
 	uint64_t t1 = rdtsc();
 	uint64_t ns = tsc_to_ns(t1 - t0);
 	kprintf("BENCH %s iterations=%d cycles_per_op=%lu ns_per_op=%lu bytes_per_op=%d MBps=%lu\n",
-		name, n, (t1 - t0) / n, ns / n, EDU_BUF_SIZE,
-		ns ? (uint64_t)EDU_BUF_SIZE * n * 1000 / ns : 0);
+		name, n, (t1 - t0) / n, ns / n, EDU_DMA_MAX,
+		ns ? (uint64_t)EDU_DMA_MAX * n * 1000 / ns : 0);
 	return true;
 }
 

@@ -137,6 +137,8 @@ const char *edu_dma(uint64_t src, uint64_t dst, uint32_t len, int dir, enum edu_
 	uint64_t dev = dir == EDU_DMA_TO_DEV ? dst : src;
 	if (dev < EDU_BUF_ADDR || dev + len > EDU_BUF_ADDR + EDU_BUF_SIZE || !len)
 		return "DMA range outside the edu buffer";
+	if (dev + len == EDU_BUF_ADDR + EDU_BUF_SIZE)
+		return "DMA up to the buffer's last byte (QEMU 7.2's edu would abort)";
 	if (how == EDU_IRQ && !edu.irq_mode)
 		return "edu interrupts are off";
 	if (!wait_idle(1000000))

@@ -63,6 +63,10 @@ static bool poll32(unsigned off, uint32_t mask, uint32_t want)
 static bool poll64_clear(unsigned off, uint64_t bit, uint64_t *last)
 {
 	uint64_t v = rd64(off);
+	if (!(v & bit)) {                       /* the usual case: done already */
+		*last = v;
+		return true;
+	}
 	uint64_t end = tsc_deadline_us(100000);
 	while ((v & bit) && !tsc_passed(end)) {
 		udelay(10);
@@ -180,6 +184,7 @@ const char *iommu_probe(void)
 	iommu.fro = CAP_FRO(iommu.cap);
 	iommu.nfr = CAP_NFR(iommu.cap);
 	iommu.iro = ECAP_IRO(iommu.ecap);
+	iommu.iotlb_drain = (CAP_DWD(iommu.cap) ? 1 << 6 : 0) | (CAP_DRD(iommu.cap) ? 1 << 7 : 0);
 	uint32_t sagaw = CAP_SAGAW(iommu.cap);
 	if (sagaw & 4)
 		iommu.levels = 4;
@@ -454,13 +459,30 @@ void iommu_qi_push_iotlb(int gran, uint16_t did, uint64_t addr, unsigned am)
 {
 	if (gran == INV_PAGE && !CAP_PSI(iommu.cap))
 		gran = INV_DOMAIN;
-	uint64_t lo = 2 | (uint64_t)gran << 4 | (uint64_t)did << 16;
-	if (CAP_DWD(iommu.cap))
-		lo |= 1 << 6;
-	if (CAP_DRD(iommu.cap))
-		lo |= 1 << 7;
+	uint64_t lo = 2 | (uint64_t)gran << 4 | (uint64_t)did << 16 | iommu.iotlb_drain;
 	iommu_qi_push(lo, gran == INV_PAGE ? (addr & ~0xFFFULL) | am : 0);
 	iommu.inv_qi_desc++;
+}
+
+/* n page-selective IOTLB descriptors for addr, addr + stride, ...: the
+ * batch path, a handful of instructions per descriptor. */
+void iommu_qi_push_pages(uint16_t did, uint64_t addr, uint64_t stride, unsigned n)
+{
+	if (!CAP_PSI(iommu.cap)) {
+		iommu_qi_push_iotlb(INV_DOMAIN, did, 0, 0);
+		return;
+	}
+	uint64_t lo = 2 | (uint64_t)INV_PAGE << 4 | (uint64_t)did << 16 | iommu.iotlb_drain;
+	uint64_t *q = iommu.iq;
+	unsigned t = iommu.iq_tail;
+	addr &= ~0xFFFULL;
+	for (unsigned i = 0; i < n; i++, addr += stride) {
+		q[2 * t] = lo;
+		q[2 * t + 1] = addr;
+		t = (t + 1) & (IQ_ENTRIES - 1);
+	}
+	iommu.iq_tail = t;
+	iommu.inv_qi_desc += n;
 }
 
 void iommu_qi_kick(void)
@@ -468,22 +490,35 @@ void iommu_qi_kick(void)
 	wr64(DMAR_IQT, (uint64_t)iommu.iq_tail << 4);
 }
 
+/*
+ * A wait descriptor.  Without intr: status write (SW) of a sequence number,
+ * polled in memory.  With intr: the interrupt flag only (IF), and we poll
+ * for the invalidation-event interrupt or ICS.IWC -- QEMU 7.2 asserts (and
+ * dies) on a wait descriptor with both SW and IF, which the spec allows.
+ */
 const char *iommu_qi_wait(bool intr)
 {
 	static char why[96];
 	uint32_t seq = ++iommu.wait_seq;
 	if (!seq)
 		seq = ++iommu.wait_seq;
-	qi_status = 0;
-	iommu.wait_status = &qi_status;
-	uint64_t lo = 5 | 1 << 5 | (uint64_t)seq << 32;     /* SW */
-	if (intr)
-		lo |= 1 << 4;                                   /* IF */
-	iommu_qi_push(lo, virt_to_phys((const void *)&qi_status));
+	unsigned irqs = iommu.inv_irqs;
+	if (intr) {
+		iommu_qi_push(5 | 1 << 4, 0);                   /* IF */
+	} else {
+		qi_status = 0;
+		iommu.wait_status = &qi_status;
+		iommu_qi_push(5 | 1 << 5 | (uint64_t)seq << 32, /* SW */
+			      virt_to_phys((const void *)&qi_status));
+	}
 	iommu_qi_kick();
 	iommu.inv_qi_waits++;
 	uint64_t end = 0;
-	for (int i = 0; qi_status != seq; i++) {
+	for (int i = 0;; i++) {
+		if (!intr && qi_status == seq)
+			return NULL;
+		if (intr && (iommu.inv_irqs != irqs || (rd32(DMAR_ICS) & 1)))
+			return NULL;
 		uint32_t fsts = rd32(DMAR_FSTS);
 		if (fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE)) {
 			ksnprintf(why, sizeof(why), "FSTS 0x%x, IQH %lu, IQT %u", fsts,
@@ -493,10 +528,10 @@ const char *iommu_qi_wait(bool intr)
 		if (i == 0)
 			end = tsc_deadline_us(200000);
 		else if (tsc_passed(end))
-			return "wait descriptor: status never written";
+			return intr ? "wait descriptor: no completion interrupt / ICS.IWC"
+				    : "wait descriptor: status never written";
 		udelay(2);
 	}
-	return NULL;
 }
 
 const char *iommu_inv_context(int gran, uint16_t did, uint16_t sid)

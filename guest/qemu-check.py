@@ -19,8 +19,8 @@ import pexpect
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROMPT = "guest(Core 0)> "
 # "kerninfx<BS>o" checks backspace editing: it must run kerninfo.
-COMMANDS = ["help", "kerninfx\x7fo", "mem", "acpi", "pci", "cores", "bogus",
-            "selftest", "bench"]
+COMMANDS = ["help", "kerninfx\x7fo", "mem", "acpi", "pci", "cores", "iommu", "virtio",
+            "bogus", "selftest", "bench"]
 
 
 def run(machine, smp, kernel, verbose, extra):

@@ -173,7 +173,16 @@ class Iotlb:
         size = 1 << (12 + address_mask)
         start = address & ~(size - 1)
         end = start + size
-        victims = [key for key in self._by_domain.get(did, ())
-                   if key[2] << key[1] < end and start < (key[2] + 1) << key[1]]
+        keys = self._by_domain.get(did)
+        if not keys:
+            return 0
+        shifts = [s for s in LARGE_PAGE_SHIFTS if self._shift_count[s]]
+        spans = [((start >> s), ((end - 1) >> s) + 1) for s in shifts]
+        if sum(last - first for first, last in spans) <= len(keys):
+            # Few pages to name: look each up (the common single-page case).
+            victims = [k for s, (first, last) in zip(shifts, spans)
+                       for k in ((did, s, i) for i in range(first, last)) if k in keys]
+        else:
+            victims = [k for k in keys if k[2] << k[1] < end and start < (k[2] + 1) << k[1]]
         return self._remove(victims)
 

@@ -132,6 +132,9 @@ class TranslatedDma(DmaSpace):
     def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
         end = address + size
+        if address < 0 or end > 1 << 64:
+            raise DmaError(f"DMA of {address:#x}+{size:#x} is beyond 64-bit bus addresses",
+                           address, write)
         while address < end:
             try:
                 gpa, span = self.iommu.translate(self.requester_id, address, write)
@@ -143,6 +146,8 @@ class TranslatedDma(DmaSpace):
                 log.error("%r: translation of %#x failed: %r", self, address, e)
                 raise DmaError(f"DMA of {address:#x} failed: {e!r}", address, write) from None
             n = min(span, end - address)
+            if n <= 0:                      # cannot happen below 2^64; never loop forever
+                raise DmaError(f"DMA of {address:#x}: empty translation", address, write)
             if out and out[-1][0] + out[-1][1] == gpa:
                 out[-1] = (out[-1][0], out[-1][1] + n)
             else:

@@ -125,7 +125,8 @@ class FaultLog:
         if not was:
             self.event.raise_condition()
 
-    def record(self, sid: int, reason: int, address: int, write: bool, *, fpd: bool = False) -> None:
+    def record(self, sid: int, reason: int, address: int, write: bool, *,
+               fpd: bool = False) -> None:
         self.by_reason[reason] += 1
         if fpd:
             self.suppressed += 1

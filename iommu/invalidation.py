@@ -44,7 +44,8 @@ IOTLB_IAIG_MASK = 0x3 << IOTLB_IAIG_SHIFT
 IOTLB_DR = 1 << 49
 IOTLB_DW = 1 << 48
 IOTLB_DID_SHIFT = 32
-IOTLB_WRITABLE = IOTLB_IVT | 0x3 << IOTLB_IIRG_SHIFT | IOTLB_DR | IOTLB_DW | 0xFFFF << IOTLB_DID_SHIFT
+IOTLB_WRITABLE = (IOTLB_IVT | 0x3 << IOTLB_IIRG_SHIFT | IOTLB_DR | IOTLB_DW |
+                  0xFFFF << IOTLB_DID_SHIFT)
 IVA_AM_MASK = 0x3F
 IVA_IH = 1 << 6
 IVA_WRITABLE = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF | IVA_IH | IVA_AM_MASK
@@ -250,7 +251,8 @@ class Invalidator:
             self.counts[("queued", "device-tlb", "range" if hi & 1 else "page")] += 1
         elif kind == DESC_IEC:
             # No interrupt remapping (ECAP.IR = 0): no interrupt entry cache.
-            self.counts[("queued", "interrupt-entry-cache", "index" if lo & 0x10 else "global")] += 1
+            granularity = "index" if lo & 0x10 else "global"
+            self.counts[("queued", "interrupt-entry-cache", granularity)] += 1
         else:
             self._wait(lo, hi)
 

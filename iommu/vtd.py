@@ -112,14 +112,16 @@ ECAP_PT = 1 << 6
 ECAP_IRO_SHIFT = 8
 
 RTADDR_WRITABLE = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF       # TTM (11:10) is 0: legacy mode only
-FEADDR_WRITABLE = 0xFFFF_FFFC
+EVENT_DATA_WRITABLE = 0xFFFF           # 31:16 (extended data) only with ECAP.EIM
+EVENT_ADDR_WRITABLE = 0xFFFF_FFFC      # 1:0 reserved
 MASK64 = 0xFFFF_FFFF_FFFF_FFFF
 NO_LIMIT = 1 << 64
 
 
 @dataclass(frozen=True)
 class VtdConfig:
-    """`--iommu vtd[,aw=39|48][,cm=on][,qi=off][,pt=off][,psi=off][,frcd=N][,iotlb=N][,check=on|stop]`"""
+    """The options of `--iommu vtd[,aw=39|48][,cm=on][,qi=off][,pt=off][,psi=off][,frcd=N]
+    [,iotlb=N][,check=on|stop]`, and the CAP/ECAP they make."""
     aw: int = 48                 # MGAW and host address width; 48: 3- and 4-level, 39: 3-level
     cm: bool = False             # caching mode: not-present entries may be cached too
     qi: bool = True              # queued invalidation
@@ -297,7 +299,8 @@ class VtdIommu:
 
     # --- the register page (a bus device) ---------------------------------------
 
-    def _register_table(self) -> dict[int, tuple[int, Callable[[], int], Callable[[int, int], None]]]:
+    def _register_table(self) -> dict[int, tuple[int, Callable[[], int],
+                                                  Callable[[int, int], None]]]:
         """offset -> (width, read(), write(value, byte-lane mask))."""
         def ro(value_fn):
             return value_fn, lambda value, mask: None
@@ -311,12 +314,7 @@ class VtdIommu:
             RTADDR: (8, lambda: self.rtaddr, self._write_rtaddr),
             CCMD: (8, lambda: self.ccmd, self._write_ccmd),
             FSTS: (4, lambda: self.faults.fsts, self._write_fsts),
-            FECTL: (4, lambda: self.fault_event.control, self._write_fectl),
-            FEDATA: (4, lambda: self.fault_event.data, self._event_field(self.fault_event, "data", 0xFFFF)),
-            FEADDR: (4, lambda: self.fault_event.address,
-                     self._event_field(self.fault_event, "address", FEADDR_WRITABLE)),
-            FEUADDR: (4, lambda: self.fault_event.upper_address,
-                      self._event_field(self.fault_event, "upper_address", 0xFFFF_FFFF)),
+            **_event_registers(self.fault_event, FECTL, FEDATA, FEADDR, FEUADDR),
             IVA: (8, lambda: self.iva, self._write_iva),
             IOTLB: (8, lambda: self.iotlb_reg, self._write_iotlb),
         }
@@ -326,12 +324,7 @@ class VtdIommu:
                 IQT: (8, lambda: self.iqt, self._write_iqt),
                 IQA: (8, lambda: self.iqa, self._write_iqa),
                 ICS: (4, lambda: self.ics, self._write_ics),
-                IECTL: (4, lambda: self.inv_event.control, self._write_iectl),
-                IEDATA: (4, lambda: self.inv_event.data, self._event_field(self.inv_event, "data", 0xFFFF)),
-                IEADDR: (4, lambda: self.inv_event.address,
-                         self._event_field(self.inv_event, "address", FEADDR_WRITABLE)),
-                IEUADDR: (4, lambda: self.inv_event.upper_address,
-                          self._event_field(self.inv_event, "upper_address", 0xFFFF_FFFF)),
+                **_event_registers(self.inv_event, IECTL, IEDATA, IEADDR, IEUADDR),
             })
         for i in range(self.config.fault_records):
             regs[FRCD + 16 * i] = (8, *ro(lambda i=i: self.faults.read_record(i, 0)))
@@ -446,18 +439,6 @@ class VtdIommu:
         if iqe_was and not self.faults.status & FSTS_IQE:
             self.invalidator.process_queue()         # resume at the descriptor IQH names
 
-    def _write_fectl(self, value: int, mask: int) -> None:
-        self.fault_event.write_control(value & CTL_IM)
-
-    def _write_iectl(self, value: int, mask: int) -> None:
-        self.inv_event.write_control(value & CTL_IM)
-
-    @staticmethod
-    def _event_field(event: EventInterrupt, name: str, writable: int):
-        def write(value: int, mask: int) -> None:
-            setattr(event, name, value & writable)
-        return write
-
     def _write_frcd(self, index: int, value: int, mask: int) -> None:
         if mask >> 56 & 0xFF:
             self.faults.write_record(index, 1, value)
@@ -537,6 +518,19 @@ class VtdIommu:
         if s["internal_errors"]:
             lines.append(f"  internal errors: {s['internal_errors']}")
         return lines
+
+
+def _event_registers(event: EventInterrupt, control: int, data: int, address: int,
+                     upper_address: int) -> dict:
+    """The four registers of an event interrupt (FECTL/FEDATA/FEADDR/FEUADDR or IE*)."""
+    def field(name: str, writable: int):
+        return (4, lambda: getattr(event, name),
+                lambda value, mask: setattr(event, name, value & writable))
+    return {control: (4, lambda: event.control,
+                      lambda value, mask: event.write_control(value & CTL_IM)),
+            data: field("data", EVENT_DATA_WRITABLE),
+            address: field("address", EVENT_ADDR_WRITABLE),
+            upper_address: field("upper_address", 0xFFFF_FFFF)}
 
 
 def _cached(fault: TranslationFault, address: int) -> TranslationFault:

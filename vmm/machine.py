@@ -23,7 +23,6 @@ from iommu.vtd import VtdConfig, VtdIommu
 from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
-from vmm.complete import Completer
 from vmm.config import ConfigError, MachineConfig
 from vmm.fastpath import FastPath
 from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
@@ -34,6 +33,7 @@ from vmm.tables import layout
 from vmm.tables.acpi import build_acpi
 from vmm.tables.dmar import build_dmar
 from vmm.tables.mptable import build_mptable
+from vmm.virtio_builders import VIRTIO_BUILDERS
 
 log = logging.getLogger("akvm.machine")
 
@@ -60,6 +60,7 @@ def _build_edu(machine: "Machine", spec) -> None:
 
 
 DEVICE_BUILDERS["edu"] = _build_edu
+DEVICE_BUILDERS.update(VIRTIO_BUILDERS)
 
 
 def open_kvm() -> kvm.System:
@@ -74,6 +75,37 @@ def open_kvm() -> kvm.System:
         raise UserError(f"/dev/kvm: {e.strerror or e}") from None
 
 
+class LazyCompleter:
+    """vmm.complete, loaded at the first emulation failure.
+
+    Most guests never have one, and importing iced-x86 and reading the host's
+    XSAVE layout would cost a sixth of a guest/ boot.
+    """
+
+    def __init__(self, memory: GuestMemory, supported_cpuid):
+        self._args = (memory, supported_cpuid)
+        self._completer = None
+        self._lock = threading.Lock()
+
+    def __call__(self, thread) -> bool:
+        with self._lock:
+            if self._completer is None:
+                from vmm.complete import Completer
+                self._completer = Completer.for_host(*self._args)
+        return self._completer(thread)
+
+    @property
+    def counts(self) -> dict:
+        return self._completer.counts if self._completer else {}
+
+    @property
+    def faults(self) -> dict:
+        return self._completer.faults if self._completer else {}
+
+    def format_stats(self) -> str:
+        return self._completer.format_stats() if self._completer else "completions: none"
+
+
 class Machine:
     def __init__(self, config: MachineConfig):
         self.config = config
@@ -81,6 +113,7 @@ class Machine:
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
         self.iommu: VtdIommu | None = None
+        self.virtio_devices: list = []      # served by their own threads from run() on
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -104,6 +137,7 @@ class Machine:
             m._load_kernel(image)
         except BaseException:
             m.serial.close()
+            m._close_virtio()
             raise
         return m
 
@@ -213,7 +247,7 @@ class Machine:
             raise UserError(str(e)) from None
         supported = self.system.supported_cpuid()
         # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/complete.py.
-        self.completer = Completer.for_host(self.memory, supported)
+        self.completer = LazyCompleter(self.memory, supported)
         for i in range(self.config.cpus):
             vcpu = self.vm.create_vcpu(i)
             configure_cpuid(vcpu, supported)
@@ -245,6 +279,8 @@ class Machine:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signo, _: self.stop(
                     ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
+        for device in self.virtio_devices:
+            device.start()
         for t in self.vcpus:
             t.start()
         try:
@@ -255,7 +291,12 @@ class Machine:
         for t in self.vcpus:
             t.join(timeout=2.0)
         self.serial.close()
+        self._close_virtio()
         return self.result
+
+    def _close_virtio(self) -> None:
+        for device in self.virtio_devices:
+            device.close()
 
     def format_stats(self) -> str:
         lines = ["akvm statistics:"]
@@ -271,6 +312,8 @@ class Machine:
                          f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
         lines.append(f"  {self.completer.format_stats()}")
+        lines += [f"  {device.format_stats()}; {device.exit_kicks} notifications by exit"
+                  for device in self.virtio_devices]
         if self.iommu is not None:
             lines += [f"  {line}" for line in self.iommu.format_stats()]
         return "\n".join(lines)

@@ -120,6 +120,7 @@ class VirtioDevice:
         self.worker: Worker | None = None
         self.requests = 0
         self.errors = 0
+        self.exit_kicks = 0                # notifications that came by a vCPU exit, not an eventfd
         self._logged: set[str] = set()
 
     # --- wiring ---------------------------------------------------------------------------
@@ -302,6 +303,7 @@ class VirtioDevice:
         """An available buffer notification for queue `index` (the MMIO exit path)."""
         if not 0 <= index < len(self.queues):
             return
+        self.exit_kicks += 1
         if self.worker is not None:
             os.eventfd_write(self.kick_fds[index], 1)
         else:

@@ -31,14 +31,14 @@ class RawImage:
         try:
             self.fd = os.open(path, flags)
         except OSError as e:
-            raise ImageError(f"cannot open {path}: {e.strerror or e}") from None
+            raise ImageError(f"cannot open: {e.strerror or e}") from None
         try:
             fcntl.flock(self.fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as e:
             os.close(self.fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise ImageError(f"{path} is in use by another process") from None
-            raise ImageError(f"cannot lock {path}: {e.strerror or e}") from None
+                raise ImageError("in use by another process (it is locked)") from None
+            raise ImageError(f"cannot lock: {e.strerror or e}") from None
 
     @property
     def size(self) -> int:

@@ -6,6 +6,10 @@
 
 #define EDU_BUF_ADDR    0x40000         /* device address of its buffer */
 #define EDU_BUF_SIZE    4096
+/* QEMU 7.2's edu aborts the whole VM (hw_error) on a transfer that ends at
+ * the buffer's last byte (its range check wants end < 0x41000), so no
+ * transfer may: at most 4088 bytes (8-byte multiples) from the start. */
+#define EDU_DMA_MAX     (EDU_BUF_SIZE - 8)
 #define EDU_DMA_TO_DEV  0               /* RAM -> device buffer */
 #define EDU_DMA_TO_RAM  1               /* device buffer -> RAM */
 

@@ -114,6 +114,7 @@ struct iommu {
 	uint32_t ver;
 	uint64_t cap, ecap;
 	unsigned fro, nfr, iro;
+	uint64_t iotlb_drain;            /* DW/DR bits for IOTLB descriptors */
 	int levels;                     /* default paging levels (4 if supported) */
 	uint64_t *root;                 /* root table */
 	uint64_t *ctx[256];             /* context tables by bus */
@@ -176,6 +177,7 @@ const char *iommu_qi_set(bool on);
 bool iommu_qi_room(unsigned n);
 void iommu_qi_push(uint64_t lo, uint64_t hi);
 void iommu_qi_push_iotlb(int gran, uint16_t did, uint64_t addr, unsigned am);
+void iommu_qi_push_pages(uint16_t did, uint64_t addr, uint64_t stride, unsigned n);
 void iommu_qi_push_context(int gran, uint16_t did, uint16_t sid);
 /* Appends a wait descriptor (status write; interrupt if intr), kicks the
  * queue and polls for the status.  NULL or why not. */

@@ -337,3 +337,46 @@ def test_block_device_matches_a_model(tmp_path_factory, ops):
         d.alloc.next = DATA                              # reuse buffer memory
     d.close()
     assert path.read_bytes() == bytes(model)
+
+
+# --- hypothesis: hostile rings against the whole block device --------------------------
+
+hostile_desc = st.tuples(
+    st.one_of(st.integers(DATA, DATA + 0x10000), st.integers(0, (1 << 64) - 1)),   # addr
+    st.one_of(st.integers(0, 1024), st.integers(0, 0xFFFF_FFFF)),                   # len
+    st.integers(0, 7),                                                              # flags
+    st.integers(0, 20),                                                             # next
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(descs=st.lists(hostile_desc, min_size=16, max_size=16),
+       heads=st.lists(st.integers(0, 20), min_size=4, max_size=4),
+       avail_idx=st.integers(0, 0xFFFF),
+       headers=st.lists(st.tuples(st.integers(0, 15), st.integers(0, 1 << 64 - 1)),
+                        min_size=4, max_size=4))
+def test_hostile_rings_never_hurt_the_vmm(tmp_path_factory, descs, heads, avail_idx, headers):
+    """Whatever the driver writes: no exception escapes, nothing outside the image's
+    capacity changes, and after a reset the device serves a good request."""
+    path = tmp_path_factory.mktemp("hostile") / "d.img"
+    path.write_bytes(bytes(SECTORS * 512))
+    d = Disk(path, features=None)
+    q, mem = d.q, d.mem
+    q.next_desc = 0
+    for i, (addr, length, flags, nxt) in enumerate(descs):
+        q.write_desc(i, addr, length, flags, nxt)
+    for i, (kind, sector) in enumerate(headers):        # plausible headers where buffers may point
+        mem.write(DATA + 0x1000 * i, struct.pack("<IIQ", kind, 0, sector))
+    for i, h in enumerate(heads):
+        mem.write(q.avail + 4 + 2 * i, struct.pack("<H", h))
+    mem.write(q.avail + 2, struct.pack("<H", avail_idx))
+    d.dev.kick(0)
+    assert len(path.read_bytes()) == SECTORS * 512
+    # the driver resets and starts over: the device works again
+    d.dev.write_status(0)
+    assert d.dev.status == 0
+    (d.q,) = bring_up(d.dev, mem)
+    d.alloc.next = DATA + 0x20000
+    assert d.request(VIRTIO_BLK_T_OUT, sector=1, out=b"k" * 512)[0] == VIRTIO_BLK_S_OK
+    assert path.read_bytes()[512:1024] == b"k" * 512
+    d.close()

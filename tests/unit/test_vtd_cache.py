@@ -66,13 +66,18 @@ def test_unmapped_page_stays_usable_until_invalidated(rig):
     assert e.value.reason == FR_READ
 
 
-def test_domain_invalidation_spares_other_domains(rig):
+def two_domains_remapped(rig):
+    """Domains 1 (SID) and 2 (SID2) map 0x1000, are cached, then remapped without a flush."""
     t1 = setup(rig, did=1, sid=SID)
     t2 = setup(rig, did=2, sid=SID2)
     p1, p2 = rig.map(t1, 0x1000, 0xA000), rig.map(t2, 0x1000, 0xB000)
     gpa(rig, 0x1000, SID), gpa(rig, 0x1000, SID2)
     rig.mem.write_u64(p1, 0xC000 | R | W)
     rig.mem.write_u64(p2, 0xD000 | R | W)
+
+
+def test_domain_invalidation_spares_other_domains(rig):
+    two_domains_remapped(rig)
     rig.flush_domain(1)
     assert gpa(rig, 0x1000, SID) == 0xC000
     assert gpa(rig, 0x1000, SID2) == 0xB000             # domain 2 still cached
@@ -80,12 +85,7 @@ def test_domain_invalidation_spares_other_domains(rig):
 
 
 def test_global_invalidation(rig):
-    t1 = setup(rig, did=1, sid=SID)
-    t2 = setup(rig, did=2, sid=SID2)
-    p1, p2 = rig.map(t1, 0x1000, 0xA000), rig.map(t2, 0x1000, 0xB000)
-    gpa(rig, 0x1000, SID), gpa(rig, 0x1000, SID2)
-    rig.mem.write_u64(p1, 0xC000 | R | W)
-    rig.mem.write_u64(p2, 0xD000 | R | W)
+    two_domains_remapped(rig)
     rig.w64(0xF8, 1 << 63 | 1 << 60)
     assert (gpa(rig, 0x1000, SID), gpa(rig, 0x1000, SID2)) == (0xC000, 0xD000)
 

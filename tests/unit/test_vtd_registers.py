@@ -11,7 +11,7 @@ from iommu.vtd import (
     GSTS_RTPS, GSTS_TES, IECTL, IOTLB, IQA, IQH, IQT, IVA, RTADDR, VER, VtdConfig,
 )
 from vmm.config import ConfigError, parse_device
-from tests.unit.vtd_tables import PAGE, R, SID, W, Rig
+from tests.unit.vtd_tables import R, SID, W, Rig
 
 
 def field(value, hi, lo):

@@ -1,7 +1,10 @@
 """VT-d translation: root and context entries, 3- and 4-level second-level walks, large
 pages, permissions, reserved bits, address widths, pass-through, EPT-format entries; every
 table built in bytearray RAM as a guest driver would."""
+import random
+
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from iommu.dmaspace import DmaError
 from iommu.translate import (
@@ -271,3 +274,36 @@ def test_dma_write_that_would_fault_writes_nothing(rig):
     assert e.value.address == 0x2000
     # every page is translated before a byte moves
     assert rig.mem.read(a + 0xFFE, 2) == b"\0\0"
+
+
+# --- hostile tables -----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 1 << 64), st.integers(0, 0xFFFF), st.integers(0, (1 << 64) - 1),
+       st.booleans(), st.sampled_from([39, 48]))
+def test_random_tables_only_ever_fault(seed, sid, iova, write, aw):
+    """16 KiB of root, context and paging entries, random but mostly plausible (low
+    permission and type bits, addresses inside those 16 KiB), some entirely random: a
+    translation or a TranslationFault, first from the tables and then from the caches."""
+    rng = random.Random(seed)
+    rig = Rig(size=1 << 20, aw=aw)
+    for i in range(0x4000 // 8):
+        word = rng.getrandbits(64)
+        if rng.random() < 0.1:
+            pass                                          # entirely random
+        elif i < 0x1000 // 8:                             # the root table
+            word = 0 if i & 1 else (word & 0x3000) | 1
+        else:                                             # context and paging entries
+            word = word & 0x300F | (0x80 if rng.random() < 0.15 else 0)
+        rig.mem.write_u64(i * 8, word)
+    rig.root = 0
+    rig.enable()
+    iova = iova if rng.random() < 0.2 else iova & 0x7F_FFFF_FFFF
+    for _ in range(2):
+        try:
+            gpa, span = rig.iommu.translate(sid & 0x7F, iova, write)
+            assert span > 0
+        except TranslationFault as f:
+            assert 1 <= f.reason <= 0xC
+    assert rig.iommu.internal_errors == 0

@@ -138,6 +138,3 @@ class Rig:
     def flush_domain(self, did: int) -> None:
         self.w64(IOTLB, 1 << 63 | 2 << 60 | did << 32)
 
-
-__all__ = ["Rig", "PAGE", "MiB", "GiB", "R", "W", "X", "PS", "SID", "SID2", "sid_of",
-           "EPT_WB", "EPT_IPAT", "EPT_A", "EPT_D", "GCMD_QIE"]

@@ -1,0 +1,213 @@
+"""virtio devices under KVM: the bundled guest's drivers (PCI, MMIO, behind the IOMMU),
+ioeventfd notifications, and data safety across a SIGKILL."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.conftest import needs_kvm
+from vmm import kvm
+
+pytestmark = needs_kvm
+
+TIMEOUT = 180
+VIRTIO_TESTS = ("virtio-blk", "virtio-console", "virtio-rng")
+
+
+def kvm_has_ioeventfd() -> bool:
+    system = kvm.System()
+    try:
+        return bool(system.check_extension(kvm.KVM_CAP_IOEVENTFD))
+    finally:
+        system.close()
+
+
+@pytest.fixture
+def disk(tmp_path):
+    path = tmp_path / "disk.img"
+    path.write_bytes(os.urandom(1 << 20))
+    return path
+
+
+class Echo(threading.Thread):
+    """The far end of a virtio-console on a UNIX socket: sends back what it gets."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.received = b""
+
+    def run(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        for _ in range(600):
+            try:
+                s.connect(str(self.path))
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            return
+        while data := s.recv(4096):
+            self.received += data
+            s.sendall(data)
+
+
+def stat_line(log, device):
+    m = re.search(rf"^\s*{device}: (.*)$", log, re.M)
+    assert m, f"no statistics for {device} in:\n{log[-2000:]}"
+    return m.group(1)
+
+
+def test_pci_lists_the_modern_virtio_devices(akvm_guest_factory, disk):
+    guest = akvm_guest_factory(args=["--device", f"virtio-blk,file={disk}",
+                                     "--device", "virtio-rng"], timeout=TIMEOUT)
+    out = guest.command("pci")
+    assert "1af4:1042" in out and "1af4:1044" in out
+
+
+def test_guest_drivers_over_pci(akvm_guest_factory, disk, tmp_path):
+    before = disk.read_bytes()
+    sock = tmp_path / "console.sock"
+    echo = Echo(sock)
+    echo.start()
+    guest = akvm_guest_factory(args=["--device", f"virtio-blk,file={disk}",
+                                     "--device", "virtio-rng",
+                                     "--device", f"virtio-console,chardev=unix:{sock}",
+                                     "--stats"], timeout=TIMEOUT)
+    result = guest.selftest(*VIRTIO_TESTS)
+    assert result.failed == {}
+    assert set(VIRTIO_TESTS) <= set(result.passed)
+    assert "echo matched" in result.output
+    assert b"virtio-console echo" in echo.received
+    guest.close()
+    assert disk.read_bytes() == before                 # the self-test puts the sectors back
+    blk = stat_line(guest.serial_log, "virtio-blk0")
+    assert re.match(r"[1-9]\d* reads, [1-9]\d* writes, [1-9]\d* flushes, 0 errors", blk)
+    if kvm_has_ioeventfd():
+        for device in ("virtio-blk0", "virtio-rng0", "virtio-console0"):
+            assert stat_line(guest.serial_log, device).endswith("0 notifications by exit")
+
+
+def test_guest_drivers_over_mmio(akvm_guest_factory, disk):
+    cmdline = "virtio_mmio.device=0x200@0xf0000000:5 virtio_mmio.device=0x200@0xf0001000:10"
+    guest = akvm_guest_factory(args=["--device", f"virtio-blk,file={disk},transport=mmio",
+                                     "--device", "virtio-rng,transport=mmio"],
+                               cmdline=cmdline, timeout=TIMEOUT)
+    assert "'virtio_mmio.device=0x200@0xf0000000:5'" in guest.serial_log   # akvm said so
+    assert "'virtio_mmio.device=0x200@0xf0001000:10'" in guest.serial_log
+    virtio = guest.command("virtio")
+    assert "mmio 0xf0000000 (v2)" in virtio and "mmio 0xf0001000 (v2)" in virtio
+    result = guest.selftest("virtio-blk", "virtio-rng")
+    assert result.failed == {} and {"virtio-blk", "virtio-rng"} <= set(result.passed)
+
+
+def test_guest_drivers_behind_the_iommu(akvm_guest_factory, disk):
+    guest = akvm_guest_factory(args=["--device", f"virtio-blk,file={disk}",
+                                     "--device", "virtio-rng", "--iommu", "vtd", "--stats"],
+                               timeout=TIMEOUT)
+    guest.command("iommu on")
+    result = guest.selftest("virtio-blk", "virtio-rng")
+    assert result.failed == {} and {"virtio-blk", "virtio-rng"} <= set(result.passed)
+    assert "0 faults recorded" in guest.command("iommu faults")
+    guest.close()
+    m = re.search(r"iommu: enabled, (\d+) translations", guest.serial_log)
+    assert m and int(m.group(1)) > 0                   # the rings and buffers went through it
+
+
+# --- data safety -------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def vblk_kernel(tmp_path_factory):
+    import shutil
+    if shutil.which("gcc") is None or shutil.which("ld") is None:
+        pytest.skip("needs gcc and ld to build the vblk test kernel")
+    from tests.kernels import build_vblk
+    return build_vblk(tmp_path_factory.mktemp("vblk"))
+
+
+def test_a_flushed_write_survives_sigkill(vblk_kernel, tmp_path):
+    """The guest writes, flushes, sees the flush complete and says so; akvm is then
+    killed with SIGKILL: everything the guest wrote is in the image."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(64 * 1024))
+    seed, sectors = 1234567, 32
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(vblk_kernel),
+                             "--cmdline", f"{seed} {sectors}", "--serial", "stdio",
+                             "--device", f"virtio-blk,file={image},transport=mmio"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert line == f"vblk: flushed {seed}\n".encode(), (line, proc.stderr.read())
+    assert proc.returncode == -signal.SIGKILL
+    data = image.read_bytes()
+    expected = bytes((seed + (i // 512) * 31 + i) & 0xFF for i in range(sectors * 512))
+    assert data[:sectors * 512] == expected
+
+
+# --- --device errors: one clear line naming the bad key ----------------------------------
+
+@pytest.mark.parametrize("text,message", [
+    ("virtio-blk", "virtio-blk: file=PATH is required"),
+    ("virtio-blk,file=/nonexistent/disk.img", "virtio-blk: file=/nonexistent/disk.img: cannot open"),
+    ("virtio-blk,file={disk},bogus=1", "virtio-blk: unknown option 'bogus'"),
+    ("virtio-blk,file={disk},transport=usb", "virtio-blk: transport=usb: expected pci or mmio"),
+    ("virtio-blk,file={disk},readonly=maybe", "virtio-blk: readonly=maybe: expected on or off"),
+    ("virtio-rng,speed=9", "virtio-rng: unknown option 'speed'"),
+    ("virtio-net", "virtio-net: give exactly one backend"),
+    ("virtio-net,loopback=on,socket=/tmp/x", "virtio-net: give exactly one backend"),
+    ("virtio-net,loopback=on,mac=zz", "virtio-net: mac=zz:"),
+    ("virtio-net,loopback=maybe", "virtio-net: loopback=maybe: expected on or off"),
+    ("virtio-net,socket={disk}", "virtio-net: socket={disk}:"),
+    ("virtio-console,chardev=tty:x", "virtio-console: chardev=tty:x: expected stdio"),
+])
+def test_bad_device_options(tiny_kernel, disk, text, message):
+    from vmm.config import ConfigError, MachineConfig, parse_device
+    from vmm.machine import Machine
+    config = MachineConfig(kernel=str(tiny_kernel), serial="none",
+                           devices=[parse_device(text.format(disk=disk))])
+    with pytest.raises(ConfigError) as e:
+        Machine.build(config)
+    assert str(e.value).startswith(message.format(disk=disk)), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_console_on_stdio_needs_the_serial_elsewhere(tiny_kernel):
+    from vmm.config import ConfigError, MachineConfig, parse_device
+    from vmm.machine import Machine
+    config = MachineConfig(kernel=str(tiny_kernel), serial="stdio",
+                           devices=[parse_device("virtio-console")])
+    with pytest.raises(ConfigError, match="chardev=stdio: stdio is already the serial console"):
+        Machine.build(config)
+
+
+def test_bad_device_from_the_command_line(tiny_kernel):
+    r = subprocess.run([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
+                        "--device", "virtio-blk,file=/nonexistent.img"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "akvm: error: virtio-blk: file=/nonexistent.img: cannot open: No such file or directory"]
+
+
+def test_an_image_in_use_is_refused(tiny_kernel, disk):
+    from vmm.config import ConfigError, MachineConfig, parse_device
+    from vmm.machine import Machine
+    from devices.virtio import RawImage
+    holder = RawImage(str(disk))
+    try:
+        config = MachineConfig(kernel=str(tiny_kernel), serial="none",
+                               devices=[parse_device(f"virtio-blk,file={disk}")])
+        with pytest.raises(ConfigError, match="in use by another process"):
+            Machine.build(config)
+    finally:
+        holder.close()

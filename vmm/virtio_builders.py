@@ -1,0 +1,144 @@
+"""--device virtio-*: options -> a device model on its transport, in a Machine.
+
+    virtio-blk,file=PATH[,readonly=on][,serial=ID]
+    virtio-net,tap=NAME | socket=PATH | loopback=on [,mac=02:..]
+    virtio-console[,chardev=stdio|file:PATH|unix:PATH|none]
+    virtio-rng
+
+each with [,transport=pci|mmio] (default pci). On PCI the device is a
+modern virtio-pci function (1af4:1040+id); on MMIO it takes the next
+virtio-mmio slot (layout.VIRTIO_MMIO_BASE, one page and one IOAPIC pin
+each) and akvm prints the `virtio_mmio.device=` string the guest needs.
+Queue notifications are KVM ioeventfds when KVM has them.
+"""
+from __future__ import annotations
+
+import sys
+
+from devices.chardev import ChardevError, parse_serial
+from devices.virtio import (
+    DirectDma, ImageError, LoopbackBackend, NetBackendError, RawImage, SocketBackend,
+    TapBackend, VirtioBlk, VirtioConsole, VirtioMmio, VirtioNet, VirtioPci, VirtioRng,
+    cmdline_string,
+)
+from devices.virtio.mmio import VIRTIO_MMIO_SIZE
+from devices.virtio.net import parse_mac
+from vmm import kvm
+from vmm.config import ConfigError
+from vmm.cpu import ExitCode
+from vmm.irq import KvmIrqLine
+from vmm.tables import layout
+
+DEFAULT_MAC_PREFIX = "02:41:4b:56:4d"          # locally administered, "AKVM"
+
+
+def _ioeventfd(machine):
+    """The ioeventfd(fd, addr, length, datamatch, deassign) a transport registers
+    notify addresses with, or None when KVM has no ioeventfds."""
+    if not machine.system.check_extension(kvm.KVM_CAP_IOEVENTFD):
+        return None
+
+    def register(fd, addr, length, datamatch=None, deassign=False):
+        machine.vm.ioeventfd(fd, addr, length, pio=False, datamatch=datamatch, deassign=deassign)
+    return register
+
+
+def _count(machine, kind: str) -> int:
+    """How many devices of this kind the machine has so far."""
+    return sum(1 for d in machine.virtio_devices if d.kind == kind)
+
+
+def _name(machine, kind: str) -> str:
+    return f"{kind}{_count(machine, kind)}"
+
+
+def add_virtio(machine, device, spec) -> None:
+    """Put `device` on the transport the spec asks for; the machine serves it from run()."""
+    transport = spec.take("transport", "pci")
+    if transport not in ("pci", "mmio"):
+        device.close()
+        raise ConfigError(f"{spec.kind}: transport={transport}: expected pci or mmio")
+    machine.virtio_devices.append(device)
+    if transport == "pci":
+        machine.pci.add(VirtioPci(device, ioeventfd=_ioeventfd(machine)))
+        return
+    slot = sum(1 for d in machine.virtio_devices if isinstance(d.transport, VirtioMmio))
+    if slot >= len(layout.VIRTIO_MMIO_GSIS):
+        raise ConfigError(f"{spec.kind}: transport=mmio: at most "
+                          f"{len(layout.VIRTIO_MMIO_GSIS)} virtio-mmio devices")
+    base = layout.VIRTIO_MMIO_BASE + slot * layout.VIRTIO_MMIO_STRIDE
+    gsi = layout.VIRTIO_MMIO_GSIS[slot]
+    device.set_dma(DirectDma(machine.memory))
+    mmio = VirtioMmio(device, KvmIrqLine(machine.vm, gsi), ioeventfd=_ioeventfd(machine))
+    machine.mmio_bus.register(base, VIRTIO_MMIO_SIZE, mmio, device.name)
+    mmio.placed(base)
+    print(f"akvm: {device.name} on virtio-mmio at {base:#x}, IRQ {gsi}: add "
+          f"'{cmdline_string(base, gsi)}' to the kernel command line", file=sys.stderr)
+
+
+def build_blk(machine, spec) -> None:
+    path = spec.take("file")
+    if not path:
+        raise ConfigError(f"{spec.kind}: file=PATH is required (e.g. virtio-blk,file=disk.img)")
+    readonly = spec.take_bool("readonly")
+    serial = spec.take("serial")
+    try:
+        image = RawImage(path, readonly)
+    except ImageError as e:
+        raise ConfigError(f"{spec.kind}: file={path}: {e}") from None
+    add_virtio(machine, VirtioBlk(image, serial, name=_name(machine, spec.kind)), spec)
+
+
+def build_rng(machine, spec) -> None:
+    add_virtio(machine, VirtioRng(name=_name(machine, spec.kind)), spec)
+
+
+def build_console(machine, spec) -> None:
+    backend = spec.take("chardev", "stdio")
+    if backend == "stdio" and machine.config.serial == "stdio":
+        raise ConfigError(f"{spec.kind}: chardev=stdio: stdio is already the serial console; "
+                          "give chardev=file:PATH|unix:PATH|none, or --serial other than stdio")
+    try:
+        chardev = parse_serial(backend)
+    except ChardevError as e:
+        raise ConfigError(f"{spec.kind}: chardev={backend}: "
+                          f"{str(e).removeprefix('--serial: ')}") from None
+    device = VirtioConsole(chardev, name=_name(machine, spec.kind),
+                           on_quit=lambda: machine.stop(ExitCode.POWEROFF, "quit (Ctrl-A x)"))
+    add_virtio(machine, device, spec)
+
+
+def build_net(machine, spec) -> None:
+    choices = {k: spec.take(k) for k in ("tap", "socket", "loopback")}
+    given = [k for k, v in choices.items() if v is not None]
+    if len(given) != 1:
+        raise ConfigError(f"{spec.kind}: give exactly one backend: tap=NAME, socket=PATH "
+                          f"or loopback=on (got {', '.join(given) or 'none'})")
+    mac_text = spec.take("mac", f"{DEFAULT_MAC_PREFIX}:{_count(machine, spec.kind) + 1:02x}")
+    try:
+        mac = parse_mac(mac_text)
+    except ValueError as e:
+        raise ConfigError(f"{spec.kind}: mac={mac_text}: {e}") from None
+    kind = given[0]
+    value = choices[kind]
+    try:
+        if kind == "tap":
+            backend = TapBackend(value)
+        elif kind == "socket":
+            backend = SocketBackend(value)
+        else:
+            spec.options["loopback"] = value           # let take_bool check on/off
+            if not spec.take_bool("loopback"):
+                raise ConfigError(f"{spec.kind}: loopback=off: no backend left")
+            backend = LoopbackBackend()
+    except NetBackendError as e:
+        raise ConfigError(f"{spec.kind}: {kind}={value}: {e}") from None
+    add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
+
+
+VIRTIO_BUILDERS = {
+    "virtio-blk": build_blk,
+    "virtio-console": build_console,
+    "virtio-net": build_net,
+    "virtio-rng": build_rng,
+}
