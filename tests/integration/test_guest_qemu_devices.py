@@ -186,3 +186,13 @@ def test_akaros_style_reboot_under_akvm(akvm_guest_factory, variant, code):
     guest = akvm_guest_factory(cpus=1, timeout=TIMEOUT)
     guest.send(f"reboot {variant}\r")
     assert guest.wait_exit() == code
+
+
+def test_coherence_checker_reports_the_missing_flush(akvm_guest_factory):
+    """The guest's iommu-stale test skips an invalidation on purpose; check=on must say so."""
+    guest = akvm_guest_factory(cpus=1, args=["--device", "edu", "--iommu", "vtd,check=on"],
+                               timeout=TIMEOUT)
+    result = guest.selftest("iommu-stale")
+    assert "iommu-stale" in result.passed
+    # akvm logs on stderr, which shares the terminal with the serial console.
+    assert "iommu check: stale IOTLB entry #1" in guest.serial_log

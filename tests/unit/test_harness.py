@@ -11,6 +11,11 @@ def test_parse_pass_and_fail():
     assert not r.ok
 
 
+def test_skips_are_kept_apart():
+    r = parse_selftest("PASS a\nSKIP edu-dma: no edu device\n1 skipped\n1 passed, 0 failed\n")
+    assert r.ok and r.skipped == {"edu-dma": "no edu device"}
+
+
 def test_all_pass_is_ok():
     assert parse_selftest("PASS a\r\n1 passed, 0 failed\r\n").ok
 

@@ -30,6 +30,7 @@ class GuestError(Exception):
 class SelftestResult:
     passed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)   # device absent, and why
     output: str = ""
 
     @property
@@ -38,7 +39,8 @@ class SelftestResult:
 
 
 def parse_selftest(text: str) -> SelftestResult:
-    """The guest's `PASS name` / `FAIL name: reason` lines, checked against its summary line."""
+    """The guest's `PASS name` / `FAIL name: reason` / `SKIP name: reason` lines, checked
+    against its summary line (which counts passes and failures)."""
     result = SelftestResult(output=text)
     for line in text.splitlines():
         line = line.strip()
@@ -47,6 +49,9 @@ def parse_selftest(text: str) -> SelftestResult:
         elif line.startswith("FAIL "):
             name, _, reason = line[5:].partition(":")
             result.failed[name.strip()] = reason.strip()
+        elif line.startswith("SKIP "):
+            name, _, reason = line[5:].partition(":")
+            result.skipped[name.strip()] = reason.strip()
     m = _SUMMARY.search(text.encode())
     if m is None:
         raise GuestError(f"no 'N passed, M failed' line in:\n{text}")
