@@ -1,4 +1,5 @@
 """Boot the tiny multiboot kernel under KVM: serial output, exit codes, SMP, serial input."""
+import contextlib
 import subprocess
 import sys
 import time
@@ -9,6 +10,19 @@ from tests.conftest import needs_kvm
 from vmm.cpu import ExitCode
 
 pytestmark = needs_kvm
+
+
+@contextlib.contextmanager
+def started(kernel, *args, **popen):
+    """akvm running in the background; killed if the test ends before it does."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 def run(kernel, *args, stdin=subprocess.DEVNULL, timeout=60):
@@ -25,14 +39,12 @@ def test_serial_output_and_poweroff(tiny_kernel):
 
 def test_output_within_a_second(tiny_kernel):
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
-                             "--cmdline", "e"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    line = proc.stdout.readline()
-    elapsed = time.monotonic() - start
-    proc.stdin.write(b"q")
-    proc.stdin.close()
-    proc.wait(timeout=30)
+    with started(tiny_kernel, "--cmdline", "e", stdin=subprocess.PIPE) as proc:
+        line = proc.stdout.readline()
+        elapsed = time.monotonic() - start
+        proc.stdin.write(b"q")
+        proc.stdin.close()
+        proc.wait(timeout=30)
     assert line == b"tiny: hello, cmdline=e\n"
     # Generous bound for a loaded CI machine; tools/bench measures the real figure.
     assert elapsed < 5
@@ -88,12 +100,10 @@ def test_stats_counts_exits(tiny_kernel):
 
 
 def test_sigterm_ends_cleanly(tiny_kernel):
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
-                             "--cmdline", "e"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    assert proc.stdout.readline().startswith(b"tiny: hello")
-    proc.terminate()
-    _, err = proc.communicate(timeout=30)
+    with started(tiny_kernel, "--cmdline", "e", stdin=subprocess.PIPE) as proc:
+        assert proc.stdout.readline().startswith(b"tiny: hello")
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == ExitCode.POWEROFF
     assert b"stopped by SIGTERM" in err and b"Traceback" not in err
 
@@ -113,20 +123,19 @@ def test_pit_channel0_counts_at_entry(tiny_kernel):
 def test_serial_on_a_unix_socket(tiny_kernel, tmp_path):
     import socket
     path = tmp_path / "com1.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
-                             "--cmdline", "e", "--serial", f"unix:{path}"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.connect(str(path))
-        s.settimeout(30)
-        got = b""
-        while b"cmdline=e\n" not in got:
-            got += s.recv(100)
-        s.sendall(b"hi q")
-        while not got.endswith(b"hi "):
-            got += s.recv(100)
-    assert proc.wait(timeout=30) == ExitCode.POWEROFF
+    with started(tiny_kernel, "--cmdline", "e", "--serial", f"unix:{path}",
+                 stdin=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(path))
+            s.settimeout(30)
+            got = b""
+            while b"cmdline=e\n" not in got:
+                got += s.recv(100)
+            s.sendall(b"hi q")
+            while not got.endswith(b"hi "):
+                got += s.recv(100)
+        assert proc.wait(timeout=30) == ExitCode.POWEROFF
     assert got.startswith(b"tiny: hello")
