@@ -69,9 +69,15 @@ INTEL_VENDOR = (0x756E6547, 0x49656E69, 0x6C65746E)
 INVARIANT_TSC = 1 << 8
 
 
+# The hypervisor timing leaf (the VMware / Linux convention): EAX = TSC kHz,
+# EBX = local APIC timer input kHz. KVM's APIC timer counts at 1 GHz.
+TIMING_LEAF = 0x40000010
+APIC_BUS_KHZ = 1_000_000
+
+
 def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> None:
     """The host's supported CPUID with this vCPU's APIC id filled in, as an Intel CPU
-    without an invariant TSC.
+    without an invariant TSC, with the timing leaf (so a guest need not calibrate).
 
     The machine is an Intel platform (VT-d, an Intel host bridge), and the
     vendor changes how KVM checks guest page tables: for an AMD guest, bit 8
@@ -89,7 +95,12 @@ def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> No
             e.edx = vcpu.index
         elif e.function == 0x80000007:
             e.edx &= ~INVARIANT_TSC
-        entries.append(e)
+        elif e.function == 0x40000000:
+            e.eax = max(e.eax, TIMING_LEAF)
+        if e.function != TIMING_LEAF:
+            entries.append(e)
+    entries.append(kvm.kvm_cpuid_entry2(function=TIMING_LEAF, eax=vcpu.get_tsc_khz(),
+                                        ebx=APIC_BUS_KHZ))
     vcpu.set_cpuid2(entries)
 
 

@@ -304,6 +304,7 @@ KVM_SET_XSAVE = _iow(0xA5, kvm_xsave)
 KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
 KVM_GET_XSAVE2 = _ior(0xCF, kvm_xsave)
+KVM_GET_TSC_KHZ = _io(0xA3)
 
 # --- constants -----------------------------------------------------------
 
@@ -326,6 +327,7 @@ KVM_CAP_XCRS = 56
 KVM_CAP_MAX_VCPUS = 66
 KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_IMMEDIATE_EXIT = 136
+KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_XSAVE2 = 208
 
 KVM_EXIT_UNKNOWN = 0
@@ -537,6 +539,9 @@ class Vcpu(_Fd):
     def set_xcrs(self, x: kvm_xcrs) -> None: self.ioctl(KVM_SET_XCRS, x)
     def get_vcpu_events(self) -> kvm_vcpu_events: return self._get(KVM_GET_VCPU_EVENTS, kvm_vcpu_events)
     def set_vcpu_events(self, e: kvm_vcpu_events) -> None: self.ioctl(KVM_SET_VCPU_EVENTS, e)
+
+    def get_tsc_khz(self) -> int:
+        return self.ioctl(KVM_GET_TSC_KHZ)
 
     def get_mp_state(self) -> int:
         return self._get(KVM_GET_MP_STATE, kvm_mp_state).mp_state

@@ -6,6 +6,7 @@ half-built VM. run() starts the vCPU threads and waits for the first stop.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import threading
@@ -14,12 +15,9 @@ from devices.acpi_pm import AcpiPm
 from devices.chardev import ChardevError, parse_serial
 from devices.cmos import Cmos
 from devices.debugport import DebugPort
-from devices.edu import Edu
 from devices.i8042 import I8042, ResetControl
 from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from devices.uart import Uart16550
-from iommu.dmaspace import DirectDma, TranslatedDma
-from iommu.vtd import VtdConfig, VtdIommu
 from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
@@ -31,9 +29,7 @@ from vmm.memory import GuestMemory, PCI_HOLE_START
 from vmm.native import lib
 from vmm.tables import layout
 from vmm.tables.acpi import build_acpi
-from vmm.tables.dmar import build_dmar
 from vmm.tables.mptable import build_mptable
-from vmm.virtio_builders import VIRTIO_BUILDERS
 
 log = logging.getLogger("akvm.machine")
 
@@ -47,20 +43,30 @@ class UserError(Exception):
     """Bad user input found while building the machine (exit status 2)."""
 
 
-# --device KIND -> builder(machine, spec). A builder takes its options from the
-# spec with spec.take(...), adds its device, and raises ConfigError on bad values.
-DEVICE_BUILDERS: dict = {}
-
-
 def _build_edu(machine: "Machine", spec) -> None:
+    from devices.edu import Edu
     text = spec.take("dma_bits", "28")
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise ConfigError(f"edu: dma_bits={text}: expected 1 to 64")
     machine.pci.add(Edu(dma_bits=int(text)))
 
 
-DEVICE_BUILDERS["edu"] = _build_edu
-DEVICE_BUILDERS.update(VIRTIO_BUILDERS)
+# --device KIND -> its builder(machine, spec), as "module:function". A builder takes
+# its options from the spec with spec.take(...), adds its device, and raises
+# ConfigError on bad values. Modules are imported only for the kinds asked for:
+# a machine without devices starts without loading their code.
+DEVICE_BUILDERS: dict[str, str] = {
+    "edu": "vmm.machine:_build_edu",
+    "virtio-blk": "vmm.virtio_builders:build_blk",
+    "virtio-console": "vmm.virtio_builders:build_console",
+    "virtio-net": "vmm.virtio_builders:build_net",
+    "virtio-rng": "vmm.virtio_builders:build_rng",
+}
+
+
+def device_builder(kind: str):
+    module, _, name = DEVICE_BUILDERS[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def open_kvm() -> kvm.System:
@@ -198,6 +204,7 @@ class Machine:
             return
         if spec.kind != "vtd":
             raise ConfigError(f"--iommu {spec.kind}: no such IOMMU (known: vtd)")
+        from iommu.vtd import VtdConfig, VtdIommu
         self.iommu = VtdIommu(self.memory, lambda address, data: self.vm.signal_msi(address, data),
                               VtdConfig.from_spec(spec), on_stale=self._iommu_stale)
         self.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, self.iommu, "vtd")
@@ -208,6 +215,7 @@ class Machine:
 
     def _dma_space(self, requester_id: int):
         """Each PCI function's DMA: through the IOMMU when there is one."""
+        from iommu.dmaspace import DirectDma, TranslatedDma
         if self.iommu is None:
             return DirectDma(self.memory)
         return TranslatedDma(self.iommu, requester_id)
@@ -226,15 +234,17 @@ class Machine:
 
     def _add_user_devices(self) -> None:
         for spec in self.config.devices:
-            builder = DEVICE_BUILDERS.get(spec.kind)
-            if builder is None:
-                known = ", ".join(sorted(DEVICE_BUILDERS)) or "none yet"
+            if spec.kind not in DEVICE_BUILDERS:
+                known = ", ".join(sorted(DEVICE_BUILDERS))
                 raise ConfigError(f"--device {spec.kind}: no such device (known: {known})")
-            builder(self, spec)
+            device_builder(spec.kind)(self, spec)
             spec.check_consumed()
 
     def _write_tables(self) -> None:
-        extra = [build_dmar(self.iommu.config.aw)] if self.iommu is not None else []
+        extra = []
+        if self.iommu is not None:
+            from vmm.tables.dmar import build_dmar
+            extra.append(build_dmar(self.iommu.config.aw))
         build_acpi(self.memory, self.config.cpus, extra_tables=extra)
         build_mptable(self.memory, self.config.cpus)
 

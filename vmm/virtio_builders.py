@@ -134,11 +134,3 @@ def build_net(machine, spec) -> None:
     except NetBackendError as e:
         raise ConfigError(f"{spec.kind}: {kind}={value}: {e}") from None
     add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
-
-
-VIRTIO_BUILDERS = {
-    "virtio-blk": build_blk,
-    "virtio-console": build_console,
-    "virtio-net": build_net,
-    "virtio-rng": build_rng,
-}
