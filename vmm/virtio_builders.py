@@ -109,8 +109,10 @@ def build_console(machine, spec) -> None:
 
 
 def build_net(machine, spec) -> None:
-    choices = {k: spec.take(k) for k in ("tap", "socket", "loopback")}
-    given = [k for k, v in choices.items() if v is not None]
+    tap, path = spec.take("tap"), spec.take("socket")
+    loopback = "loopback" in spec.options and spec.take_bool("loopback")
+    given = [k for k, on in (("tap", tap is not None), ("socket", path is not None),
+                             ("loopback", loopback)) if on]
     if len(given) != 1:
         raise ConfigError(f"{spec.kind}: give exactly one backend: tap=NAME, socket=PATH "
                           f"or loopback=on (got {', '.join(given) or 'none'})")
@@ -119,18 +121,14 @@ def build_net(machine, spec) -> None:
         mac = parse_mac(mac_text)
     except ValueError as e:
         raise ConfigError(f"{spec.kind}: mac={mac_text}: {e}") from None
-    kind = given[0]
-    value = choices[kind]
     try:
-        if kind == "tap":
-            backend = TapBackend(value)
-        elif kind == "socket":
-            backend = SocketBackend(value)
+        if tap is not None:
+            backend = TapBackend(tap)
+        elif path is not None:
+            backend = SocketBackend(path)
         else:
-            spec.options["loopback"] = value           # let take_bool check on/off
-            if not spec.take_bool("loopback"):
-                raise ConfigError(f"{spec.kind}: loopback=off: no backend left")
             backend = LoopbackBackend()
     except NetBackendError as e:
-        raise ConfigError(f"{spec.kind}: {kind}={value}: {e}") from None
+        key, value = ("tap", tap) if tap is not None else ("socket", path)
+        raise ConfigError(f"{spec.kind}: {key}={value}: {e}") from None
     add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)

@@ -14,7 +14,8 @@ pop() takes the next available descriptor chain and walks it (direct and
 VIRTQ_DESC_F_INDIRECT tables) into a Chain of device-readable and
 device-writable buffers; push() returns a chain on the used ring;
 needs_interrupt() and set_notify() implement notification suppression,
-with VIRTIO_F_EVENT_IDX or with the ring flags.
+with VIRTIO_F_EVENT_IDX or with the ring flags. With direct DMA the walk
+runs in C (NativeWalker, vmm/native/virtq.c); walk_python() is its twin.
 
 The driver is untrusted. Whatever breaks the ring's rules -- an index
 beyond the queue, a descriptor loop, a chain longer than its table, nested
@@ -30,7 +31,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from devices.virtio.dma import DmaError
+from devices.virtio.dma import DirectDma, DmaError
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -134,6 +135,7 @@ class Virtqueue:
         self.ready = False                  # queue_enable
         self.msix_vector = 0xFFFF           # queue_msix_vector (virtio-pci), VIRTIO_MSI_NO_VECTOR
         self.dma = None
+        self.native: NativeWalker | None = None
         self.event_idx = False
         self.indirect = False
         self.last_avail = 0                 # the next available ring entry the device takes
@@ -148,6 +150,7 @@ class Virtqueue:
         self.dma = dma
         self.event_idx = event_idx
         self.indirect = indirect
+        self.native = NativeWalker.for_dma(dma, self.size)
 
     @property
     def active(self) -> bool:
@@ -204,7 +207,16 @@ class Virtqueue:
         self.last_avail = (self.last_avail - 1) & 0xFFFF
 
     def walk(self, head: int) -> Chain:
-        """Follow the chain that starts at descriptor `head`."""
+        """Follow the chain that starts at descriptor `head` (in C when the DMA is direct)."""
+        if self.native is not None:
+            chain = self.native.walk(self, head)
+            if chain is not None:
+                return chain
+        return self.walk_python(head)
+
+    def walk_python(self, head: int) -> Chain:
+        """The walk in Python: the reference for vmm/native/virtq.c, and the one for
+        translated DMA (the IOMMU)."""
         if head >= self.size:
             raise RingError(f"queue {self.index}: head {head} is outside the table of {self.size}")
         chain = Chain(head)
@@ -293,3 +305,58 @@ class Virtqueue:
             self._write(self.device, _U16.pack(0 if enabled else VIRTQ_USED_F_NO_NOTIFY))
         if enabled:
             memory_barrier()
+
+
+class NativeWalker:
+    """akvm_vq_walk (vmm/native/virtq.c): the chain walk in C, over the host mappings
+    of guest RAM. Only for DirectDma; translated DMA walks in Python."""
+
+    _ERRORS = {
+        "AKVM_VQ_E_HEAD": "head is outside the table",
+        "AKVM_VQ_E_NEXT": "a next index is outside its table",
+        "AKVM_VQ_E_LOOP": "loops or is longer than its table",
+        "AKVM_VQ_E_MEMORY": "ring access failed: a descriptor outside guest RAM",
+        "AKVM_VQ_E_INDIRECT_FEATURE": "indirect descriptor, VIRTIO_F_INDIRECT_DESC not negotiated",
+        "AKVM_VQ_E_INDIRECT_NESTED": "indirect table inside an indirect table",
+        "AKVM_VQ_E_INDIRECT_NEXT": "indirect descriptor with VIRTQ_DESC_F_NEXT",
+        "AKVM_VQ_E_INDIRECT_SIZE": "indirect table of a bad size",
+        "AKVM_VQ_E_INDIRECT_ADDR": "indirect table at a bad address",
+        "AKVM_VQ_E_WRAPS": "a buffer wraps the address space",
+        "AKVM_VQ_E_READ_AFTER_WRITE": "has a readable buffer after a writable one",
+        "AKVM_VQ_E_TOO_LONG": "is longer than 4 GiB",
+    }
+
+    def __init__(self, memory, max_out: int):
+        from vmm.native import ffi, lib
+        self._ffi, self._lib = ffi, lib
+        self.slots = ffi.new("struct akvm_mem_slot[]", len(memory.slots))
+        for i, slot in enumerate(memory.slots):
+            self.slots[i].gpa, self.slots[i].size = slot.gpa, slot.size
+            self.slots[i].host = ffi.cast("unsigned char *", memory.host_address(slot))
+        self._memory = memory              # keeps the mappings alive
+        self.max_out = max_out
+        self.out = ffi.new("struct akvm_vq_seg[]", max_out)
+        self.lens = ffi.new("unsigned long long[2]")
+        self.messages = {getattr(lib, k): v for k, v in self._ERRORS.items()}
+
+    @classmethod
+    def for_dma(cls, dma, size: int) -> "NativeWalker | None":
+        if type(dma) is not DirectDma:
+            return None
+        return cls(dma.memory, size + 256)
+
+    def walk(self, vq: Virtqueue, head: int) -> Chain | None:
+        """The chain, or None when it has more buffers than fit here (walk it in Python)."""
+        lib = self._lib
+        n = lib.akvm_vq_walk(self.slots, len(self.slots), vq.desc, vq.size, head,
+                             int(vq.indirect), self.out, self.max_out, self.lens, self.lens + 1)
+        if n == lib.AKVM_VQ_E_TOO_MANY:
+            return None
+        if n < 0:
+            raise RingError(f"queue {vq.index}: chain at {head} {self.messages[n]}")
+        chain = Chain(head, readable_len=self.lens[0], writable_len=self.lens[1])
+        out = self.out
+        for i in range(n):
+            seg = out[i]
+            (chain.writable if seg.write else chain.readable).append((seg.addr, seg.len))
+        return chain

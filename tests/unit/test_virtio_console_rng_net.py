@@ -259,3 +259,55 @@ def test_tap_backend_errors_are_clear():
         assert "tap" in str(e) or "/dev/net/tun" in str(e)
     else:
         backend.close()                                     # this host allows TAP
+
+
+def _tap_with_packet_socket(name):
+    """A TAP backend with its link up and a raw packet socket on it, or a skip reason."""
+    import fcntl
+    try:
+        backend = TapBackend(name)
+    except NetBackendError as e:
+        return None, None, str(e)
+    try:
+        ctl = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+        ifr = fcntl.ioctl(ctl, SIOCGIFFLAGS, struct.pack("16sH22x", name.encode(), 0))
+        flags = struct.unpack_from("16sH", ifr)[1] | IFF_UP
+        fcntl.ioctl(ctl, SIOCSIFFLAGS, struct.pack("16sH22x", name.encode(), flags))
+        ctl.close()
+        raw = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88B5))
+        raw.bind((name, 0))
+    except OSError as e:
+        backend.close()
+        return None, None, f"cannot bring {name} up or open a packet socket: {e}"
+    return backend, raw, None
+
+
+def test_net_over_a_real_tap_device():
+    backend, raw, why = _tap_with_packet_socket("akvmtest0")
+    if backend is None:
+        pytest.skip(why)
+    mem = new_memory()
+    dev = VirtioNet(backend, MAC)
+    rx, tx = bring_up(dev, mem)
+    dev.start()
+    try:
+        ethertype = b"\x88\xb5"                          # local experimental
+        out = b"\xff" * 6 + MAC + ethertype + b"from the guest".ljust(46, b".")
+        mem.write(DATA, bytes(HDR.size) + out)
+        tx.add([(DATA, HDR.size + len(out), False)])
+        os.eventfd_write(dev.kick_fds[1], 1)
+        raw.settimeout(5)
+        while (got := raw.recv(2048)) != out:           # the host may send its own frames
+            pass
+        buffers = [DATA + 0x80000 + 0x1000 * i for i in range(8)]
+        for b in buffers:
+            rx.add([(b, 2048, True)])
+        os.eventfd_write(dev.kick_fds[0], 1)
+        inbound = MAC + b"\x02" * 6 + ethertype + b"from the host".ljust(46, b".")
+        raw.send(inbound)
+        assert wait_for(lambda: any(mem.read(b + HDR.size, len(inbound)) == inbound
+                                    for b in buffers))
+    finally:
+        raw.close()
+        dev.close()
