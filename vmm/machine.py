@@ -118,7 +118,7 @@ class Machine:
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
-        self.iommu: VtdIommu | None = None
+        self.iommu = None                   # iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()

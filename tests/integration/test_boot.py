@@ -4,8 +4,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from tests.conftest import needs_kvm
 from vmm.cpu import ExitCode
 

@@ -6,14 +6,11 @@ version 2) on microvm. The same guest self-tests then run under akvm's own
 models, and the software-interrupt tests (which QEMU cannot run on this host:
 INT3 / INT n end KVM_RUN with an emulation failure) run under akvm only.
 """
-import os
 import re
-import socket
-import threading
-import time
 
 import pytest
 
+from tests.integration.conftest import Echo
 from tests.conftest import needs_kvm, needs_qemu
 from vmm.cpu import ExitCode
 
@@ -29,37 +26,6 @@ IOMMU_TESTS = {"iommu-enable", "iommu-reg-inv", "iommu-qi", "iommu-qi-intr", "io
                "iommu-passthrough", "iommu-translate", "iommu-3level", "iommu-fault", "iommu-psi",
                "iommu-dsi", "iommu-shootdown", "iommu-stale"}
 VIRTIO_TESTS = {"virtio-blk", "virtio-console", "virtio-rng"}
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.img"
-    path.write_bytes(os.urandom(1 << 20))
-    return path
-
-
-class Echo(threading.Thread):
-    """Connects to a UNIX socket (the VMM's console end) and sends back what it reads."""
-
-    def __init__(self, path):
-        super().__init__(daemon=True)
-        self.path = path
-        self.received = b""
-
-    def run(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        for _ in range(600):
-            try:
-                s.connect(str(self.path))
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            return
-        with s:
-            while data := s.recv(4096):
-                self.received += data
-                s.sendall(data)
 
 
 def skipped(output: str) -> dict[str, str]:

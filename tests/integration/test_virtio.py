@@ -3,14 +3,12 @@ ioeventfd notifications, and data safety across a SIGKILL."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 
+from tests.integration.conftest import Echo
 from tests.conftest import needs_kvm
 from vmm import kvm
 
@@ -26,36 +24,6 @@ def kvm_has_ioeventfd() -> bool:
         return bool(system.check_extension(kvm.KVM_CAP_IOEVENTFD))
     finally:
         system.close()
-
-
-@pytest.fixture
-def disk(tmp_path):
-    path = tmp_path / "disk.img"
-    path.write_bytes(os.urandom(1 << 20))
-    return path
-
-
-class Echo(threading.Thread):
-    """The far end of a virtio-console on a UNIX socket: sends back what it gets."""
-
-    def __init__(self, path):
-        super().__init__(daemon=True)
-        self.path = path
-        self.received = b""
-
-    def run(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        for _ in range(600):
-            try:
-                s.connect(str(self.path))
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            return
-        while data := s.recv(4096):
-            self.received += data
-            s.sendall(data)
 
 
 def stat_line(log, device):

@@ -298,7 +298,7 @@ def test_net_over_a_real_tap_device():
         tx.add([(DATA, HDR.size + len(out), False)])
         os.eventfd_write(dev.kick_fds[1], 1)
         raw.settimeout(5)
-        while (got := raw.recv(2048)) != out:           # the host may send its own frames
+        while raw.recv(2048) != out:                    # the host may send its own frames
             pass
         buffers = [DATA + 0x80000 + 0x1000 * i for i in range(8)]
         for b in buffers:

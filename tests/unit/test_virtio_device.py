@@ -1,6 +1,5 @@
 """VirtioDevice: feature negotiation, status, reset, configuration generation, DEVICE_NEEDS_RESET,
 the device thread, and DMA through the platform (IOMMU) object when negotiated."""
-import struct
 import threading
 import time
 

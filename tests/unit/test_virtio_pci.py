@@ -1,6 +1,5 @@
 """virtio-pci modern transport, driven like a guest driver drives it: configuration space
 through ECAM, registers through the MMIO bus, interrupts into recorders."""
-import struct
 
 import pytest
 

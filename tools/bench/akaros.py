@@ -65,6 +65,6 @@ def run(memory: str = "1G", cpus: int = 2) -> list[Row]:
     akvm_cores = sorted(samples["akvm_cores"])[len(samples["akvm_cores"]) // 2]
     rows = [Row(f"Akaros to 'Number of Cores Detected' ({cpus} vCPUs, {memory})", "s", akvm_cores,
                 "QEMU", med.get("qemu"), f"median of {RUNS}; QEMU dies on xrstor64 right after")]
-    rows.append(Row(f"Akaros to 'Hit ctrl-g' (monitor ready)", "s", med["akvm"], note=
+    rows.append(Row("Akaros to 'Hit ctrl-g' (monitor ready)", "s", med["akvm"], note=
                     "QEMU cannot get there on this host (xrstor64 emulation failure)"))
     return rows
