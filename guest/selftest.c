@@ -250,45 +250,147 @@ static const char *test_rtc(void)
 }
 
 /*
- * Deliberately executes XSAVE/XRSTOR (not a default test): on kvm_pvm
- * hosts they end KVM_RUN with an emulation failure unless the VMM
- * completes them.  Round-trips the x87 control word through memory.
+ * Deliberately executes XSETBV, XGETBV, XSAVE and XRSTOR (not a default
+ * test): on kvm_pvm hosts several of them end KVM_RUN with an emulation
+ * failure unless the VMM completes them.  Checks that x87, SSE and (where
+ * offered) AVX state round-trips with several requested-feature bitmaps,
+ * and that a component whose XSTATE_BV bit is clear is initialised.
+ * Everything is inlined: `make check` allows these instructions only in
+ * selftest_xsave.
  */
-static uint8_t xsave_area[2][4096] __attribute__((aligned(64)));
+#define XS_X87 1u
+#define XS_SSE 2u
+#define XS_AVX 4u
+#define XSTATE_BV 512
+#define XMM0 160
 
-static void xsave_save(void *area, uint64_t mask)
+static uint8_t xsave_area[3][4096] __attribute__((aligned(64)));
+
+#define ALWAYS_INLINE static inline __attribute__((always_inline))
+ALWAYS_INLINE void xs_save(void *area, uint64_t mask)
 {
 	asm volatile("xsave64 (%0)" :: "r"(area), "a"((uint32_t)mask), "d"((uint32_t)(mask >> 32)) : "memory");
 }
 
-static void xsave_restore(const void *area, uint64_t mask)
+ALWAYS_INLINE void xs_restore(const void *area, uint64_t mask)
 {
 	asm volatile("xrstor64 (%0)" :: "r"(area), "a"((uint32_t)mask), "d"((uint32_t)(mask >> 32)) : "memory");
+}
+
+ALWAYS_INLINE void xs_setbv(uint64_t v)
+{
+	asm volatile("xsetbv" :: "c"(0), "a"((uint32_t)v), "d"((uint32_t)(v >> 32)));
+}
+
+ALWAYS_INLINE uint64_t xs_getbv(void)
+{
+	uint32_t lo, hi;
+	asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return (uint64_t)hi << 32 | lo;
+}
+
+ALWAYS_INLINE void xmm0_load(const void *p)
+{
+	asm volatile("movups (%0), %%xmm0" :: "r"(p) : "memory");
+}
+
+ALWAYS_INLINE void xmm0_store(void *p)
+{
+	asm volatile("movups %%xmm0, (%0)" :: "r"(p) : "memory");
+}
+
+static void pattern(uint8_t *p, uint8_t seed)
+{
+	for (int i = 0; i < 16; i++)
+		p[i] = (uint8_t)(seed + 17 * i);
 }
 
 static const char *selftest_xsave(void)
 {
 	if (!cpuinfo.xsave)
-		return "CPUID says no XSAVE";
+		return SKIP("CPUID says no XSAVE");
+	uint32_t r[4], c1[4];
+	cpuid(0xD, 0, r);
+	cpuid(1, 0, c1);
+	uint64_t want = XS_X87 | XS_SSE;
+	if ((r[0] & XS_AVX) && (c1[2] & (1u << 28)))
+		want |= XS_AVX;
+	uint32_t avx_off = 0;
+	if (want & XS_AVX) {
+		cpuid(0xD, 2, r);
+		avx_off = r[1];
+	}
 	uint64_t cr4 = read_cr4();
 	write_cr4(cr4 | CR4_OSXSAVE);
+	uint8_t *a0 = xsave_area[0], *a1 = xsave_area[1], *a2 = xsave_area[2];
+	uint8_t p1[16], p2[16], p3[16], p4[16], got[16], zero[16] = { 0 };
+	pattern(p1, 1); pattern(p2, 2); pattern(p3, 3); pattern(p4, 4);
 	const char *err = NULL;
-	/* XCR0 resets to 1 (x87), which is all we save: no XGETBV needed
-	 * (it traps on kvm_pvm too). */
-	memset(xsave_area, 0, sizeof(xsave_area));
-	xsave_save(xsave_area[0], 1);
-	uint16_t fcw = *(uint16_t *)xsave_area[0];
-	memcpy(xsave_area[1], xsave_area[0], 4096);
-	*(uint16_t *)xsave_area[1] = fcw ^ 0x0C00;          /* flip rounding control */
-	xsave_area[1][512] |= 1;                            /* XSTATE_BV: x87 valid */
-	xsave_restore(xsave_area[1], 1);
-	memset(xsave_area[0], 0, 4096);
-	xsave_save(xsave_area[0], 1);
-	uint16_t got = *(uint16_t *)xsave_area[0];
-	*(uint16_t *)xsave_area[1] = fcw;
-	xsave_restore(xsave_area[1], 1);                    /* put it back */
-	if (got != (fcw ^ 0x0C00))
-		err = FAIL("FCW after xrstor/xsave is 0x%04x, want 0x%04x", got, fcw ^ 0x0C00);
+
+	xs_setbv(want);
+	uint64_t xcr0 = xs_getbv();
+	if (xcr0 != want) {
+		err = FAIL("XCR0 reads 0x%lx after xsetbv 0x%lx", xcr0, want);
+		goto out;
+	}
+	/* x87 + SSE: the register reaches the area, the area reaches the register. */
+	memset(a0, 0, 4096);
+	xmm0_load(p1);
+	xs_save(a0, XS_X87 | XS_SSE);
+	if (memcmp(a0 + XMM0, p1, 16) || !(a0[XSTATE_BV] & XS_SSE)) {
+		err = FAIL("xsave did not store XMM0 (XSTATE_BV 0x%x)", a0[XSTATE_BV]);
+		goto out;
+	}
+	memcpy(a1, a0, 4096);
+	memcpy(a1 + XMM0, p2, 16);
+	uint16_t fcw = *(uint16_t *)a0;
+	*(uint16_t *)a1 = fcw ^ 0x0C00;                    /* flip x87 rounding control */
+	a1[XSTATE_BV] |= XS_X87 | XS_SSE;
+	xs_restore(a1, XS_X87 | XS_SSE);
+	xmm0_store(got);
+	memset(a2, 0, 4096);
+	xs_save(a2, XS_X87);
+	if (memcmp(got, p2, 16)) {
+		err = FAIL("xrstor (x87|SSE) did not load XMM0");
+		goto out;
+	}
+	if (*(uint16_t *)a2 != (fcw ^ 0x0C00)) {
+		err = FAIL("FCW after xrstor/xsave is 0x%04x, want 0x%04x", *(uint16_t *)a2, fcw ^ 0x0C00);
+		goto out;
+	}
+	/* A bitmap without SSE leaves XMM0 alone. */
+	memcpy(a1 + XMM0, p3, 16);
+	*(uint16_t *)a1 = fcw;
+	xs_restore(a1, XS_X87);
+	xmm0_store(got);
+	if (memcmp(got, p2, 16)) {
+		err = FAIL("xrstor with RFBM=x87 changed XMM0");
+		goto out;
+	}
+	/* XSTATE_BV clear for SSE: the component is initialised (zero). */
+	a1[XSTATE_BV] &= (uint8_t)~XS_SSE;
+	xs_restore(a1, XS_X87 | XS_SSE);
+	xmm0_store(got);
+	if (memcmp(got, zero, 16)) {
+		err = FAIL("xrstor with XSTATE_BV.SSE=0 left XMM0 set");
+		goto out;
+	}
+	/* AVX: the upper half of YMM0 round-trips through the area. */
+	if (want & XS_AVX) {
+		memcpy(a1 + avx_off, p4, 16);
+		a1[XSTATE_BV] |= XS_X87 | XS_SSE | XS_AVX;
+		xs_restore(a1, want);
+		memset(a2, 0, 4096);
+		xs_save(a2, want);
+		if (memcmp(a2 + avx_off, p4, 16) || !(a2[XSTATE_BV] & XS_AVX)) {
+			err = FAIL("YMM0[255:128] did not round-trip (XSTATE_BV 0x%x)", a2[XSTATE_BV]);
+			goto out;
+		}
+		memset(a1 + avx_off, 0, 256);              /* leave the upper halves clean */
+		xs_restore(a1, want);
+	}
+out:
+	xs_setbv(XS_X87);
 	write_cr4(cr4);
 	return err;
 }
@@ -312,6 +414,8 @@ static const struct { const struct selftest *t; const size_t *n; size_t fixed; }
 	{ dev_tests, &dev_ntests, 0 },
 	{ virtio_tests, &virtio_ntests, 0 },
 	{ swint_tests, &swint_ntests, 0 },
+	{ user_tests, &user_ntests, 0 },
+	{ probe_tests, &probe_ntests, 0 },
 };
 
 enum { PASSED, FAILED, SKIPPED };

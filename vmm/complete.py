@@ -589,6 +589,7 @@ class Completer:
             Mnemonic.XRSTOR: self._xrstor, Mnemonic.XRSTOR64: self._xrstor,
             Mnemonic.INT3: self._int3, Mnemonic.INT: self._int_n, Mnemonic.INTO: self._into,
             Mnemonic.INT1: self._int1, Mnemonic.WAIT: self._fwait, Mnemonic.RDTSCP: self._rdtscp,
+            Mnemonic.XGETBV: self._xgetbv,
         }
         if self.layout.xsaves:
             self._handlers.update({Mnemonic.XSAVES: self._xsave, Mnemonic.XSAVES64: self._xsave,
@@ -843,6 +844,18 @@ class Completer:
             if not cr0 & CR0_NE:
                 raise CannotComplete("pending x87 exception with CR0.NE clear (FERR#/IRQ 13)")
             raise GuestFault(MF, why=f"pending x87 exception (FSW {fpu.fsw:#x}, FCW {fpu.fcw:#x})")
+        insn.advance()
+
+    def _xgetbv(self, insn: Insn) -> None:
+        """XGETBV: EDX:EAX = XCR[ECX]. KVM's emulator has XSETBV but not XGETBV."""
+        if not insn.sregs.cr4 & CR4_OSXSAVE:
+            raise GuestFault(UD, why="XGETBV with CR4.OSXSAVE clear")
+        index = insn.regs.rcx & 0xFFFF_FFFF
+        if index != 0:          # XCR0 is the only XCR KVM exposes (no XINUSE, ECX=1)
+            raise GuestFault(GP, 0, why=f"XGETBV of XCR{index}")
+        xcr0 = self._xcr0(insn.vcpu)
+        insn.set_gpr("rax", xcr0 & 0xFFFF_FFFF)
+        insn.set_gpr("rdx", xcr0 >> 32)
         insn.advance()
 
     def _rdtscp(self, insn: Insn) -> None:

@@ -729,6 +729,24 @@ def test_rdtscp():
     assert g.completer.counts == {"rdtscp": 1}
 
 
+def test_xgetbv_reads_xcr0():
+    g = Guest(xcr0=X87 | SSE | AVX)
+    assert g.run(bytes.fromhex("0f01d0"), rcx=0, rax=0xFFFF_FFFF_FFFF_FFFF)
+    r = g.vcpu.regs
+    assert (r.rax, r.rdx, r.rip) == (X87 | SSE | AVX, 0, CODE + 3)
+    assert g.completer.counts == {"xgetbv": 1}
+
+
+def test_xgetbv_faults_like_hardware():
+    g = Guest()
+    assert g.run(bytes.fromhex("0f01d0"), rcx=1)            # no XCR1 here: #GP(0)
+    assert g.vcpu.events.exception.nr == 13 and g.vcpu.regs.rip == CODE
+    g = Guest()
+    g.vcpu.sregs.cr4 &= ~CR4_OSXSAVE
+    assert g.run(bytes.fromhex("0f01d0"), rcx=0)
+    assert g.vcpu.events.exception.nr == 6
+
+
 def test_unknown_instruction_is_reported_and_not_completed(caplog):
     g = Guest()
     for i in range(8):
