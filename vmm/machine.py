@@ -246,7 +246,7 @@ class Machine:
             from vmm.tables.dmar import build_dmar
             extra.append(build_dmar(self.iommu.config.aw))
         build_acpi(self.memory, self.config.cpus, extra_tables=extra)
-        build_mptable(self.memory, self.config.cpus)
+        build_mptable(self.memory, self.config.cpus, pci_interrupts=self.pci.intx_routes())
 
     def _load_kernel(self, image: multiboot.MultibootImage) -> None:
         modules = [multiboot.BootModule(m.path, m.args) for m in self.config.modules]

@@ -76,3 +76,21 @@ def test_upstream_akaros_enables_translation(akvm_guest_factory):
     guest.close()
     assert "iommu: enabled" in guest.serial_log
     assert "register context global 1, register iotlb global 1" in guest.serial_log
+
+
+def test_mp_table_routes_the_edu_intx():
+    """Akaros takes PCI interrupt routing from the MP table: the edu's INTA# must be there."""
+    from tests.unit.test_mptable import parse
+    from vmm.config import DeviceSpec, MachineConfig
+    from vmm.machine import Machine
+    from vmm import guest_kernel
+    m = Machine.build(MachineConfig(kernel=str(guest_kernel.build()), serial="none",
+                                    devices=[DeviceSpec("edu", {}, "edu")]))
+    try:
+        routes = m.pci.intx_routes()
+        assert routes, "edu has an INTx pin"
+        _, entries = parse(m.memory)
+        pci = {(e[5], e[7]) for t, e in entries if t == 3 and e[4] == 0}     # PCI bus id 0
+        assert {((r.device << 2) | r.pin, r.ioapic_pin) for r in routes} <= pci
+    finally:
+        m.serial.close()
