@@ -15,11 +15,31 @@
 	.globl _start
 _start:
 	mov $0x200000, %esp
-	mov 16(%ebx), %esi		/* cmdline */
-	movb (%esi), %bl		/* mode */
-	inc %esi
-	xor %ecx, %ecx			/* N: decimal after the mode and blanks */
-1:	movzbl (%esi), %eax
+	mov 16(%ebx), %esi		/* cmdline; QEMU puts the kernel's path first */
+	xor %ecx, %ecx
+token:					/* find the token "p" or "m" followed by a blank */
+	movzbl (%esi), %eax
+	test %al, %al
+	jz off
+	cmp $' ', %al
+	je next
+	cmpb $' ', 1(%esi)
+	jne word
+	cmp $'p', %al
+	je found
+	cmp $'m', %al
+	je found
+word:	inc %esi			/* skip the rest of this token */
+	movzbl (%esi), %eax
+	test %al, %al
+	jz off
+	cmp $' ', %al
+	jne word
+next:	inc %esi
+	jmp token
+found:	mov %al, %bl			/* mode */
+	add $2, %esi
+1:	movzbl (%esi), %eax		/* N: decimal after the mode and blanks */
 	inc %esi
 	cmp $' ', %al
 	je 1b
