@@ -7,6 +7,7 @@
 #include "apic.h"
 #include "cpu.h"
 #include "lib.h"
+#include "proc.h"
 #include "smp.h"
 #include "timer.h"
 #include "x86.h"
@@ -102,10 +103,34 @@ static bool bench_insn(void)
 	return true;
 }
 
+/* Ring-3 benchmarks: the ubench program times itself and prints BENCH lines. */
+static bool bench_user(char *what)
+{
+	const char *err;
+	char *argv[] = { "ubench", what };
+	struct proc *p = proc_create("ubench", 2, argv, &err);
+	if (!p) {
+		kprintf("BENCH user-%s skipped: %s\n", what, err);
+		return false;
+	}
+	int st = proc_run(p);
+	if (st)
+		proc_report(p, st);
+	proc_free(p);
+	return st == 0;
+}
+
+static bool bench_user_pio(void) { return bench_user("pio"); }
+static bool bench_user_syscall(void) { return bench_user("syscall"); }
+static bool bench_user_loop(void) { return bench_user("loop"); }
+
 struct bench {
 	const char *name;
 	bool (*fn)(void);
 };
+
+bool bench_virtio_blk_rand4k(void);     /* virtiobench.c */
+bool bench_virtio_blk_seq1m(void);
 
 static const struct bench benches[] = {
 	{ "pio", bench_pio },
@@ -115,6 +140,11 @@ static const struct bench benches[] = {
 	{ "insn", bench_insn },
 	{ "iommu", bench_iommu },
 	{ "edu", bench_edu },
+	{ "virtio-blk-rand4k", bench_virtio_blk_rand4k },
+	{ "virtio-blk-seq1m", bench_virtio_blk_seq1m },
+	{ "user-pio", bench_user_pio },
+	{ "user-syscall", bench_user_syscall },
+	{ "user-loop", bench_user_loop },
 };
 
 int bench_main(int argc, char **argv)

@@ -74,7 +74,12 @@ gdt_load:
 	lgdt gdt_desc64(%rip)
 	ret
 
-	.section .rodata
+/*
+ * The GDT, in .data: each core writes its TSS descriptor (and LTR sets its
+ * busy bit).  The order of 0x18-0x28 is what SYSRET wants: STAR[63:48] =
+ * 0x18 gives SS = 0x20 | 3 and CS = 0x28 | 3 (user.c).
+ */
+	.data
 	.balign 16
 	.globl gdt
 gdt:
@@ -82,6 +87,11 @@ gdt:
 	.quad 0x00AF9A000000FFFF        /* 0x08: 64-bit code, DPL 0 */
 	.quad 0x00CF92000000FFFF        /* 0x10: data */
 	.quad 0x00CF9A000000FFFF        /* 0x18: 32-bit code */
+	.quad 0x00CFF2000000FFFF        /* 0x20: user data, DPL 3 */
+	.quad 0x00AFFA000000FFFF        /* 0x28: user 64-bit code, DPL 3 */
+	.globl gdt_tss
+gdt_tss:                                /* 0x30 + 16 * core: 64-bit TSS descriptors */
+	.fill 2 * GDT_NTSS, 8, 0
 gdt_end:
 gdt_desc32:
 	.word gdt_end - gdt - 1

@@ -12,6 +12,7 @@
 #include "monitor.h"
 #include "multiboot.h"
 #include "pic.h"
+#include "proc.h"
 #include "smp.h"
 #include "timer.h"
 #include "trap.h"
@@ -22,6 +23,7 @@ static void serial_irq(struct trapframe *tf)
 	console_intr();
 }
 
+extern char boot_stack_top[];
 uint64_t boot_tsc_start, boot_tsc_prompt;
 
 struct boot_stage boot_stages[12];
@@ -45,9 +47,11 @@ void kmain(uint32_t magic, uint32_t mbi_pa)
 		kprintf("cmdline: %s\n", bootinfo.cmdline);
 	stage("banner");
 
+	cpus[0].stack_top = (uint64_t)(uintptr_t)boot_stack_top;
 	cpu_setup_percpu(&cpus[0]);
 	trap_init();
 	cpu_identify();
+	user_cpu_init();
 	pic_disable();
 	stage("idt+pic");
 	acpi_init();

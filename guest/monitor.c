@@ -11,6 +11,7 @@
 #include "multiboot.h"
 #include "pci.h"
 #include "power.h"
+#include "proc.h"
 #include "timer.h"
 #include "virtio.h"
 #include "x86.h"
@@ -159,6 +160,88 @@ static int cmd_virtio(int argc, char **argv)
 	return 0;
 }
 
+static int parse_int(const char *s, int *v)
+{
+	int n = 0;
+	if (!*s)
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9')
+			return -1;
+		n = n * 10 + (*s - '0');
+	}
+	*v = n;
+	return 0;
+}
+
+/* run [-c CORE] PROGRAM [ARGS]: to completion.  spawn: start on another core. */
+static int run_or_spawn(int argc, char **argv, bool spawn)
+{
+	int core = this_cpu()->id, i = 1;
+	if (argc > 2 && !strcmp(argv[1], "-c")) {
+		if (parse_int(argv[2], &core) || core >= MAX_CPUS || !cpus[core].online) {
+			kprintf("%s: no core %s\n", argv[0], argv[2]);
+			return 1;
+		}
+		i = 3;
+	} else if (spawn) {
+		core = -1;
+		for (int c = 0; c < MAX_CPUS && core < 0; c++)
+			if (cpus[c].online && c != this_cpu()->id && !cpus[c].job)
+				core = c;
+	}
+	if (i >= argc) {
+		kprintf("usage: %s [-c CORE] PROGRAM [ARGS]; programs: ", argv[0]);
+		user_programs_list();
+		return 1;
+	}
+	if (spawn && (core < 0 || core == this_cpu()->id)) {
+		kprintf("spawn: needs an idle core other than this one\n");
+		return 1;
+	}
+	const char *err;
+	struct proc *p = proc_create(argv[i], argc - i, argv + i, &err);
+	if (!p) {
+		kprintf("%s: %s: %s\n", argv[0], argv[i], err);
+		return 1;
+	}
+	int st;
+	if (core == this_cpu()->id) {
+		st = proc_run(p);
+	} else {
+		p->detached = spawn;
+		if (!proc_start_on(p, core)) {
+			kprintf("%s: core %d is busy\n", argv[0], core);
+			proc_free(p);
+			return 1;
+		}
+		if (spawn) {
+			kprintf("pid %d (%s) started on core %d\n", p->pid, p->name, core);
+			return 0;
+		}
+		st = proc_wait(p, 0);
+	}
+	proc_report(p, st);
+	proc_free(p);
+	return st != 0;
+}
+
+static int cmd_run(int argc, char **argv)
+{
+	return run_or_spawn(argc, argv, false);
+}
+
+static int cmd_spawn(int argc, char **argv)
+{
+	return run_or_spawn(argc, argv, true);
+}
+
+static int cmd_ps(int argc, char **argv)
+{
+	proc_list();
+	return 0;
+}
+
 static int cmd_poweroff(int argc, char **argv)
 {
 	power_off();
@@ -176,6 +259,9 @@ static const struct command commands[] = {
 	{ "bench", "[NAME...] run micro-benchmarks", cmd_bench },
 	{ "iommu", "[on|off|faults|qi on|off] VT-d: CAP/ECAP decoded, state", cmd_iommu },
 	{ "virtio", "virtio devices found (PCI and MMIO)", cmd_virtio },
+	{ "run", "[-c CORE] PROGRAM [ARGS] run a user program to completion", cmd_run },
+	{ "spawn", "[-c CORE] PROGRAM [ARGS] start a user program on another core", cmd_spawn },
+	{ "ps", "processes", cmd_ps },
 	{ "reboot", "[int|int0] reset (int: 0xCF9 then int $0 on a zero stack, as Akaros)", cmd_reboot },
 	{ "poweroff", "ACPI soft-off (S5)", cmd_poweroff },
 };

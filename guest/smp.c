@@ -11,6 +11,7 @@
 #include "cpu.h"
 #include "lib.h"
 #include "mm.h"
+#include "proc.h"
 #include "timer.h"
 #include "trap.h"
 #include "x86.h"
@@ -157,10 +158,10 @@ void ap_main(void *arg)
 	gdt_load();
 	idt_load();
 	cpu_setup_percpu(c);
+	user_cpu_init();
 	lapic_init_ap();
 	if (lapic_id() != c->apic_id)
 		kprintf("SMP: core %d has APIC id %u, MADT said %u\n", c->id, lapic_id(), c->apic_id);
 	__atomic_store_n(&c->online, 1, __ATOMIC_RELEASE);
-	for (;;)
-		sti_hlt();
+	proc_ap_idle();                 /* sti; hlt until a process is sent here */
 }

@@ -9,6 +9,7 @@
 #include "cpu.h"
 #include "lib.h"
 #include "mm.h"
+#include "proc.h"
 #include "x86.h"
 
 struct idt_gate {
@@ -37,6 +38,11 @@ static const char *const exc_names[32] = {
 	"reserved", "reserved", "reserved", "reserved",
 	"#HV hypervisor injection", "#VC VMM communication", "#SX security", "reserved",
 };
+
+const char *exc_name(unsigned v)
+{
+	return v < 32 ? exc_names[v] : "interrupt";
+}
 
 void trap_init(void)
 {
@@ -110,6 +116,8 @@ void trap(struct trapframe *tf)
 			handlers[v](tf);
 			return;
 		}
+		if ((tf->cs & 3) && user_trap(tf))
+			return;         /* a system call (kvm_pvm), or the process was killed */
 		if (try_fixup(tf))
 			return;
 		fatal_exception(tf);

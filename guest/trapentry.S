@@ -26,8 +26,15 @@ trap_stubs:
 	.endr
 
 	.text
+/*
+ * From ring 3 (CS.RPL = 3 in the frame) SWAPGS before and after, so the
+ * kernel always has its per-core %gs and the user its own GS base.
+ */
 trap_common:
-	pushq %r15
+	testb $3, 24(%rsp)              /* CS, above vector and error code */
+	jz 1f
+	swapgs
+1:	pushq %r15
 	pushq %r14
 	pushq %r13
 	pushq %r12
@@ -44,6 +51,8 @@ trap_common:
 	pushq %rax
 	movq %rsp, %rdi
 	call trap
+	.globl trap_return
+trap_return:                            /* RSP = a struct trapframe */
 	popq %rax
 	popq %rbx
 	popq %rcx
@@ -60,7 +69,16 @@ trap_common:
 	popq %r14
 	popq %r15
 	addq $16, %rsp                  /* vector, error code */
-	iretq
+	testb $3, 8(%rsp)
+	jz 2f
+	swapgs
+2:	iretq
+
+/* void user_enter(struct trapframe *tf): into ring 3 with tf's registers. */
+	.globl user_enter
+user_enter:
+	movq %rdi, %rsp
+	jmp trap_return
 
 	.data
 	.balign 16

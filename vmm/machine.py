@@ -120,6 +120,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.iommu = None                   # iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
+        self.gsi_routes = None              # vmm.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -232,6 +233,25 @@ class Machine:
         self.mmio_bus.register(layout.ECAM_BASE, layout.ECAM_SIZE, self.pci.ecam, "pci-ecam")
         self.pci.add(PciHostBridge(), slot=0)
 
+    def msi_irqfds(self):
+        """new_irqfd(address, data) for MSI-X through irqfds (PciDevice.use_irqfds), or None
+        when KVM has no irqfds or no GSI routing (messages then go by KVM_SIGNAL_MSI). The
+        first call takes over the GSI routing table (vmm.irqroutes)."""
+        if self.gsi_routes is None:
+            if not (self.system.check_extension(kvm.KVM_CAP_IRQFD) and
+                    self.system.check_extension(kvm.KVM_CAP_IRQ_ROUTING)):
+                return None
+            from vmm.irqroutes import DEFAULT_MAX_ROUTES, GsiRoutes
+            routes = GsiRoutes(self.vm, self.system.check_extension(kvm.KVM_CAP_IRQ_ROUTING)
+                               or DEFAULT_MAX_ROUTES)
+            try:
+                routes.commit()
+            except OSError as e:
+                log.warning("GSI routing refused (%s): MSIs go by KVM_SIGNAL_MSI", e)
+                return None
+            self.gsi_routes = routes
+        return self.gsi_routes.msi_irqfd
+
     def _add_user_devices(self) -> None:
         for spec in self.config.devices:
             if spec.kind not in DEVICE_BUILDERS:
@@ -307,6 +327,8 @@ class Machine:
     def _close_virtio(self) -> None:
         for device in self.virtio_devices:
             device.close()
+        if self.gsi_routes is not None:
+            self.gsi_routes.close()
 
     def format_stats(self) -> str:
         lines = ["akvm statistics:"]
@@ -322,8 +344,10 @@ class Machine:
                          f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
         lines.append(f"  {self.completer.format_stats()}")
-        lines += [f"  {device.format_stats()}; {device.exit_kicks} notifications by exit"
-                  for device in self.virtio_devices]
+        for device in self.virtio_devices:
+            sent, by_irqfd = device.transport.interrupt_counts()
+            lines.append(f"  {device.format_stats()}; {sent} interrupts, {by_irqfd} by irqfd; "
+                         f"{device.exit_kicks} notifications by exit")
         if self.iommu is not None:
             lines += [f"  {line}" for line in self.iommu.format_stats()]
         return "\n".join(lines)

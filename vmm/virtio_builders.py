@@ -9,7 +9,9 @@ each with [,transport=pci|mmio] (default pci). On PCI the device is a
 modern virtio-pci function (1af4:1040+id); on MMIO it takes the next
 virtio-mmio slot (layout.VIRTIO_MMIO_BASE, one page and one IOAPIC pin
 each) and akvm prints the `virtio_mmio.device=` string the guest needs.
-Queue notifications are KVM ioeventfds when KVM has them.
+Queue notifications are KVM ioeventfds when KVM has them; MSI-X vectors
+are irqfds on MSI routes (Machine.msi_irqfds) when KVM has irqfds and GSI
+routing, else KVM_SIGNAL_MSI. The virtio-mmio line stays KVM_IRQ_LINE.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ def add_virtio(machine, device, spec) -> None:
         raise ConfigError(f"{spec.kind}: transport={transport}: expected pci or mmio")
     machine.virtio_devices.append(device)
     if transport == "pci":
-        machine.pci.add(VirtioPci(device, ioeventfd=_ioeventfd(machine)))
+        machine.pci.add(VirtioPci(device, ioeventfd=_ioeventfd(machine),
+                                  irqfd=machine.msi_irqfds()))
         return
     slot = sum(1 for d in machine.virtio_devices if isinstance(d.transport, VirtioMmio))
     if slot >= len(layout.VIRTIO_MMIO_GSIS):

@@ -6,6 +6,13 @@ by PciRoot.add() (attach()). From then on the guest drives it: BAR writes
 and the COMMAND decode bits move each BAR's range on the PIO/MMIO bus,
 and signal(vector) sends whatever interrupt the guest has enabled
 (MSI-X, else MSI, else INTx).
+
+MSI-X through irqfds: after use_irqfds(new_irqfd) each vector the guest
+unmasks gets an irqfd (vmm.irqroutes.MsiIrqfd: an eventfd bound to a KVM
+MSI route) that follows the vector's table entry, and signal() writes the
+eventfd instead of handing the message to the MSI sink. A masked vector
+still only sets its pending bit; a vector whose irqfd KVM refused, or whose
+route could not follow the guest, goes through the MSI sink as before.
 """
 from __future__ import annotations
 
@@ -286,6 +293,7 @@ class _BarWindow:
             if msix.table_offset <= offset < msix.table_offset + msix.table_size:
                 with self.device.lock:
                     msix.table_write(offset - msix.table_offset, size, value)
+                    self.device._sync_irqfds()
                     self.device._deliver_pending()
                 return
             if msix.pba_offset <= offset < msix.pba_offset + msix.pba_size:
@@ -321,6 +329,11 @@ class PciDevice:
         self.intx_asserted = False         # the function's internal INTx request
         self.msi_sent = 0
         self.msi_dropped = 0
+        self.irqfd_sent = 0                # of msi_sent, those sent by writing an irqfd
+        self.intx_signals = 0              # signal() calls that asserted INTx
+        self._new_irqfd = None             # use_irqfds()
+        self._irqfds: dict[int, object] = {}    # MSI-X vector -> its irqfd
+        self._irqfd_failed: set[int] = set()    # vectors KVM would not give an irqfd
 
         c.set(VENDOR_ID, 2, vendor_id)
         c.set(DEVICE_ID, 2, device_id)
@@ -465,6 +478,8 @@ class PciDevice:
             if _overlaps(offset, size, COMMAND, 2) or \
                     _overlaps(offset, size, BAR0, 4 * BAR_COUNT):
                 self._update_bars()
+            if self.msix is not None and _overlaps(offset, size, self.msix.offset, 4):
+                self._sync_irqfds()
             self._deliver_pending()
             self._update_intx()
             self.on_config_write(offset, size)
@@ -572,7 +587,7 @@ class PciDevice:
                 if msix.function_masked or msix.masked(vector):
                     msix.set_pending(vector, True)
                     return False
-                return self._send(*msix.message(vector))
+                return self._send_msix(vector)
             if self.msi_enabled:
                 msi = self.msi
                 vector = msi.vector_for(vector)
@@ -581,6 +596,7 @@ class PciDevice:
                     return False
                 return self._send(*msi.message(vector))
             self.intx_asserted = True
+            self.intx_signals += 1
             self._update_intx()
             return self._intx_output()
 
@@ -604,6 +620,57 @@ class PciDevice:
         self.msi_sent += 1
         return True
 
+    # --- MSI-X through irqfds ---------------------------------------------------
+
+    def use_irqfds(self, new_irqfd) -> None:
+        """Send MSI-X messages through irqfds. new_irqfd(address, data) returns an object
+        with `message`, retarget(address, data) and trigger() (vmm.irqroutes.MsiIrqfd),
+        or raises OSError; it is called for a vector when the guest first unmasks it.
+        Whoever made them closes them, after the device has stopped signalling."""
+        self._new_irqfd = new_irqfd
+
+    def _sync_irqfds(self) -> None:
+        """Make every usable MSI-X vector's irqfd carry its table entry's message (lock held).
+
+        Only unmasked vectors of an enabled, unmasked function are looked at: a driver
+        writes an entry while it is masked, so the route changes once, at the unmask."""
+        msix = self.msix
+        if self._new_irqfd is None or msix is None or not msix.enabled or msix.function_masked:
+            return
+        for v in range(msix.vectors):
+            if msix.masked(v) or v in self._irqfd_failed:
+                continue
+            message = msix.message(v)
+            irqfd = self._irqfds.get(v)
+            try:
+                if irqfd is None:
+                    self._irqfds[v] = self._new_irqfd(*message)
+                elif irqfd.message != message:
+                    irqfd.retarget(*message)
+            except OSError as e:        # this vector keeps the MSI sink
+                self._irqfd_failed.add(v)
+                log.warning("%s %s: MSI-X vector %d: no irqfd (%s); sending by ioctl",
+                            self.address, self.name, v, e)
+
+    def _send_msix(self, vector: int) -> bool:
+        """Send an unmasked MSI-X vector: its irqfd when it carries the message, else the sink."""
+        message = self.msix.message(vector)
+        irqfd = self._irqfds.get(vector)
+        if irqfd is None or irqfd.message != message:
+            return self._send(*message)
+        if not self.bus_master:
+            self.msi_dropped += 1
+            return False
+        try:
+            irqfd.trigger()
+        except OSError as e:
+            log.warning("%s %s: MSI-X vector %d: irqfd write failed: %s", self.address,
+                        self.name, vector, e)
+            return self._send(*message)
+        self.msi_sent += 1
+        self.irqfd_sent += 1
+        return True
+
     def _deliver_pending(self) -> None:
         """Send what is pending on vectors that are now unmasked (PCI 3.0 6.8.2.9)."""
         with self.lock:
@@ -612,7 +679,7 @@ class PciDevice:
                 for v in range(msix.vectors):
                     if msix.pending(v) and not msix.masked(v):
                         msix.set_pending(v, False)
-                        self._send(*msix.message(v))
+                        self._send_msix(v)
             msi = self.msi
             if msi is not None and msi.enabled and msi.maskable and not self.msix_enabled:
                 for v in range(msi.enabled_vectors):

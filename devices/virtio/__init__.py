@@ -15,8 +15,9 @@
   rng       virtio-rng from getrandom(2)
 
 A device model never sees KVM: the machine hands a transport its interrupt
-(PCI function or IRQ line) and an optional ioeventfd(fd, addr, length,
-datamatch=None, deassign=False) callable.
+(PCI function or IRQ line), an optional ioeventfd(fd, addr, length,
+datamatch=None, deassign=False) callable and, on PCI, an optional irqfd
+factory (PciDevice.use_irqfds) for the MSI-X vectors.
 """
 from devices.virtio.blk import VirtioBlk
 from devices.virtio.console import VirtioConsole

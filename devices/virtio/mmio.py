@@ -10,6 +10,12 @@ provides one; otherwise the write exits to write() and kicks the queue the
 same way. The interrupt is level: high while InterruptStatus is not zero;
 every new event also makes a fresh rising edge, for a guest that set the
 IOAPIC pin up edge-triggered (Linux does for ISA IRQs).
+
+The line is driven with KVM_IRQ_LINE (vmm.irq.KvmIrqLine), not an irqfd:
+a level irqfd lowers the line at the guest's EOI and needs a resample fd
+and a device-side re-check to raise it again while InterruptStatus is
+set, and the fresh edges above have no irqfd equivalent; virtio-mmio is
+for command-line-configured guests, not the fast path.
 """
 from __future__ import annotations
 
@@ -76,6 +82,7 @@ class VirtioMmio:
         self.ioeventfd = ioeventfd
         self.lock = threading.Lock()
         self.base: int | None = None
+        self.interrupts = 0
         self._reset_transport()
 
     def _reset_transport(self) -> None:
@@ -100,9 +107,14 @@ class VirtioMmio:
     def _interrupt(self, bits: int) -> None:
         with self.lock:
             self.interrupt_status |= bits
+            self.interrupts += 1
             if self.irq.level:
                 self.irq.set_level(False)      # a new edge for edge-triggered pins
             self.irq.set_level(True)
+
+    def interrupt_counts(self) -> tuple[int, int]:
+        """(interrupts sent, of which by irqfd: none here)."""
+        return self.interrupts, 0
 
     def signal_queue(self, vq) -> None:
         self._interrupt(VIRTIO_MMIO_INT_VRING)

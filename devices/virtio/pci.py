@@ -16,7 +16,11 @@ Notifications: each queue's notify address is a KVM ioeventfd on the
 queue's kick eventfd when the machine provides one (a 16-bit write then
 never leaves the kernel); any other write reaches write() below and kicks
 the queue the same way. Interrupts: MSI-X when the driver enabled it,
-else INTx with the ISR.
+else INTx with the ISR. Given `irqfd` (a new_irqfd(address, data) factory,
+see PciDevice.use_irqfds) each MSI-X vector the driver unmasks is an
+eventfd bound to a KVM MSI route that follows the vector's table entry, and
+the device thread interrupts the guest by writing it; otherwise (no irqfd
+support in KVM) messages go out by KVM_SIGNAL_MSI.
 """
 from __future__ import annotations
 
@@ -93,7 +97,7 @@ _CLASS = {1: 0x020000, 2: 0x018000, 3: 0x078000, 4: 0xFF0000}
 class VirtioPci(PciDevice):
     """A VirtioDevice as a modern virtio-pci function."""
 
-    def __init__(self, device: VirtioDevice, ioeventfd=None):
+    def __init__(self, device: VirtioDevice, ioeventfd=None, irqfd=None):
         super().__init__(VIRTIO_PCI_VENDOR_ID, VIRTIO_PCI_DEVICE_ID_BASE + device.device_id,
                          _CLASS.get(device.device_id, 0xFF0000), revision=1,
                          subsystem_vendor_id=VIRTIO_PCI_VENDOR_ID,
@@ -122,6 +126,8 @@ class VirtioPci(PciDevice):
         c.set_wmask(self.pci_cfg + CAP_LENGTH, 4, 0xFFFF_FFFF)
         c.set_wmask(self.pci_cfg + PCI_CFG_DATA, 4, 0xFFFF_FFFF)
         self._registered: list[tuple[int, int]] = []     # (fd, addr) ioeventfds in KVM
+        if irqfd is not None:
+            self.use_irqfds(irqfd)
         self._reset_transport()
 
     def attach(self, address, pio_bus=None, mmio_bus=None, irq=None, msi=None, dma=None) -> None:
@@ -171,6 +177,10 @@ class VirtioPci(PciDevice):
                     self.signal(self.config_msix_vector)
                 return
             self.signal(0)
+
+    def interrupt_counts(self) -> tuple[int, int]:
+        """(interrupts sent, of which by irqfd): MSI/MSI-X messages and INTx assertions."""
+        return self.msi_sent + self.intx_signals, self.irqfd_sent
 
     def _read_isr(self) -> int:
         with self.lock:

@@ -5,6 +5,10 @@
 
 #define MAX_CPUS 64
 
+struct proc;
+struct kctx;
+struct tss;
+
 struct cpu {
 	struct cpu *self;               /* %gs:0 */
 	int id;                         /* index: 0 = BSP */
@@ -14,7 +18,15 @@ struct cpu {
 	volatile uint64_t shoot_count;  /* shootdowns handled */
 	volatile uint64_t probe_val;    /* value read after the last shootdown */
 	uint64_t stack_top;
+	uint64_t kstack_top;            /* 56: syscall entry's stack (CPU_KSTACK) */
+	uint64_t user_rsp;              /* 64: user RSP saved by the entry (CPU_USER_RSP) */
+	struct proc *cur;               /* process running here, or NULL */
+	struct proc *volatile job;      /* a process sent to this core to run */
+	struct kctx *sched_ctx;         /* where exit/kill return to */
+	struct tss *tss;
 };
+#define CPU_KSTACK      56
+#define CPU_USER_RSP    64
 
 extern struct cpu cpus[MAX_CPUS];
 extern int ncpus;                       /* cores online */

@@ -20,6 +20,7 @@
 #define PAGE_SIZE       4096
 #define PTE_P           0x001
 #define PTE_W           0x002
+#define PTE_U           0x004
 #define PTE_PWT         0x008
 #define PTE_PCD         0x010
 #define PTE_PS          0x080
@@ -27,6 +28,10 @@
 #define SEG_KCODE       0x08    /* 64-bit code */
 #define SEG_KDATA       0x10
 #define SEG_KCODE32     0x18    /* 32-bit code, used on the way up */
+#define SEG_UDATA       0x23    /* user data (0x20 | RPL 3) */
+#define SEG_UCODE       0x2B    /* user 64-bit code (0x28 | RPL 3) */
+#define SEG_TSS0        0x30    /* core n's TSS at SEG_TSS0 + 16 * n */
+#define GDT_NTSS        64      /* = MAX_CPUS */
 
 #define CR0_PE          0x00000001
 #define CR0_MP          0x00000002
@@ -42,7 +47,12 @@
 #define CR4_OSXSAVE     0x00040000
 
 #define MSR_EFER        0xC0000080
+#define EFER_SCE        0x00000001
 #define EFER_LME        0x00000100
+#define MSR_STAR        0xC0000081
+#define MSR_LSTAR       0xC0000082
+#define MSR_FMASK       0xC0000084
+#define MSR_KERNEL_GS_BASE 0xC0000102
 
 #ifndef __ASSEMBLER__
 #include <stdint.h>

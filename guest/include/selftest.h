@@ -20,8 +20,8 @@ struct selftest {
 };
 
 /* devtest.c: IOMMU and edu; virtiotest.c: virtio; swint.c: software interrupts */
-extern const struct selftest dev_tests[], virtio_tests[], swint_tests[];
-extern const size_t dev_ntests, virtio_ntests, swint_ntests;
+extern const struct selftest dev_tests[], virtio_tests[], swint_tests[], user_tests[], probe_tests[];
+extern const size_t dev_ntests, virtio_ntests, swint_ntests, user_ntests, probe_ntests;
 
 /* bench hooks (devtest.c) */
 bool bench_iommu(void);

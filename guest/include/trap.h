@@ -26,6 +26,9 @@ struct trapframe {
 
 typedef void (*irq_handler_t)(struct trapframe *tf);
 
+#define VEC_SYSCALL     0x100   /* trapframe.vector of a SYSCALL entry (not an IDT vector) */
+
+const char *exc_name(unsigned vector);         /* "#PF page fault", ... */
 void trap_init(void);           /* build the IDT (BSP) */
 void idt_load(void);            /* every core */
 void gdt_load(void);            /* every core: high-half GDT base */

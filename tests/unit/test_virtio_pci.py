@@ -1,6 +1,8 @@
 """virtio-pci modern transport, driven like a guest driver drives it: configuration space
 through ECAM, registers through the MMIO bus, interrupts into recorders."""
 
+import os
+
 import pytest
 
 from devices.pci import PciHostBridge, PciRoot
@@ -31,7 +33,9 @@ WINDOW = (0xC000_0000, 0xE000_0000)
 
 
 class Machine:
-    def __init__(self, device, ioeventfd=None):
+    ecam = ECAM
+
+    def __init__(self, device, ioeventfd=None, irqfd=None):
         self.pio, self.mmio = Bus("pio"), Bus("mmio")
         self.msis, self.lines = [], {}
         self.root = PciRoot(self.pio, self.mmio, mmio_window=WINDOW, irq=self._line,
@@ -41,7 +45,7 @@ class Machine:
         self.mem = new_memory()
         self.device = device
         device.set_dma(DirectDma(self.mem))
-        self.pci = VirtioPci(device, ioeventfd=ioeventfd)
+        self.pci = VirtioPci(device, ioeventfd=ioeventfd, irqfd=irqfd)
         self.bdf = tuple(self.root.add(self.pci))
 
     def _line(self, gsi):
@@ -50,11 +54,11 @@ class Machine:
 
     def cfg(self, reg, size=4):
         bus, dev, fn = self.bdf
-        return self.mmio.read(ECAM + (bus << 20 | dev << 15 | fn << 12 | reg), size)
+        return self.mmio.read(self.ecam + (bus << 20 | dev << 15 | fn << 12 | reg), size)
 
     def cfg_write(self, reg, size, value):
         bus, dev, fn = self.bdf
-        self.mmio.write(ECAM + (bus << 20 | dev << 15 | fn << 12 | reg), size, value)
+        self.mmio.write(self.ecam + (bus << 20 | dev << 15 | fn << 12 | reg), size, value)
 
     def virtio_caps(self):
         """{cfg_type: (bar, offset, length, cap offset)} the way a driver finds them."""
@@ -273,3 +277,89 @@ def test_failed_ioeventfd_falls_back_to_the_exit_path():
     machine.notify(0)
     assert machine.queues[0].take_used() == [(0, 8)]
     machine.device.close()
+
+
+# --- MSI-X through irqfds ----------------------------------------------------------------
+
+@pytest.fixture
+def irqfd_machine():
+    from tests.unit.test_irqroutes import RecordingVm
+    from vmm.irqroutes import GsiRoutes
+    vm = RecordingVm()
+    routes = GsiRoutes(vm)
+    machine = Machine(VirtioRng(), irqfd=routes.msi_irqfd)
+    machine.vm, machine.routes = vm, routes
+    yield machine
+    machine.device.close()
+    routes.close()
+
+
+def pending(fd):
+    """What has been written to an eventfd since the last look (0: nothing)."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+def test_msix_vectors_get_irqfds_on_msi_routes(irqfd_machine):
+    m = irqfd_machine
+    m.bring_up(msix=True)
+    # One MSI route per vector the driver unmasked, each bound to an eventfd by KVM_IRQFD.
+    assert m.vm.msi == [(24, 0xFEE0_0000, 0x40), (25, 0xFEE0_0000, 0x41)]
+    fds = {gsi: fd for fd, gsi, deassign in m.vm.irqfds if not deassign}
+    assert sorted(fds) == [24, 25]
+    q = m.queues[0]
+    q.add([(DATA, 16, True)])
+    m.notify(0)
+    assert q.take_used() == [(0, 16)]
+    assert pending(fds[25]) == 1 and pending(fds[24]) == 0     # queue 0 -> vector 1, by eventfd
+    assert m.msis == []                                         # nothing by KVM_SIGNAL_MSI
+    assert m.pci.interrupt_counts() == (1, 1)
+
+
+def test_a_masked_irqfd_vector_is_pending_until_unmasked(irqfd_machine):
+    m = irqfd_machine
+    m.bring_up(msix=True)
+    fd = next(fd for fd, gsi, _ in m.vm.irqfds if gsi == 25)
+    control = m.bar(1) + 16 + 12                                # vector 1's Vector Control
+    m.mmio.write(control, 4, 1)
+    m.queues[0].add([(DATA, 16, True)])
+    m.notify(0)
+    assert pending(fd) == 0 and m.mmio.read(m.bar(1) + 0x1000, 8) == 0b10   # the PBA bit
+    m.mmio.write(control, 4, 0)
+    assert pending(fd) == 1 and m.mmio.read(m.bar(1) + 0x1000, 8) == 0
+    assert m.msis == []
+
+
+def test_the_route_follows_the_msix_table(irqfd_machine):
+    m = irqfd_machine
+    m.bring_up(msix=True)
+    tables = len(m.vm.tables)
+    entry = m.bar(1) + 16                                       # vector 1
+    m.mmio.write(entry + 12, 4, 1)                              # mask, retarget, unmask
+    m.mmio.write(entry + 8, 4, 0x77)
+    m.mmio.write(entry, 4, 0xFEE0_1000)
+    assert len(m.vm.tables) == tables                           # nothing while masked
+    m.mmio.write(entry + 12, 4, 0)
+    assert len(m.vm.tables) == tables + 1
+    assert m.vm.msi == [(24, 0xFEE0_0000, 0x40), (25, 0xFEE0_1000, 0x77)]
+    m.mmio.write(entry + 12, 4, 0)                              # the same message: no new table
+    assert len(m.vm.tables) == tables + 1
+    assert len([c for c in m.vm.irqfds if not c[2]]) == 2       # the same eventfds throughout
+    m.queues[0].add([(DATA, 16, True)])
+    m.notify(0)
+    assert m.msis == [] and m.pci.irqfd_sent == 1
+
+
+def test_msix_falls_back_to_signal_msi_without_an_irqfd():
+    def refuse(address, data):
+        raise OSError(22, "no irqfd")
+    m = Machine(VirtioRng(), irqfd=refuse)
+    m.bring_up(msix=True)
+    m.queues[0].add([(DATA, 16, True)])
+    m.notify(0)
+    assert m.queues[0].take_used() == [(0, 16)]
+    assert m.msis == [(0xFEE0_0000, 0x41)]
+    assert m.pci.interrupt_counts() == (1, 0)
+    m.device.close()

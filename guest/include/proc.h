@@ -1,0 +1,83 @@
+/* User processes: per-core user-mode setup, processes, system calls. */
+#ifndef PROC_H
+#define PROC_H
+#include "types.h"
+#include "trap.h"
+
+/* User address space: PML4 slot 1 (512 GiB - 1 TiB).  Slot 0 keeps the
+ * kernel's identity map (supervisor only), slots 256-511 the kernel. */
+#define USER_BASE       0x0000008000000000ULL   /* programs are linked here */
+#define USER_MMAP_BASE  0x0000008040000000ULL   /* anonymous mmap grows up from here */
+#define USER_TOP        0x0000010000000000ULL
+#define USER_STACK_TOP  (USER_TOP - 0x1000)     /* a guard page above */
+#define USER_STACK_PAGES 8
+
+/* System call numbers (user/ulib.h has the same list). */
+#define SYS_EXIT        0
+#define SYS_WRITE       1
+#define SYS_MMAP        2
+#define SYS_MUNMAP      3
+#define SYS_GETPID      4
+#define SYS_YIELD       5
+#define SYS_GETCORE     6
+#define SYS_NRUNNING    7
+#define SYS_IOPERM      8
+#define SYS_TSC_KHZ     9
+#define NSYSCALLS       10
+
+/* Kernel context (callee-saved registers), for switching between the
+ * core's scheduler context and a process's kernel stack. */
+struct kctx { uint64_t rbx, rbp, r12, r13, r14, r15, rsp, rip; };
+int ctx_save(struct kctx *c);                   /* 0, or the value given to ctx_restore */
+void ctx_restore(struct kctx *c, int val) NORETURN;
+
+void user_cpu_init(void);
+uint64_t tss_set_rsp0(uint64_t rsp0);           /* this core's; returns the old one */                       /* every core: TSS, LTR, syscall MSRs */
+
+#define PROC_MAX        16
+#define PROC_KSTACK     16384
+
+enum proc_state { P_FREE, P_READY, P_RUNNING, P_DEAD };
+
+struct proc {
+	int pid;
+	volatile int state;
+	int core;                       /* where it runs (set when it starts) */
+	char name[16];
+	uint64_t *pml4;                 /* kernel VA */
+	uint64_t cr3;
+	uint64_t mmap_next;
+	uint8_t iobitmap[128];          /* ports 0-0x3FF: 0 = allowed */
+	bool iobitmap_used;
+	uint64_t entry, user_rsp, argc, argv;
+	volatile int exit_status;       /* 0-255 from exit(); 128 + vector when killed */
+	int kill_vector;                /* -1 unless killed by an exception */
+	uint64_t kill_addr, kill_rip, kill_err;
+	uint64_t last_unmap;            /* start of the last munmap (self-tests) */
+	bool detached;                  /* spawn: the core frees it when it ends */
+	bool quiet;                     /* no "exited" line (self-tests print their own) */
+	uint8_t *kstack;
+};
+
+/* Create a process from an embedded program; NULL + *err on failure. */
+struct proc *proc_create(const char *prog, int argc, char **argv, const char **err);
+/* Run p on this core until it exits or is killed; returns the status. */
+int proc_run(struct proc *p);
+/* Start p on another core (returns at once), or wait for it. */
+bool proc_start_on(struct proc *p, int core);
+int proc_wait(struct proc *p, uint64_t timeout_us);     /* -1 on timeout */
+void proc_free(struct proc *p);
+void proc_ap_idle(void) NORETURN;               /* APs: run what they are sent */
+struct proc *proc_current(void);
+void proc_list(void);
+void proc_report(struct proc *p, int status);   /* "pid N (name): exit status S" */
+long frames_available(void);
+bool user_program_exists(const char *name);
+void user_programs_list(void);
+
+/* Entered from the assembly stubs. */
+void syscall_dispatch(struct trapframe *tf);
+bool user_trap(struct trapframe *tf);           /* exception in ring 3: kills, no return */
+void user_enter(struct trapframe *tf) NORETURN; /* restore tf, SYSRET to ring 3 */
+
+#endif

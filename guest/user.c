@@ -1,0 +1,661 @@
+/*
+ * User processes, Akaros style but small.
+ *
+ * - Frames for user memory and page tables come from RAM above the kernel
+ *   image (up to 1 GiB, reachable at KERNBASE + pa): a bump pointer plus
+ *   a free list.  Pages are zeroed with one REP STOSQ when allocated.
+ * - Each process has its own 4-level table: PML4 slot 0 (the kernel's
+ *   supervisor-only identity map of 0-4 GiB) and slots 256-511 (kernel)
+ *   are copied from boot_pml4, slot 1 (USER_BASE..USER_TOP) is private.
+ * - Programs are ELF64 executables embedded in the image (userprogs.S),
+ *   loaded at USER_BASE; text is read-only.  8 stack pages below
+ *   USER_STACK_TOP hold argc/argv.
+ * - A process runs on one core until it exits or is killed: proc_run saves
+ *   the core's kernel context, switches CR3 and the TSS's RSP0 to the
+ *   process, and enters ring 3 with IRETQ; exit and fatal exceptions come
+ *   back there with ctx_restore.  APs wait in proc_ap_idle for a process
+ *   sent to them (`spawn`, `run -c`), so processes run on several cores at
+ *   once.
+ * - System calls: SYSCALL/SYSRETQ (userentry.S).  On kvm_pvm hosts SYSCALL
+ *   from ring 3 jumps to LSTAR without leaving ring 3, which faults on the
+ *   supervisor page; user_trap() recognises that #PF and runs the system
+ *   call from the trap frame, returning with IRETQ (README: the probe).
+ * - I/O ports: IOPL is not honoured on kvm_pvm, the TSS I/O bitmap is;
+ *   ioperm() opens ports 0-0x3FF per process through the bitmap.
+ */
+#include "proc.h"
+#include "cpu.h"
+#include "apic.h"
+#include "console.h"
+#include "lib.h"
+#include "mm.h"
+#include "multiboot.h"
+#include "selftest.h"
+#include "timer.h"
+#include "trap.h"
+#include "x86.h"
+
+struct tss {
+	uint32_t rsvd0;
+	uint64_t rsp0, rsp1, rsp2;
+	uint64_t rsvd1;
+	uint64_t ist[7];
+	uint64_t rsvd2;
+	uint16_t rsvd3, iomap_base;
+	uint8_t iomap[128];             /* ports 0-0x3FF; ports above are past the limit */
+	uint8_t iomap_end;              /* 0xFF, as the SDM asks */
+} PACKED;
+
+struct user_prog { const char *name; const uint8_t *start, *end; };
+
+extern const struct user_prog user_progs[];
+extern uint64_t boot_pml4[];
+extern uint64_t gdt_tss[];
+extern char _kernel_end[], syscall_entry[];
+
+#define KADDR(pa)       ((void *)(uintptr_t)((pa) + KERNBASE))
+#define PTE_ADDR(e)     ((e) & 0x000FFFFFFFFFF000ULL)
+#define PTE_NOFREE      0x200           /* software bit: frame not owned (device BAR) */
+#define USER_RFLAGS     0x40CD5         /* CF PF AF ZF SF DF OF AC: the user's to set */
+#define RFLAGS_IF       0x200
+
+static struct tss tss[MAX_CPUS] __attribute__((aligned(128)));
+static struct proc procs[PROC_MAX];
+static uint8_t kstacks[PROC_MAX][PROC_KSTACK] __attribute__((aligned(16)));
+static spinlock_t proc_lock;
+static int next_pid = 1;
+uint64_t pvm_syscalls, sysret_syscalls;
+
+/* ---- per-core setup ---- */
+
+void user_cpu_init(void)
+{
+	struct cpu *c = this_cpu();
+	struct tss *t = &tss[c->id];
+	uint64_t base = (uint64_t)(uintptr_t)t, limit = sizeof(*t) - 1;
+
+	t->iomap_base = offsetof(struct tss, iomap);
+	memset(t->iomap, 0xFF, sizeof(t->iomap) + 1);
+	t->rsp0 = c->stack_top;
+	c->tss = t;
+	gdt_tss[2 * c->id] = (limit & 0xFFFF) | ((base & 0xFFFFFF) << 16) | (0x89ULL << 40) |
+			     (((limit >> 16) & 0xF) << 48) | (((base >> 24) & 0xFF) << 56);
+	gdt_tss[2 * c->id + 1] = base >> 32;
+	asm volatile("ltr %w0" :: "r"(SEG_TSS0 + 16 * c->id));
+	wrmsr(MSR_EFER, rdmsr(MSR_EFER) | EFER_SCE);
+	wrmsr(MSR_STAR, (0x18ULL << 48) | ((uint64_t)SEG_KCODE << 32));
+	wrmsr(MSR_LSTAR, (uint64_t)(uintptr_t)syscall_entry);
+	wrmsr(MSR_FMASK, 0x44700);      /* TF, IF, DF, NT, AC cleared on entry */
+	wrmsr(MSR_KERNEL_GS_BASE, 0);   /* the user's GS base while in the kernel */
+	write_cr4(read_cr4() | 0x600);  /* OSFXSR, OSXMMEXCPT: user code may use SSE */
+}
+
+uint64_t tss_set_rsp0(uint64_t rsp0)
+{
+	struct tss *t = this_cpu()->tss;
+	uint64_t old = t->rsp0;
+	t->rsp0 = rsp0;
+	return old;
+}
+
+/* ---- physical frames ---- */
+
+static spinlock_t frame_lock;
+static uint64_t frame_next, frame_end, frame_free_list;
+static long frames_free_listed;
+static bool frames_ready;
+
+static void frame_init(void)
+{
+	uint64_t start = (KVA_TO_PA(_kernel_end) + (2ULL << 20) - 1) & ~((2ULL << 20) - 1);
+	uint64_t end = 0;
+	for (int i = 0; i < bootinfo.nmmap; i++) {
+		const struct mmap_region *r = &bootinfo.mmap[i];
+		if (r->type == 1 && r->addr <= start && r->addr + r->len > start)
+			end = r->addr + r->len;
+	}
+	if (!end && (bootinfo.flags & MB_INFO_MEM))
+		end = 0x100000 + (uint64_t)bootinfo.mem_upper * 1024;
+	end = MIN(end, 1ULL << 30) & ~0xFFFULL;
+	frame_next = start;
+	frame_end = end > start ? end : start;
+	frames_ready = true;
+}
+
+/* A zeroed 4 KiB frame (physical address), or 0. */
+static uint64_t frame_alloc(void)
+{
+	uint64_t pa = 0;
+	spin_lock(&frame_lock);
+	if (!frames_ready)
+		frame_init();
+	if (frame_free_list) {
+		pa = frame_free_list;
+		frame_free_list = *(uint64_t *)KADDR(pa);
+		frames_free_listed--;
+	} else if (frame_next < frame_end) {
+		pa = frame_next;
+		frame_next += PAGE_SIZE;
+	}
+	spin_unlock(&frame_lock);
+	if (pa)
+		mem_fill64(KADDR(pa), 0, PAGE_SIZE / 8);
+	return pa;
+}
+
+static void frame_free(uint64_t pa)
+{
+	spin_lock(&frame_lock);
+	*(uint64_t *)KADDR(pa) = frame_free_list;
+	frame_free_list = pa;
+	frames_free_listed++;
+	spin_unlock(&frame_lock);
+}
+
+long frames_available(void)
+{
+	if (!frames_ready)
+		return -1;
+	return (long)((frame_end - frame_next) / PAGE_SIZE) + frames_free_listed;
+}
+
+/* ---- page tables ---- */
+
+/* The PTE for va (user half), creating the tables on the way if asked. */
+static uint64_t *pte_walk(struct proc *p, uint64_t va, bool create)
+{
+	uint64_t *t = p->pml4;
+	for (int shift = 39; shift > 12; shift -= 9) {
+		uint64_t *e = &t[(va >> shift) & 511];
+		if (!(*e & PTE_P)) {
+			if (!create)
+				return NULL;
+			uint64_t pa = frame_alloc();
+			if (!pa)
+				return NULL;
+			*e = pa | PTE_P | PTE_W | PTE_U;
+		}
+		t = KADDR(PTE_ADDR(*e));
+	}
+	return &t[(va >> 12) & 511];
+}
+
+/* Map a new zeroed page at va; its PTE, or NULL when out of memory. */
+static uint64_t *map_new(struct proc *p, uint64_t va, uint64_t flags)
+{
+	uint64_t *pte = pte_walk(p, va, true);
+	if (!pte)
+		return NULL;
+	if (*pte & PTE_P) {
+		*pte |= flags;
+		return pte;
+	}
+	uint64_t pa = frame_alloc();
+	if (!pa)
+		return NULL;
+	*pte = pa | PTE_P | PTE_U | flags;
+	return pte;
+}
+
+/* [va, va + len) is mapped user memory (writable if asked). */
+static bool user_ok(struct proc *p, uint64_t va, uint64_t len, bool write)
+{
+	if (va < USER_BASE || va >= USER_TOP || len > USER_TOP - va)
+		return false;
+	for (uint64_t a = va & ~0xFFFULL; a < va + len; a += PAGE_SIZE) {
+		uint64_t *pte = pte_walk(p, a, false);
+		if (!pte || !(*pte & PTE_P) || !(*pte & PTE_U) || (write && !(*pte & PTE_W)))
+			return false;
+	}
+	return true;
+}
+
+static void free_table(uint64_t *t, int level)
+{
+	for (int i = 0; i < 512; i++) {
+		uint64_t e = t[i];
+		if (!(e & PTE_P))
+			continue;
+		if (level > 1)
+			free_table(KADDR(PTE_ADDR(e)), level - 1);
+		if (level > 1 || !(e & PTE_NOFREE))
+			frame_free(PTE_ADDR(e));
+	}
+}
+
+/* ---- ELF ---- */
+
+struct elf64_ehdr {
+	uint8_t ident[16];
+	uint16_t type, machine;
+	uint32_t version;
+	uint64_t entry, phoff, shoff;
+	uint32_t flags;
+	uint16_t ehsize, phentsize, phnum, shentsize, shnum, shstrndx;
+};
+
+struct elf64_phdr {
+	uint32_t type, flags;
+	uint64_t offset, vaddr, paddr, filesz, memsz, align;
+};
+
+static const char *elf_load(struct proc *p, const uint8_t *img, uint64_t size)
+{
+	const struct elf64_ehdr *eh = (const void *)img;
+	if (size < sizeof(*eh) || memcmp(eh->ident, "\177ELF", 4) || eh->ident[4] != 2 ||
+	    eh->machine != 62 || eh->phentsize != sizeof(struct elf64_phdr) ||
+	    eh->phoff + (uint64_t)eh->phnum * sizeof(struct elf64_phdr) > size)
+		return "not an x86-64 ELF executable";
+	const struct elf64_phdr *ph = (const void *)(img + eh->phoff);
+	for (int i = 0; i < eh->phnum; i++, ph++) {
+		if (ph->type != 1)      /* PT_LOAD */
+			continue;
+		if (ph->vaddr < USER_BASE || ph->memsz > USER_MMAP_BASE - ph->vaddr ||
+		    ph->vaddr + ph->memsz > USER_MMAP_BASE || ph->filesz > ph->memsz ||
+		    ph->offset + ph->filesz > size)
+			return "segment outside the program area";
+		uint64_t flags = (ph->flags & 2) ? PTE_W : 0;
+		for (uint64_t va = ph->vaddr & ~0xFFFULL; va < ph->vaddr + ph->memsz; va += PAGE_SIZE)
+			if (!map_new(p, va, flags))
+				return "out of memory";
+		for (uint64_t off = 0; off < ph->filesz;) {
+			uint64_t va = ph->vaddr + off;
+			uint64_t n = MIN(PAGE_SIZE - (va & 0xFFF), ph->filesz - off);
+			uint64_t *pte = pte_walk(p, va, false);
+			memcpy((uint8_t *)KADDR(PTE_ADDR(*pte)) + (va & 0xFFF), img + ph->offset + off, n);
+			off += n;
+		}
+	}
+	p->entry = eh->entry;
+	if (!user_ok(p, p->entry, 1, false))
+		return "entry point not mapped";
+	return NULL;
+}
+
+/* ---- processes ---- */
+
+static const struct user_prog *find_prog(const char *name)
+{
+	for (const struct user_prog *u = user_progs; u->name; u++)
+		if (!strcmp(u->name, name))
+			return u;
+	return NULL;
+}
+
+bool user_program_exists(const char *name)
+{
+	return find_prog(name) != NULL;
+}
+
+void user_programs_list(void)
+{
+	for (const struct user_prog *u = user_progs; u->name; u++)
+		kprintf("%s%s", u == user_progs ? "" : " ", u->name);
+	kprintf("\n");
+}
+
+/* Copy argv to the top stack page; sets p->user_rsp, argc, argv. */
+static const char *push_args(struct proc *p, int argc, char **argv)
+{
+	uint64_t top_page = USER_STACK_TOP - PAGE_SIZE;
+	uint8_t *k = KADDR(PTE_ADDR(*pte_walk(p, top_page, false)));
+	uint64_t sp = USER_STACK_TOP, uargv[17];
+	if (argc > 16)
+		return "too many arguments";
+	for (int i = argc - 1; i >= 0; i--) {
+		size_t n = strlen(argv[i]) + 1;
+		if (sp - n < top_page + 8 * 20)
+			return "arguments too long";
+		sp -= n;
+		memcpy(k + (sp - top_page), argv[i], n);
+		uargv[i] = sp;
+	}
+	uargv[argc] = 0;
+	sp &= ~15ULL;
+	sp -= 8 * (argc + 1);
+	sp &= ~15ULL;
+	memcpy(k + (sp - top_page), uargv, 8 * (argc + 1));
+	p->argc = argc;
+	p->argv = sp;
+	p->user_rsp = sp;
+	return NULL;
+}
+
+struct proc *proc_create(const char *prog, int argc, char **argv, const char **err)
+{
+	const struct user_prog *up = find_prog(prog);
+	if (!up) {
+		*err = "no such program";
+		return NULL;
+	}
+	struct proc *p = NULL;
+	spin_lock(&proc_lock);
+	for (int i = 0; i < PROC_MAX; i++) {
+		if (procs[i].state == P_FREE) {
+			p = &procs[i];
+			memset(p, 0, sizeof(*p));
+			p->state = P_READY;
+			p->pid = next_pid++;
+			p->kstack = kstacks[i];
+			break;
+		}
+	}
+	spin_unlock(&proc_lock);
+	if (!p) {
+		*err = "too many processes";
+		return NULL;
+	}
+	strlcpy(p->name, prog, sizeof(p->name));
+	p->kill_vector = -1;
+	p->core = -1;
+	p->mmap_next = USER_MMAP_BASE;
+	memset(p->iobitmap, 0xFF, sizeof(p->iobitmap));
+	uint64_t pa = frame_alloc();
+	if (!pa) {
+		*err = "out of memory";
+		p->state = P_FREE;
+		return NULL;
+	}
+	p->cr3 = pa;
+	p->pml4 = KADDR(pa);
+	memcpy(p->pml4, boot_pml4, PAGE_SIZE);
+	mem_fill64(&p->pml4[1], 0, 255);        /* user half (slot 0 stays: supervisor only) */
+	*err = elf_load(p, up->start, up->end - up->start);
+	for (int i = 1; !*err && i <= USER_STACK_PAGES; i++)
+		if (!map_new(p, USER_STACK_TOP - i * PAGE_SIZE, PTE_W))
+			*err = "out of memory";
+	if (!*err)
+		*err = push_args(p, argc, argv);
+	if (*err) {
+		proc_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+void proc_free(struct proc *p)
+{
+	if (p->pml4) {
+		for (int i = 1; i < 256; i++) {
+			if (p->pml4[i] & PTE_P) {
+				free_table(KADDR(PTE_ADDR(p->pml4[i])), 3);
+				frame_free(PTE_ADDR(p->pml4[i]));
+			}
+		}
+		frame_free(p->cr3);
+		p->pml4 = NULL;
+	}
+	__atomic_store_n(&p->state, P_FREE, __ATOMIC_RELEASE);
+}
+
+struct proc *proc_current(void)
+{
+	return this_cpu()->cur;
+}
+
+/* Runs on this core; returns when the process exits or is killed. */
+int proc_run(struct proc *p)
+{
+	struct cpu *c = this_cpu();
+	struct kctx ctx;
+	uint64_t f = irq_save();
+	uint64_t ktop = (uint64_t)(uintptr_t)(p->kstack + PROC_KSTACK);
+
+	p->core = c->id;
+	p->state = P_RUNNING;
+	c->cur = p;
+	c->sched_ctx = &ctx;
+	c->kstack_top = ktop;
+	uint64_t old_rsp0 = tss_set_rsp0(ktop);
+	if (p->iobitmap_used)
+		memcpy(c->tss->iomap, p->iobitmap, sizeof(p->iobitmap));
+	write_cr3(p->cr3);
+	if (ctx_save(&ctx) == 0) {
+		struct trapframe *tf = (struct trapframe *)(ktop - sizeof(*tf));
+		memset(tf, 0, sizeof(*tf));
+		tf->rip = p->entry;
+		tf->cs = SEG_UCODE;
+		tf->rflags = RFLAGS_IF | 0x2;
+		tf->rsp = p->user_rsp;
+		tf->ss = SEG_UDATA;
+		tf->rdi = p->argc;
+		tf->rsi = p->argv;
+		user_enter(tf);
+	}
+	/* Back from proc_exit/proc_kill: interrupts off, kernel GS. */
+	write_cr3(KVA_TO_PA(boot_pml4));
+	if (p->iobitmap_used)
+		memset(c->tss->iomap, 0xFF, sizeof(p->iobitmap));
+	tss_set_rsp0(old_rsp0);
+	c->cur = NULL;
+	c->sched_ctx = NULL;
+	__atomic_store_n(&p->state, P_DEAD, __ATOMIC_RELEASE);
+	irq_restore(f);
+	return p->exit_status;
+}
+
+static NORETURN void proc_exit(struct proc *p, int status)
+{
+	p->exit_status = status;
+	ctx_restore(this_cpu()->sched_ctx, 1);
+}
+
+static NORETURN void proc_kill(struct proc *p, struct trapframe *tf)
+{
+	p->kill_vector = tf->vector;
+	p->kill_rip = tf->rip;
+	p->kill_err = tf->err;
+	p->kill_addr = tf->vector == 14 ? read_cr2() : 0;
+	console_force_unlock();
+	kprintf("user fault: pid %d (%s) on core %d: %s at rip 0x%lx", p->pid, p->name,
+		this_cpu()->id, exc_name(tf->vector), tf->rip);
+	if (tf->vector == 14)
+		kprintf(", address 0x%lx (%s %s)", p->kill_addr,
+			(tf->err & 1) ? "protection" : "not present", (tf->err & 2) ? "write" : "read");
+	else if (tf->err)
+		kprintf(", error code 0x%lx", tf->err);
+	kprintf(": killed\n");
+	proc_exit(p, 128 + (int)tf->vector);
+}
+
+/* An exception with a user CS.  Returns true for a system call. */
+bool user_trap(struct trapframe *tf)
+{
+	struct proc *p = this_cpu()->cur;
+	if (!p)
+		return false;
+	if (tf->vector == 14 && tf->rip == (uint64_t)(uintptr_t)syscall_entry &&
+	    read_cr2() == tf->rip) {
+		/* kvm_pvm: SYSCALL set RIP = LSTAR, RCX, R11 but stayed in ring 3. */
+		pvm_syscalls++;
+		if (tf->rcx < USER_BASE || tf->rcx >= USER_TOP) {
+			tf->rip = tf->rcx;
+			proc_kill(p, tf);
+		}
+		tf->rip = tf->rcx;
+		tf->rflags = (tf->r11 & USER_RFLAGS) | RFLAGS_IF | 0x2;
+		tf->vector = VEC_SYSCALL;
+		syscall_dispatch(tf);
+		return true;
+	}
+	proc_kill(p, tf);
+}
+
+/* ---- system calls ---- */
+
+static int64_t sys_mmap(struct proc *p, uint64_t len)
+{
+	if (!len || len > (64ULL << 20))
+		return -1;
+	uint64_t n = (len + PAGE_SIZE - 1) / PAGE_SIZE;
+	uint64_t va = p->mmap_next;
+	if (va + n * PAGE_SIZE > USER_STACK_TOP - USER_STACK_PAGES * PAGE_SIZE - PAGE_SIZE)
+		return -1;
+	for (uint64_t i = 0; i < n; i++) {
+		if (!map_new(p, va + i * PAGE_SIZE, PTE_W)) {
+			/* leave what was mapped: munmap or exit frees it */
+			p->mmap_next = va + (i + 1) * PAGE_SIZE;
+			return -1;
+		}
+	}
+	p->mmap_next = va + (n + 1) * PAGE_SIZE;       /* one guard page between regions */
+	return va;
+}
+
+static int64_t sys_munmap(struct proc *p, uint64_t va, uint64_t len)
+{
+	if ((va & 0xFFF) || !len || va < USER_MMAP_BASE || va >= p->mmap_next ||
+	    len > p->mmap_next - va)
+		return -1;
+	for (uint64_t a = va; a < va + len; a += PAGE_SIZE) {
+		uint64_t *pte = pte_walk(p, a, false);
+		if (!pte || !(*pte & PTE_P))
+			continue;
+		uint64_t e = *pte;
+		*pte = 0;
+		invlpg(a);              /* the process runs only on this core */
+		if (!(e & PTE_NOFREE))
+			frame_free(PTE_ADDR(e));
+	}
+	p->last_unmap = va;
+	return 0;
+}
+
+static int64_t sys_ioperm(struct proc *p, uint64_t port, uint64_t n, uint64_t on)
+{
+	if (port >= 0x400 || n > 0x400 - port)
+		return -1;
+	for (uint64_t i = port; i < port + n; i++) {
+		if (on)
+			p->iobitmap[i / 8] &= ~(1 << (i % 8));
+		else
+			p->iobitmap[i / 8] |= 1 << (i % 8);
+	}
+	p->iobitmap_used = true;
+	memcpy(this_cpu()->tss->iomap, p->iobitmap, sizeof(p->iobitmap));
+	return 0;
+}
+
+void syscall_dispatch(struct trapframe *tf)
+{
+	struct cpu *c = this_cpu();
+	struct proc *p = c->cur;
+	uint64_t a0 = tf->rdi, a1 = tf->rsi, a2 = tf->rdx;
+	int64_t ret = -1;
+
+	if (tf->cs == SEG_UCODE && tf->vector == VEC_SYSCALL && tf->err == 0 && tf->rip == tf->rcx)
+		sysret_syscalls++;
+	switch (tf->rax) {
+	case SYS_EXIT:
+		proc_exit(p, (int)(a0 & 0xFF));
+	case SYS_WRITE:
+		a2 = MIN(a2, 65536);
+		if (user_ok(p, a1, a2, false)) {
+			console_write((const char *)(uintptr_t)a1, a2);
+			ret = a2;
+		}
+		break;
+	case SYS_MMAP:
+		ret = sys_mmap(p, a0);
+		break;
+	case SYS_MUNMAP:
+		ret = sys_munmap(p, a0, a1);
+		break;
+	case SYS_GETPID:
+		ret = p->pid;
+		break;
+	case SYS_YIELD:
+		/* One process per core: let pending interrupts in, then go on. */
+		sti();
+		pause();
+		cli();
+		ret = 0;
+		break;
+	case SYS_GETCORE:
+		ret = c->id;
+		break;
+	case SYS_NRUNNING:
+		ret = 0;
+		for (int i = 0; i < PROC_MAX; i++)
+			ret += procs[i].state == P_RUNNING;
+		break;
+	case SYS_IOPERM:
+		ret = sys_ioperm(p, a0, a1, a2);
+		break;
+	case SYS_TSC_KHZ:
+		ret = tsc_khz;
+		break;
+	}
+	tf->rax = ret;
+}
+
+/* ---- several cores ---- */
+
+/* Each AP waits here for a process sent by proc_start_on. */
+void proc_ap_idle(void)
+{
+	struct cpu *c = this_cpu();
+	for (;;) {
+		cli();
+		struct proc *p = c->job;
+		if (p) {
+			int st = proc_run(p);
+			bool detached = p->detached;
+			if (detached) {
+				kprintf("pid %d (%s) on core %d: exit status %d\n", p->pid, p->name, c->id, st);
+				proc_free(p);
+			}
+			__atomic_store_n(&c->job, NULL, __ATOMIC_RELEASE);
+			continue;
+		}
+		sti_hlt();
+	}
+}
+
+bool proc_start_on(struct proc *p, int core)
+{
+	if (core < 0 || core >= MAX_CPUS || !cpus[core].online || core == this_cpu()->id)
+		return false;
+	struct proc *none = NULL;
+	if (!__atomic_compare_exchange_n(&cpus[core].job, &none, p, false, __ATOMIC_ACQ_REL,
+					 __ATOMIC_ACQUIRE))
+		return false;           /* busy */
+	lapic_send_ipi(cpus[core].apic_id, VEC_IPI_TEST);
+	return true;
+}
+
+int proc_wait(struct proc *p, uint64_t timeout_us)
+{
+	uint64_t end = timeout_us ? tsc_deadline_us(timeout_us) : 0;
+	while (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != P_DEAD) {
+		if (end && tsc_passed(end))
+			return -1;
+		pause();
+	}
+	/* The AP clears its job slot after the state changes: wait for that too. */
+	if (p->core >= 0)
+		while (__atomic_load_n(&cpus[p->core].job, __ATOMIC_ACQUIRE) == p)
+			pause();
+	return p->exit_status;
+}
+
+void proc_list(void)
+{
+	static const char *const names[] = { "free", "ready", "running", "dead" };
+	kprintf("PID  STATE    CORE NAME\n");
+	for (int i = 0; i < PROC_MAX; i++) {
+		struct proc *p = &procs[i];
+		if (p->state != P_FREE)
+			kprintf("%-4d %-8s %4d %s\n", p->pid, names[p->state], p->core, p->name);
+	}
+	kprintf("user frames free: %ld; system calls: %lu by SYSCALL/SYSRET, %lu by the #PF route\n",
+		frames_available(), sysret_syscalls, pvm_syscalls);
+}
+
+void proc_report(struct proc *p, int status)
+{
+	kprintf("pid %d (%s): exit status %d", p->pid, p->name, status);
+	if (p->kill_vector >= 0)
+		kprintf(" (killed: %s)", exc_name(p->kill_vector));
+	kprintf("\n");
+}

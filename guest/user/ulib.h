@@ -1,0 +1,61 @@
+/* The user programs' libc: system call wrappers, strings, printf. */
+#ifndef ULIB_H
+#define ULIB_H
+#include <stdint.h>
+#include <stddef.h>
+#include <stdbool.h>
+#include <stdarg.h>
+
+/* Same numbers as the kernel's include/proc.h. */
+#define SYS_EXIT        0
+#define SYS_WRITE       1
+#define SYS_MMAP        2
+#define SYS_MUNMAP      3
+#define SYS_GETPID      4
+#define SYS_YIELD       5
+#define SYS_GETCORE     6
+#define SYS_NRUNNING    7
+#define SYS_IOPERM      8
+#define SYS_TSC_KHZ     9
+
+#define PAGE_SIZE 4096
+#define MAP_FAILED ((void *)-1)
+
+static inline long __syscall(long n, long a, long b, long c)
+{
+	long ret;
+	asm volatile("syscall" : "=a"(ret) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+	return ret;
+}
+
+void exit(int status) __attribute__((noreturn));
+long write(int fd, const void *buf, size_t len);
+void *mmap(size_t len);                 /* anonymous, read/write */
+int munmap(void *addr, size_t len);
+int getpid(void);
+void yield(void);
+int getcore(void);
+int nrunning(void);
+int ioperm(unsigned port, unsigned n, int on);
+uint64_t tsc_khz(void);
+
+static inline uint64_t rdtsc(void)
+{
+	uint32_t lo, hi;
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi) :: "memory");
+	return ((uint64_t)hi << 32) | lo;
+}
+static inline void outb(uint16_t port, uint8_t v) { asm volatile("outb %0, %1" :: "a"(v), "Nd"(port)); }
+static inline void cpu_pause(void) { asm volatile("pause" ::: "memory"); }
+
+void *memcpy(void *d, const void *s, size_t n);
+void *memset(void *d, int c, size_t n);
+size_t strlen(const char *s);
+int strcmp(const char *a, const char *b);
+long atol(const char *s);
+
+int vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
+int snprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif
