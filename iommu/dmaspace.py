@@ -78,6 +78,18 @@ class DmaSpace:
                                "is outside guest RAM", address + done, True) from None
             done += n
 
+    def views(self, address: int, size: int, write: bool) -> list[memoryview]:
+        """Guest memory behind [address, address + size) as views, for I/O straight into
+        or out of guest RAM (preadv/pwritev) without a copy in between."""
+        out = []
+        for gpa, n in self.translate(address, size, write):
+            try:
+                out.append(self.memory.view(gpa, n))
+            except GuestMemoryError:
+                raise DmaError(f"DMA {'write' if write else 'read'} of {address:#x} (guest-physical "
+                               f"{gpa:#x}) is outside guest RAM", address, write) from None
+        return out
+
     def _memory_read(self, gpa: int, n: int, address: int) -> bytes:
         try:
             return self.memory.read(gpa, n)

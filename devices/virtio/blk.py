@@ -53,7 +53,6 @@ VIRTIO_BLK_ID_BYTES = 20
 
 SECTOR_SIZE = 512
 QUEUE_SIZE = 256
-CHUNK = 1 << 20                      # the most copied between file and guest at a time
 MAX_DISCARD_SECTORS = (1 << 30) // SECTOR_SIZE
 MAX_DISCARD_SEG = 32
 DISCARD_ALIGNMENT = 4096 // SECTOR_SIZE
@@ -148,9 +147,8 @@ class VirtioBlk(VirtioDevice):
     def _read(self, req: Request, sector: int, length: int) -> int:
         if not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR
-        base = sector * SECTOR_SIZE
-        for off in range(0, length, CHUNK):
-            req.write(off, self.image.pread(min(CHUNK, length - off), base + off))
+        if self.image.preadv(req.views(True, 0, length), sector * SECTOR_SIZE) != length:
+            return VIRTIO_BLK_S_IOERR
         self.reads += 1
         return VIRTIO_BLK_S_OK
 
@@ -158,9 +156,8 @@ class VirtioBlk(VirtioDevice):
         length = req.readable_len - _HEADER.size
         if self.image.readonly or not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR
-        base = sector * SECTOR_SIZE
-        for off in range(0, length, CHUNK):
-            self.image.pwrite(req.read(_HEADER.size + off, min(CHUNK, length - off)), base + off)
+        if self.image.pwritev(req.views(False, _HEADER.size, length), sector * SECTOR_SIZE) != length:
+            return VIRTIO_BLK_S_IOERR
         self._write_through()
         self.writes += 1
         return VIRTIO_BLK_S_OK

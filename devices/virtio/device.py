@@ -88,6 +88,12 @@ class Request:
             self.device.check_epoch(self.epoch)
             return self.chain.scatter(self.vq.dma, offset, data)
 
+    def views(self, write: bool, offset: int, n: int) -> list[memoryview]:
+        """The writable (or readable) buffers at offset as views of guest memory."""
+        with self.device.lock:
+            self.device.check_epoch(self.epoch)
+            return self.chain.views(self.vq.dma, write, offset, n)
+
     def complete(self, written: int) -> None:
         """Return the chain on the used ring, `written` bytes filled, and notify the driver."""
         self.device.complete(self, written)

@@ -23,6 +23,26 @@ class ImageError(Exception):
     """The image cannot be used (missing, unreadable, locked by another process)."""
 
 
+IOV_MAX = 1024                       # iovecs one preadv/pwritev call takes (Linux)
+
+
+def _vectored(call, fd: int, buffers: list[memoryview], offset: int) -> int:
+    """preadv/pwritev over all of buffers, resuming after short transfers; bytes moved."""
+    done = 0
+    buffers = [b for b in buffers if len(b)]
+    while buffers:
+        n = call(fd, buffers[:IOV_MAX], offset + done)
+        if n == 0:
+            break
+        done += n
+        while buffers and n >= len(buffers[0]):
+            n -= len(buffers[0])
+            buffers.pop(0)
+        if n:
+            buffers[0] = buffers[0][n:]
+    return done
+
+
 class RawImage:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
@@ -44,10 +64,13 @@ class RawImage:
     def size(self) -> int:
         return os.lseek(self.fd, 0, os.SEEK_END)
 
-    def pread(self, n: int, offset: int) -> bytes:
-        """n bytes at offset; past the end of the file reads zeros."""
-        data = os.pread(self.fd, n, offset)
-        return data if len(data) == n else data.ljust(n, b"\0")
+    def preadv(self, buffers: list[memoryview], offset: int) -> int:
+        """Fill buffers (views of guest memory) from offset without a copy; bytes read."""
+        return _vectored(os.preadv, self.fd, buffers, offset)
+
+    def pwritev(self, buffers: list[memoryview], offset: int) -> int:
+        """Write buffers (views of guest memory) at offset without a copy; bytes written."""
+        return _vectored(os.pwritev, self.fd, buffers, offset)
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data)

@@ -105,6 +105,14 @@ class Chain:
         parts = [dma.read(a, k) for a, k in self._pieces(self.readable, offset, n)]
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def views(self, dma, write: bool, offset: int, n: int) -> list[memoryview]:
+        """[offset, offset + n) of the writable (write=True) or readable stream as views
+        of guest memory, for file I/O without a copy."""
+        views = []
+        for a, k in self._pieces(self.writable if write else self.readable, offset, n):
+            views += dma.views(a, k, write)
+        return views
+
     def scatter(self, dma, offset: int, data) -> int:
         """Write data into the writable stream at offset; returns the bytes that fitted."""
         view = memoryview(data)

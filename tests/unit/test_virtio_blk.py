@@ -380,3 +380,34 @@ def test_hostile_rings_never_hurt_the_vmm(tmp_path_factory, descs, heads, avail_
     assert d.request(VIRTIO_BLK_T_OUT, sector=1, out=b"k" * 512)[0] == VIRTIO_BLK_S_OK
     assert path.read_bytes()[512:1024] == b"k" * 512
     d.close()
+
+
+def test_vectored_io_across_many_buffers_and_short_transfers(tmp_path):
+    """preadv/pwritev straight into guest-memory views: more iovecs than one call takes,
+    and a read that ends early at the end of the file."""
+    from devices.virtio.image import IOV_MAX, RawImage
+    path = tmp_path / "img"
+    data = os.urandom(8 * (IOV_MAX + 5))
+    path.write_bytes(data)
+    img = RawImage(str(path))
+    guest = bytearray(len(data))
+    views = [memoryview(guest)[i:i + 8] for i in range(0, len(guest), 8)]
+    assert img.preadv(views, 0) == len(data) and bytes(guest) == data
+    tail = bytearray(16)
+    assert img.preadv([memoryview(tail)], len(data) - 8) == 8
+    img.close()
+    img = RawImage(str(path))
+    assert img.pwritev([memoryview(b"ab"), memoryview(b""), memoryview(b"cd")], 3) == 4
+    img.close()
+    assert path.read_bytes()[3:7] == b"abcd"
+
+
+def test_dma_views_are_refused_outside_ram():
+    from iommu.dmaspace import DirectDma, DmaError
+    from vmm.memory import GuestMemory
+    dma = DirectDma(GuestMemory.from_bytearray(0x2000))
+    [v] = dma.views(0x1000, 0x100, True)
+    v[:2] = b"hi"
+    assert dma.read(0x1000, 2) == b"hi"
+    with pytest.raises(DmaError):
+        dma.views(0x1F00, 0x200, True)
