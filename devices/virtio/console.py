@@ -13,8 +13,7 @@ import struct
 import threading
 
 from devices.chardev import Chardev
-from devices.virtio.device import VIRTIO_ID_CONSOLE, Abandoned, Request, VirtioDevice, bit
-from devices.virtio.dma import DmaError
+from devices.virtio.device import VIRTIO_ID_CONSOLE, Request, VirtioDevice, bit
 
 VIRTIO_CONSOLE_F_SIZE = 0
 VIRTIO_CONSOLE_F_MULTIPORT = 1
@@ -69,14 +68,9 @@ class VirtioConsole(VirtioDevice):
                 return
             with self._input_lock:
                 chunk = bytes(self._input[:req.writable_len])
-            try:
-                n = req.write(0, chunk)
-            except Abandoned:
+            n = self.fill_receive_buffer(req, chunk)
+            if n is None:
                 return
-            except DmaError as e:
-                self.errors += 1
-                self.log_once("dma", f"{self.name}: receive buffer dropped: {e}")
-                n = 0
             with self._input_lock:
                 del self._input[:len(chunk)]
             self.rx_bytes += n

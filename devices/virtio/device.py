@@ -276,6 +276,19 @@ class VirtioDevice:
         if running and self.transport is not None:
             self.transport.signal_config()
 
+    def fill_receive_buffer(self, req: Request, data) -> int | None:
+        """Copy host input into a receive buffer the driver posted: the bytes that landed
+        (0 when the buffer was not writable DMA, counted and logged once), or None when a
+        reset abandoned the request."""
+        try:
+            return req.write(0, data)
+        except Abandoned:
+            return None
+        except DmaError as e:
+            self.errors += 1
+            self.log_once("dma", f"{self.name}: receive buffer dropped: {e}")
+            return 0
+
     def log_once(self, key: str, message: str) -> None:
         if key not in self._logged:
             self._logged.add(key)

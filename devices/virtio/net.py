@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import struct
 
-from devices.virtio.device import VIRTIO_ID_NET, Abandoned, Request, VirtioDevice, bit
-from devices.virtio.dma import DmaError
+from devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
 
 VIRTIO_NET_F_MTU = 3
 VIRTIO_NET_F_MAC = 5
@@ -101,14 +100,9 @@ class VirtioNet(VirtioDevice):
                                          f"buffer of {req.writable_len} bytes")
                 continue
             header = HDR.pack(0, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0, 1)
-            try:
-                n = req.write(0, header + frame)
-            except Abandoned:
+            n = self.fill_receive_buffer(req, header + frame)
+            if n is None:
                 return
-            except DmaError as e:
-                self.errors += 1
-                self.log_once("dma", f"{self.name}: receive buffer dropped: {e}")
-                n = 0
             self.rx_frames += 1
             req.complete(n)
 

@@ -2,7 +2,6 @@
 import os
 import socket
 import struct
-import time
 
 import pytest
 
@@ -11,16 +10,7 @@ from devices.virtio.console import RECEIVEQ, TRANSMITQ, VirtioConsole
 from devices.virtio.net import HDR, VirtioNet, parse_mac
 from devices.virtio.netback import LoopbackBackend, NetBackendError, SocketBackend, TapBackend
 from devices.virtio.rng import MAX_REQUEST, VirtioRng
-from tests.unit.virtio_driver import DATA, bring_up, new_memory
-
-
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
+from tests.unit.virtio_driver import DATA, bring_up, new_memory, wait_for
 
 
 # --- rng -------------------------------------------------------------------------------------

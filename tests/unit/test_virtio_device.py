@@ -13,7 +13,7 @@ from devices.virtio.device import (
 )
 from devices.virtio.dma import DmaError, DirectDma
 from devices.virtio.queue import VIRTQ_DESC_F_NEXT
-from tests.unit.virtio_driver import DATA, MEM_SIZE, Recorder, bring_up, new_memory
+from tests.unit.virtio_driver import DATA, MEM_SIZE, Recorder, bring_up, new_memory, wait_for
 from vmm.memory import GuestMemory
 
 ACK_DRIVER = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER
@@ -240,15 +240,6 @@ def test_request_object_refuses_access_after_reset():
 
 
 # --- the device thread ------------------------------------------------------------------
-
-def wait_for(predicate, timeout=5.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
-
 
 def test_kicks_through_the_eventfd_are_served_on_the_device_thread():
     mem, dev, (q0, _) = echo_up()

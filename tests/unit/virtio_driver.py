@@ -8,6 +8,7 @@ transport carries them. Interrupts are recorded by Recorder.
 from __future__ import annotations
 
 import struct
+import time
 
 from devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK,
@@ -166,3 +167,13 @@ def bring_up(device: VirtioDevice, mem: GuestMemory, features: int | None = None
     device.write_status(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
                         VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK)
     return drivers
+
+
+def wait_for(predicate, timeout=5.0):
+    """Poll predicate until it holds (True) or timeout passes (its last value)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
