@@ -18,6 +18,7 @@ ignored.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 from vmm.memory import GuestMemory, GuestMemoryError
@@ -218,9 +219,10 @@ def context_entry(memory: GuestMemory, rtaddr: int, sid: int, address: int,
     return ContextEntry(sid, did, tt, fpd, slptptr, levels, min(width, params.mgaw), lo, hi)
 
 
-def walk(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
-         params: WalkParams) -> Leaf:
-    """The second-level walk for `address` (faults 4, 5, 6, 7, 0xC).
+def walk_python(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
+                params: WalkParams) -> Leaf:
+    """The second-level walk for `address` (faults 4, 5, 6, 7, 0xC); the twin of
+    akvm_sl_walk (vmm/native/slwalk.c), which walk() uses when it is built.
 
     Permissions are the AND of R and W over every level. A not-present
     entry (R and W clear) faults as a read or write without permission,
@@ -264,3 +266,72 @@ def walk(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
             return Leaf(base, next_address, shift, readable, writable, gpa)
         table = next_address
     raise AssertionError("unreachable: level 1 is always a leaf")
+
+
+# --- The walk in C (vmm/native/slwalk.c) ---------------------------------------------
+try:
+    from vmm.native import ffi as _ffi, lib as _lib
+except ImportError:                    # not built: every walk is walk_python()
+    _ffi = _lib = None
+
+_U64 = 1 << 64
+# GuestMemory -> (slot count, cffi array of its slots' host mappings, or None)
+_native_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _slots_of(memory: GuestMemory):
+    """The cffi slot array for `memory` (rebuilt when a slot is added), or None when a
+    slot has no writable host buffer to point C at."""
+    cached = _native_slots.get(memory)
+    if cached is not None and cached[0] == len(memory.slots):
+        return cached[1]
+    try:
+        array = _ffi.new("struct akvm_mem_slot[]", len(memory.slots))
+        for i, slot in enumerate(memory.slots):
+            array[i].gpa, array[i].size = slot.gpa, slot.size
+            array[i].host = _ffi.cast("unsigned char *", memory.host_address(slot))
+    except (TypeError, ValueError, AttributeError, BufferError):
+        array = None
+    # The array points into the slots' buffers; memory.slots keeps those alive.
+    _native_slots[memory] = (len(memory.slots), array)
+    return array
+
+
+def walk_native(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
+                params: WalkParams) -> Leaf | None:
+    """walk_python() done by akvm_sl_walk: the same Leaf or TranslationFault, or None
+    when C cannot take these arguments (no native module, odd values)."""
+    if _lib is None or not (0 <= address < _U64 and 0 <= ctx.slptptr < _U64
+                            and 0 <= params.haw and 0 <= ctx.width):
+        return None
+    slots = _slots_of(memory)
+    if slots is None:
+        return None
+    out = _ffi.new("struct akvm_sl_leaf *")
+    reason = _lib.akvm_sl_walk(slots, len(slots), ctx.slptptr, ctx.levels,
+                               min(ctx.width, 64), min(params.haw, 64),
+                               params.large_pages & 3, address, bool(write), out)
+    if reason == 0:
+        return Leaf(out.iova, out.frame, out.shift, bool(out.read), bool(out.write), out.pte)
+    if reason < 0:
+        return None
+    if reason == FR_ADDRESS_BEYOND_MGAW:
+        detail = f"{address:#x} needs more than {ctx.width} bits"
+    elif reason == FR_PAGING_RESERVED:
+        detail = f"level {out.level} entry {out.entry:#018x} at {out.pte:#x}"
+    elif reason == FR_PAGING_ACCESS:
+        pte = out.pte
+        if out.level == ctx.levels and pte < ctx.slptptr:
+            pte += _U64                # a root table at the top of the address space wrapped
+        detail = f"level {out.level} entry at {pte:#x}"
+    else:
+        detail = f"level {out.level} entry at {out.pte:#x} not present"
+    raise TranslationFault(reason, address, fpd=ctx.fpd, did=ctx.did, detail=detail)
+
+
+def walk(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
+         params: WalkParams) -> Leaf:
+    """The second-level walk for `address`: in C when the native module is built,
+    otherwise (or for arguments C does not take) walk_python()."""
+    leaf = walk_native(memory, ctx, address, write, params)
+    return walk_python(memory, ctx, address, write, params) if leaf is None else leaf
