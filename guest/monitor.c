@@ -147,8 +147,12 @@ static int cmd_iommu(int argc, char **argv)
 		iommu_print_faults();
 	else if (!strcmp(argv[1], "qi") && argc == 3 && (!strcmp(argv[2], "on") || !strcmp(argv[2], "off")))
 		err = (err = iommu_enable()) ? err : iommu_qi_set(!strcmp(argv[2], "on"));
-	else
-		err = "usage: iommu [on|off|faults|qi on|qi off]";
+	else if (!strcmp(argv[1], "noflush") || !strcmp(argv[1], "flush")) {
+		iommu_noflush = !strcmp(argv[1], "noflush");
+		kprintf("iommu: munmap %s the IOTLB of a process's device\n",
+			iommu_noflush ? "does not invalidate" : "invalidates");
+	} else
+		err = "usage: iommu [on|off|faults|qi on|qi off|noflush|flush]";
 	if (err)
 		kprintf("iommu: %s\n", err);
 	return err != NULL;
@@ -257,7 +261,7 @@ static const struct command commands[] = {
 	{ "cores", "cores online and their APIC ids", cmd_cores },
 	{ "selftest", "[NAME...] run self-tests (no name: all default tests)", cmd_selftest },
 	{ "bench", "[NAME...] run micro-benchmarks", cmd_bench },
-	{ "iommu", "[on|off|faults|qi on|off] VT-d: CAP/ECAP decoded, state", cmd_iommu },
+	{ "iommu", "[on|off|faults|qi on|off|noflush|flush] VT-d: CAP/ECAP decoded, state", cmd_iommu },
 	{ "virtio", "virtio devices found (PCI and MMIO)", cmd_virtio },
 	{ "run", "[-c CORE] PROGRAM [ARGS] run a user program to completion", cmd_run },
 	{ "spawn", "[-c CORE] PROGRAM [ARGS] start a user program on another core", cmd_spawn },

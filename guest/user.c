@@ -26,6 +26,9 @@
 #include "proc.h"
 #include "cpu.h"
 #include "apic.h"
+#include "edu.h"
+#include "iommu.h"
+#include "pci.h"
 #include "console.h"
 #include "lib.h"
 #include "mm.h"
@@ -63,8 +66,14 @@ static struct tss tss[MAX_CPUS] __attribute__((aligned(128)));
 static struct proc procs[PROC_MAX];
 static uint8_t kstacks[PROC_MAX][PROC_KSTACK] __attribute__((aligned(16)));
 static spinlock_t proc_lock;
-static int next_pid = 1;
+static int next_pid = 2;        /* pid = VT-d domain id of its devices; 1 is pass-through */
 uint64_t pvm_syscalls, sysret_syscalls;
+bool iommu_noflush;
+static struct proc *edu_owner;
+static spinlock_t assign_lock;
+static void dev_release(struct proc *p);
+static int io_map(struct proc *p, uint64_t va, uint64_t pte);
+static void io_unmap(struct proc *p, uint64_t va);
 
 /* ---- per-core setup ---- */
 
@@ -375,6 +384,8 @@ struct proc *proc_create(const char *prog, int argc, char **argv, const char **e
 
 void proc_free(struct proc *p)
 {
+	if (p->dev_owned)
+		dev_release(p);
 	if (p->pml4) {
 		for (int i = 1; i < 256; i++) {
 			if (p->pml4[i] & PTE_P) {
@@ -424,6 +435,8 @@ int proc_run(struct proc *p)
 	}
 	/* Back from proc_exit/proc_kill: interrupts off, kernel GS. */
 	write_cr3(KVA_TO_PA(boot_pml4));
+	if (p->dev_owned)
+		dev_release(p);         /* exit releases the device */
 	if (p->iobitmap_used)
 		memset(c->tss->iomap, 0xFF, sizeof(p->iobitmap));
 	tss_set_rsp0(old_rsp0);
@@ -492,7 +505,10 @@ static int64_t sys_mmap(struct proc *p, uint64_t len)
 	if (va + n * PAGE_SIZE > USER_STACK_TOP - USER_STACK_PAGES * PAGE_SIZE - PAGE_SIZE)
 		return -1;
 	for (uint64_t i = 0; i < n; i++) {
-		if (!map_new(p, va + i * PAGE_SIZE, PTE_W)) {
+		uint64_t *pte = map_new(p, va + i * PAGE_SIZE, PTE_W);
+		if (pte && p->dev_owned && io_map(p, va + i * PAGE_SIZE, *pte))
+			pte = NULL;
+		if (!pte) {
 			/* leave what was mapped: munmap or exit frees it */
 			p->mmap_next = va + (i + 1) * PAGE_SIZE;
 			return -1;
@@ -514,11 +530,194 @@ static int64_t sys_munmap(struct proc *p, uint64_t va, uint64_t len)
 		uint64_t e = *pte;
 		*pte = 0;
 		invlpg(a);              /* the process runs only on this core */
+		if (p->dev_owned)
+			io_unmap(p, a);         /* before the frame can be reused */
 		if (!(e & PTE_NOFREE))
 			frame_free(PTE_ADDR(e));
 	}
 	p->last_unmap = va;
 	return 0;
+}
+
+/* ---- device assignment: the edu device through VT-d (domain id = pid) ---- */
+
+/*
+ * The process's second-level table mirrors its user page table over the
+ * DMA window: IOVA = user virtual address - USER_DMA_BASE (proc.h: the
+ * edu's 28-bit DMA mask), leaves point at the same frames (read-only pages
+ * read-only), device BAR pages left out.  The tables come from user frames
+ * (freed on release).
+ */
+static uint64_t *io_walk(struct proc *p, uint64_t va, bool create)
+{
+	uint64_t *t = p->iodom.top;
+	for (int l = p->iodom.levels; l > 1; l--) {
+		uint64_t *e = &t[(va >> (12 + 9 * (l - 1))) & 511];
+		if (!(*e & (SL_R | SL_W))) {
+			if (!create)
+				return NULL;
+			uint64_t pa = frame_alloc();
+			if (!pa)
+				return NULL;
+			iommu_flush_cache(KADDR(pa), PAGE_SIZE);
+			*e = pa | SL_R | SL_W;
+			iommu_flush_cache(e, 8);
+		}
+		t = KADDR(PTE_ADDR(*e));
+	}
+	return &t[(va >> 12) & 511];
+}
+
+/* Mirror one user PTE; nonzero when out of memory. */
+static int io_map(struct proc *p, uint64_t va, uint64_t pte)
+{
+	if (!(pte & PTE_P) || !(pte & PTE_U) || (pte & PTE_NOFREE) ||
+	    va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
+		return 0;
+	uint64_t *e = io_walk(p, va - USER_DMA_BASE, true);
+	if (!e)
+		return -1;
+	*e = PTE_ADDR(pte) | SL_R | ((pte & PTE_W) ? SL_W : 0);
+	iommu_flush_cache(e, 8);
+	return 0;
+}
+
+/* munmap of an owned process: clear the IOVA, then invalidate that page
+ * of the domain's IOTLB (queued + wait, or registers) unless `noflush`. */
+static void io_unmap(struct proc *p, uint64_t va)
+{
+	if (va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
+		return;
+	va -= USER_DMA_BASE;            /* the IOVA */
+	uint64_t *e = io_walk(p, va, false);
+	if (!e || !*e)
+		return;
+	*e = 0;
+	iommu_flush_cache(e, 8);
+	if (iommu_noflush)
+		return;
+	const char *err = CAP_PSI(iommu.cap) ? iommu_inv_iotlb(INV_PAGE, p->iodom.did, va, 0)
+					     : iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+	p->iotlb_page_invs++;
+	if (err)
+		kprintf("pid %d: IOTLB invalidation of 0x%lx failed: %s\n", p->pid, va, err);
+}
+
+static int io_mirror(struct proc *p, uint64_t *t, int level, uint64_t va)
+{
+	for (int i = 0; i < 512; i++) {
+		uint64_t e = t[i], a = va + ((uint64_t)i << (12 + 9 * (level - 1)));
+		if (level == 4 && (i < 1 || i >= 256))
+			continue;               /* user half only */
+		if (!(e & PTE_P))
+			continue;
+		if (level > 1 ? io_mirror(p, KADDR(PTE_ADDR(e)), level - 1, a) : io_map(p, a, e))
+			return -1;
+	}
+	return 0;
+}
+
+static void io_free(uint64_t *t, int level)
+{
+	for (int i = 0; level > 1 && i < 512; i++) {
+		if (t[i] & (SL_R | SL_W)) {
+			io_free(KADDR(PTE_ADDR(t[i])), level - 1);
+			frame_free(PTE_ADDR(t[i]));
+		}
+	}
+}
+
+static int64_t sys_assign(struct proc *p, uint64_t bdf)
+{
+	if (p->dev_owned || edu_probe() || iommu_probe() || iommu_enable())
+		return -1;
+	struct pci_dev *d = edu.pci;
+	uint16_t sid = edu_sid();
+	if ((bdf != ASSIGN_EDU && bdf != sid) || !iommu_covers(d->bus, d->dev, d->fn))
+		return -1;
+	if (p->pid <= 1 || p->pid >= (1 << (4 + 2 * CAP_ND(iommu.cap))))
+		return -1;              /* domain id = pid: 1 is the pass-through domain */
+	uint64_t len, bar = pci_bar(d, 0, &len);
+	if (!bar || !len)
+		return -1;
+	spin_lock(&assign_lock);
+	bool busy = edu_owner != NULL;
+	if (!busy)
+		edu_owner = p;
+	spin_unlock(&assign_lock);
+	if (busy)
+		return -1;
+	uint64_t top = frame_alloc();
+	p->iodom.did = p->pid;
+	p->iodom.levels = iommu.levels;
+	p->iodom.top = top ? KADDR(top) : NULL;
+	p->iodom.ept_format = false;
+	p->dev_sid = sid;
+	p->dev_owned = true;            /* from here dev_release undoes it all */
+	if (!top || io_mirror(p, p->pml4, 4, 0))
+		goto fail;
+	iommu_flush_cache(p->iodom.top, PAGE_SIZE);
+	/* BAR0 into the process, uncached (PCD | PWT), at the next mmap slot. */
+	uint64_t n = MIN(len, 1ULL << 20) / PAGE_SIZE, va = p->mmap_next;
+	if (!n || va + (n + 1) * PAGE_SIZE > USER_STACK_TOP - (USER_STACK_PAGES + 1) * PAGE_SIZE)
+		goto fail;
+	p->bar_va = va;
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t *pte = pte_walk(p, va + i * PAGE_SIZE, true);
+		if (!pte)
+			goto fail;
+		*pte = (bar + i * PAGE_SIZE) | PTE_P | PTE_W | PTE_U | PTE_PCD | PTE_PWT | PTE_NOFREE;
+		p->bar_pages = i + 1;
+	}
+	p->mmap_next = va + (n + 1) * PAGE_SIZE;
+	/* The context entry: takes the old one down (context + IOTLB
+	 * invalidation), writes TT=0 / did = pid, device-selective context
+	 * invalidation; then the new domain's IOTLB, which may hold entries of
+	 * an earlier user of this domain id. */
+	if (iommu_set_context(d->bus, d->dev << 3 | d->fn, TT_UNTRANSLATED, &p->iodom, p->iodom.did) ||
+	    iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0))
+		goto fail;
+	uint64_t *ce = iommu.ctx[d->bus] + 2 * (d->dev << 3 | d->fn);
+	p->assigned_ctx[0] = ce[0];
+	p->assigned_ctx[1] = ce[1];
+	return va;
+fail:
+	dev_release(p);
+	return -1;
+}
+
+/* Context entry back to pass-through (the old one taken down with the
+ * device-selective context and domain IOTLB invalidations), BAR unmapped,
+ * tables freed. */
+static void dev_release(struct proc *p)
+{
+	if (!p->dev_owned)
+		return;
+	struct pci_dev *d = edu.pci;
+	const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);
+	if (!err)
+		err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+	if (err)
+		kprintf("pid %d: releasing the device: %s\n", p->pid, err);
+	for (uint64_t i = 0; i < p->bar_pages && p->pml4; i++) {
+		uint64_t *pte = pte_walk(p, p->bar_va + i * PAGE_SIZE, false);
+		if (pte) {
+			*pte = 0;
+			if (this_cpu()->cur == p)
+				invlpg(p->bar_va + i * PAGE_SIZE);
+		}
+	}
+	p->bar_pages = 0;
+	if (p->iodom.top) {
+		io_free(p->iodom.top, p->iodom.levels);
+		frame_free(KVA_TO_PA(p->iodom.top));
+		p->iodom.top = NULL;
+	}
+	p->dev_owned = false;
+	spin_lock(&assign_lock);
+	if (edu_owner == p)
+		edu_owner = NULL;
+	spin_unlock(&assign_lock);
 }
 
 static int64_t sys_ioperm(struct proc *p, uint64_t port, uint64_t n, uint64_t on)
@@ -584,6 +783,12 @@ void syscall_dispatch(struct trapframe *tf)
 		break;
 	case SYS_TSC_KHZ:
 		ret = tsc_khz;
+		break;
+	case SYS_ASSIGN:
+		ret = sys_assign(p, a0);
+		break;
+	case SYS_RELEASE:
+		ret = p->dev_owned ? (dev_release(p), 0) : -1;
 		break;
 	}
 	tf->rax = ret;

@@ -3,6 +3,10 @@
 #include "cpu.h"
 #include "lib.h"
 #include "proc.h"
+#include "edu.h"
+#include "iommu.h"
+#include "timer.h"
+#include "vm.h"
 
 #define ST_KILLED(vec) (128 + (vec))
 
@@ -135,10 +139,177 @@ static const char *test_user_fault(void)
 	return NULL;
 }
 
+/* ---- device assignment (user/edudma.c): need --device edu --iommu vtd ---- */
+
+#define FAULT_IOVA      0x0F000000ULL   /* user/edudma.c has the same */
+
+static const char *need_edu_iommu(void)
+{
+	const char *err = edu_probe();
+	if (err)
+		return SKIP("%s", err);
+	if ((err = iommu_probe()))
+		return SKIP("no IOMMU: %s", err);
+	if ((err = iommu_enable()))
+		return FAIL("enabling translation: %s", err);
+	if (!iommu_covers(edu.pci->bus, edu.pci->dev, edu.pci->fn))
+		return SKIP("edu is not in the DRHD's device scope");
+	return NULL;
+}
+
+static uint64_t *edu_ctx_entry(void)
+{
+	return iommu.ctx[edu.pci->bus] + 2 * (edu.pci->dev << 3 | edu.pci->fn);
+}
+
+/* The edu's context entry is the kernel's pass-through (or identity) one. */
+static const char *edu_ctx_passthrough(void)
+{
+	uint64_t *e = edu_ctx_entry();
+	unsigned tt = (e[0] >> 2) & 3, did = (e[1] >> 8) & 0xFFFF;
+	if (!(e[0] & 1))
+		return FAIL("edu context entry not present");
+	if (did != 1)
+		return FAIL("edu context entry has domain %u, want 1 (pass-through)", did);
+	if (ECAP_PT(iommu.ecap) ? tt != TT_PASSTHROUGH
+	    : tt != TT_UNTRANSLATED || (e[0] & ~0xFFFULL) != virt_to_phys(iommu.identity.top))
+		return FAIL("edu context entry 0x%lx:%lx is not pass-through", e[1], e[0]);
+	return NULL;
+}
+
+/* What assign wrote: TT=0, domain = pid. */
+static const char *check_assigned(struct proc *p)
+{
+	unsigned tt = (p->assigned_ctx[0] >> 2) & 3, did = (p->assigned_ctx[1] >> 8) & 0xFFFF;
+	if (!(p->assigned_ctx[0] & 1) || tt != TT_UNTRANSLATED || did != (unsigned)p->pid)
+		return FAIL("context entry at assign 0x%lx:%lx: TT %u domain %u, want TT 0 domain %d",
+			    p->assigned_ctx[1], p->assigned_ctx[0], tt, did, p->pid);
+	return NULL;
+}
+
+static int run_edudma(struct proc **out, const char *mode)
+{
+	char *argv[] = { "edudma", (char *)mode };
+	return run_here(out, 2, argv);
+}
+
+static const char *test_user_edu_dma(void)
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	long before = frames_available();
+	struct proc *p;
+	int st = run_edudma(&p, "dma");
+	if (st == -1000)
+		return st_why;
+	if (st)
+		err = FAIL("edudma dma: exit status %d (a check in user/edudma.c)", st);
+	else
+		err = check_assigned(p);
+	proc_free(p);
+	if (!err)
+		err = edu_ctx_passthrough();
+	long after = frames_available();
+	if (!err && before >= 0 && after != before)
+		err = FAIL("%ld frames free before, %ld after", before, after);
+	return err;
+}
+
+/* Runs edudma MODE with faults recorded quietly; a fault by the edu at the
+ * IOVA (fault_at(p)) must appear within 500 ms. */
+static const char *expect_fault(const char *mode, uint64_t (*fault_at)(struct proc *))
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	bool nf_saved = iommu_noflush;
+	iommu_noflush = false;
+	unsigned nf = iommu.nfaults;
+	iommu.quiet = true;
+	struct proc *p;
+	int st = run_edudma(&p, mode);
+	iommu_noflush = nf_saved;
+	if (st == -1000) {
+		iommu.quiet = false;
+		return st_why;
+	}
+	uint64_t want = fault_at(p);
+	uint64_t end = tsc_deadline_us(500000);
+	while (iommu.nfaults == nf && !tsc_passed(end))
+		udelay(20);
+	iommu.quiet = false;
+	if (st)
+		err = FAIL("edudma %s: exit status %d", mode, st);
+	else if (!(err = check_assigned(p)) && !strcmp(mode, "munmap") && !p->iotlb_page_invs)
+		err = FAIL("munmap did not invalidate the IOTLB");
+	proc_free(p);
+	if (err)
+		return err;
+	if (iommu.nfaults == nf)
+		return FAIL("no DMAR fault recorded for the DMA to 0x%lx", want);
+	kprintf("user-edu-%s: ", mode);
+	iommu_print_faults();
+	for (unsigned i = nf; i < iommu.nfaults; i++) {
+		const struct iommu_fault *f = &iommu.faults[i % IOMMU_FAULT_LOG];
+		if (f->sid == edu_sid() && f->addr == want && !f->read)
+			return edu_ctx_passthrough();
+	}
+	return FAIL("no write fault by the edu at 0x%lx among the %u recorded", want, iommu.nfaults - nf);
+}
+
+static uint64_t fault_iova(struct proc *p) { return FAULT_IOVA; }
+static uint64_t unmapped_iova(struct proc *p) { return p->last_unmap - USER_DMA_BASE; }
+
+static const char *test_user_edu_fault(void)
+{
+	return expect_fault("fault", fault_iova);
+}
+
+static const char *test_user_edu_munmap(void)
+{
+	return expect_fault("munmap", unmapped_iova);
+}
+
+static const char *test_user_edu_release(void)
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	long before = frames_available();
+	static const char *const modes[] = { "hold", "release" };
+	for (int i = 0; i < 2; i++) {
+		struct proc *p;
+		int st = run_edudma(&p, modes[i]);
+		if (st == -1000)
+			return st_why;
+		if (st)
+			err = FAIL("edudma %s: exit status %d", modes[i], st);
+		else
+			err = check_assigned(p);
+		bool owned = p->dev_owned;
+		proc_free(p);
+		if (err)
+			return err;
+		if (owned)
+			return FAIL("edudma %s: still owns the device after exit", modes[i]);
+		if ((err = edu_ctx_passthrough()))
+			return err;
+	}
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+	return NULL;
+}
+
 const struct selftest user_tests[] = {
 	{ "user-hello", test_user_hello, true },
 	{ "user-syscalls", test_user_syscalls, true },
 	{ "user-smp", test_user_smp, true },
 	{ "user-fault", test_user_fault, true },
+	{ "user-edu-dma", test_user_edu_dma, false },
+	{ "user-edu-fault", test_user_edu_fault, false },
+	{ "user-edu-munmap", test_user_edu_munmap, false },
+	{ "user-edu-release", test_user_edu_release, false },
 };
 const size_t user_ntests = ARRAY_SIZE(user_tests);

@@ -3,6 +3,7 @@
 #define PROC_H
 #include "types.h"
 #include "trap.h"
+#include "iommu.h"
 
 /* User address space: PML4 slot 1 (512 GiB - 1 TiB).  Slot 0 keeps the
  * kernel's identity map (supervisor only), slots 256-511 the kernel. */
@@ -23,7 +24,18 @@
 #define SYS_NRUNNING    7
 #define SYS_IOPERM      8
 #define SYS_TSC_KHZ     9
-#define NSYSCALLS       10
+#define SYS_ASSIGN      10      /* assign(bdf): the device to this process; BAR0's user VA */
+#define SYS_RELEASE     11      /* release(): the device back to pass-through */
+#define NSYSCALLS       12
+
+#define ASSIGN_EDU      0xFFFF  /* assign()'s bdf for "the edu device, wherever it is" */
+
+/* A device assigned to a process sees the process's mmap area: IOVA = user
+ * virtual address - USER_DMA_BASE, for the first USER_DMA_SIZE bytes (the
+ * edu's DMA mask is 28 bits, in QEMU and akvm alike, and user addresses
+ * start at 512 GiB). */
+#define USER_DMA_BASE   USER_MMAP_BASE
+#define USER_DMA_SIZE   (1ULL << 28)
 
 /* Kernel context (callee-saved registers), for switching between the
  * core's scheduler context and a process's kernel stack. */
@@ -57,7 +69,17 @@ struct proc {
 	bool detached;                  /* spawn: the core frees it when it ends */
 	bool quiet;                     /* no "exited" line (self-tests print their own) */
 	uint8_t *kstack;
+	/* Device assignment (assign/release): the edu device through VT-d. */
+	bool dev_owned;
+	uint16_t dev_sid;               /* bus << 8 | devfn */
+	struct iodomain iodom;          /* tables from user frames; did = pid */
+	uint64_t bar_va, bar_pages;     /* BAR0 in the process (uncached) */
+	uint64_t assigned_ctx[2];       /* the context entry written at assign (self-tests) */
+	unsigned iotlb_page_invs;       /* page-selective IOTLB invalidations by munmap */
 };
+
+/* `iommu noflush`: munmap skips the IOTLB invalidation of owned devices. */
+extern bool iommu_noflush;
 
 /* Create a process from an embedded program; NULL + *err on failure. */
 struct proc *proc_create(const char *prog, int argc, char **argv, const char **err);

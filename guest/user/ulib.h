@@ -17,6 +17,9 @@
 #define SYS_NRUNNING    7
 #define SYS_IOPERM      8
 #define SYS_TSC_KHZ     9
+#define SYS_ASSIGN      10
+#define SYS_RELEASE     11
+#define ASSIGN_EDU      0xFFFF
 
 #define PAGE_SIZE 4096
 #define MAP_FAILED ((void *)-1)
@@ -38,6 +41,14 @@ int getcore(void);
 int nrunning(void);
 int ioperm(unsigned port, unsigned n, int on);
 uint64_t tsc_khz(void);
+/* The PCI device bdf (ASSIGN_EDU: the edu) to this process: its BAR0, mapped
+ * uncached, or MAP_FAILED; DMA addresses are then this process's virtual
+ * addresses minus USER_DMA_BASE (VT-d domain = pid). */
+volatile void *assign(unsigned bdf);
+#define USER_DMA_BASE   0x0000008040000000ULL   /* IOVA 0 (kernel: include/proc.h) */
+#define USER_DMA_SIZE   (1ULL << 28)
+static inline uint64_t iova_of(const void *p) { return (uint64_t)p - USER_DMA_BASE; }
+int release(void);
 
 static inline uint64_t rdtsc(void)
 {

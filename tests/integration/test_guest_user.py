@@ -83,3 +83,40 @@ def test_user_selftests_under_qemu(akvm_guest_factory, cpus):
     assert set(result.passed) >= USER_TESTS - {"user-smp"}
     out = guest.command("run hello")
     assert "exit status 0" in out, out
+
+
+# Device assignment (guest/user.c assign/release, guest/user/edudma.c): not default
+# self-tests, they need the edu device behind VT-d.
+EDU_TESTS = ("user-edu-dma", "user-edu-fault", "user-edu-munmap", "user-edu-release")
+EDU_ARGS = ["--iommu", "vtd", "--device", "edu"]
+
+
+@pytest.mark.parametrize("qi", ["off", "on"])
+def test_user_edu_assignment_under_akvm(akvm_guest_factory, qi):
+    guest = akvm_guest_factory(cpus=2, args=EDU_ARGS, timeout=TIMEOUT)
+    out = guest.command(f"iommu qi {qi}")
+    assert "iommu:" not in out, out
+    result = guest.selftest(*EDU_TESTS)
+    assert result.failed == {}, result.output
+    assert set(result.passed) == set(EDU_TESTS), result.output
+    assert re.search(r"edudma: pid \d+: 4088 bytes DMAed to IOVA 0x[0-9a-f]+ and 0x[0-9a-f]+ "
+                     r"\(0x8040[0-9a-f]+, 0x8040[0-9a-f]+\) from ring 3, data ok", result.output)
+    assert "DMAR fault: write of 0xf000000 by" in result.output, result.output
+
+
+def test_user_edu_run_and_noflush_knob(akvm_guest_factory):
+    guest = akvm_guest_factory(cpus=2, args=EDU_ARGS, timeout=TIMEOUT)
+    out = guest.command("run edudma dma")
+    assert "data ok" in out and re.search(r"\(edudma\): exit status 0", out), out
+    assert "does not invalidate" in guest.command("iommu noflush")
+    assert "invalidates" in guest.command("iommu flush")
+    # The device went back to pass-through: the kernel's own edu tests still work.
+    result = guest.selftest("iommu-passthrough")
+    assert result.passed == ["iommu-passthrough"], result.output
+
+
+def test_user_edu_tests_skip_without_the_device(akvm_guest_factory):
+    guest = akvm_guest_factory(cpus=1, timeout=TIMEOUT)
+    result = guest.selftest(*EDU_TESTS)
+    assert result.failed == {}, result.output
+    assert set(result.skipped) == set(EDU_TESTS), result.output
