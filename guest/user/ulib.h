@@ -6,20 +6,7 @@
 #include <stdbool.h>
 #include <stdarg.h>
 
-/* Same numbers as the kernel's include/proc.h. */
-#define SYS_EXIT        0
-#define SYS_WRITE       1
-#define SYS_MMAP        2
-#define SYS_MUNMAP      3
-#define SYS_GETPID      4
-#define SYS_YIELD       5
-#define SYS_GETCORE     6
-#define SYS_NRUNNING    7
-#define SYS_IOPERM      8
-#define SYS_TSC_KHZ     9
-#define SYS_ASSIGN      10
-#define SYS_RELEASE     11
-#define ASSIGN_EDU      0xFFFF
+#include "../include/uapi.h"     /* system call numbers, user addresses */
 
 #define PAGE_SIZE 4096
 #define MAP_FAILED ((void *)-1)
@@ -45,8 +32,6 @@ uint64_t tsc_khz(void);
  * uncached, or MAP_FAILED; DMA addresses are then this process's virtual
  * addresses minus USER_DMA_BASE (VT-d domain = pid). */
 volatile void *assign(unsigned bdf);
-#define USER_DMA_BASE   0x0000008040000000ULL   /* IOVA 0 (kernel: include/proc.h) */
-#define USER_DMA_SIZE   (1ULL << 28)
 static inline uint64_t iova_of(const void *p) { return (uint64_t)p - USER_DMA_BASE; }
 int release(void);
 
