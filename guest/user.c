@@ -36,6 +36,7 @@
 #include "selftest.h"
 #include "timer.h"
 #include "trap.h"
+#include "virtio.h"
 #include "x86.h"
 
 struct tss {
@@ -69,7 +70,7 @@ static spinlock_t proc_lock;
 static int next_pid = 2;        /* pid = VT-d domain id of its devices; 1 is pass-through */
 uint64_t pvm_syscalls, sysret_syscalls;
 bool iommu_noflush;
-static struct proc *edu_owner;
+static struct proc *dev_owner[PCI_MAX_DEVS];   /* by index in pci_devs[] */
 static spinlock_t assign_lock;
 static void dev_release(struct proc *p);
 static int io_map(struct proc *p, uint64_t va, uint64_t pte);
@@ -539,7 +540,7 @@ static int64_t sys_munmap(struct proc *p, uint64_t va, uint64_t len)
 	return 0;
 }
 
-/* ---- device assignment: the edu device through VT-d (domain id = pid) ---- */
+/* ---- device assignment: the edu or a virtio-pci device through VT-d (domain id = pid) ---- */
 
 /*
  * The process's second-level table mirrors its user page table over the
@@ -627,23 +628,80 @@ static void io_free(uint64_t *t, int level)
 	}
 }
 
-static int64_t sys_assign(struct proc *p, uint64_t bdf)
+/* The function assign(sel) names, if the kernel can give it: the edu, or a
+ * modern virtio-pci function (*vd: its virtio device, else NULL). */
+static struct pci_dev *assign_target(uint64_t sel, struct virtio_dev **vd)
 {
-	if (p->dev_owned || edu_probe() || iommu_probe() || iommu_enable())
+	*vd = NULL;
+	if (!edu_probe() && (sel == ASSIGN_EDU || sel == edu_sid()))
+		return edu.pci;
+	virtio_scan();
+	for (int i = 0; i < virtio_ndevs; i++) {
+		struct virtio_dev *v = &virtio_devs[i];
+		struct pci_dev *d = v->pci;
+		if (v->transport != VIRTIO_PCI || !v->common || !v->notify_base)
+			continue;
+		if (sel == pci_sid(d) || sel == ASSIGN_PCI_ID(d->vendor, d->device)) {
+			*vd = v;
+			return d;
+		}
+	}
+	return NULL;
+}
+
+/* Where the four virtio structures are in the process's mapping of the BARs
+ * (bar_off[b]: where BAR b starts in it, len[b]: how much of it is mapped). */
+static bool virtio_layout(struct virtio_dev *v, const uint64_t *bar_off, const uint64_t *len,
+			  struct assign_virtio *info)
+{
+	uint32_t *offs = &info->common, *lens = &info->common_len;
+	uintptr_t present[] = { v->common, v->notify_base, v->isr, v->devcfg };
+	memset(info, 0, sizeof(*info));
+	for (int k = VPCI_CAP_COMMON; k <= VPCI_CAP_DEVICE; k++) {
+		if (!present[k - 1])
+			continue;
+		uint8_t b = v->cap[k].bar;
+		if ((uint64_t)v->cap[k].off + v->cap[k].len > len[b])
+			return false;
+		offs[k - 1] = bar_off[b] + v->cap[k].off;
+		lens[k - 1] = v->cap[k].len;
+	}
+	info->notify_off_multiplier = v->notify_mult;
+	info->bdf = pci_sid(v->pci);
+	info->pci_device = v->pci->device;
+	return true;
+}
+
+static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
+{
+	struct virtio_dev *vd;
+	if (p->dev_owned || iommu_probe() || iommu_enable())
 		return -1;
-	struct pci_dev *d = edu.pci;
-	uint16_t sid = edu_sid();
-	if ((bdf != ASSIGN_EDU && bdf != sid) || !iommu_covers(d->bus, d->dev, d->fn))
+	struct pci_dev *d = assign_target(sel, &vd);
+	if (!d || !iommu_covers(d->bus, d->dev, d->fn))
+		return -1;
+	if (vd && !user_ok(p, uinfo, sizeof(struct assign_virtio), true))
 		return -1;
 	if (p->pid <= 1 || p->pid >= (1 << (4 + 2 * CAP_ND(iommu.cap))))
 		return -1;              /* domain id = pid: 1 is the pass-through domain */
-	uint64_t len, bar = pci_bar(d, 0, &len);
-	if (!bar || !len)
-		return -1;
+	/* The BARs to map: the edu's BAR0; those holding a virtio device's structures. */
+	int bars[4], nbars = 0;
+	uintptr_t present[] = { 0, vd ? vd->common : 0, vd ? vd->notify_base : 0,
+				vd ? vd->isr : 0, vd ? vd->devcfg : 0 };
+	if (!vd)
+		bars[nbars++] = 0;
+	for (int k = VPCI_CAP_COMMON; vd && k <= VPCI_CAP_DEVICE; k++) {
+		bool seen = false;
+		for (int i = 0; i < nbars; i++)
+			seen |= bars[i] == vd->cap[k].bar;
+		if (present[k] && !seen)
+			bars[nbars++] = vd->cap[k].bar;
+	}
 	spin_lock(&assign_lock);
-	bool busy = edu_owner != NULL;
+	struct proc **owner = &dev_owner[d - pci_devs];
+	bool busy = *owner != NULL;
 	if (!busy)
-		edu_owner = p;
+		*owner = p;
 	spin_unlock(&assign_lock);
 	if (busy)
 		return -1;
@@ -652,24 +710,44 @@ static int64_t sys_assign(struct proc *p, uint64_t bdf)
 	p->iodom.levels = iommu.levels;
 	p->iodom.top = top ? KADDR(top) : NULL;
 	p->iodom.ept_format = false;
-	p->dev_sid = sid;
+	p->dev_pci = d;
+	p->dev_virtio = vd;
+	p->dev_sid = pci_sid(d);
 	p->dev_owned = true;            /* from here dev_release undoes it all */
+	/* The kernel's driver lets go first: a reset drops the queues it set up
+	 * with physical addresses, before the device sees the process's IOVAs. */
+	if (vd && !virtio_give(vd, p->pid))
+		goto fail;
 	if (!top || io_mirror(p, p->pml4, 4, 0))
 		goto fail;
 	iommu_flush_cache(p->iodom.top, PAGE_SIZE);
-	/* BAR0 into the process, uncached (PCD | PWT), at the next mmap slot. */
-	uint64_t n = MIN(len, 1ULL << 20) / PAGE_SIZE, va = p->mmap_next;
-	if (!n || va + (n + 1) * PAGE_SIZE > USER_STACK_TOP - (USER_STACK_PAGES + 1) * PAGE_SIZE)
-		goto fail;
+	/* The BARs into the process, back to back, uncached (PCD | PWT), at
+	 * the next mmap slot; up to 1 MiB of each. */
+	uint64_t va = p->mmap_next, bar_off[6] = { 0 }, bar_len[6] = { 0 };
 	p->bar_va = va;
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t *pte = pte_walk(p, va + i * PAGE_SIZE, true);
-		if (!pte)
+	for (int i = 0; i < nbars; i++) {
+		uint64_t len, bar = pci_bar(d, bars[i], &len);
+		uint64_t n = MIN(len, 1ULL << 20) / PAGE_SIZE;
+		if (!bar || !n || va + (p->bar_pages + n + 1) * PAGE_SIZE >
+		    USER_STACK_TOP - (USER_STACK_PAGES + 1) * PAGE_SIZE)
 			goto fail;
-		*pte = (bar + i * PAGE_SIZE) | PTE_P | PTE_W | PTE_U | PTE_PCD | PTE_PWT | PTE_NOFREE;
-		p->bar_pages = i + 1;
+		bar_off[bars[i]] = p->bar_pages * PAGE_SIZE;
+		bar_len[bars[i]] = n * PAGE_SIZE;
+		for (uint64_t j = 0; j < n; j++) {
+			uint64_t *pte = pte_walk(p, va + p->bar_pages * PAGE_SIZE, true);
+			if (!pte)
+				goto fail;
+			*pte = (bar + j * PAGE_SIZE) | PTE_P | PTE_W | PTE_U | PTE_PCD | PTE_PWT | PTE_NOFREE;
+			p->bar_pages++;
+		}
 	}
-	p->mmap_next = va + (n + 1) * PAGE_SIZE;
+	p->mmap_next = va + (p->bar_pages + 1) * PAGE_SIZE;
+	struct assign_virtio info;
+	if (vd) {
+		if (!virtio_layout(vd, bar_off, bar_len, &info))
+			goto fail;
+		info.map_len = p->bar_pages * PAGE_SIZE;
+	}
 	/* The context entry: takes the old one down (context + IOTLB
 	 * invalidation), writes TT=0 / did = pid, device-selective context
 	 * invalidation; then the new domain's IOTLB, which may hold entries of
@@ -680,25 +758,34 @@ static int64_t sys_assign(struct proc *p, uint64_t bdf)
 	uint64_t *ce = iommu.ctx[d->bus] + 2 * (d->dev << 3 | d->fn);
 	p->assigned_ctx[0] = ce[0];
 	p->assigned_ctx[1] = ce[1];
+	if (vd)
+		memcpy((void *)(uintptr_t)uinfo, &info, sizeof(info));         /* checked above */
 	return va;
 fail:
 	dev_release(p);
 	return -1;
 }
 
-/* Context entry back to pass-through (the old one taken down with the
- * device-selective context and domain IOTLB invalidations), BAR unmapped,
- * tables freed. */
+/* A virtio device is reset first (status 0: it stops using the process's
+ * queues), then the context entry goes back to pass-through (the old one
+ * taken down with the device-selective context and domain IOTLB
+ * invalidations), the BARs are unmapped and the tables freed; the kernel's
+ * driver sets the device up again on its next use. */
 static void dev_release(struct proc *p)
 {
 	if (!p->dev_owned)
 		return;
-	struct pci_dev *d = edu.pci;
+	struct pci_dev *d = p->dev_pci;
+	struct virtio_dev *vd = p->dev_virtio;
+	if (vd && !virtio_reset(vd))
+		kprintf("pid %d: releasing the device: it did not reset\n", p->pid);
 	const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);
 	if (!err)
 		err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
 	if (err)
 		kprintf("pid %d: releasing the device: %s\n", p->pid, err);
+	if (vd)
+		__atomic_store_n(&vd->owner_pid, 0, __ATOMIC_RELEASE);
 	for (uint64_t i = 0; i < p->bar_pages && p->pml4; i++) {
 		uint64_t *pte = pte_walk(p, p->bar_va + i * PAGE_SIZE, false);
 		if (pte) {
@@ -715,9 +802,11 @@ static void dev_release(struct proc *p)
 	}
 	p->dev_owned = false;
 	spin_lock(&assign_lock);
-	if (edu_owner == p)
-		edu_owner = NULL;
+	if (dev_owner[d - pci_devs] == p)
+		dev_owner[d - pci_devs] = NULL;
 	spin_unlock(&assign_lock);
+	p->dev_pci = NULL;
+	p->dev_virtio = NULL;
 }
 
 static int64_t sys_ioperm(struct proc *p, uint64_t port, uint64_t n, uint64_t on)
@@ -785,7 +874,7 @@ void syscall_dispatch(struct trapframe *tf)
 		ret = tsc_khz;
 		break;
 	case SYS_ASSIGN:
-		ret = sys_assign(p, a0);
+		ret = sys_assign(p, a0, a1);
 		break;
 	case SYS_RELEASE:
 		ret = p->dev_owned ? (dev_release(p), 0) : -1;

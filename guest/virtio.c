@@ -21,29 +21,6 @@ static bool scanned;
 
 #define QUEUE_MAX 64
 
-/* virtio-pci common configuration */
-#define VPCI_DFSELECT   0x00
-#define VPCI_DF         0x04
-#define VPCI_GFSELECT   0x08
-#define VPCI_GF         0x0C
-#define VPCI_MSIX       0x10
-#define VPCI_NUMQ       0x12
-#define VPCI_STATUS     0x14
-#define VPCI_CFGGEN     0x15
-#define VPCI_QSELECT    0x16
-#define VPCI_QSIZE      0x18
-#define VPCI_QMSIX      0x1A
-#define VPCI_QENABLE    0x1C
-#define VPCI_QNOFF      0x1E
-#define VPCI_QDESC      0x20
-#define VPCI_QAVAIL     0x28
-#define VPCI_QUSED      0x30
-
-#define VPCI_CAP_COMMON 1
-#define VPCI_CAP_NOTIFY 2
-#define VPCI_CAP_ISR    3
-#define VPCI_CAP_DEVICE 4
-
 /* virtio-mmio */
 #define VMMIO_MAGIC     0x000
 #define VMMIO_VERSION   0x004
@@ -106,19 +83,28 @@ static struct virtio_dev *new_dev(void)
 	return d;
 }
 
-static uintptr_t cap_addr(struct pci_dev *p, uint8_t cap, uint32_t *len)
+/* Where the structure a vendor capability names lives: kept in d->cap[kind]
+ * (BAR, offset, length: what a process given the device is told), and its
+ * kernel address returned (0 when the BAR cannot hold it). */
+static uintptr_t cap_addr(struct virtio_dev *d, uint8_t cap, uint8_t kind)
 {
-	uint8_t bar = pci_cfg_read8(p, cap + 4);
-	uint32_t off = pci_cfg_read32(p, cap + 8);
-	*len = pci_cfg_read32(p, cap + 12);
+	struct pci_dev *p = d->pci;
+	uint8_t bar = pci_cfg_read8(p, cap + VPCI_CAP_BAR);
+	uint32_t off = pci_cfg_read32(p, cap + VPCI_CAP_OFFSET);
+	uint32_t len = pci_cfg_read32(p, cap + VPCI_CAP_LENGTH);
 	if (bar > 5)
 		return 0;
 	uint64_t barlen;
 	uint64_t pa = pci_bar(p, bar, &barlen);
-	if (!pa || (uint64_t)off + *len > barlen)
+	if (!pa || (uint64_t)off + len > barlen)
 		return 0;
 	uintptr_t va = pci_map_mmio(pa, barlen);
-	return va ? va + off : 0;
+	if (!va)
+		return 0;
+	d->cap[kind].bar = bar;
+	d->cap[kind].off = off;
+	d->cap[kind].len = len;
+	return va + off;
 }
 
 static void add_pci(struct pci_dev *p)
@@ -140,18 +126,17 @@ static void add_pci(struct pci_dev *p)
 	/* The first capability of each kind that we can map. */
 	for (uint8_t c = pci_find_cap(p, PCI_CAP_VENDOR, 0); c; c = pci_find_cap(p, PCI_CAP_VENDOR, c)) {
 		uint8_t kind = pci_cfg_read8(p, c + 3);
-		uint32_t len;
 		uintptr_t *slot = kind == VPCI_CAP_COMMON ? &d->common : kind == VPCI_CAP_NOTIFY ?
 			&d->notify_base : kind == VPCI_CAP_ISR ? &d->isr : kind == VPCI_CAP_DEVICE ?
 			&d->devcfg : NULL;
 		if (!slot || *slot)
 			continue;
-		uintptr_t a = cap_addr(p, c, &len);
+		uintptr_t a = cap_addr(d, c, kind);
 		if (!a)
 			continue;
 		*slot = a;
 		if (kind == VPCI_CAP_NOTIFY)
-			d->notify_mult = pci_cfg_read32(p, c + 16);
+			d->notify_mult = pci_cfg_read32(p, c + VPCI_CAP_NOTIFY_MULT);
 	}
 	if (!d->common || !d->notify_base)
 		d->err = "no modern virtio-pci capabilities (legacy-only device)";
@@ -383,7 +368,7 @@ static const char *setup_queue(struct virtio_dev *d, int i)
 	q->size = size;
 	q->index = i;
 	q->avail_idx = q->last_used = 0;
-	q->avail[0] = 1;                        /* VRING_AVAIL_F_NO_INTERRUPT */
+	q->avail[0] = VRING_AVAIL_F_NO_INTERRUPT;
 	q->avail[1] = 0;
 	q->used[0] = q->used[1] = 0;
 
@@ -417,18 +402,25 @@ static const char *setup_queue(struct virtio_dev *d, int i)
 	return NULL;
 }
 
+bool virtio_reset(struct virtio_dev *d)
+{
+	set_status(d, 0);
+	for (int i = 0; i < 1000 && virtio_status(d); i++)
+		udelay(10);
+	return !virtio_status(d);
+}
+
 const char *virtio_init(struct virtio_dev *d, uint64_t want, int nq)
 {
+	if (d->owner_pid)
+		return "assigned to a process";
 	if (d->err)
 		return d->err;
 	if (d->ready)
 		return NULL;
 	bool legacy = d->transport == VIRTIO_MMIO && d->mmio_version == 1;
 
-	set_status(d, 0);                       /* reset */
-	for (int i = 0; i < 1000 && virtio_status(d); i++)
-		udelay(10);
-	if (virtio_status(d))
+	if (!virtio_reset(d))
 		return d->err = "device did not reset";
 	set_status(d, VIRTIO_STATUS_ACK);
 	set_status(d, VIRTIO_STATUS_ACK | VIRTIO_STATUS_DRIVER);
@@ -469,6 +461,17 @@ const char *virtio_init(struct virtio_dev *d, uint64_t want, int nq)
 	return NULL;
 }
 
+/* ---- a PCI device given to a process (user.c: assign/release) ---------- */
+
+bool virtio_give(struct virtio_dev *d, int pid)
+{
+	d->owner_pid = pid;
+	d->ready = false;               /* queues and features are the process's now */
+	/* Only a device whose DMA the IOMMU sees: one without ACCESS_PLATFORM
+	 * would take the process's IOVAs for physical addresses. */
+	return virtio_reset(d) && (device_features(d) & VIRTIO_F_ACCESS_PLATFORM);
+}
+
 struct virtio_dev *virtio_get(uint32_t type, int nth)
 {
 	virtio_scan();
@@ -479,9 +482,6 @@ struct virtio_dev *virtio_get(uint32_t type, int nth)
 }
 
 /* ---- virtqueues ------------------------------------------------------- */
-
-#define VRING_DESC_F_NEXT  1
-#define VRING_DESC_F_WRITE 2
 
 const char *virtq_add(struct virtio_dev *d, int qi, const struct vbuf *b, int n)
 {
@@ -560,7 +560,10 @@ void virtio_print(void)
 		struct virtio_dev *d = &virtio_devs[i];
 		kprintf("virtio %-7s %s%s, %s", virtio_type_name(d->type), d->where,
 			d->transport == VIRTIO_MMIO ? (d->mmio_version == 1 ? " (legacy v1)" : " (v2)") : "",
-			d->ready ? "ready" : d->err ? d->err : "not initialised");
+			d->owner_pid ? "owned by a process" : d->ready ? "ready" : d->err ? d->err :
+			"not initialised");
+		if (d->owner_pid)
+			kprintf(" (pid %d)", d->owner_pid);
 		if (d->ready)
 			kprintf(", features 0x%lx", d->features);
 		kprintf("\n");

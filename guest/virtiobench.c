@@ -21,7 +21,6 @@
 #include "vm.h"
 #include "x86.h"
 
-#define BLK_T_IN        0
 #define SECTOR          512
 #define RAND_BYTES      4096
 #define RAND_OPS        2000
@@ -60,7 +59,7 @@ static const char *blk_read(struct virtio_dev *d, uint64_t sector, uint32_t byte
 {
 	static char why[64];
 	volatile uint8_t *hdr = d->scratch;
-	*(volatile uint32_t *)hdr = BLK_T_IN;
+	*(volatile uint32_t *)hdr = VIRTIO_BLK_T_IN;
 	*(volatile uint32_t *)(hdr + 4) = 0;
 	*(volatile uint64_t *)(hdr + 8) = sector;
 	hdr[16] = 0xFF;

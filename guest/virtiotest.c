@@ -1,9 +1,12 @@
 /*
  * Self-tests of the virtio drivers, on every device of each kind found
- * (PCI and MMIO alike).  Skipped when there is none.
+ * (PCI and MMIO alike).  Skipped when there is none.  user-vblk: a process
+ * owns a virtio-blk PCI device through the IOMMU (user/vblk.c).
  */
 #include "selftest.h"
 #include "virtio.h"
+#include "iommu.h"
+#include "proc.h"
 #include "lib.h"
 #include "mm.h"
 #include "timer.h"
@@ -11,11 +14,6 @@
 #include "x86.h"
 
 /* ---- block --------------------------------------------------------------- */
-
-#define BLK_T_IN        0
-#define BLK_T_OUT       1
-#define BLK_T_FLUSH     4
-#define BLK_T_GET_ID    8
 
 #define BLK_SECTORS     64
 #define BLK_PAGES       (BLK_SECTORS * 512 / PAGE_SIZE)
@@ -48,7 +46,7 @@ static const char *blk_req(struct virtio_dev *d, uint32_t type, uint64_t sector,
 	b[n++] = (struct vbuf){ virt_to_phys(d->scratch), 16, false };
 	for (int i = 0; i < npages; i++) {
 		uint32_t len = MIN(bytes, PAGE_SIZE);
-		b[n++] = (struct vbuf){ virt_to_phys(pages[i]), len, type != BLK_T_OUT };
+		b[n++] = (struct vbuf){ virt_to_phys(pages[i]), len, type != VIRTIO_BLK_T_OUT };
 		bytes -= len;
 	}
 	b[n++] = (struct vbuf){ virt_to_phys(d->scratch) + 16, 1, true };
@@ -96,7 +94,7 @@ static const char *blk_test_one(struct virtio_dev *d)
 	uint64_t first = (cap / 2) & ~7ULL;
 	bool flush = d->features & VIRTIO_BLK_F_FLUSH;
 
-	if ((err = blk_req(d, BLK_T_IN, first, blk_save, BLK_PAGES, BLK_SECTORS * 512)))
+	if ((err = blk_req(d, VIRTIO_BLK_T_IN, first, blk_save, BLK_PAGES, BLK_SECTORS * 512)))
 		return FAIL("%s: reading the original sectors: %s", d->where, err);
 	if (d->features & VIRTIO_BLK_F_RO)
 		return SKIP("%s: read-only device (read of %d sectors worked)", d->where, BLK_SECTORS);
@@ -104,13 +102,13 @@ static const char *blk_test_one(struct virtio_dev *d)
 	uint64_t seed = rdtsc();
 	fill_pattern(seed, first);
 	uint64_t sum_w = checksum(blk_w);
-	if ((err = blk_req(d, BLK_T_OUT, first, blk_w, BLK_PAGES, BLK_SECTORS * 512)))
+	if ((err = blk_req(d, VIRTIO_BLK_T_OUT, first, blk_w, BLK_PAGES, BLK_SECTORS * 512)))
 		return FAIL("%s: write: %s", d->where, err);
-	if (flush && (err = blk_req(d, BLK_T_FLUSH, 0, NULL, 0, 0)))
+	if (flush && (err = blk_req(d, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0)))
 		return FAIL("%s: flush: %s", d->where, err);
 	for (int i = 0; i < BLK_PAGES; i++)
 		blk_r[i][0] = blk_r[i][511] = 0;
-	if ((err = blk_req(d, BLK_T_IN, first, blk_r, BLK_PAGES, BLK_SECTORS * 512)))
+	if ((err = blk_req(d, VIRTIO_BLK_T_IN, first, blk_r, BLK_PAGES, BLK_SECTORS * 512)))
 		return FAIL("%s: read back: %s", d->where, err);
 	uint64_t sum_r = checksum(blk_r);
 	const char *bad = NULL;
@@ -123,8 +121,8 @@ static const char *blk_test_one(struct virtio_dev *d)
 			bad = FAIL("%s: checksum 0x%lx, wrote 0x%lx", d->where, sum_r, sum_w);
 	}
 	/* Put the original data back. */
-	if ((err = blk_req(d, BLK_T_OUT, first, blk_save, BLK_PAGES, BLK_SECTORS * 512)) ||
-	    (flush && (err = blk_req(d, BLK_T_FLUSH, 0, NULL, 0, 0))))
+	if ((err = blk_req(d, VIRTIO_BLK_T_OUT, first, blk_save, BLK_PAGES, BLK_SECTORS * 512)) ||
+	    (flush && (err = blk_req(d, VIRTIO_BLK_T_FLUSH, 0, NULL, 0, 0))))
 		return bad ? bad : FAIL("%s: restoring the original sectors: %s", d->where, err);
 	if (bad)
 		return bad;
@@ -260,9 +258,123 @@ static const char *test_virtio_rng(void)
 	return for_each(VIRTIO_ID_RNG, rng_test_one);
 }
 
+/* ---- a process owns the device (user/vblk.c): needs --iommu vtd ------------------ */
+
+#define FAULT_IOVA      0x0F000000ULL   /* user/vblk.c has the same */
+
+/* vblk MODE on this core: its exit status (-1000: it did not start); the
+ * process is left for the caller to look at and free. */
+static int run_vblk(const char *mode, struct proc **out)
+{
+	const char *err;
+	char *argv[] = { "vblk", (char *)mode };
+	struct proc *p = proc_create("vblk", 2, argv, &err);
+	if (!p) {
+		FAIL("vblk: %s", err);
+		return -1000;
+	}
+	int st = proc_run(p);
+	proc_report(p, st);
+	*out = p;
+	return st;
+}
+
+/* After a run: the device reset (status 0), the kernel's again, its context
+ * entry the pass-through one (domain 1); at assign it was TT=0, domain pid. */
+static const char *vblk_after(struct virtio_dev *d, struct proc *p, const char *mode)
+{
+	struct pci_dev *pd = d->pci;
+	uint64_t *e = iommu.ctx[pd->bus] + 2 * (pd->dev << 3 | pd->fn);
+	unsigned tt = (p->assigned_ctx[0] >> 2) & 3, did = (p->assigned_ctx[1] >> 8) & 0xFFFF;
+	if (!(p->assigned_ctx[0] & 1) || tt != TT_UNTRANSLATED || did != (unsigned)p->pid)
+		return FAIL("vblk %s: context entry at assign 0x%lx:%lx: TT %u domain %u, want TT 0 "
+			    "domain %d", mode, p->assigned_ctx[1], p->assigned_ctx[0], tt, did, p->pid);
+	if (p->dev_owned || d->owner_pid)
+		return FAIL("vblk %s: the device is still owned after exit", mode);
+	if (virtio_status(d))
+		return FAIL("vblk %s: device status 0x%x after exit, want 0 (reset)", mode,
+			    virtio_status(d));
+	tt = (e[0] >> 2) & 3;
+	did = (e[1] >> 8) & 0xFFFF;
+	if (!(e[0] & 1) || did != 1 || (ECAP_PT(iommu.ecap) ? tt != TT_PASSTHROUGH : tt != TT_UNTRANSLATED))
+		return FAIL("vblk %s: context entry 0x%lx:%lx after exit is not pass-through", mode,
+			    e[1], e[0]);
+	return NULL;
+}
+
+static const char *test_user_vblk(void)
+{
+	struct virtio_dev *d = NULL;
+	for (int i = 0; (d = virtio_get(VIRTIO_ID_BLOCK, i)); i++)
+		if (d->transport == VIRTIO_PCI && d->pci->device == 0x1042 && !d->err)
+			break;
+	if (!d)
+		return SKIP("no modern virtio-blk PCI device (1af4:1042)");
+	const char *err = iommu_probe();
+	if (err)
+		return SKIP("no IOMMU: %s", err);
+	if ((err = iommu_enable()))
+		return FAIL("enabling translation: %s", err);
+	if (!iommu_covers(d->pci->bus, d->pci->dev, d->pci->fn))
+		return SKIP("%s is not in the DRHD's device scope", d->where);
+	long before = frames_available();
+
+	/* Write, flush, read back, restore, from ring 3; release. */
+	struct proc *p;
+	int st = run_vblk("rw", &p);
+	if (st == -1000)
+		return st_why;
+	err = st ? FAIL("vblk rw: exit status %d (a check in user/vblk.c)", st) : vblk_after(d, p, "rw");
+	proc_free(p);
+	if (err)
+		return err;
+
+	/* A read into an IOVA it never mapped: fails, and the IOMMU records it. */
+	unsigned nf = iommu.nfaults;
+	iommu.quiet = true;
+	st = run_vblk("fault", &p);
+	if (st == -1000) {
+		iommu.quiet = false;
+		return st_why;
+	}
+	uint64_t end = tsc_deadline_us(500000);
+	while (iommu.nfaults == nf && !tsc_passed(end))
+		udelay(20);
+	iommu.quiet = false;
+	err = st ? FAIL("vblk fault: exit status %d (a check in user/vblk.c)", st) :
+	      vblk_after(d, p, "fault");
+	proc_free(p);
+	if (err)
+		return err;
+	if (iommu.nfaults == nf)
+		return FAIL("no DMAR fault recorded for the device's DMA to 0x%llx", FAULT_IOVA);
+	kprintf("user-vblk: ");
+	iommu_print_faults();
+	bool seen = false;
+	for (unsigned i = nf; i < iommu.nfaults; i++) {
+		const struct iommu_fault *f = &iommu.faults[i % IOMMU_FAULT_LOG];
+		seen |= f->sid == pci_sid(d->pci) && f->addr == FAULT_IOVA;
+	}
+	if (!seen)
+		return FAIL("no fault by %s at 0x%llx among the %u recorded", d->where, FAULT_IOVA,
+			    iommu.nfaults - nf);
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+
+	/* The kernel's driver has the device again: it sets it up anew. */
+	if ((err = blk_test_one(d))) {
+		char why[sizeof(st_why)];
+		strlcpy(why, err, sizeof(why));
+		return FAIL("the kernel's driver after the process: %s", why);
+	}
+	return NULL;
+}
+
 const struct selftest virtio_tests[] = {
 	{ "virtio-blk", test_virtio_blk, true },
 	{ "virtio-console", test_virtio_console, true },
 	{ "virtio-rng", test_virtio_rng, true },
+	{ "user-vblk", test_user_vblk, false },
 };
 const size_t virtio_ntests = ARRAY_SIZE(virtio_tests);

@@ -6,6 +6,9 @@
 #include "iommu.h"
 #include "uapi.h"
 
+struct pci_dev;
+struct virtio_dev;
+
 /* Kernel context (callee-saved registers), for switching between the
  * core's scheduler context and a process's kernel stack. */
 struct kctx { uint64_t rbx, rbp, r12, r13, r14, r15, rsp, rip; };
@@ -38,11 +41,13 @@ struct proc {
 	bool detached;                  /* spawn: the core frees it when it ends */
 	bool quiet;                     /* no "exited" line (self-tests print their own) */
 	uint8_t *kstack;
-	/* Device assignment (assign/release): the edu device through VT-d. */
+	/* Device assignment (assign/release): the edu or a virtio-pci device through VT-d. */
 	bool dev_owned;
 	uint16_t dev_sid;               /* bus << 8 | devfn */
+	struct pci_dev *dev_pci;
+	struct virtio_dev *dev_virtio;  /* a virtio device taken from the kernel's driver */
 	struct iodomain iodom;          /* tables from user frames; did = pid */
-	uint64_t bar_va, bar_pages;     /* BAR0 in the process (uncached) */
+	uint64_t bar_va, bar_pages;     /* its BARs in the process (uncached), back to back */
 	uint64_t assigned_ctx[2];       /* the context entry written at assign (self-tests) */
 	unsigned iotlb_page_invs;       /* page-selective IOTLB invalidations by munmap */
 };

@@ -1,7 +1,8 @@
 /* The interface between the kernel and its user programs: the one list of
  * system call numbers and user addresses both sides compile against
- * (include/proc.h in the kernel, user/ulib.h in user programs). Plain
- * #defines only: it is built freestanding on both sides. */
+ * (include/proc.h in the kernel, user/ulib.h in user programs). #defines
+ * and fixed-width structs only (both sides have <stdint.h>): it is built
+ * freestanding on both sides. */
 #ifndef UAPI_H
 #define UAPI_H
 
@@ -24,11 +25,27 @@
 #define SYS_NRUNNING    7
 #define SYS_IOPERM      8
 #define SYS_TSC_KHZ     9
-#define SYS_ASSIGN      10      /* assign(bdf): the device to this process; BAR0's user VA */
+#define SYS_ASSIGN      10      /* assign(sel, info): the device to this process; its BARs' user VA */
 #define SYS_RELEASE     11      /* release(): the device back to pass-through */
 #define NSYSCALLS       12
 
-#define ASSIGN_EDU      0xFFFF  /* assign()'s bdf for "the edu device, wherever it is" */
+/* assign()'s device selector: a bdf (bus << 8 | dev << 3 | fn), or one of */
+#define ASSIGN_EDU      0xFFFF  /* the edu device, wherever it is */
+#define ASSIGN_PCI_ID(vendor, device) (1ULL << 32 | (uint64_t)(vendor) << 16 | (device))
+#define ASSIGN_VIRTIO_BLK ASSIGN_PCI_ID(0x1AF4, 0x1042)   /* the first modern virtio-blk */
+
+/* What assign() tells the owner of a modern virtio-pci device (its second
+ * argument, required for one): the BARs that hold the virtio structures
+ * are mapped back to back, uncached, from the address assign() returned;
+ * each structure is at an offset from there. */
+struct assign_virtio {
+	uint32_t common, notify, isr, device;   /* offsets of the four structures */
+	uint32_t common_len, notify_len, isr_len, device_len;
+	uint32_t notify_off_multiplier;         /* queue q notifies at notify + q's off * this */
+	uint32_t map_len;                       /* bytes mapped */
+	uint16_t bdf, pci_device;               /* which function (vendor 0x1af4) */
+	uint32_t rsvd;
+};
 
 /* A device assigned to a process sees the process's mmap area: IOVA = user
  * virtual address - USER_DMA_BASE, for the first USER_DMA_SIZE bytes (the

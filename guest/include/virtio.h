@@ -3,24 +3,7 @@
 #define VIRTIO_H
 #include "types.h"
 #include "pci.h"
-
-#define VIRTIO_ID_NET       1
-#define VIRTIO_ID_BLOCK     2
-#define VIRTIO_ID_CONSOLE   3
-#define VIRTIO_ID_RNG       4
-
-#define VIRTIO_F_VERSION_1          (1ULL << 32)
-#define VIRTIO_F_ACCESS_PLATFORM    (1ULL << 33)
-#define VIRTIO_BLK_F_RO             (1ULL << 5)
-#define VIRTIO_BLK_F_BLK_SIZE       (1ULL << 6)
-#define VIRTIO_BLK_F_FLUSH          (1ULL << 9)
-
-#define VIRTIO_STATUS_ACK           1
-#define VIRTIO_STATUS_DRIVER        2
-#define VIRTIO_STATUS_DRIVER_OK     4
-#define VIRTIO_STATUS_FEATURES_OK   8
-#define VIRTIO_STATUS_NEEDS_RESET   64
-#define VIRTIO_STATUS_FAILED        128
+#include "virtio_spec.h"         /* IDs, feature and status bits, register layouts */
 
 enum virtio_transport { VIRTIO_PCI, VIRTIO_MMIO };
 
@@ -51,6 +34,7 @@ struct virtio_dev {
 	struct pci_dev *pci;
 	uintptr_t common, isr, devcfg, notify_base;
 	uint32_t notify_mult;
+	struct { uint8_t bar; uint32_t off, len; } cap[VPCI_CAP_DEVICE + 1];    /* by kind */
 	/* MMIO */
 	uintptr_t mmio;
 	uint32_t mmio_version;          /* 1 legacy, 2 modern */
@@ -59,6 +43,7 @@ struct virtio_dev {
 	bool ready;
 	const char *err;                /* why initialisation failed */
 	void *scratch;                  /* a page for request headers */
+	int owner_pid;                  /* a process owns it (assign): the driver keeps off */
 };
 
 extern struct virtio_dev virtio_devs[VIRTIO_MAX_DEVS];
@@ -74,6 +59,14 @@ struct virtio_dev *virtio_get(uint32_t type, int nth);
  * ACCESS_PLATFORM), set up nq queues, DRIVER_OK.  NULL or why not. */
 const char *virtio_init(struct virtio_dev *d, uint64_t want, int nq);
 const char *virtio_type_name(uint32_t type);
+
+/* Device reset: status 0, then until it reads 0 (false if it never does). */
+bool virtio_reset(struct virtio_dev *d);
+/* Device assignment (user.c): keep the driver off the device (virtio_init
+ * refuses) while process pid owns it, and reset it; false when it did not
+ * reset or does not offer VIRTIO_F_ACCESS_PLATFORM.  The owner resets it and
+ * clears owner_pid when it lets go; the next virtio_init sets it up anew. */
+bool virtio_give(struct virtio_dev *d, int pid);
 
 /* Device-specific configuration space. */
 uint8_t virtio_cfg8(struct virtio_dev *d, unsigned off);

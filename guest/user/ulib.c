@@ -18,6 +18,10 @@ int nrunning(void) { return __syscall(SYS_NRUNNING, 0, 0, 0); }
 int ioperm(unsigned port, unsigned n, int on) { return __syscall(SYS_IOPERM, port, n, on); }
 uint64_t tsc_khz(void) { return __syscall(SYS_TSC_KHZ, 0, 0, 0); }
 volatile void *assign(unsigned bdf) { return (volatile void *)__syscall(SYS_ASSIGN, bdf, 0, 0); }
+volatile void *assign_dev(uint64_t sel, struct assign_virtio *info)
+{
+	return (volatile void *)__syscall(SYS_ASSIGN, sel, (long)info, 0);
+}
 int release(void) { return __syscall(SYS_RELEASE, 0, 0, 0); }
 
 void *memcpy(void *d, const void *s, size_t n)

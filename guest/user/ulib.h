@@ -33,6 +33,10 @@ uint64_t tsc_khz(void);
  * addresses minus USER_DMA_BASE (VT-d domain = pid). */
 volatile void *assign(unsigned bdf);
 static inline uint64_t iova_of(const void *p) { return (uint64_t)p - USER_DMA_BASE; }
+/* Any device the kernel gives: sel is a bdf or ASSIGN_* (ASSIGN_VIRTIO_BLK);
+ * a virtio-pci device fills *info (where its structures are in the mapping
+ * returned). */
+volatile void *assign_dev(uint64_t sel, struct assign_virtio *info);
 int release(void);
 
 static inline uint64_t rdtsc(void)
