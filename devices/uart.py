@@ -10,11 +10,19 @@ Thread model: vCPU threads call read()/write(); an input thread calls
 receive(). Register state is guarded by one lock; the output device is
 written outside it (under a transmit-only lock that keeps bytes in order),
 so a blocking output never stalls receive().
+
+A transmit shortcut (vmm.fastpath.SerialShortcut: THR writes and LSR reads
+completed in C) can be attached: the model tells it, after every change,
+whether a THR write may bypass the model (DLAB clear, no loopback, no THRE
+interrupt enabled) and which LSR value a read may be answered with (only
+while reading it has no side effect), and flushes the bytes it buffered
+before any byte of its own, so the output keeps the guest's order.
 """
 from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Protocol
 
 # Register offsets from the base port. DLL/DLM replace RBR/THR and IER
 # while LCR.DLAB is set; IIR is read-only and FCR write-only at offset 2.
@@ -91,6 +99,11 @@ DEFAULT_BACKLOG = 4096
 HOST_MODEM_LINES = MSR_CTS | MSR_DSR | MSR_DCD
 
 
+class TxShortcut(Protocol):
+    def publish(self, tx_ok: bool, lsr: int) -> None: ...
+    def take(self) -> bytes: ...
+
+
 class Uart16550:
     """COM port: register file on the port bus, bytes out to `output`, in via receive().
 
@@ -109,6 +122,8 @@ class Uart16550:
         self.tx_bytes = 0           # bytes written to THR (sent or looped back)
         self.rx_bytes = 0           # bytes that entered the receiver FIFO
         self.rx_dropped = 0         # bytes lost to overrun
+        self._shortcut: TxShortcut | None = None
+        self._published: tuple[bool, int] | None = None
         self._power_on()
 
     def _power_on(self) -> None:
@@ -133,6 +148,40 @@ class Uart16550:
         with self._lock:
             self._power_on()
             self._update_irq()
+            self._publish()
+
+    def attach_shortcut(self, shortcut: TxShortcut) -> None:
+        with self._lock:
+            self._shortcut = shortcut
+            self._published = None
+            self._publish()
+
+    def flush_shortcut(self) -> None:
+        """Send what the shortcut buffered; its thread calls this, and so does shutdown."""
+        with self._tx_lock:
+            self._flush_shortcut_locked()
+
+    def _flush_shortcut_locked(self) -> None:
+        """Caller holds _tx_lock."""
+        if self._shortcut is None:
+            return
+        data = self._shortcut.take()
+        if data:
+            with self._lock:
+                self.tx_bytes += len(data)
+            if self.output is not None:
+                self.output.write(data)
+
+    def _publish(self) -> None:
+        """Caller holds _lock: tell the shortcut what it may do now."""
+        if self._shortcut is None:
+            return
+        tx_ok = not (self._lcr & LCR_DLAB or self._mcr & MCR_LOOP or self._ier & IER_ETBEI)
+        quiet = not self._rx and not self._lsr_errors
+        state = (tx_ok, LSR_THRE | LSR_TEMT if quiet else 0)
+        if state != self._published:
+            self._published = state
+            self._shortcut.publish(*state)
 
     # -- bus interface ----------------------------------------------------
 
@@ -151,28 +200,34 @@ class Uart16550:
         if reg >= REGISTER_COUNT:
             return 0xFF
         with self._lock:
-            dlab = self._lcr & LCR_DLAB
-            if reg == RBR:
-                return self._dll if dlab else self._read_rbr()
-            if reg == IER:
-                return self._dlm if dlab else self._ier
-            if reg == IIR:
-                return self._read_iir()
-            if reg == LCR:
-                return self._lcr
-            if reg == MCR:
-                return self._mcr
-            if reg == LSR:
-                return self._read_lsr()
-            if reg == MSR:
-                return self._read_msr()
-            return self._scr
+            value = self._read_register(reg)
+            self._publish()
+            return value
+
+    def _read_register(self, reg: int) -> int:
+        dlab = self._lcr & LCR_DLAB
+        if reg == RBR:
+            return self._dll if dlab else self._read_rbr()
+        if reg == IER:
+            return self._dlm if dlab else self._ier
+        if reg == IIR:
+            return self._read_iir()
+        if reg == LCR:
+            return self._lcr
+        if reg == MCR:
+            return self._mcr
+        if reg == LSR:
+            return self._read_lsr()
+        if reg == MSR:
+            return self._read_msr()
+        return self._scr
 
     def _write_byte(self, reg: int, value: int) -> None:
         with self._lock:
             transmit = reg == THR and not self._lcr & LCR_DLAB
             if not transmit:
                 self._write_register(reg, value)
+                self._publish()
         if transmit:
             self._transmit(value)   # takes the locks itself; output may block
 
@@ -293,6 +348,7 @@ class Uart16550:
 
     def _transmit(self, byte: int) -> None:
         with self._tx_lock:
+            self._flush_shortcut_locked()
             with self._lock:
                 # Writing THR clears THRE; the byte leaves at once, so THR is
                 # empty again and THRE re-asserts. Dropping the line in between
@@ -305,6 +361,7 @@ class Uart16550:
                     self._receive_locked(bytes((byte,)), via_backlog=False)
                 self._thre_pending = True
                 self._update_irq()
+                self._publish()
             if not looped and self.output is not None:
                 self.output.write(bytes((byte,)))
 
@@ -313,6 +370,7 @@ class Uart16550:
         with self._lock:
             kept = self._receive_locked(bytes(data), via_backlog=True)
             self._update_irq()
+            self._publish()
             return kept
 
     def _receive_locked(self, data: bytes, via_backlog: bool) -> int:

@@ -33,7 +33,8 @@ class ExitCode(enum.IntEnum):
 
 @dataclass
 class VcpuStats:
-    exits: dict[str, int] = field(default_factory=dict)
+    exits: dict[str, int] = field(default_factory=dict)   # handled in Python, by kind
+    fast_exits: object = None     # unsigned long long[1]: completed in C (vmm/native)
 
     def count(self, reason: str) -> None:
         self.exits[reason] = self.exits.get(reason, 0) + 1
@@ -139,7 +140,7 @@ class VcpuThread(threading.Thread):
         self.stop = stop                  # stop(ExitCode, message)
         self.completer = completer        # finishes instructions KVM gave up on, or None
         self.completion_report: str | None = None   # why the completer could not (vmm.complete)
-        self.stats = VcpuStats()
+        self.stats = VcpuStats(fast_exits=ffi.new("unsigned long long[1]"))
         self.stopping = False
         self.fastpath = fastpath          # vmm.fastpath.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
@@ -165,7 +166,7 @@ class VcpuThread(threading.Thread):
         run = self.vcpu.kvm_run
         fd, fast = self.vcpu.fd, self.fastpath.handle
         while not self.stopping:
-            reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast)
+            reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
             if reason < 0:
                 if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
                     continue

@@ -22,7 +22,7 @@ from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
 from vmm.config import ConfigError, MachineConfig
-from vmm.fastpath import FastPath
+from vmm.fastpath import FastPath, SerialShortcut
 from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
 from vmm.irq import KvmIrqLine
 from vmm.memory import GuestMemory, PCI_HOLE_START
@@ -143,7 +143,7 @@ class Machine:
             m._write_tables()
             m._load_kernel(image)
         except BaseException:
-            m.serial.close()
+            m._close_serial()
             m._close_virtio()
             raise
         return m
@@ -182,6 +182,8 @@ class Machine:
         pio = self.pio_bus
         self.uart = Uart16550(KvmIrqLine(self.vm, COM1_IRQ), self.serial)
         pio.register(COM1_PORT, 8, self.uart, "com1")
+        self.serial_shortcut = SerialShortcut(self.fastpath, COM1_PORT)
+        self.uart.attach_shortcut(self.serial_shortcut)
         self.debug_port = DebugPort()
         self.debug_port.register(pio)
         self.i8042 = I8042(reset=self._guest_reset)
@@ -305,6 +307,7 @@ class Machine:
         lib.akvm_install_kick_signal(KICK_SIGNAL)
         self.serial.start(self.uart.receive,
                           on_quit=lambda: self.stop(ExitCode.POWEROFF, "quit (Ctrl-A x)"))
+        self.serial_shortcut.start(self.uart.flush_shortcut)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signo, _: self.stop(
@@ -320,9 +323,17 @@ class Machine:
             self.stop(ExitCode.POWEROFF, "interrupted")
         for t in self.vcpus:
             t.join(timeout=2.0)
-        self.serial.close()
+        self._close_serial()
         self._close_virtio()
         return self.result
+
+    def _close_serial(self) -> None:
+        """Stop the C transmit path, send what it still holds, close the console."""
+        shortcut = getattr(self, "serial_shortcut", None)
+        if shortcut is not None:
+            shortcut.close()
+            self.uart.flush_shortcut()
+        self.serial.close()
 
     def _close_virtio(self) -> None:
         for device in self.virtio_devices:
@@ -333,7 +344,10 @@ class Machine:
     def format_stats(self) -> str:
         lines = ["akvm statistics:"]
         for t in self.vcpus:
-            exits = ", ".join(f"{k} {v}" for k, v in sorted(t.stats.exits.items())) or "none"
+            exits = [f"{k} {v}" for k, v in sorted(t.stats.exits.items())]
+            if t.stats.fast_exits[0]:
+                exits.append(f"{t.stats.fast_exits[0]} completed in C")
+            exits = ", ".join(exits) or "none"
             lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
         fast = self.fastpath.stats()
         lines.append(f"  completed in C: {fast['fast_exits']} exits, "
@@ -342,7 +356,9 @@ class Machine:
             lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
                          f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
                          f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
-        lines.append(f"  com1: {self.uart.tx_bytes} bytes out, {self.uart.rx_bytes} bytes in")
+        sc = self.serial_shortcut.stats()
+        lines.append(f"  com1: {self.uart.tx_bytes} bytes out ({sc['tx_bytes']} through C), "
+                     f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C")
         lines.append(f"  {self.completer.format_stats()}")
         for device in self.virtio_devices:
             sent, by_irqfd = device.transport.interrupt_counts()

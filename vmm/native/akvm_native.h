@@ -29,13 +29,35 @@ struct akvm_fast_stats {
 };
 void akvm_fastpath_stats(struct akvm_fastpath *fp, struct akvm_fast_stats *out);
 
+/* COM1 in C (serial.c): THR writes buffered while the UART model says
+ * that is safe (tx_ok), LSR reads answered with the value it published
+ * (0: ask Python). The buffer's first byte writes 1 to the eventfd efd;
+ * akvm_serial_take() empties it in order. devices.uart is the twin. */
+#define AKVM_SERIAL_BUF 4096
+struct akvm_serial;
+struct akvm_serial_stats {
+	unsigned long long tx_bytes;	/* THR writes buffered here */
+	unsigned long long lsr_reads;	/* LSR reads answered here */
+};
+struct akvm_serial *akvm_serial_new(unsigned int port, int efd);
+void akvm_serial_free(struct akvm_serial *s);
+void akvm_serial_publish(struct akvm_serial *s, int tx_ok, unsigned int lsr);
+unsigned int akvm_serial_take(struct akvm_serial *s, unsigned char *out, unsigned int max);
+void akvm_serial_stats(struct akvm_serial *s, struct akvm_serial_stats *out);
+/* 1 when the exit was completed, 0 when it belongs to Python. */
+int akvm_serial_complete(struct akvm_serial *s, void *kvm_run);
+/* Let the fast path complete COM1 exits through s (NULL: stop). */
+void akvm_fastpath_set_serial(struct akvm_fastpath *fp, struct akvm_serial *s);
+
 /* Complete the exit described by kvm_run if the fast path owns it: 1 when
  * done, 0 when it belongs to Python. */
 int akvm_fastpath_complete(struct akvm_fastpath *fp, void *kvm_run);
 
 /* Run the vCPU until an exit C does not complete: returns its exit reason,
- * or -errno when KVM_RUN failed (-EINTR after a kick). */
-int akvm_vcpu_loop(int vcpu_fd, void *kvm_run, struct akvm_fastpath *fp);
+ * or -errno when KVM_RUN failed (-EINTR after a kick). *fast_exits counts
+ * this vCPU's exits completed here. */
+int akvm_vcpu_loop(int vcpu_fd, void *kvm_run, struct akvm_fastpath *fp,
+		   unsigned long long *fast_exits);
 
 /* Split virtqueues (virtq.c): walk the descriptor chain that starts at
  * `head` of the table at guest-physical `desc` (`size` entries), reading

@@ -1,4 +1,5 @@
-/* Exits completed in C: unclaimed bus accesses and the debug port.
+/* Exits completed in C: unclaimed bus accesses, the debug port, and COM1's
+ * transmit and line status when serial.c is attached.
  *
  * A guest that pokes a port nothing decodes, or the POST-code port in a
  * benchmark loop, should cost one KVM_RUN round trip, not a trip through
@@ -25,6 +26,7 @@ struct akvm_fastpath {
 	pthread_mutex_t lock;		/* guards tables and stats */
 	struct range_table bus[NBUS];
 	unsigned int debug_port;
+	struct akvm_serial *serial;	/* COM1 in C (serial.c), or NULL */
 	struct akvm_fast_stats stats;
 };
 
@@ -73,6 +75,13 @@ int akvm_fastpath_set_ranges(struct akvm_fastpath *fp, int bus,
 	return 0;
 }
 
+void akvm_fastpath_set_serial(struct akvm_fastpath *fp, struct akvm_serial *s)
+{
+	pthread_mutex_lock(&fp->lock);
+	fp->serial = s;
+	pthread_mutex_unlock(&fp->lock);
+}
+
 void akvm_fastpath_stats(struct akvm_fastpath *fp, struct akvm_fast_stats *out)
 {
 	pthread_mutex_lock(&fp->lock);
@@ -106,7 +115,9 @@ int akvm_fastpath_complete(struct akvm_fastpath *fp, void *kvm_run)
 		unsigned char *data = (unsigned char *)run + run->io.data_offset;
 		int out = run->io.direction == KVM_EXIT_IO_OUT;
 
-		if (port == fp->debug_port && size == 1 && run->io.count == 1) {
+		if (fp->serial && akvm_serial_complete(fp->serial, run)) {
+			done = 1;
+		} else if (port == fp->debug_port && size == 1 && run->io.count == 1) {
 			if (out) {
 				fp->stats.debug_last = data[0];
 				fp->stats.debug_writes++;
@@ -140,7 +151,8 @@ int akvm_fastpath_complete(struct akvm_fastpath *fp, void *kvm_run)
 	return done;
 }
 
-int akvm_vcpu_loop(int vcpu_fd, void *kvm_run, struct akvm_fastpath *fp)
+int akvm_vcpu_loop(int vcpu_fd, void *kvm_run, struct akvm_fastpath *fp,
+		   unsigned long long *fast_exits)
 {
 	struct kvm_run *run = kvm_run;
 
@@ -149,5 +161,6 @@ int akvm_vcpu_loop(int vcpu_fd, void *kvm_run, struct akvm_fastpath *fp)
 			return -errno;
 		if (!akvm_fastpath_complete(fp, run))
 			return (int)run->exit_reason;
+		(*fast_exits)++;
 	}
 }
