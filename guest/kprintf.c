@@ -38,6 +38,24 @@ static inline void put(struct sink *s, char c)
 	s->total++;
 }
 
+/* n bytes at once: a block copy, not a call per byte. */
+static void put_run(struct sink *s, const char *p, size_t n)
+{
+	s->total += n;
+	while (n) {
+		if (s->pos == s->cap) {
+			if (!s->console)
+				return;
+			flush(s);
+		}
+		size_t k = n < s->cap - s->pos ? n : s->cap - s->pos;
+		memcpy(s->buf + s->pos, p, k);
+		s->pos += k;
+		p += k;
+		n -= k;
+	}
+}
+
 static void put_padded(struct sink *s, const char *str, size_t len, int width, bool left, char pad)
 {
 	int fill = width > (int)len ? width - (int)len : 0;
@@ -49,8 +67,7 @@ static void put_padded(struct sink *s, const char *str, size_t len, int width, b
 	if (!left)
 		while (fill--> 0)
 			put(s, pad);
-	while (len--)
-		put(s, *str++);
+	put_run(s, str, len);
 	if (left)
 		while (fill-- > 0)
 			put(s, ' ');
@@ -59,9 +76,13 @@ static void put_padded(struct sink *s, const char *str, size_t len, int width, b
 static void format(struct sink *s, const char *fmt, va_list ap)
 {
 	char tmp[24];
+	const char *fend = fmt + strlen(fmt);
 	for (; *fmt; fmt++) {
 		if (*fmt != '%') {
-			put(s, *fmt);
+			const char *pct = memchr(fmt, '%', (size_t)(fend - fmt));
+			size_t run = pct ? (size_t)(pct - fmt) : (size_t)(fend - fmt);
+			put_run(s, fmt, run);
+			fmt += run - 1;
 			continue;
 		}
 		fmt++;
@@ -113,9 +134,13 @@ static void format(struct sink *s, const char *fmt, va_list ap)
 			const char *str = va_arg(ap, const char *);
 			if (!str)
 				str = "(null)";
-			size_t len = 0;
-			while (str[len] && (prec < 0 || (int)len < prec))
-				len++;
+			size_t len;
+			if (prec < 0) {
+				len = strlen(str);
+			} else {
+				for (len = 0; str[len] && (int)len < prec; len++)
+					;
+			}
 			put_padded(s, str, len, width, left, ' ');
 			continue;
 		}

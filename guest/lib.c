@@ -25,12 +25,25 @@ int memcmp(const void *a, const void *b, size_t n)
 	return 0;
 }
 
+/* String scans are one REPNE SCASB each: where ring 0 is emulated
+ * instruction by instruction that is far cheaper than a byte loop. */
+void *memchr(const void *s, int c, size_t n)
+{
+	const unsigned char *p = s;
+
+	if (!n)
+		return NULL;
+	asm volatile("repne scasb" : "+D"(p), "+c"(n) : "a"(c) : "cc", "memory");
+	return p[-1] == (unsigned char)c ? (void *)(p - 1) : NULL;  /* p: one past the last compared */
+}
+
 size_t strlen(const char *s)
 {
-	size_t n = 0;
-	while (s[n])
-		n++;
-	return n;
+	const char *p = s;
+	size_t n = (size_t)-1;
+
+	asm volatile("repne scasb" : "+D"(p), "+c"(n) : "a"(0) : "cc", "memory");
+	return (size_t)(p - 1 - s);
 }
 
 int strcmp(const char *a, const char *b)
