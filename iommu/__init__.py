@@ -13,11 +13,6 @@
 The machine builds one VtdIommu when asked, maps its registers at
 layout.VTD_BASE, describes it in a DMAR table (vmm/tables/dmar.py) and
 hands each PCI device a TranslatedDma; without an IOMMU devices get a
-DirectDma.
+DirectDma. Nothing is imported here: a machine without an IOMMU loads
+only dmaspace.
 """
-from iommu.dmaspace import DirectDma, DmaError, DmaSpace, TranslatedDma
-from iommu.translate import TranslationFault
-from iommu.vtd import VtdConfig, VtdIommu
-
-__all__ = ["DirectDma", "DmaError", "DmaSpace", "TranslatedDma", "TranslationFault",
-           "VtdConfig", "VtdIommu"]

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from vmm import __version__, guest_kernel
+from vmm import __version__
 from vmm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
                         parse_module)
 from vmm.cpu import ExitCode
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> MachineConfig:
     kernel = args.kernel
     if kernel is None:
+        from vmm import guest_kernel   # imported here: it needs subprocess, --kernel does not
         try:
             kernel = str(guest_kernel.build())
         except guest_kernel.GuestBuildError as e:

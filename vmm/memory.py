@@ -94,6 +94,19 @@ class GuestMemory:
     def write(self, gpa: int, data) -> None:
         self.view(gpa, len(data))[:] = data
 
+    def zero(self, gpa: int, length: int) -> None:
+        """Clear a range. Whole pages of mmap'd RAM are given back to the kernel
+        (MADV_DONTNEED: private anonymous memory reads as zeros afterwards),
+        which costs nothing until the guest touches them; the rest is written."""
+        slot, off = self._locate(gpa, length)
+        start, end = -(-off // mmap.PAGESIZE) * mmap.PAGESIZE, (off + length) // mmap.PAGESIZE * mmap.PAGESIZE
+        if isinstance(slot.buf, mmap.mmap) and start < end:
+            slot.buf.madvise(mmap.MADV_DONTNEED, start, end - start)
+            slot.view[off:start] = bytes(start - off)
+            slot.view[end:off + length] = bytes(off + length - end)
+        else:
+            slot.view[off:off + length] = bytes(length)
+
     def read_u32(self, gpa: int) -> int:
         return int.from_bytes(self.view(gpa, 4), "little")
 

@@ -56,3 +56,16 @@ def test_any_address_either_in_ram_or_refused(gpa, length):
     except GuestMemoryError:
         return
     assert 0x1000 <= gpa and gpa + length <= 0x3000 and len(view) == length
+
+
+@pytest.mark.parametrize("make", [GuestMemory.anonymous, GuestMemory.from_bytearray])
+@given(start=st.integers(0, 5 * 4096), length=st.integers(0, 5 * 4096))
+def test_zero_clears_exactly_the_range(make, start, length):
+    """Whole pages are dropped with MADV_DONTNEED on mmap'd RAM; bytes around them stay."""
+    mem = make(16 * 4096)
+    mem.write(0, b"\xAA" * (16 * 4096))
+    mem.zero(start, length)
+    assert mem.read(start, length) == bytes(length)
+    assert mem.read(0, start) == b"\xAA" * start
+    rest = 16 * 4096 - start - length
+    assert mem.read(start + length, rest) == b"\xAA" * rest

@@ -352,7 +352,7 @@ def load(image: MultibootImage, memory: GuestMemory, memory_map: list[MemoryRegi
     # Everything checked: write.
     for seg in image.segments:
         memory.write(seg.paddr, seg.data)
-        _zero(memory, seg.paddr + len(seg.data), seg.memsz - len(seg.data))
+        memory.zero(seg.paddr + len(seg.data), seg.memsz - len(seg.data))
     for (start, _), blob in zip(placed, mod_data):
         memory.write(start, blob)
 
@@ -375,14 +375,6 @@ def load(image: MultibootImage, memory: GuestMemory, memory_map: list[MemoryRegi
     for a, s in zip(string_addrs, mod_strings):
         memory.write(a, s)
     return BootState(entry=image.entry, eax=BOOTLOADER_MAGIC, ebx=INFO_ADDR, modules=placed)
-
-
-def _zero(memory: GuestMemory, addr: int, size: int) -> None:
-    """Clear the bss a chunk at a time: a big bss should not need as big a host buffer."""
-    chunk = bytes(min(size, 1 << 20))
-    for off in range(0, size, len(chunk) or 1):
-        n = min(len(chunk), size - off)
-        memory.write(addr + off, chunk[:n] if n < len(chunk) else chunk)
 
 
 def _lower_upper(avail) -> tuple[int, int]:

@@ -1,9 +1,6 @@
 """Firmware tables the guest finds in the BIOS area: ACPI and the Intel MP table.
 
-layout.py holds the physical layout they describe (and the e820 map).
+layout.py holds the physical layout they describe (and the e820 map);
+acpi.py, dmar.py and mptable.py build the tables with construct. Nothing
+is imported here, so that reading the layout does not load construct.
 """
-from vmm.tables.layout import MemoryRegion, memory_map
-from vmm.tables.acpi import AcpiTables, build_acpi
-from vmm.tables.mptable import MpTable, build_mptable
-
-__all__ = ["AcpiTables", "MemoryRegion", "MpTable", "build_acpi", "build_mptable", "memory_map"]
