@@ -18,7 +18,7 @@ from vmm.bus import Bus
 from vmm.native import ffi, lib
 
 PIO, MMIO = 0, 1
-COALESCE_S = 0.001     # console output may lag the guest by this much
+COALESCE_S = 0.0003    # console output may lag the guest by this much
 
 
 class FastPath:
