@@ -5,7 +5,9 @@ answer does not depend on a device model: accesses no range claims (as
 Bus does: reads all ones, writes dropped) and the port-0x80 debug port (as
 devices.debugport.DebugPort does). Everything claimed comes back to Python,
 except COM1's transmit and line-status reads while SerialShortcut is
-attached (vmm/native/serial.c; devices.uart decides when that is safe).
+attached (vmm/native/serial.c; devices.uart decides when that is safe), and
+PCI configuration accesses no function answers while PciConfShortcut is
+(vmm/native/pciconf.c; devices.pci.host tells it which functions exist).
 """
 from __future__ import annotations
 
@@ -103,3 +105,32 @@ class SerialShortcut:
         s = ffi.new("struct akvm_serial_stats *")
         lib.akvm_serial_stats(self.handle, s)
         return {"tx_bytes": s.tx_bytes, "lsr_reads": s.lsr_reads}
+
+
+class PciConfShortcut:
+    """PCI configuration accesses in C (vmm/native/pciconf.c): the 0xCF8 latch,
+    and CONFIG_DATA / ECAM accesses to functions not marked present."""
+
+    def __init__(self, fastpath: FastPath, ecam_base: int, ecam_size: int):
+        self.handle = ffi.gc(lib.akvm_pci_conf_new(ecam_base, ecam_size), lib.akvm_pci_conf_free)
+        if self.handle == ffi.NULL:
+            raise MemoryError("akvm_pci_conf_new")
+        self._fastpath = fastpath
+        lib.akvm_fastpath_set_pci_conf(fastpath.handle, self.handle)
+
+    @property
+    def latch(self) -> int:
+        return lib.akvm_pci_conf_latch(self.handle)
+
+    @latch.setter
+    def latch(self, value: int) -> None:
+        lib.akvm_pci_conf_set_latch(self.handle, value & 0xFFFFFFFF)
+
+    def set_present(self, bdf: int, present: bool) -> None:
+        lib.akvm_pci_conf_set_present(self.handle, bdf, int(present))
+
+    def stats(self) -> dict:
+        s = ffi.new("struct akvm_pci_conf_stats *")
+        lib.akvm_pci_conf_stats(self.handle, s)
+        return {"latch_accesses": s.latch_accesses, "absent_reads": s.absent_reads,
+                "absent_writes": s.absent_writes}

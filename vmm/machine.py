@@ -22,7 +22,7 @@ from vmm import kvm
 from vmm.boot import multiboot
 from vmm.bus import Bus
 from vmm.config import ConfigError, MachineConfig
-from vmm.fastpath import FastPath, SerialShortcut
+from vmm.fastpath import FastPath, PciConfShortcut, SerialShortcut
 from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
 from vmm.irq import KvmIrqLine
 from vmm.memory import GuestMemory, PCI_HOLE_START
@@ -233,6 +233,8 @@ class Machine:
         self.pio_bus.register(CONFIG_ADDRESS, 4, self.pci.config_address_port, "pci-config-address")
         self.pio_bus.register(CONFIG_DATA, 4, self.pci.config_data_port, "pci-config-data")
         self.mmio_bus.register(layout.ECAM_BASE, layout.ECAM_SIZE, self.pci.ecam, "pci-ecam")
+        self.pci_conf_shortcut = PciConfShortcut(self.fastpath, layout.ECAM_BASE, layout.ECAM_SIZE)
+        self.pci.attach_shortcut(self.pci_conf_shortcut)
         self.pci.add(PciHostBridge(), slot=0)
 
     def msi_irqfds(self):
@@ -356,6 +358,9 @@ class Machine:
             lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
                          f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
                          f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
+        pc = self.pci_conf_shortcut.stats()
+        lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
+                     f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
         sc = self.serial_shortcut.stats()
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out ({sc['tx_bytes']} through C), "
                      f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C")

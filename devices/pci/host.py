@@ -9,6 +9,8 @@ the CPU reaches configuration space, BAR placement and INTx wiring.
   reset control register lives).
 - ECAM (PCIe 7.2.2): 1 MiB per bus, 32 KiB per device, 4 KiB per function.
 - A function that is not there reads all ones and ignores writes.
+  `attach_shortcut()` hands the latch and those answers to C
+  (vmm.fastpath.PciConfShortcut): a bus scan then never enters Python.
 - The root plays firmware: it places BARs in the PCI windows, enables their
   decoding, and routes each INTx pin to an IOAPIC GSI (level, active high),
   recording the routes for the MP table / ACPI.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 from devices.pci.config import (
     COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, EXT_CONFIG_SPACE_SIZE, INTERRUPT_LINE,
@@ -118,6 +120,14 @@ class _IntxInput(IrqLine):
         self._shared.set(id(self), level)
 
 
+class ConfigShortcut(Protocol):
+    """The C side (vmm.fastpath.PciConfShortcut): holds the latch, and answers
+    configuration accesses to functions it was not told are present."""
+    latch: int
+
+    def set_present(self, bdf: int, present: bool) -> None: ...
+
+
 class ConfigAddressPort:
     """0xCF8-0xCFB: CONFIG_ADDRESS for dword accesses, ordinary I/O otherwise."""
 
@@ -216,7 +226,8 @@ class PciRoot:
         self.msi = msi
         self.dma = dma                      # requester id -> the DmaSpace of that function
         self.lock = threading.RLock()
-        self.config_address = 0             # the mechanism #1 latch
+        self._config_address = 0            # the mechanism #1 latch (unless a shortcut holds it)
+        self._shortcut: ConfigShortcut | None = None
         self.config_address_port = ConfigAddressPort(self)
         self.config_data_port = ConfigDataPort(self)
         self.ecam = EcamWindow(self)
@@ -227,6 +238,26 @@ class PciRoot:
         self._shared_intx: dict[int, _SharedIntx] = {}
         self._functions: dict[tuple[int, int, int], PciDevice] = {}
         self._routes: list[IntxRoute] = []
+
+    @property
+    def config_address(self) -> int:
+        return self._config_address if self._shortcut is None else self._shortcut.latch
+
+    @config_address.setter
+    def config_address(self, value: int) -> None:
+        if self._shortcut is None:
+            self._config_address = value
+        else:
+            self._shortcut.latch = value
+
+    def attach_shortcut(self, shortcut: "ConfigShortcut") -> None:
+        """Let `shortcut` hold the latch and answer for absent functions; it is
+        told of every function added."""
+        with self.lock:
+            shortcut.latch = self._config_address
+            for bdf in self._functions:
+                shortcut.set_present(bdf[0] << 8 | bdf[1] << 3 | bdf[2], True)
+            self._shortcut = shortcut
 
     # --- topology -------------------------------------------------------------
 
@@ -260,6 +291,8 @@ class PciRoot:
             dma = self.dma(slot << 3 | function) if self.dma is not None else None
             device.attach(address, self.pio_bus, self.mmio_bus, irq, self.msi, dma)
             self._functions[key] = device
+            if self._shortcut is not None:
+                self._shortcut.set_present(slot << 3 | function, True)
             self._update_multifunction(slot)
             if assign_bars:
                 self._assign_bars(device)

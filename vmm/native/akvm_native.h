@@ -46,6 +46,26 @@ unsigned int akvm_serial_take(struct akvm_serial *s, unsigned char *out, unsigne
 void akvm_serial_stats(struct akvm_serial *s, struct akvm_serial_stats *out);
 /* 1 when the exit was completed, 0 when it belongs to Python. */
 int akvm_serial_complete(struct akvm_serial *s, void *kvm_run);
+/* PCI configuration in C (pciconf.c): the mechanism #1 latch (0xCF8,
+ * dword accesses) and every CONFIG_DATA or ECAM access that reaches no
+ * function in the `present` bitmap (bit bus << 8 | device << 3 | function),
+ * as devices.pci.host.PciRoot answers them. */
+struct akvm_pci_conf;
+struct akvm_pci_conf_stats {
+	unsigned long long latch_accesses;
+	unsigned long long absent_reads;
+	unsigned long long absent_writes;
+};
+struct akvm_pci_conf *akvm_pci_conf_new(unsigned long long ecam_base, unsigned long long ecam_size);
+void akvm_pci_conf_free(struct akvm_pci_conf *c);
+void akvm_pci_conf_set_present(struct akvm_pci_conf *c, unsigned int bdf, int present);
+unsigned int akvm_pci_conf_latch(struct akvm_pci_conf *c);
+void akvm_pci_conf_set_latch(struct akvm_pci_conf *c, unsigned int value);
+void akvm_pci_conf_stats(struct akvm_pci_conf *c, struct akvm_pci_conf_stats *out);
+int akvm_pci_conf_complete(struct akvm_pci_conf *c, void *kvm_run);
+/* Let the fast path complete configuration exits through c (NULL: stop). */
+void akvm_fastpath_set_pci_conf(struct akvm_fastpath *fp, struct akvm_pci_conf *c);
+
 /* Let the fast path complete COM1 exits through s (NULL: stop). */
 void akvm_fastpath_set_serial(struct akvm_fastpath *fp, struct akvm_serial *s);
 

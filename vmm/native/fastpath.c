@@ -1,5 +1,6 @@
-/* Exits completed in C: unclaimed bus accesses, the debug port, and COM1's
- * transmit and line status when serial.c is attached.
+/* Exits completed in C: unclaimed bus accesses, the debug port, COM1's
+ * transmit and line status when serial.c is attached, and PCI configuration
+ * accesses no function answers when pciconf.c is.
  *
  * A guest that pokes a port nothing decodes, or the POST-code port in a
  * benchmark loop, should cost one KVM_RUN round trip, not a trip through
@@ -27,6 +28,7 @@ struct akvm_fastpath {
 	struct range_table bus[NBUS];
 	unsigned int debug_port;
 	struct akvm_serial *serial;	/* COM1 in C (serial.c), or NULL */
+	struct akvm_pci_conf *pci;	/* PCI configuration (pciconf.c), or NULL */
 	struct akvm_fast_stats stats;
 };
 
@@ -82,6 +84,13 @@ void akvm_fastpath_set_serial(struct akvm_fastpath *fp, struct akvm_serial *s)
 	pthread_mutex_unlock(&fp->lock);
 }
 
+void akvm_fastpath_set_pci_conf(struct akvm_fastpath *fp, struct akvm_pci_conf *c)
+{
+	pthread_mutex_lock(&fp->lock);
+	fp->pci = c;
+	pthread_mutex_unlock(&fp->lock);
+}
+
 void akvm_fastpath_stats(struct akvm_fastpath *fp, struct akvm_fast_stats *out)
 {
 	pthread_mutex_lock(&fp->lock);
@@ -110,7 +119,9 @@ int akvm_fastpath_complete(struct akvm_fastpath *fp, void *kvm_run)
 	int done = 0;
 
 	pthread_mutex_lock(&fp->lock);
-	if (run->exit_reason == KVM_EXIT_IO) {
+	if (fp->pci && akvm_pci_conf_complete(fp->pci, run)) {
+		done = 1;
+	} else if (run->exit_reason == KVM_EXIT_IO) {
 		unsigned int port = run->io.port, size = run->io.size;
 		unsigned char *data = (unsigned char *)run + run->io.data_offset;
 		int out = run->io.direction == KVM_EXIT_IO_OUT;
