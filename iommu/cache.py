@@ -16,6 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from iommu.translate import ContextEntry, Leaf, TranslationFault
+from vmm.native import ffi, lib
 
 LARGE_PAGE_SHIFTS = (12, 21, 30)
 
@@ -93,10 +94,11 @@ class ContextCache:
         return self._drop(lambda s, e: e.did != did or (s & ~ignore) != (sid & ~ignore))
 
 
-class Iotlb:
+class PyIotlb:
     """(domain, page) -> translation, for 4 KiB, 2 MiB and 1 GiB pages; bounded LRU.
 
     Statistics are kept per domain id: hits, misses, evictions, invalidated.
+    The Python twin of Iotlb, whose table is in C.
     """
 
     def __init__(self, capacity: int = 512):
@@ -186,3 +188,75 @@ class Iotlb:
             victims = [k for k in keys if k[2] << k[1] < end and start < (k[2] + 1) << k[1]]
         return self._remove(victims)
 
+
+class Iotlb:
+    """PyIotlb's interface and behaviour, with the table in C (vmm/native/iotlb.c).
+
+    C owns the keys, the hash, the LRU order and the invalidation walks; the
+    slots' contents (IotlbEntry or Negative) and the statistics stay here.
+    """
+
+    def __init__(self, capacity: int = 512):
+        self.capacity = max(1, capacity)
+        self._table = ffi.gc(lib.akvm_iotlb_new(self.capacity), lib.akvm_iotlb_free)
+        if self._table == ffi.NULL:
+            raise MemoryError("akvm_iotlb_new")
+        self._keys: list[tuple[int, int, int] | None] = [None] * self.capacity
+        self._values: list[IotlbEntry | Negative | None] = [None] * self.capacity
+        self._count = 0
+        self._evicted = ffi.new("int *")
+        self._slots = ffi.new("int[]", self.capacity)
+        self.domains: dict[int, DomainStats] = {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def stats(self, did: int) -> DomainStats:
+        s = self.domains.get(did)
+        if s is None:
+            s = self.domains[did] = DomainStats()
+        return s
+
+    def lookup(self, did: int, iova: int) -> IotlbEntry | Negative | None:
+        slot = lib.akvm_iotlb_lookup(self._table, did, iova)
+        if slot < 0:
+            self.stats(did).misses += 1
+            return None
+        self.stats(did).hits += 1
+        return self._values[slot]
+
+    def insert(self, did: int, iova: int, shift: int, entry: IotlbEntry | Negative) -> None:
+        slot = lib.akvm_iotlb_insert(self._table, did, iova, shift, self._evicted)
+        if slot < 0:
+            raise ValueError(f"IOTLB: no {shift}-bit pages")
+        victim = self._evicted[0]
+        if victim >= 0:
+            self.stats(self._keys[victim][0]).evictions += 1
+        elif self._keys[slot] is None:
+            self._count += 1
+        self._keys[slot] = (did, shift, iova >> shift)
+        self._values[slot] = entry
+
+    def entries(self) -> list[tuple[tuple[int, int, int], IotlbEntry | Negative]]:
+        n = lib.akvm_iotlb_order(self._table, self._slots, self.capacity)
+        return [(self._keys[i], self._values[i]) for i in self._slots[0:n]]
+
+    def _invalidate(self, granularity: int, did: int = 0, address: int = 0, mask: int = 0) -> int:
+        n = lib.akvm_iotlb_invalidate(self._table, granularity, did, address, mask,
+                                      self._slots, self.capacity)
+        for i in self._slots[0:n]:
+            self.stats(self._keys[i][0]).invalidated += 1
+            self._keys[i] = self._values[i] = None
+        self._count -= n
+        return n
+
+    def invalidate_all(self) -> int:
+        return self._invalidate(lib.AKVM_IOTLB_GLOBAL)
+
+    def invalidate_domain(self, did: int) -> int:
+        return self._invalidate(lib.AKVM_IOTLB_DOMAIN, did)
+
+    def invalidate_pages(self, did: int, address: int, address_mask: int) -> int:
+        """Page-selective: every entry of `did` overlapping the 2^AM naturally
+        aligned pages containing `address` (large pages included)."""
+        return self._invalidate(lib.AKVM_IOTLB_PAGE, did, address, address_mask)

@@ -133,3 +133,24 @@ int akvm_sl_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 		 unsigned long long table, unsigned int levels, unsigned int width,
 		 unsigned int haw, unsigned int large_pages,
 		 unsigned long long address, int write, struct akvm_sl_leaf *out);
+
+/* The IOTLB's table (iotlb.c): which (domain, page size, page number)
+ * entries exist, in which slot (0..capacity-1), in LRU order; the caller
+ * keeps what each slot holds. iommu.cache.PyIotlb is the Python twin.
+ * lookup() tries 4 KiB, 2 MiB then 1 GiB pages and returns a slot or -1;
+ * insert() returns the slot (and in *evicted the one it evicted, or -1);
+ * invalidate() writes the slots it emptied to removed[] and returns their
+ * number (-ENOSPC when max is too small); order() lists slots LRU first. */
+#define AKVM_IOTLB_GLOBAL 1
+#define AKVM_IOTLB_DOMAIN 2
+#define AKVM_IOTLB_PAGE 3
+struct akvm_iotlb;
+struct akvm_iotlb *akvm_iotlb_new(unsigned int capacity);
+void akvm_iotlb_free(struct akvm_iotlb *t);
+int akvm_iotlb_lookup(struct akvm_iotlb *t, unsigned int did, unsigned long long iova);
+int akvm_iotlb_insert(struct akvm_iotlb *t, unsigned int did, unsigned long long iova,
+		      unsigned int shift, int *evicted);
+int akvm_iotlb_invalidate(struct akvm_iotlb *t, int granularity, unsigned int did,
+			  unsigned long long address, unsigned int address_mask,
+			  int *removed, unsigned int max);
+int akvm_iotlb_order(const struct akvm_iotlb *t, int *out, unsigned int max);
