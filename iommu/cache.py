@@ -244,6 +244,16 @@ class Iotlb:
     def _invalidate(self, granularity: int, did: int = 0, address: int = 0, mask: int = 0) -> int:
         n = lib.akvm_iotlb_invalidate(self._table, granularity, did, address, mask,
                                       self._slots, self.capacity)
+        return self.drop_slots(n)
+
+    @property
+    def native(self):
+        """(the C table, a buffer of `capacity` slot numbers) for C code that
+        invalidates (vmm/native/qi.c); it must then call drop_slots()."""
+        return self._table, self._slots
+
+    def drop_slots(self, n: int) -> int:
+        """Forget the contents of the n slots C emptied (listed in the buffer)."""
         for i in self._slots[0:n]:
             self.stats(self._keys[i][0]).invalidated += 1
             self._keys[i] = self._values[i] = None

@@ -279,7 +279,7 @@ _U64 = 1 << 64
 _native_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _slots_of(memory: GuestMemory):
+def native_slots(memory: GuestMemory):
     """The cffi slot array for `memory` (rebuilt when a slot is added), or None when a
     slot has no writable host buffer to point C at."""
     cached = _native_slots.get(memory)
@@ -304,7 +304,7 @@ def walk_native(memory: GuestMemory, ctx: ContextEntry, address: int, write: boo
     if _lib is None or not (0 <= address < _U64 and 0 <= ctx.slptptr < _U64
                             and 0 <= params.haw and 0 <= ctx.width):
         return None
-    slots = _slots_of(memory)
+    slots = native_slots(memory)
     if slots is None:
         return None
     out = _ffi.new("struct akvm_sl_leaf *")

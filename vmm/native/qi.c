@@ -1,0 +1,106 @@
+/* Queued invalidation's common case in C: IOTLB and wait descriptors.
+ *
+ * Akaros flushes a domain's IOTLB on every TLB shootdown, and batches page
+ * descriptors before one wait. This walks the invalidation queue from head
+ * to tail, doing IOTLB descriptors on the C table (iotlb.c) and wait
+ * descriptors that only write a status, and stops at the first descriptor
+ * it does not own: context-cache, device-TLB, interrupt-entry-cache, a wait
+ * that asks for an interrupt, anything malformed or unreadable. Python
+ * (iommu.invalidation) carries out that one, with its error handling, and
+ * calls here again; it is also the twin this file is tested against. */
+#include <string.h>
+
+#include "akvm_native.h"
+
+#define DESC_IOTLB 0x2
+#define DESC_WAIT 0x5
+#define WAIT_IF (1ULL << 4)
+#define WAIT_SW (1ULL << 5)
+#define G_PAGE 3
+#define AM_MASK 0x3FULL
+
+static unsigned long long bits(unsigned int hi, unsigned int lo)
+{
+	unsigned long long top = hi == 63 ? ~0ULL : (1ULL << (hi + 1)) - 1;
+	return top & ~((1ULL << lo) - 1);
+}
+
+static unsigned char *host(const struct akvm_mem_slot *slots, unsigned int nslots,
+			   unsigned long long gpa, unsigned long long len)
+{
+	for (unsigned int i = 0; i < nslots; i++)
+		if (gpa >= slots[i].gpa && gpa - slots[i].gpa <= slots[i].size &&
+		    len <= slots[i].size - (gpa - slots[i].gpa))
+			return slots[i].host + (gpa - slots[i].gpa);
+	return NULL;
+}
+
+/* 1 when done, 0 when Python must do it. */
+static int iotlb(struct akvm_iotlb *tlb, unsigned long long lo, unsigned long long hi,
+		 int psi, unsigned int mamv, int *removed, unsigned int room,
+		 struct akvm_qi_result *out)
+{
+	unsigned int g = (lo >> 4) & 3, did = (lo >> 16) & 0xFFFF, am = hi & AM_MASK;
+	int n;
+
+	if (lo & (bits(15, 8) | bits(63, 32)) || hi & bits(11, 7) || !g)
+		return 0;
+	if (g == G_PAGE && !psi)
+		g = AKVM_IOTLB_DOMAIN;
+	if (g == G_PAGE && am > mamv)
+		return 0;
+	n = akvm_iotlb_invalidate(tlb, (int)g, did, hi & ~0xFFFULL, am, removed, room);
+	if (n < 0)
+		return 0;	/* more entries than room: Python has the whole table */
+	out->removed += (unsigned int)n;
+	out->iotlb[g]++;
+	return 1;
+}
+
+static int wait(const struct akvm_mem_slot *slots, unsigned int nslots,
+		unsigned long long lo, unsigned long long hi, struct akvm_qi_result *out)
+{
+	unsigned char *status;
+	unsigned int value = (unsigned int)(lo >> 32);
+
+	if (lo & bits(31, 7) || hi & bits(1, 0) || lo & WAIT_IF)
+		return 0;
+	if (lo & WAIT_SW) {
+		status = host(slots, nslots, hi & ~3ULL, 4);
+		if (!status)
+			return 0;
+		memcpy(status, &value, 4);
+		out->waits_status++;
+	} else {
+		out->waits_none++;
+	}
+	return 1;
+}
+
+void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
+		     struct akvm_iotlb *tlb, unsigned long long base, unsigned int entries,
+		     unsigned int head, unsigned int tail, int psi, unsigned int mamv,
+		     int *removed, unsigned int max_removed, struct akvm_qi_result *out)
+{
+	memset(out, 0, sizeof(*out));
+	while (head != tail) {
+		const unsigned char *d = host(slots, nslots, base + 16ULL * head, 16);
+		unsigned long long lo, hi;
+		int done = 0;
+
+		if (!d)
+			break;
+		memcpy(&lo, d, 8);
+		memcpy(&hi, d + 8, 8);
+		if ((lo & 0xF) == DESC_IOTLB && !(lo & bits(11, 9)))
+			done = iotlb(tlb, lo, hi, psi, mamv, removed + out->removed,
+				     max_removed - out->removed, out);
+		else if ((lo & 0xF) == DESC_WAIT && !(lo & bits(11, 9)))
+			done = wait(slots, nslots, lo, hi, out);
+		if (!done)
+			break;
+		out->descriptors++;
+		head = (head + 1) % entries;
+	}
+	out->head = head;
+}
