@@ -6,6 +6,8 @@
 #include "selftest.h"
 #include "apic.h"
 #include "cpu.h"
+#include "edu.h"
+#include "iommu.h"
 #include "lib.h"
 #include "proc.h"
 #include "smp.h"
@@ -103,14 +105,13 @@ static bool bench_insn(void)
 	return true;
 }
 
-/* Ring-3 benchmarks: the ubench program times itself and prints BENCH lines. */
-static bool bench_user(char *what)
+/* Ring-3 benchmarks: the programs time themselves and print BENCH lines. */
+static bool bench_prog(int argc, char **argv)
 {
 	const char *err;
-	char *argv[] = { "ubench", what };
-	struct proc *p = proc_create("ubench", 2, argv, &err);
+	struct proc *p = proc_create(argv[0], argc, argv, &err);
 	if (!p) {
-		kprintf("BENCH user-%s skipped: %s\n", what, err);
+		kprintf("BENCH %s skipped: %s\n", argv[0], err);
 		return false;
 	}
 	int st = proc_run(p);
@@ -120,9 +121,38 @@ static bool bench_user(char *what)
 	return st == 0;
 }
 
+static bool bench_user(char *what)
+{
+	char *argv[] = { "ubench", what };
+	return bench_prog(2, argv);
+}
+
 static bool bench_user_pio(void) { return bench_user("pio"); }
 static bool bench_user_syscall(void) { return bench_user("syscall"); }
 static bool bench_user_loop(void) { return bench_user("loop"); }
+
+/* munmap by a process on 1, 2, ... cores (mcp bench): IPIs to its other
+ * cores and, when the edu is there behind VT-d, the IOTLB invalidation of
+ * the domain the process owns it through. */
+static bool bench_user_shootdown(void)
+{
+	bool edu_ok = !edu_probe() && !iommu_probe() &&
+		      iommu_covers(edu.pci->bus, edu.pci->dev, edu.pci->fn);
+	bool ok = true;
+	for (int n = 1; n <= ncpus && n <= 8; n++) {
+		char num[4] = { (char)('0' + n), 0 };
+		char *argv[] = { "mcp", "bench", num, "50", edu_ok ? "edu" : NULL };
+		ok &= bench_prog(edu_ok ? 5 : 4, argv);
+	}
+	return ok;
+}
+
+/* edu DMA from ring 3 with and without translation (edudma bench). */
+static bool bench_user_edu(void)
+{
+	char *argv[] = { "edudma", "bench" };
+	return bench_prog(2, argv);
+}
 
 struct bench {
 	const char *name;
@@ -145,6 +175,8 @@ static const struct bench benches[] = {
 	{ "user-pio", bench_user_pio },
 	{ "user-syscall", bench_user_syscall },
 	{ "user-loop", bench_user_loop },
+	{ "user-shootdown", bench_user_shootdown },
+	{ "user-edu", bench_user_edu },
 };
 
 int bench_main(int argc, char **argv)

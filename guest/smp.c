@@ -59,45 +59,86 @@ static void ipi_test_handler(struct trapframe *tf)
 	this_cpu()->ipi_count++;
 }
 
+/*
+ * TLB shootdown: one request at a time (shoot_lock), IPIs to the cores
+ * asked for, each invalidates the range in its handler and acknowledges;
+ * the sender waits for every acknowledgement.  Processes that span several
+ * cores (user.c) shoot only the other cores running them.
+ */
+#define SHOOT_MAX_PAGES 32      /* more than this: the whole (non-global) TLB */
+
 static volatile uintptr_t shoot_va;
+static volatile uint64_t shoot_pages;
 static volatile bool shoot_probe;
 static volatile int shoot_acks;
 static spinlock_t shoot_lock;
 
+static void flush_range(uintptr_t va, uint64_t pages)
+{
+	if (pages > SHOOT_MAX_PAGES) {
+		write_cr3(read_cr3());
+		return;
+	}
+	for (uint64_t i = 0; i < pages; i++)
+		invlpg(va + i * PAGE_SIZE);
+}
+
 static void shootdown_handler(struct trapframe *tf)
 {
 	struct cpu *c = this_cpu();
-	invlpg(shoot_va);
+	flush_range(shoot_va, shoot_pages);
 	if (shoot_probe)
 		c->probe_val = *(volatile uint64_t *)shoot_va;
 	c->shoot_count++;
 	__atomic_add_fetch(&shoot_acks, 1, __ATOMIC_RELEASE);
 }
 
-int tlb_shootdown(uintptr_t va, bool probe)
+/* The cores in mask (not this one) invalidate [va, va + pages); returns how
+ * many acknowledged within the timeout. */
+static int shoot(uint64_t mask, uintptr_t va, uint64_t pages, bool probe)
 {
 	struct cpu *self = this_cpu();
 	int sent = 0;
 
-	spin_lock(&shoot_lock);
+	/* Interrupts on between attempts: a core waiting for the lock must
+	 * still answer the IPIs of the one that holds it. */
+	while (!spin_trylock(&shoot_lock)) {
+		uint64_t f = read_rflags();
+		sti();
+		pause();
+		if (!(f & 0x200))
+			cli();
+	}
 	shoot_va = va;
+	shoot_pages = pages;
 	shoot_probe = probe;
-	shoot_acks = 0;
-	invlpg(va);
-	if (probe)
-		self->probe_val = *(volatile uint64_t *)va;
+	__atomic_store_n(&shoot_acks, 0, __ATOMIC_RELEASE);
 	for (int i = 0; i < MAX_CPUS; i++) {
-		if (&cpus[i] == self || !cpus[i].online)
+		if (!(mask & (1ULL << i)) || &cpus[i] == self || !cpus[i].online)
 			continue;
 		lapic_send_ipi(cpus[i].apic_id, VEC_SHOOTDOWN);
 		sent++;
 	}
-	uint64_t end = tsc_deadline_us(100000);
+	uint64_t end = sent ? tsc_deadline_us(1000000) : 0;
 	while (__atomic_load_n(&shoot_acks, __ATOMIC_ACQUIRE) < sent && !tsc_passed(end))
 		pause();
-	int acks = shoot_acks + 1;
+	int acks = __atomic_load_n(&shoot_acks, __ATOMIC_ACQUIRE);
 	spin_unlock(&shoot_lock);
 	return acks;
+}
+
+int tlb_shootdown(uintptr_t va, bool probe)
+{
+	struct cpu *self = this_cpu();
+	invlpg(va);
+	if (probe)
+		self->probe_val = *(volatile uint64_t *)va;
+	return shoot(~0ULL, va, 1, probe) + 1;
+}
+
+int tlb_shootdown_cores(uint64_t mask, uintptr_t va, uint64_t pages)
+{
+	return shoot(mask & ~(1ULL << this_cpu()->id), va, pages, false);
 }
 
 bool smp_ping(int i, uint64_t timeout_us)

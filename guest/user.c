@@ -10,12 +10,17 @@
  * - Programs are ELF64 executables embedded in the image (userprogs.S),
  *   loaded at USER_BASE; text is read-only.  8 stack pages below
  *   USER_STACK_TOP hold argc/argv.
- * - A process runs on one core until it exits or is killed: proc_run saves
- *   the core's kernel context, switches CR3 and the TSS's RSP0 to the
- *   process, and enters ring 3 with IRETQ; exit and fatal exceptions come
- *   back there with ctx_restore.  APs wait in proc_ap_idle for a process
- *   sent to them (`spawn`, `run -c`), so processes run on several cores at
- *   once.
+ * - A process starts on one core (proc_run) and may take idle APs as well
+ *   (core_request, Akaros's many-core processes): core_enter saves the
+ *   core's kernel context, switches CR3 and the TSS's RSP0 (the core's own
+ *   kernel stack) to the process, and enters ring 3 with IRETQ; leaving
+ *   (exit, a fatal exception, core_yield, or VEC_PROC_STOP when the process
+ *   ends on another core) comes back there with ctx_restore.  APs wait in
+ *   proc_ap_idle for a process sent to them (`spawn`, `run -c`) or for a
+ *   process that asked for a core.
+ * - munmap shoots down the TLBs of the process's other cores (IPIs,
+ *   acknowledged) and the IOTLB of the domain it owns devices through,
+ *   before the frames are freed (held back under `iommu noflush`).
  * - System calls: SYSCALL/SYSRETQ (userentry.S).  On kvm_pvm hosts SYSCALL
  *   from ring 3 jumps to LSTAR without leaving ring 3, which faults on the
  *   supervisor page; user_trap() recognises that #PF and runs the system
@@ -34,6 +39,7 @@
 #include "mm.h"
 #include "multiboot.h"
 #include "selftest.h"
+#include "smp.h"
 #include "timer.h"
 #include "trap.h"
 #include "virtio.h"
@@ -65,7 +71,15 @@ extern char _kernel_end[], syscall_entry[];
 
 static struct tss tss[MAX_CPUS] __attribute__((aligned(128)));
 static struct proc procs[PROC_MAX];
-static uint8_t kstacks[PROC_MAX][PROC_KSTACK] __attribute__((aligned(16)));
+/* A core runs one process at a time, and a process's kernel state does not
+ * outlive a trip through ring 0 on the core that took it: the stack ring 3
+ * enters ring 0 on belongs to the core. */
+static uint8_t core_kstacks[MAX_CPUS][PROC_KSTACK] __attribute__((aligned(16)));
+/* core_request -> proc_ap_idle: what an extra core of a process runs.  The
+ * requester reserves the core's job slot (CORE_RESERVED), fills this in,
+ * then stores the process in the slot. */
+#define CORE_RESERVED   ((struct proc *)1)
+static struct core_start { struct proc *p; uint64_t entry, sp, arg; } core_start[MAX_CPUS];
 static spinlock_t proc_lock;
 static int next_pid = 2;        /* pid = VT-d domain id of its devices; 1 is pass-through */
 uint64_t pvm_syscalls, sysret_syscalls;
@@ -73,8 +87,12 @@ bool iommu_noflush;
 static struct proc *dev_owner[PCI_MAX_DEVS];   /* by index in pci_devs[] */
 static spinlock_t assign_lock;
 static void dev_release(struct proc *p);
+static void proc_stop_ipi(struct trapframe *tf);
 static int io_map(struct proc *p, uint64_t va, uint64_t pte);
-static void io_unmap(struct proc *p, uint64_t va);
+static bool io_clear(struct proc *p, uint64_t va);
+static void io_flush(struct proc *p, const uint64_t *iovas, int n);
+static void quarantine_release(struct proc *p);
+static spinlock_t user_iommu_lock;     /* the VT-d driver is not reentrant */
 
 /* ---- per-core setup ---- */
 
@@ -98,6 +116,7 @@ void user_cpu_init(void)
 	wrmsr(MSR_FMASK, 0x44700);      /* TF, IF, DF, NT, AC cleared on entry */
 	wrmsr(MSR_KERNEL_GS_BASE, 0);   /* the user's GS base while in the kernel */
 	write_cr4(read_cr4() | 0x600);  /* OSFXSR, OSXMMEXCPT: user code may use SSE */
+	irq_register(VEC_PROC_STOP, proc_stop_ipi);
 }
 
 uint64_t tss_set_rsp0(uint64_t rsp0)
@@ -346,7 +365,6 @@ struct proc *proc_create(const char *prog, int argc, char **argv, const char **e
 			memset(p, 0, sizeof(*p));
 			p->state = P_READY;
 			p->pid = next_pid++;
-			p->kstack = kstacks[i];
 			break;
 		}
 	}
@@ -357,6 +375,7 @@ struct proc *proc_create(const char *prog, int argc, char **argv, const char **e
 	}
 	strlcpy(p->name, prog, sizeof(p->name));
 	p->kill_vector = -1;
+	p->kill_core = -1;
 	p->core = -1;
 	p->mmap_next = USER_MMAP_BASE;
 	memset(p->iobitmap, 0xFF, sizeof(p->iobitmap));
@@ -405,16 +424,23 @@ struct proc *proc_current(void)
 	return this_cpu()->cur;
 }
 
-/* Runs on this core; returns when the process exits or is killed. */
-int proc_run(struct proc *p)
+/*
+ * Entering and leaving a process on one core.  The caller has set this
+ * core's bit in p->cores; core_enter loads the process's CR3, RSP0 and I/O
+ * bitmap and IRETQs to ring 3 at rip (RDI, RSI as given).  It returns when
+ * this core leaves the process: exit, a fatal exception or core_yield on
+ * this core, or the process ending on another core (VEC_PROC_STOP, or the
+ * check at the end of a system call).  The bit is cleared last.
+ */
+static bool ap_idle[MAX_CPUS];          /* the core waits in proc_ap_idle */
+
+static void core_enter(struct proc *p, uint64_t rip, uint64_t rsp, uint64_t rdi, uint64_t rsi)
 {
 	struct cpu *c = this_cpu();
 	struct kctx ctx;
-	uint64_t f = irq_save();
-	uint64_t ktop = (uint64_t)(uintptr_t)(p->kstack + PROC_KSTACK);
+	uint64_t ktop = (uint64_t)(uintptr_t)(core_kstacks[c->id] + PROC_KSTACK);
+	int main_core = p->core;
 
-	p->core = c->id;
-	p->state = P_RUNNING;
 	c->cur = p;
 	c->sched_ctx = &ctx;
 	c->kstack_top = ktop;
@@ -422,27 +448,89 @@ int proc_run(struct proc *p)
 	if (p->iobitmap_used)
 		memcpy(c->tss->iomap, p->iobitmap, sizeof(p->iobitmap));
 	write_cr3(p->cr3);
-	if (ctx_save(&ctx) == 0) {
+	if (ctx_save(&ctx) == 0 && !__atomic_load_n(&p->dying, __ATOMIC_SEQ_CST)) {
 		struct trapframe *tf = (struct trapframe *)(ktop - sizeof(*tf));
 		memset(tf, 0, sizeof(*tf));
-		tf->rip = p->entry;
+		tf->rip = rip;
 		tf->cs = SEG_UCODE;
 		tf->rflags = RFLAGS_IF | 0x2;
-		tf->rsp = p->user_rsp;
+		tf->rsp = rsp;
 		tf->ss = SEG_UDATA;
-		tf->rdi = p->argc;
-		tf->rsi = p->argv;
+		tf->rdi = rdi;
+		tf->rsi = rsi;
 		user_enter(tf);
 	}
-	/* Back from proc_exit/proc_kill: interrupts off, kernel GS. */
+	/* Left (ctx_restore): interrupts off, kernel GS. */
 	write_cr3(KVA_TO_PA(boot_pml4));
-	if (p->dev_owned)
-		dev_release(p);         /* exit releases the device */
 	if (p->iobitmap_used)
 		memset(c->tss->iomap, 0xFF, sizeof(p->iobitmap));
 	tss_set_rsp0(old_rsp0);
 	c->cur = NULL;
 	c->sched_ctx = NULL;
+	uint64_t left = __atomic_and_fetch(&p->cores, ~(1ULL << c->id), __ATOMIC_SEQ_CST);
+	if (!left && main_core >= 0 && main_core != c->id)
+		lapic_send_ipi(cpus[main_core].apic_id, VEC_IPI_TEST);  /* wakes proc_run */
+}
+
+/* Take l, with interrupts on while waiting: the holder may be waiting
+ * for this core to acknowledge a shootdown. */
+static void lock_intr(spinlock_t *l)
+{
+	while (!spin_trylock(l)) {
+		uint64_t f = read_rflags();
+		sti();
+		pause();
+		if (!(f & RFLAGS_IF))
+			cli();
+	}
+}
+
+static NORETURN void core_leave(void)
+{
+	ctx_restore(this_cpu()->sched_ctx, 1);
+}
+
+/* The process ends: true for the first caller (who sets the status); the
+ * other cores in it are sent VEC_PROC_STOP. */
+static bool proc_end(struct proc *p)
+{
+	bool first = !__atomic_exchange_n(&p->dying, true, __ATOMIC_SEQ_CST);
+	uint64_t others = __atomic_load_n(&p->cores, __ATOMIC_SEQ_CST) & ~(1ULL << this_cpu()->id);
+	for (int i = 0; others && i < MAX_CPUS; i++)
+		if (others & (1ULL << i))
+			lapic_send_ipi(cpus[i].apic_id, VEC_PROC_STOP);
+	return first;
+}
+
+/* A core of a dying process in ring 3 leaves it here; one in ring 0 (a
+ * system call with interrupts on) leaves at the end of the call. */
+static void proc_stop_ipi(struct trapframe *tf)
+{
+	struct proc *p = this_cpu()->cur;
+	if (p && (tf->cs & 3) && __atomic_load_n(&p->dying, __ATOMIC_SEQ_CST)) {
+		lapic_eoi();
+		core_leave();
+	}
+}
+
+/* Runs p on this core; returns when the process has ended (every core of
+ * it has left), with its exit status. */
+int proc_run(struct proc *p)
+{
+	struct cpu *c = this_cpu();
+	uint64_t f = irq_save();
+
+	p->core = c->id;
+	p->state = P_RUNNING;
+	__atomic_or_fetch(&p->cores, 1ULL << c->id, __ATOMIC_SEQ_CST);
+	core_enter(p, p->entry, p->user_rsp, p->argc, p->argv);
+	/* Its other cores leave when it ends (or yield): wait, halted with
+	 * interrupts on (their shootdowns may still IPI this core); the last
+	 * one wakes us. */
+	while (__atomic_load_n(&p->cores, __ATOMIC_SEQ_CST))
+		sti_hlt(), cli();
+	if (p->dev_owned)
+		dev_release(p);         /* exit releases the device */
 	__atomic_store_n(&p->state, P_DEAD, __ATOMIC_RELEASE);
 	irq_restore(f);
 	return p->exit_status;
@@ -450,26 +538,32 @@ int proc_run(struct proc *p)
 
 static NORETURN void proc_exit(struct proc *p, int status)
 {
-	p->exit_status = status;
-	ctx_restore(this_cpu()->sched_ctx, 1);
+	if (proc_end(p))
+		p->exit_status = status;
+	core_leave();
 }
 
 static NORETURN void proc_kill(struct proc *p, struct trapframe *tf)
 {
-	p->kill_vector = tf->vector;
-	p->kill_rip = tf->rip;
-	p->kill_err = tf->err;
-	p->kill_addr = tf->vector == 14 ? read_cr2() : 0;
-	console_force_unlock();
-	kprintf("user fault: pid %d (%s) on core %d: %s at rip 0x%lx", p->pid, p->name,
-		this_cpu()->id, exc_name(tf->vector), tf->rip);
+	uint64_t addr = tf->vector == 14 ? read_cr2() : 0;
+	if (proc_end(p)) {
+		p->kill_vector = tf->vector;
+		p->kill_rip = tf->rip;
+		p->kill_err = tf->err;
+		p->kill_addr = addr;
+		p->kill_core = this_cpu()->id;
+		p->exit_status = 128 + (int)tf->vector;
+	}
+	/* From ring 3: this core holds no lock (the console's may be another core's). */
+	char what[80] = "";
 	if (tf->vector == 14)
-		kprintf(", address 0x%lx (%s %s)", p->kill_addr,
-			(tf->err & 1) ? "protection" : "not present", (tf->err & 2) ? "write" : "read");
+		ksnprintf(what, sizeof(what), ", address 0x%lx (%s %s)", addr,
+			  (tf->err & 1) ? "protection" : "not present", (tf->err & 2) ? "write" : "read");
 	else if (tf->err)
-		kprintf(", error code 0x%lx", tf->err);
-	kprintf(": killed\n");
-	proc_exit(p, 128 + (int)tf->vector);
+		ksnprintf(what, sizeof(what), ", error code 0x%lx", tf->err);
+	kprintf("user fault: pid %d (%s) on core %d: %s at rip 0x%lx%s: killed\n", p->pid, p->name,
+		this_cpu()->id, exc_name(tf->vector), tf->rip, what);
+	core_leave();
 }
 
 /* An exception with a user CS.  Returns true for a system call. */
@@ -519,22 +613,72 @@ static int64_t sys_mmap(struct proc *p, uint64_t len)
 	return va;
 }
 
+/* `iommu noflush`: a frame the device may still reach through a stale
+ * IOTLB entry is held back until the domain is flushed (dev_release). */
+static void quarantine(struct proc *p, uint64_t pa)
+{
+	if (p->nquarantine < PROC_QUARANTINE)
+		p->quarantine[p->nquarantine++] = pa;
+	else
+		p->quarantine_lost++;   /* never reused: safer than the free list */
+}
+
+static void quarantine_release(struct proc *p)
+{
+	for (unsigned i = 0; i < p->nquarantine; i++) {
+		if (i == 0)
+			p->stale_word = ((volatile uint64_t *)KADDR(p->quarantine[0]))[7];
+		frame_free(p->quarantine[i]);
+	}
+	p->nquarantine = 0;
+}
+
+#define UNMAP_BATCH     32      /* pages per shootdown round */
+#define FRAME_IO        1ULL    /* frames[] tag: the device could reach it */
+
+/*
+ * munmap: a round of up to UNMAP_BATCH pages at a time.  The PTEs are
+ * cleared (and INVLPG here), then the other cores running the process
+ * invalidate them (IPIs, each acknowledged: tlb_shootdown_cores), then the
+ * IOTLB of the process's domain for the IOVAs that were mapped (unless
+ * `iommu noflush`), and only then are the frames freed.
+ */
 static int64_t sys_munmap(struct proc *p, uint64_t va, uint64_t len)
 {
 	if ((va & 0xFFF) || !len || va < USER_MMAP_BASE || va >= p->mmap_next ||
 	    len > p->mmap_next - va)
 		return -1;
-	for (uint64_t a = va; a < va + len; a += PAGE_SIZE) {
-		uint64_t *pte = pte_walk(p, a, false);
-		if (!pte || !(*pte & PTE_P))
-			continue;
-		uint64_t e = *pte;
-		*pte = 0;
-		invlpg(a);              /* the process runs only on this core */
-		if (p->dev_owned)
-			io_unmap(p, a);         /* before the frame can be reused */
-		if (!(e & PTE_NOFREE))
-			frame_free(PTE_ADDR(e));
+	uint64_t a = va, end = va + len;
+	while (a < end) {
+		uint64_t frames[UNMAP_BATCH], iovas[UNMAP_BATCH], first = a;
+		int nf = 0, ni = 0;
+		for (; a < end && nf < UNMAP_BATCH && ni < UNMAP_BATCH; a += PAGE_SIZE) {
+			uint64_t *pte = pte_walk(p, a, false);
+			if (!pte || !(*pte & PTE_P))
+				continue;
+			uint64_t e = *pte;
+			*pte = 0;
+			invlpg(a);
+			bool io = p->dev_owned && io_clear(p, a);
+			if (io)
+				iovas[ni++] = a - USER_DMA_BASE;
+			if (!(e & PTE_NOFREE))
+				frames[nf++] = PTE_ADDR(e) | (io ? FRAME_IO : 0);
+		}
+		uint64_t others = __atomic_load_n(&p->cores, __ATOMIC_SEQ_CST) & ~(1ULL << this_cpu()->id);
+		if (others) {
+			p->shootdowns++;
+			p->shoot_acks += tlb_shootdown_cores(others, first, (a - first) / PAGE_SIZE);
+		}
+		bool stale = ni && iommu_noflush;
+		if (ni && !stale)
+			io_flush(p, iovas, ni);
+		for (int i = 0; i < nf; i++) {
+			if (stale && (frames[i] & FRAME_IO))
+				quarantine(p, frames[i] & ~FRAME_IO);
+			else
+				frame_free(frames[i] & ~FRAME_IO);
+		}
 	}
 	p->last_unmap = va;
 	return 0;
@@ -583,25 +727,44 @@ static int io_map(struct proc *p, uint64_t va, uint64_t pte)
 	return 0;
 }
 
-/* munmap of an owned process: clear the IOVA, then invalidate that page
- * of the domain's IOTLB (queued + wait, or registers) unless `noflush`. */
-static void io_unmap(struct proc *p, uint64_t va)
+/* munmap of an owner: clear va's IOVA in the domain; true if it was mapped. */
+static bool io_clear(struct proc *p, uint64_t va)
 {
 	if (va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
-		return;
-	va -= USER_DMA_BASE;            /* the IOVA */
-	uint64_t *e = io_walk(p, va, false);
+		return false;
+	uint64_t *e = io_walk(p, va - USER_DMA_BASE, false);
 	if (!e || !*e)
-		return;
+		return false;
 	*e = 0;
 	iommu_flush_cache(e, 8);
-	if (iommu_noflush)
-		return;
-	const char *err = CAP_PSI(iommu.cap) ? iommu_inv_iotlb(INV_PAGE, p->iodom.did, va, 0)
-					     : iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
-	p->iotlb_page_invs++;
+	return true;
+}
+
+/* Invalidate these IOVAs in the process's domain: page-selective when
+ * CAP.PSI and at most IO_FLUSH_PAGES of them (queued: one descriptor each
+ * and one wait; registers: one invalidation each), else the domain. */
+#define IO_FLUSH_PAGES  16
+
+static void io_flush(struct proc *p, const uint64_t *iovas, int n)
+{
+	const char *err = NULL;
+	uint16_t did = p->iodom.did;
+	spin_lock(&user_iommu_lock);
+	if (!CAP_PSI(iommu.cap) || n > IO_FLUSH_PAGES) {
+		err = iommu_inv_iotlb(INV_DOMAIN, did, 0, 0);
+	} else if (iommu.qi && iommu_qi_room(n + 1)) {
+		for (int i = 0; i < n; i++)
+			iommu_qi_push_iotlb(INV_PAGE, did, iovas[i], 0);
+		err = iommu_qi_wait(false);
+	} else {
+		for (int i = 0; i < n && !err; i++)
+			err = iommu_inv_iotlb(INV_PAGE, did, iovas[i], 0);
+	}
+	spin_unlock(&user_iommu_lock);
+	p->iotlb_page_invs += n;
 	if (err)
-		kprintf("pid %d: IOTLB invalidation of 0x%lx failed: %s\n", p->pid, va, err);
+		kprintf("pid %d: IOTLB invalidation of 0x%lx (%d pages) failed: %s\n", p->pid, iovas[0],
+			n, err);
 }
 
 static int io_mirror(struct proc *p, uint64_t *t, int level, uint64_t va)
@@ -628,13 +791,33 @@ static void io_free(uint64_t *t, int level)
 	}
 }
 
-/* The function assign(sel) names, if the kernel can give it: the edu, or a
+/* An edu function: sel's bdf, or for ASSIGN_EDU the first one no process
+ * owns (read without the lock: sys_assign tries again when it loses that
+ * race).  Bus mastering on: edu.c enables it on the first edu only. */
+static struct pci_dev *edu_target(uint64_t sel)
+{
+	if (edu_probe())
+		return NULL;
+	for (int i = 0; i < pci_ndevs; i++) {
+		struct pci_dev *d = &pci_devs[i];
+		if (d->vendor != 0x1234 || d->device != 0x11e8)
+			continue;
+		if (sel == pci_sid(d) || (sel == ASSIGN_EDU && !dev_owner[i])) {
+			pci_set_master(d, true);
+			return d;
+		}
+	}
+	return NULL;
+}
+
+/* The function assign(sel) names, if the kernel can give it: an edu, or a
  * modern virtio-pci function (*vd: its virtio device, else NULL). */
 static struct pci_dev *assign_target(uint64_t sel, struct virtio_dev **vd)
 {
 	*vd = NULL;
-	if (!edu_probe() && (sel == ASSIGN_EDU || sel == edu_sid()))
-		return edu.pci;
+	struct pci_dev *e = edu_target(sel);
+	if (e)
+		return e;
 	virtio_scan();
 	for (int i = 0; i < virtio_ndevs; i++) {
 		struct virtio_dev *v = &virtio_devs[i];
@@ -675,8 +858,10 @@ static bool virtio_layout(struct virtio_dev *v, const uint64_t *bar_off, const u
 static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
 {
 	struct virtio_dev *vd;
+	int tries = 0;
 	if (p->dev_owned || iommu_probe() || iommu_enable())
 		return -1;
+retry:;
 	struct pci_dev *d = assign_target(sel, &vd);
 	if (!d || !iommu_covers(d->bus, d->dev, d->fn))
 		return -1;
@@ -703,6 +888,8 @@ static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
 	if (!busy)
 		*owner = p;
 	spin_unlock(&assign_lock);
+	if (busy && sel == ASSIGN_EDU && ++tries < 4)
+		goto retry;             /* another process took that edu first */
 	if (busy)
 		return -1;
 	uint64_t top = frame_alloc();
@@ -752,8 +939,13 @@ static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
 	 * invalidation), writes TT=0 / did = pid, device-selective context
 	 * invalidation; then the new domain's IOTLB, which may hold entries of
 	 * an earlier user of this domain id. */
-	if (iommu_set_context(d->bus, d->dev << 3 | d->fn, TT_UNTRANSLATED, &p->iodom, p->iodom.did) ||
-	    iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0))
+	spin_lock(&user_iommu_lock);
+	const char *cerr = iommu_set_context(d->bus, d->dev << 3 | d->fn, TT_UNTRANSLATED, &p->iodom,
+					     p->iodom.did);
+	if (!cerr)
+		cerr = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+	spin_unlock(&user_iommu_lock);
+	if (cerr)
 		goto fail;
 	uint64_t *ce = iommu.ctx[d->bus] + 2 * (d->dev << 3 | d->fn);
 	p->assigned_ctx[0] = ce[0];
@@ -779,11 +971,15 @@ static void dev_release(struct proc *p)
 	struct virtio_dev *vd = p->dev_virtio;
 	if (vd && !virtio_reset(vd))
 		kprintf("pid %d: releasing the device: it did not reset\n", p->pid);
+	spin_lock(&user_iommu_lock);
 	const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);
 	if (!err)
 		err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+	spin_unlock(&user_iommu_lock);
 	if (err)
 		kprintf("pid %d: releasing the device: %s\n", p->pid, err);
+	if (!err)
+		quarantine_release(p);  /* the domain's IOTLB is clean now */
 	if (vd)
 		__atomic_store_n(&vd->owner_pid, 0, __ATOMIC_RELEASE);
 	for (uint64_t i = 0; i < p->bar_pages && p->pml4; i++) {
@@ -794,6 +990,8 @@ static void dev_release(struct proc *p)
 				invlpg(p->bar_va + i * PAGE_SIZE);
 		}
 	}
+	if (this_cpu()->cur == p)       /* release(): its other cores may map the BAR */
+		tlb_shootdown_cores(p->cores, p->bar_va, p->bar_pages);
 	p->bar_pages = 0;
 	if (p->iodom.top) {
 		io_free(p->iodom.top, p->iodom.levels);
@@ -807,6 +1005,71 @@ static void dev_release(struct proc *p)
 	spin_unlock(&assign_lock);
 	p->dev_pci = NULL;
 	p->dev_virtio = NULL;
+	p->dev_passthrough = false;
+}
+
+/* Another core for p: an idle AP (waiting in proc_ap_idle) enters ring 3
+ * at entry(arg, core) with RSP = sp - 8 (as after a call; the return
+ * address is 0). */
+static int64_t sys_core_request(struct proc *p, uint64_t entry, uint64_t sp, uint64_t arg)
+{
+	if (!user_ok(p, entry, 1, false) || (sp & 15) || !user_ok(p, sp - 16, 16, true))
+		return -1;
+	*(volatile uint64_t *)(uintptr_t)(sp - 8) = 0;
+	int self = this_cpu()->id;
+	for (int i = 0; i < MAX_CPUS; i++) {
+		struct proc *none = NULL;
+		if (i == self || !cpus[i].online || !__atomic_load_n(&ap_idle[i], __ATOMIC_ACQUIRE) ||
+		    !__atomic_compare_exchange_n(&cpus[i].job, &none, CORE_RESERVED, false,
+						 __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			continue;
+		core_start[i] = (struct core_start){ p, entry, sp - 8, arg };
+		__atomic_or_fetch(&p->cores, 1ULL << i, __ATOMIC_SEQ_CST);
+		p->ncores_started++;
+		__atomic_store_n(&cpus[i].job, p, __ATOMIC_SEQ_CST);
+		lapic_send_ipi(cpus[i].apic_id, VEC_IPI_TEST);
+		return i;
+	}
+	return -1;
+}
+
+/* dev_xlate(on): the owner's device through its domain (as assign left it)
+ * or through the kernel's pass-through context (benchmarks: no isolation). */
+static int64_t sys_dev_xlate(struct proc *p, uint64_t on)
+{
+	if (!p->dev_owned)
+		return -1;
+	if (!on == p->dev_passthrough)
+		return 0;
+	struct pci_dev *d = p->dev_pci;
+	uint8_t devfn = d->dev << 3 | d->fn;
+	spin_lock(&user_iommu_lock);
+	const char *err = on ? iommu_set_context(d->bus, devfn, TT_UNTRANSLATED, &p->iodom, p->iodom.did)
+			     : iommu_set_passthrough(d->bus, devfn);
+	if (!err)
+		err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+	spin_unlock(&user_iommu_lock);
+	if (err) {
+		kprintf("pid %d: dev_xlate(%lu): %s\n", p->pid, on, err);
+		return -1;
+	}
+	p->dev_passthrough = !on;
+	return 0;
+}
+
+/* dma_addr(va): the IOVA of va, or its physical address under dev_xlate(0). */
+static int64_t sys_dma_addr(struct proc *p, uint64_t va)
+{
+	if (!p->dev_owned || !user_ok(p, va, 1, false))
+		return -1;
+	uint64_t pte = *pte_walk(p, va, false);
+	if (pte & PTE_NOFREE)
+		return -1;              /* a device's BAR */
+	if (p->dev_passthrough)
+		return PTE_ADDR(pte) | (va & 0xFFF);
+	if (va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
+		return -1;
+	return va - USER_DMA_BASE;
 }
 
 static int64_t sys_ioperm(struct proc *p, uint64_t port, uint64_t n, uint64_t on)
@@ -833,6 +1096,13 @@ void syscall_dispatch(struct trapframe *tf)
 
 	if (tf->cs == SEG_UCODE && tf->vector == VEC_SYSCALL && tf->err == 0 && tf->rip == tf->rcx)
 		sysret_syscalls++;
+	/* Calls that read or change the address space, one core at a time (a
+	 * write must not read a buffer another core is unmapping). */
+	bool vm = tf->rax != SYS_EXIT && tf->rax != SYS_CORE_YIELD && tf->rax != SYS_YIELD &&
+		  tf->rax != SYS_GETPID && tf->rax != SYS_GETCORE && tf->rax != SYS_NRUNNING &&
+		  tf->rax != SYS_TSC_KHZ && tf->rax != SYS_NCORES;
+	if (vm)
+		lock_intr(&p->vm_lock);
 	switch (tf->rax) {
 	case SYS_EXIT:
 		proc_exit(p, (int)(a0 & 0xFF));
@@ -879,19 +1149,53 @@ void syscall_dispatch(struct trapframe *tf)
 	case SYS_RELEASE:
 		ret = p->dev_owned ? (dev_release(p), 0) : -1;
 		break;
+	case SYS_CORE_REQUEST:
+		ret = sys_core_request(p, a0, a1, a2);
+		break;
+	case SYS_CORE_YIELD:
+		core_leave();
+	case SYS_DEV_XLATE:
+		ret = sys_dev_xlate(p, a0);
+		break;
+	case SYS_DMA_ADDR:
+		ret = sys_dma_addr(p, a0);
+		break;
+	case SYS_NCORES:
+		ret = 0;
+		for (uint64_t m = __atomic_load_n(&p->cores, __ATOMIC_SEQ_CST); m; m &= m - 1)
+			ret++;
+		break;
 	}
+	if (vm)
+		spin_unlock(&p->vm_lock);
 	tf->rax = ret;
+	/* The process ended on another core while this one was in here. */
+	if (__atomic_load_n(&p->dying, __ATOMIC_SEQ_CST))
+		core_leave();
 }
 
 /* ---- several cores ---- */
 
-/* Each AP waits here for a process sent by proc_start_on. */
+/* Each AP waits here for a process sent by proc_start_on, or for a
+ * process that asked for one more core (core_request). */
 void proc_ap_idle(void)
 {
 	struct cpu *c = this_cpu();
+	__atomic_store_n(&ap_idle[c->id], true, __ATOMIC_RELEASE);
 	for (;;) {
 		cli();
-		struct proc *p = c->job;
+		struct proc *p = __atomic_load_n(&c->job, __ATOMIC_SEQ_CST);
+		if (p == CORE_RESERVED) {
+			pause();
+			continue;
+		}
+		if (p && core_start[c->id].p == p) {
+			struct core_start cs = core_start[c->id];
+			core_start[c->id].p = NULL;
+			core_enter(p, cs.entry, cs.sp, cs.arg, c->id);
+			__atomic_store_n(&c->job, NULL, __ATOMIC_RELEASE);
+			continue;
+		}
 		if (p) {
 			int st = proc_run(p);
 			bool detached = p->detached;
@@ -936,11 +1240,12 @@ int proc_wait(struct proc *p, uint64_t timeout_us)
 void proc_list(void)
 {
 	static const char *const names[] = { "free", "ready", "running", "dead" };
-	kprintf("PID  STATE    CORE NAME\n");
+	kprintf("PID  STATE    CORE CORES NAME\n");
 	for (int i = 0; i < PROC_MAX; i++) {
 		struct proc *p = &procs[i];
 		if (p->state != P_FREE)
-			kprintf("%-4d %-8s %4d %s\n", p->pid, names[p->state], p->core, p->name);
+			kprintf("%-4d %-8s %4d %5lx %s\n", p->pid, names[p->state], p->core, p->cores,
+				p->name);
 	}
 	kprintf("user frames free: %ld; system calls: %lu by SYSCALL/SYSRET, %lu by the #PF route\n",
 		frames_available(), sysret_syscalls, pvm_syscalls);
@@ -948,8 +1253,10 @@ void proc_list(void)
 
 void proc_report(struct proc *p, int status)
 {
-	kprintf("pid %d (%s): exit status %d", p->pid, p->name, status);
+	/* One line in one call: other cores may be printing too. */
 	if (p->kill_vector >= 0)
-		kprintf(" (killed: %s)", exc_name(p->kill_vector));
-	kprintf("\n");
+		kprintf("pid %d (%s): exit status %d (killed: %s)\n", p->pid, p->name, status,
+			exc_name(p->kill_vector));
+	else
+		kprintf("pid %d (%s): exit status %d\n", p->pid, p->name, status);
 }

@@ -139,6 +139,149 @@ static const char *test_user_fault(void)
 	return NULL;
 }
 
+/* ---- processes on several cores (user/mcp.c) ---- */
+
+static int other_core(void)
+{
+	for (int i = 0; i < MAX_CPUS; i++)
+		if (cpus[i].online && i != this_cpu()->id)
+			return i;
+	return -1;
+}
+
+/* After a process ended: its cores are out of it and idle again. */
+static const char *cores_idle(struct proc *p)
+{
+	if (p->cores)
+		return FAIL("pid %d ended with cores 0x%lx still in it", p->pid, p->cores);
+	uint64_t end = tsc_deadline_us(1000000);
+	for (int i = 0; i < MAX_CPUS; i++)
+		while (cpus[i].job == p)
+			if (tsc_passed(end))
+				return FAIL("core %d did not go back to idle", i);
+	return NULL;
+}
+
+static int run_mcp(struct proc **out, const char *mode, const char *n)
+{
+	char *argv[] = { "mcp", (char *)mode, (char *)n };
+	return run_here(out, n ? 3 : 2, argv);
+}
+
+static const char *test_user_cores(void)
+{
+	int other = other_core();
+	if (other < 0)
+		return SKIP("needs 2 cores");
+	long before = frames_available();
+	struct proc *p;
+	const char *err = NULL;
+	/* hello: the extra core runs our function in ring 3 and yields back. */
+	int st = run_mcp(&p, "hello", "2");
+	if (st == -1000)
+		return st_why;
+	if (st)
+		err = FAIL("mcp hello 2: exit status %d (a check in user/mcp.c)", st);
+	else if (p->ncores_started != 1)
+		err = FAIL("mcp hello 2: %u cores started, want 1", p->ncores_started);
+	else
+		err = cores_idle(p);
+	proc_free(p);
+	if (err)
+		return err;
+	/* exit: the first core exits while the other spins in ring 3. */
+	if ((st = run_mcp(&p, "exit", "2")) == -1000)
+		return st_why;
+	if (st)
+		err = FAIL("mcp exit 2: exit status %d", st);
+	else
+		err = cores_idle(p);
+	proc_free(p);
+	if (err)
+		return err;
+	/* That core takes a new process. */
+	const char *why;
+	char *h[] = { "hello" };
+	struct proc *q = proc_create("hello", 1, h, &why);
+	if (!q)
+		return FAIL("hello: %s", why);
+	if (!proc_start_on(q, other)) {
+		proc_free(q);
+		return FAIL("core %d is still busy after mcp exit", other);
+	}
+	st = proc_wait(q, 10000000);
+	if (st == -1)
+		return FAIL("hello on core %d did not finish", other);
+	proc_free(q);
+	if (st)
+		return FAIL("hello on core %d: exit status %d", other, st);
+	/* fault: an exception on the extra core kills the whole process. */
+	if ((st = run_mcp(&p, "fault", NULL)) == -1000)
+		return st_why;
+	if (st != ST_KILLED(14) || p->kill_vector != 14)
+		err = FAIL("mcp fault: status %d, vector %d; want #PF", st, p->kill_vector);
+	else if (p->kill_core == p->core || p->kill_addr != 0x0000009000000000ULL)
+		err = FAIL("mcp fault: #PF on core %d at 0x%lx; want core != %d at 0x9000000000",
+			   p->kill_core, p->kill_addr, p->core);
+	else
+		err = cores_idle(p);
+	proc_free(p);
+	if (err)
+		return err;
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+	return NULL;
+}
+
+/*
+ * mcp shootdown: core B reads a page in a loop, core A munmaps it.  The
+ * munmap must IPI B and wait for its acknowledgement (B's shootdown count
+ * goes up, the process's acks match its shootdowns), and B's next read
+ * must fault at that page.  On hardware with a real TLB B would go on
+ * reading the old frame without the IPI; on kvm_pvm the host's shadow
+ * paging drops B's translation when the PTE is written, so there only the
+ * IPI and acknowledgement counts catch a missing shootdown.
+ */
+static const char *test_user_shootdown(void)
+{
+	if (other_core() < 0)
+		return SKIP("needs 2 cores");
+	long before = frames_available();
+	uint64_t shots[MAX_CPUS];
+	for (int i = 0; i < MAX_CPUS; i++)
+		shots[i] = cpus[i].shoot_count;
+	struct proc *p;
+	int st = run_mcp(&p, "shootdown", NULL);
+	if (st == -1000)
+		return st_why;
+	int b = p->kill_core;
+	const char *err = NULL;
+	if (p->kill_vector < 0)
+		err = st == 4 ? FAIL("the reader still read the page 2 s after munmap: its TLB was not shot down")
+		    : FAIL("mcp shootdown: exit status %d (a check in user/mcp.c)", st);
+	else if (p->kill_vector != 14 || st != ST_KILLED(14))
+		err = FAIL("killed by vector %d (status %d), want #PF", p->kill_vector, st);
+	else if (b == p->core || b < 0)
+		err = FAIL("the #PF was on core %d, the unmapping core; want the reader's", b);
+	else if (p->kill_addr != p->last_unmap)
+		err = FAIL("#PF at 0x%lx, the page unmapped is 0x%lx", p->kill_addr, p->last_unmap);
+	else if (!p->shootdowns || p->shoot_acks < p->shootdowns)
+		err = FAIL("munmap sent %u shootdowns, %u acknowledged", p->shootdowns, p->shoot_acks);
+	else if (cpus[b].shoot_count == shots[b])
+		err = FAIL("core %d never ran the shootdown handler", b);
+	else
+		err = cores_idle(p);
+	if (!err)
+		kprintf("user-shootdown: core %d unmapped 0x%lx; core %d acknowledged %u shootdown IPI(s), "
+			"then faulted there\n", p->core, p->last_unmap, b, p->shoot_acks);
+	proc_free(p);
+	long after = frames_available();
+	if (!err && before >= 0 && after != before)
+		err = FAIL("%ld frames free before, %ld after", before, after);
+	return err;
+}
+
 /* ---- device assignment (user/edudma.c): need --device edu --iommu vtd ---- */
 
 #define FAULT_IOVA      0x0F000000ULL   /* user/edudma.c has the same */
@@ -157,15 +300,10 @@ static const char *need_edu_iommu(void)
 	return NULL;
 }
 
-static uint64_t *edu_ctx_entry(void)
+/* d's context entry is the kernel's pass-through (or identity) one. */
+static const char *ctx_passthrough(const struct pci_dev *d)
 {
-	return iommu.ctx[edu.pci->bus] + 2 * (edu.pci->dev << 3 | edu.pci->fn);
-}
-
-/* The edu's context entry is the kernel's pass-through (or identity) one. */
-static const char *edu_ctx_passthrough(void)
-{
-	uint64_t *e = edu_ctx_entry();
+	uint64_t *e = iommu.ctx[d->bus] + 2 * (d->dev << 3 | d->fn);
 	unsigned tt = (e[0] >> 2) & 3, did = (e[1] >> 8) & 0xFFFF;
 	if (!(e[0] & 1))
 		return FAIL("edu context entry not present");
@@ -175,6 +313,11 @@ static const char *edu_ctx_passthrough(void)
 	    : tt != TT_UNTRANSLATED || (e[0] & ~0xFFFULL) != virt_to_phys(iommu.identity.top))
 		return FAIL("edu context entry 0x%lx:%lx is not pass-through", e[1], e[0]);
 	return NULL;
+}
+
+static const char *edu_ctx_passthrough(void)
+{
+	return ctx_passthrough(edu.pci);
 }
 
 /* What assign wrote: TT=0, domain = pid. */
@@ -271,6 +414,144 @@ static const char *test_user_edu_munmap(void)
 	return expect_fault("munmap", unmapped_iova);
 }
 
+/*
+ * edudma noflush with `iommu noflush`: munmap clears the second-level entry
+ * but leaves the IOTLB, so the device's next DMA uses the stale entry: no
+ * fault, and the data lands in the old frame, which the kernel held back
+ * (quarantine) until the domain's IOTLB was flushed at exit.  akvm's
+ * coherence checker (--iommu vtd,check=on) reports that use.
+ */
+#define STALE_DATA      0x5A1E000000000000ULL   /* user/edudma.c has the same */
+
+static const char *test_user_edu_noflush(void)
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	long before = frames_available();
+	bool nf_saved = iommu_noflush;
+	iommu_noflush = true;
+	unsigned nf = iommu.nfaults;
+	iommu.quiet = true;
+	struct proc *p;
+	int st = run_edudma(&p, "noflush");
+	iommu_noflush = nf_saved;
+	if (st == -1000) {
+		iommu.quiet = false;
+		return st_why;
+	}
+	udelay(100000);                 /* a fault event would be in by now */
+	iommu.quiet = false;
+	uint64_t want = STALE_DATA | (uint64_t)p->pid << 32 | 7;
+	if (st)
+		err = FAIL("edudma noflush: exit status %d", st);
+	else if (!(err = check_assigned(p)) && p->iotlb_page_invs)
+		err = FAIL("munmap invalidated the IOTLB under noflush");
+	uint64_t stale = p->stale_word, iova = p->last_unmap - USER_DMA_BASE;
+	proc_free(p);
+	if (err)
+		return err;
+	if (iommu.nfaults != nf) {
+		iommu_print_faults();
+		if (stale != want)
+			return SKIP("the IOTLB did not keep the translation: the DMA to 0x%lx faulted", iova);
+		return FAIL("a DMAR fault was recorded, yet the data reached the old frame");
+	}
+	if (stale != want)
+		return FAIL("no fault, but the old frame holds 0x%lx, not 0x%lx", stale, want);
+	kprintf("user-edu-noflush: the DMA to IOVA 0x%lx after munmap used the stale IOTLB entry: "
+		"it wrote the old frame (held back until the domain was flushed)\n", iova);
+	if ((err = edu_ctx_passthrough()))
+		return err;
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+	return NULL;
+}
+
+/*
+ * Two processes, each owning an edu of its own (--device edu --device edu),
+ * at once on two cores: `edudma two b` on the other core, `edudma two a`
+ * here.  Both DMA into their buffers at the same IOVAs (each lands in its
+ * own frames); a DMAs to an IOVA that only b maps: the IOMMU faults it (a's
+ * edu, that IOVA) and b finds its page untouched after a has exited.
+ */
+static const char *test_user_edu_two(void)
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	int other = other_core(), nedu = 0;
+	if (other < 0)
+		return SKIP("needs 2 cores");
+	const struct pci_dev *edus[2];
+	for (int i = 0; i < pci_ndevs; i++)
+		if (pci_devs[i].vendor == 0x1234 && pci_devs[i].device == 0x11e8 && nedu < 2 &&
+		    iommu_covers(pci_devs[i].bus, pci_devs[i].dev, pci_devs[i].fn))
+			edus[nedu++] = &pci_devs[i];
+	if (nedu < 2)
+		return SKIP("needs two edu devices behind the IOMMU");
+	long before = frames_available();
+	char *aa[] = { "edudma", "two", "a" }, *ba[] = { "edudma", "two", "b" };
+	const char *why;
+	struct proc *a = proc_create("edudma", 3, aa, &why), *b = NULL;
+	if (a)
+		b = proc_create("edudma", 3, ba, &why);
+	if (!a || !b) {
+		if (a)
+			proc_free(a);
+		return FAIL("edudma: %s", why);
+	}
+	if (!proc_start_on(b, other)) {
+		proc_free(a);
+		proc_free(b);
+		return FAIL("core %d is busy", other);
+	}
+	unsigned nf = iommu.nfaults;
+	iommu.quiet = true;
+	int sa = proc_run(a);
+	proc_report(a, sa);
+	int sb = proc_wait(b, 30000000);
+	if (sb != -1)
+		proc_report(b, sb);
+	udelay(100000);
+	iommu.quiet = false;
+	uint64_t want = a->last_unmap - USER_DMA_BASE;
+	if (sb == -1)
+		err = FAIL("pid %d on core %d did not finish", b->pid, other);
+	else if (sa || sb)
+		err = FAIL("exit status %d (a) and %d (b): a check in user/edudma.c", sa, sb);
+	else if (!(err = check_assigned(a)) && !(err = check_assigned(b)) && a->dev_sid == b->dev_sid)
+		err = FAIL("both owned the edu at %02x:%02x.%x", a->dev_sid >> 8, (a->dev_sid >> 3) & 31,
+			   a->dev_sid & 7);
+	uint16_t sid_a = a->dev_sid;
+	proc_free(a);
+	if (sb != -1)
+		proc_free(b);
+	if (err)
+		return err;
+	kprintf("user-edu-two: ");
+	iommu_print_faults();
+	bool seen = false;
+	for (unsigned i = nf; i < iommu.nfaults; i++) {
+		const struct iommu_fault *f = &iommu.faults[i % IOMMU_FAULT_LOG];
+		if (f->sid == sid_a && f->addr == want && !f->read)
+			seen = true;
+		else
+			return FAIL("an unexpected DMAR fault (by %02x:%02x.%x at 0x%lx)", f->sid >> 8,
+				    (f->sid >> 3) & 31, f->sid & 7, f->addr);
+	}
+	if (!seen)
+		return FAIL("no write fault by a's edu at 0x%lx", want);
+	for (int i = 0; i < 2; i++)
+		if ((err = ctx_passthrough(edus[i])))
+			return err;
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+	return NULL;
+}
+
 static const char *test_user_edu_release(void)
 {
 	const char *err = need_edu_iommu();
@@ -307,9 +588,13 @@ const struct selftest user_tests[] = {
 	{ "user-syscalls", test_user_syscalls, true },
 	{ "user-smp", test_user_smp, true },
 	{ "user-fault", test_user_fault, true },
+	{ "user-cores", test_user_cores, true },
+	{ "user-shootdown", test_user_shootdown, true },
 	{ "user-edu-dma", test_user_edu_dma, false },
 	{ "user-edu-fault", test_user_edu_fault, false },
 	{ "user-edu-munmap", test_user_edu_munmap, false },
 	{ "user-edu-release", test_user_edu_release, false },
+	{ "user-edu-noflush", test_user_edu_noflush, false },
+	{ "user-edu-two", test_user_edu_two, false },
 };
 const size_t user_ntests = ARRAY_SIZE(user_tests);

@@ -4,6 +4,7 @@
 #include "types.h"
 #include "trap.h"
 #include "iommu.h"
+#include "lib.h"
 #include "uapi.h"
 
 struct pci_dev;
@@ -19,7 +20,8 @@ void user_cpu_init(void);
 uint64_t tss_set_rsp0(uint64_t rsp0);           /* this core's; returns the old one */                       /* every core: TSS, LTR, syscall MSRs */
 
 #define PROC_MAX        16
-#define PROC_KSTACK     16384
+#define PROC_KSTACK     16384           /* per core: ring 3 -> ring 0 stack */
+#define PROC_QUARANTINE 64
 
 enum proc_state { P_FREE, P_READY, P_RUNNING, P_DEAD };
 
@@ -40,7 +42,19 @@ struct proc {
 	uint64_t last_unmap;            /* start of the last munmap (self-tests) */
 	bool detached;                  /* spawn: the core frees it when it ends */
 	bool quiet;                     /* no "exited" line (self-tests print their own) */
-	uint8_t *kstack;
+	/* The cores running it (core_request adds more; user.c). */
+	volatile uint64_t cores;        /* bit per core in it now */
+	volatile bool dying;            /* exit or kill: every core leaves */
+	int kill_core;                  /* the core that took the fatal exception */
+	unsigned ncores_started;        /* cores given by core_request */
+	spinlock_t vm_lock;             /* its cores' system calls on the address space */
+	/* munmap: the other cores' TLBs (IPIs) and the IOTLB of its domain. */
+	unsigned shootdowns;            /* munmaps that sent IPIs */
+	unsigned shoot_acks;            /* acknowledgements received */
+	uint64_t quarantine[PROC_QUARANTINE];   /* `iommu noflush`: frames held back */
+	unsigned nquarantine, quarantine_lost;
+	uint64_t stale_word;            /* word 7 of quarantine[0] when it was let go (self-tests) */
+	bool dev_passthrough;           /* dev_xlate(0): its device's context is pass-through */
 	/* Device assignment (assign/release): the edu or a virtio-pci device through VT-d. */
 	bool dev_owned;
 	uint16_t dev_sid;               /* bus << 8 | devfn */

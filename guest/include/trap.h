@@ -14,6 +14,7 @@
 #define VEC_TIMER       0xE0
 #define VEC_IPI_TEST    0xF0
 #define VEC_SHOOTDOWN   0xF1
+#define VEC_PROC_STOP   0xF2    /* a process's other cores leave it (user.c) */
 #define VEC_APIC_ERROR  0xFE
 #define VEC_SPURIOUS    0xFF
 

@@ -27,10 +27,26 @@
 #define SYS_TSC_KHZ     9
 #define SYS_ASSIGN      10      /* assign(sel, info): the device to this process; its BARs' user VA */
 #define SYS_RELEASE     11      /* release(): the device back to pass-through */
-#define NSYSCALLS       12
+#define SYS_CORE_REQUEST 12     /* core_request(entry, stack_top, arg): one more core (below) */
+#define SYS_CORE_YIELD  13      /* core_yield(): this core leaves the process */
+#define SYS_NCORES      14      /* ncores(): how many cores run this process now */
+#define SYS_DEV_XLATE   15      /* dev_xlate(on): the owned device through the domain, or not */
+#define SYS_DMA_ADDR    16      /* dma_addr(va): the address the owned device uses for va */
+#define NSYSCALLS       17
+
+/* Processes that span several cores, Akaros style.  core_request() takes
+ * an idle core and starts it in ring 3 in the caller's address space at
+ * entry(arg, core) (RDI = arg, RSI = that core's id) with RSP = stack_top
+ * - 8, as after a call (stack_top 16-byte aligned, in mapped writable
+ * memory; entry must not return: it ends with core_yield() or exit(), or
+ * runs until the process ends).  It returns the core's id, or -1
+ * when no core is idle.  core_yield() gives the calling core back; the
+ * process ends when its last core yields (status 0) or when any core calls
+ * exit() or is killed by an exception: then every core of the process
+ * leaves it (an IPI to those in ring 3) and goes back to idle. */
 
 /* assign()'s device selector: a bdf (bus << 8 | dev << 3 | fn), or one of */
-#define ASSIGN_EDU      0xFFFF  /* the edu device, wherever it is */
+#define ASSIGN_EDU      0xFFFF  /* an edu device no process owns (the first such) */
 #define ASSIGN_PCI_ID(vendor, device) (1ULL << 32 | (uint64_t)(vendor) << 16 | (device))
 #define ASSIGN_VIRTIO_BLK ASSIGN_PCI_ID(0x1AF4, 0x1042)   /* the first modern virtio-blk */
 
@@ -46,6 +62,12 @@ struct assign_virtio {
 	uint16_t bdf, pci_device;               /* which function (vendor 0x1af4) */
 	uint32_t rsvd;
 };
+
+/* dev_xlate(0) puts the owned device's context entry back to the kernel's
+ * pass-through (it then reaches all of RAM by physical address: for
+ * measurements only), dev_xlate(1) points it at the process's domain again
+ * (as assign() left it).  dma_addr(va) is what to program into the device
+ * for va either way (the IOVA, or the physical address), or -1. */
 
 /* A device assigned to a process sees the process's mmap area: IOVA = user
  * virtual address - USER_DMA_BASE, for the first USER_DMA_SIZE bytes (the

@@ -23,6 +23,19 @@ volatile void *assign_dev(uint64_t sel, struct assign_virtio *info)
 	return (volatile void *)__syscall(SYS_ASSIGN, sel, (long)info, 0);
 }
 int release(void) { return __syscall(SYS_RELEASE, 0, 0, 0); }
+int core_request(void (*entry)(void *arg, int core), void *stack_top, void *arg)
+{
+	return __syscall(SYS_CORE_REQUEST, (long)entry, (long)stack_top, (long)arg);
+}
+void core_yield(void)
+{
+	__syscall(SYS_CORE_YIELD, 0, 0, 0);
+	for (;;)
+		;
+}
+int ncores(void) { return __syscall(SYS_NCORES, 0, 0, 0); }
+int dev_xlate(int on) { return __syscall(SYS_DEV_XLATE, on, 0, 0); }
+int64_t dma_addr(const volatile void *va) { return __syscall(SYS_DMA_ADDR, (long)va, 0, 0); }
 
 void *memcpy(void *d, const void *s, size_t n)
 {

@@ -38,6 +38,15 @@ static inline uint64_t iova_of(const void *p) { return (uint64_t)p - USER_DMA_BA
  * returned). */
 volatile void *assign_dev(uint64_t sel, struct assign_virtio *info);
 int release(void);
+/* Another core for this process: it runs entry(arg, core) in ring 3 on the
+ * stack below stack_top (uapi.h).  The core's id, or -1. */
+int core_request(void (*entry)(void *arg, int core), void *stack_top, void *arg);
+void core_yield(void) __attribute__((noreturn));   /* this core leaves the process */
+int ncores(void);
+/* The owned device without translation (0: physical addresses, for
+ * benchmarks) or through this process's domain (1); dma_addr() converts. */
+int dev_xlate(int on);
+int64_t dma_addr(const volatile void *va);
 
 static inline uint64_t rdtsc(void)
 {
