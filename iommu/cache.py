@@ -94,7 +94,18 @@ class ContextCache:
         return self._drop(lambda s, e: e.did != did or (s & ~ignore) != (sid & ~ignore))
 
 
-class PyIotlb:
+class _PerDomain:
+    """Per-domain statistics, created on first use."""
+    domains: dict[int, DomainStats]
+
+    def stats(self, did: int) -> DomainStats:
+        s = self.domains.get(did)
+        if s is None:
+            s = self.domains[did] = DomainStats()
+        return s
+
+
+class PyIotlb(_PerDomain):
     """(domain, page) -> translation, for 4 KiB, 2 MiB and 1 GiB pages; bounded LRU.
 
     Statistics are kept per domain id: hits, misses, evictions, invalidated.
@@ -111,12 +122,6 @@ class PyIotlb:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def stats(self, did: int) -> DomainStats:
-        s = self.domains.get(did)
-        if s is None:
-            s = self.domains[did] = DomainStats()
-        return s
 
     def lookup(self, did: int, iova: int) -> IotlbEntry | Negative | None:
         entries = self._entries
@@ -189,7 +194,7 @@ class PyIotlb:
         return self._remove(victims)
 
 
-class Iotlb:
+class Iotlb(_PerDomain):
     """PyIotlb's interface and behaviour, with the table in C (vmm/native/iotlb.c).
 
     C owns the keys, the hash, the LRU order and the invalidation walks; the
@@ -210,12 +215,6 @@ class Iotlb:
 
     def __len__(self) -> int:
         return self._count
-
-    def stats(self, did: int) -> DomainStats:
-        s = self.domains.get(did)
-        if s is None:
-            s = self.domains[did] = DomainStats()
-        return s
 
     def lookup(self, did: int, iova: int) -> IotlbEntry | Negative | None:
         slot = lib.akvm_iotlb_lookup(self._table, did, iova)
