@@ -369,8 +369,12 @@ class Uart16550:
         """Host input. Returns how many bytes were kept (not lost to overrun)."""
         with self._lock:
             kept = self._receive_locked(bytes(data), via_backlog=True)
-            self._update_irq()
+            # Publish first: this runs on the input thread, and a vCPU may
+            # take the interrupt and read LSR through the C shortcut before
+            # we return. With the old (quiet) LSR it would see no data, and
+            # an edge-triggered line that stays high never interrupts again.
             self._publish()
+            self._update_irq()
             return kept
 
     def _receive_locked(self, data: bytes, via_backlog: bool) -> int:
