@@ -369,11 +369,6 @@ class Uart16550:
         """Host input. Returns how many bytes were kept (not lost to overrun)."""
         with self._lock:
             kept = self._receive_locked(bytes(data), via_backlog=True)
-            # Publish first: this runs on the input thread, and a vCPU may
-            # take the interrupt and read LSR through the C shortcut before
-            # we return. With the old (quiet) LSR it would see no data, and
-            # an edge-triggered line that stays high never interrupts again.
-            self._publish()
             self._update_irq()
             return kept
 
@@ -425,6 +420,11 @@ class Uart16550:
         return IIR_NO_INT
 
     def _update_irq(self) -> None:
+        # The shortcut learns the new state before the line moves: a vCPU on
+        # another thread may take the interrupt and read LSR through C at once,
+        # and with the old (quiet) LSR it would see no data, and an
+        # edge-triggered line that stays high never interrupts again.
+        self._publish()
         # PC wiring: the OUT2 pin enables the IRQ driver. Loopback forces the
         # OUT2 pin inactive, so interrupts then show in IIR but not on the line.
         gate = self._mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2

@@ -126,3 +126,25 @@ def test_bytes_keep_their_order_across_both_paths():
         assert c.console() == b"abc"
     finally:
         c.close()
+
+
+def test_a_vcpu_taking_the_interrupt_at_once_sees_the_data():
+    """The line rises on the input thread; a vCPU may read LSR through C before
+    receive() returns, so C must already know the receiver is not empty."""
+    from devices.uart import IER_ERBFI, MCR_OUT2
+    c = Twin(True)
+    seen = []
+
+    class Line(IrqLine):
+        def _deliver(self, level):
+            if level:       # what C answers now; None: it leaves LSR to the model
+                c.page.io(COM1 + LSR, 1, out=False)
+                seen.append(c.page.io_data(1)[0] if c.fast.complete(c.page.address) else None)
+    try:
+        c.uart.irq = Line(4)
+        c.out_byte(MCR, MCR_OUT2)
+        c.out_byte(IER, IER_ERBFI)
+        c.uart.receive(b"x")
+        assert seen and (seen[0] is None or seen[0] & 0x01), seen
+    finally:
+        c.close()
