@@ -9,6 +9,7 @@
  * costs milliseconds when ring 0 is emulated.
  */
 #include "mm.h"
+#include "frame.h"
 
 	.section .text.trapstubs, "ax"
 	.globl trap_stubs
@@ -34,40 +35,12 @@ trap_common:
 	testb $3, 24(%rsp)              /* CS, above vector and error code */
 	jz 1f
 	swapgs
-1:	pushq %r15
-	pushq %r14
-	pushq %r13
-	pushq %r12
-	pushq %r11
-	pushq %r10
-	pushq %r9
-	pushq %r8
-	pushq %rbp
-	pushq %rdi
-	pushq %rsi
-	pushq %rdx
-	pushq %rcx
-	pushq %rbx
-	pushq %rax
+1:	PUSH_GPRS
 	movq %rsp, %rdi
 	call trap
 	.globl trap_return
 trap_return:                            /* RSP = a struct trapframe */
-	popq %rax
-	popq %rbx
-	popq %rcx
-	popq %rdx
-	popq %rsi
-	popq %rdi
-	popq %rbp
-	popq %r8
-	popq %r9
-	popq %r10
-	popq %r11
-	popq %r12
-	popq %r13
-	popq %r14
-	popq %r15
+	POP_GPRS
 	addq $16, %rsp                  /* vector, error code */
 	testb $3, 8(%rsp)
 	jz 2f

@@ -4,6 +4,7 @@
  * struct trapframe, so system calls and traps share one layout.
  */
 #include "mm.h"
+#include "frame.h"
 
 #define CPU_KSTACK      56      /* struct cpu (cpu.h) */
 #define CPU_USER_RSP    64
@@ -59,38 +60,10 @@ syscall_entry:
 	pushq %rcx                      /* rip */
 	pushq $0                        /* error code */
 	pushq $0x100                    /* VEC_SYSCALL */
-	pushq %r15
-	pushq %r14
-	pushq %r13
-	pushq %r12
-	pushq %r11
-	pushq %r10
-	pushq %r9
-	pushq %r8
-	pushq %rbp
-	pushq %rdi
-	pushq %rsi
-	pushq %rdx
-	pushq %rcx
-	pushq %rbx
-	pushq %rax
+	PUSH_GPRS
 	movq %rsp, %rdi
 	call syscall_dispatch
-	popq %rax
-	popq %rbx
-	popq %rcx
-	popq %rdx
-	popq %rsi
-	popq %rdi
-	popq %rbp
-	popq %r8
-	popq %r9
-	popq %r10
-	popq %r11
-	popq %r12
-	popq %r13
-	popq %r14
-	popq %r15
+	POP_GPRS
 	addq $16, %rsp                  /* vector, error code */
 	popq %rcx                       /* rip */
 	addq $8, %rsp                   /* cs */
