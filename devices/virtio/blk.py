@@ -7,22 +7,29 @@ status byte the device writes last. Served on the device's own thread:
     VIRTIO_BLK_T_IN            pread into the driver's buffers
     VIRTIO_BLK_T_OUT           pwrite (and fdatasync while the driver has not
                                negotiated VIRTIO_BLK_F_FLUSH: write-through)
-    VIRTIO_BLK_T_FLUSH         fsync, then the status: a flushed write is on disk
+    VIRTIO_BLK_T_FLUSH         fdatasync, then the status: a flushed write is on disk
     VIRTIO_BLK_T_GET_ID        the serial number, 20 bytes
     VIRTIO_BLK_T_DISCARD       punch holes (a hint: OK even where the host cannot)
     VIRTIO_BLK_T_WRITE_ZEROES  zero range / punch hole (unmap), or plain zeros
 
 Requests are served in order, one at a time, so every write completed
-before a flush was taken is in the file when the flush calls fsync.
+before a flush was taken is in the file when the flush calls fdatasync
+(the image never changes size, so no other metadata matters).
+
+While the queue's DMA is direct, rounds of it are served in C
+(devices.virtio.blkq, vmm/native/blkq.c) under the same rules; serve()
+and handle() below are its twin, and do what C leaves to Python.
 """
 from __future__ import annotations
 
 import os
 import struct
 
+from devices.virtio import blkq
 from devices.virtio.dma import DmaError
 from devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
 from devices.virtio.image import RawImage
+from devices.virtio.queue import Virtqueue
 
 VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2
@@ -71,7 +78,8 @@ class VirtioBlk(VirtioDevice):
     device_id = VIRTIO_ID_BLOCK
     kind = "virtio-blk"
 
-    def __init__(self, image: RawImage, serial: str | None = None, name: str | None = None):
+    def __init__(self, image: RawImage, serial: str | None = None, name: str | None = None,
+                 native: bool = True):
         features = bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH)
         if image.readonly:
             features |= bit(VIRTIO_BLK_F_RO)
@@ -93,9 +101,65 @@ class VirtioBlk(VirtioDevice):
                              MAX_DISCARD_SEG)
             c[WRITE_ZEROES_MAY_UNMAP_OFF] = 1
         self.reads = self.writes = self.flushes = 0
+        self.bytes_read = self.bytes_written = 0
+        self.native = native            # serve in C when the DMA is direct
+        self._native_queue: blkq.NativeBlkQueue | None = None
 
     def on_close(self) -> None:
         self.image.close()
+
+    def on_reset(self) -> None:
+        if self._native_queue is not None:
+            self._native_queue.stop()
+            self._native_queue = None
+
+    # --- the queue, in C while its DMA is direct ------------------------------------
+
+    def serve(self, vq: Virtqueue) -> None:
+        """Rounds of the queue in C; a request C stops at is done here, then C goes on.
+        Translated DMA, or a ring word C cannot reach: VirtioDevice.serve()."""
+        while True:
+            with self.lock:
+                if not self.usable(vq):
+                    return
+                native, epoch = self._native_for(vq), self.epoch
+                if native is not None:
+                    native.load(vq)
+            if native is None:
+                return super().serve(vq)
+            code = native.serve()
+            with self.lock:
+                self._count(native.run)
+                if epoch != self.epoch:
+                    return                  # reset meanwhile: the ring state is not ours
+                native.store(vq)
+            if native.run.notify and self.transport is not None:
+                self.transport.signal_queue(vq)
+            if code == blkq.DONE or code == blkq.STOPPED:
+                return
+            if code == blkq.REQUEST and (req := self.pop_request(vq)) is not None:
+                self.process(req)
+            elif code != blkq.AGAIN:
+                return super().serve(vq)
+
+    def _native_for(self, vq: Virtqueue) -> blkq.NativeBlkQueue | None:
+        if self._native_queue is None and self.native and vq.native is not None:
+            self._native_queue = blkq.NativeBlkQueue(
+                vq, self.image.fd, self.capacity, self.image.readonly,
+                not self.negotiated(VIRTIO_BLK_F_FLUSH), self.serial)
+        return self._native_queue
+
+    def _count(self, run) -> None:
+        self.requests += run.completed
+        self.reads += run.reads
+        self.writes += run.writes
+        self.flushes += run.flushes
+        self.bytes_read += run.bytes_read
+        self.bytes_written += run.bytes_written
+        self.errors += run.io_errors
+        if run.error:
+            self.log_once(f"io-{run.error}", f"{self.name}: {self.image.path}: "
+                                             f"{os.strerror(run.error)}")
 
     # --- requests ---------------------------------------------------------------------
 
@@ -139,7 +203,7 @@ class VirtioBlk(VirtioDevice):
 
     def sync(self) -> None:
         """Make every write so far durable (VIRTIO_BLK_T_FLUSH)."""
-        self.image.fsync()
+        self.image.fdatasync()
 
     def _in_range(self, sector: int, length: int) -> bool:
         return length % SECTOR_SIZE == 0 and sector + length // SECTOR_SIZE <= self.capacity
@@ -150,6 +214,7 @@ class VirtioBlk(VirtioDevice):
         if self.image.preadv(req.views(True, 0, length), sector * SECTOR_SIZE) != length:
             return VIRTIO_BLK_S_IOERR
         self.reads += 1
+        self.bytes_read += length
         return VIRTIO_BLK_S_OK
 
     def _write(self, req: Request, sector: int) -> int:
@@ -160,6 +225,7 @@ class VirtioBlk(VirtioDevice):
             return VIRTIO_BLK_S_IOERR
         self._write_through()
         self.writes += 1
+        self.bytes_written += length
         return VIRTIO_BLK_S_OK
 
     def _write_through(self) -> None:
@@ -191,4 +257,5 @@ class VirtioBlk(VirtioDevice):
 
     def format_stats(self) -> str:
         return (f"{self.name}: {self.reads} reads, {self.writes} writes, {self.flushes} flushes, "
-                f"{self.errors} errors")
+                f"{self.errors} errors; {self.requests} requests, {self.bytes_read} bytes read, "
+                f"{self.bytes_written} written")

@@ -78,9 +78,6 @@ class RawImage:
             done = os.pwrite(self.fd, view, offset)
             view, offset = view[done:], offset + done
 
-    def fsync(self) -> None:
-        os.fsync(self.fd)
-
     def fdatasync(self) -> None:
         os.fdatasync(self.fd)
 

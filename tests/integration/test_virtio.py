@@ -57,7 +57,8 @@ def test_guest_drivers_over_pci(akvm_guest_factory, disk, tmp_path):
     guest.close()
     assert disk.read_bytes() == before                 # the self-test puts the sectors back
     blk = stat_line(guest.serial_log, "virtio-blk0")
-    assert re.match(r"[1-9]\d* reads, [1-9]\d* writes, [1-9]\d* flushes, 0 errors", blk)
+    assert re.match(r"[1-9]\d* reads, [1-9]\d* writes, [1-9]\d* flushes, 0 errors; "
+                    r"[1-9]\d* requests, [1-9]\d* bytes read, [1-9]\d* written;", blk)
     if kvm_has_ioeventfd():
         for device in ("virtio-blk0", "virtio-rng0", "virtio-console0"):
             assert stat_line(guest.serial_log, device).endswith("0 notifications by exit")
