@@ -154,6 +154,21 @@ static bool bench_user_edu(void)
 	return bench_prog(2, argv);
 }
 
+/* IOTLB invalidations timed from ring 3 (invbench): the kernel lends the
+ * process the VT-d unit (iommu_lend, benchmark only). */
+static bool bench_user_iommu(void)
+{
+	const char *err = iommu_probe();
+	if (!err)
+		err = iommu_enable();
+	if (err) {
+		kprintf("BENCH user-iommu skipped: %s\n", err);
+		return true;
+	}
+	char *argv[] = { "invbench", "bench" };
+	return bench_prog(2, argv);
+}
+
 struct bench {
 	const char *name;
 	bool (*fn)(void);
@@ -177,6 +192,7 @@ static const struct bench benches[] = {
 	{ "user-loop", bench_user_loop },
 	{ "user-shootdown", bench_user_shootdown },
 	{ "user-edu", bench_user_edu },
+	{ "user-iommu", bench_user_iommu },
 };
 
 int bench_main(int argc, char **argv)

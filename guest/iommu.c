@@ -15,6 +15,9 @@
  *   Register commands are refused while the queue is on, as the spec says.
  * - Faults: the fault event (FECTL/FEDATA/FEADDR) is an MSI to core 0;
  *   its handler reads and clears the fault recording registers and FSTS.
+ * - Lending (benchmark only, user.c's iommu_lend): a process gets the
+ *   register page and the queue; meanwhile every path here that would
+ *   invalidate refuses, and iommu_take_back resynchronises the queue.
  *
  * Everything polls with short bounded loops: the status bits of an
  * emulated IOMMU update synchronously, and ring 0 may be emulated.
@@ -32,6 +35,8 @@
 #include "x86.h"
 
 struct iommu iommu;
+
+const char IOMMU_LENT_ERR[] = "the VT-d unit is lent to a process (benchmark)";
 
 static volatile uint32_t qi_status __attribute__((aligned(64)));
 
@@ -235,6 +240,8 @@ const char *iommu_set_context(uint8_t bus, uint8_t devfn, int tt, const struct i
 
 	if (e[0] == lo && e[1] == hi)
 		return NULL;
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;          /* it could not invalidate */
 	if (e[0] & 1) {
 		/* Take the old entry down and flush what may be cached of it. */
 		uint16_t old = (e[1] >> 8) & 0xFFFF;
@@ -365,6 +372,8 @@ static const char *build_identity(void)
 
 const char *iommu_reg_ccmd(int gran, uint16_t did, uint16_t sid, int *actual)
 {
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	if (iommu.qi)
 		return "register-based invalidation while queued invalidation is on";
 	uint64_t last;
@@ -380,6 +389,8 @@ const char *iommu_reg_ccmd(int gran, uint16_t did, uint16_t sid, int *actual)
 
 const char *iommu_reg_iotlb(int gran, uint16_t did, uint64_t addr, unsigned am, int *actual)
 {
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	if (iommu.qi)
 		return "register-based invalidation while queued invalidation is on";
 	if (gran == INV_PAGE && !CAP_PSI(iommu.cap))
@@ -407,10 +418,10 @@ const char *iommu_reg_iotlb(int gran, uint16_t did, uint64_t addr, unsigned am, 
 
 /* ---- invalidation: queue --------------------------------------------- */
 
-#define IQ_ENTRIES 256
-
 const char *iommu_qi_set(bool on)
 {
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	if (on == iommu.qi)
 		return NULL;
 	if (on) {
@@ -436,13 +447,19 @@ const char *iommu_qi_set(bool on)
 
 bool iommu_qi_room(unsigned n)
 {
+	if (iommu.lent_to)
+		return false;
 	unsigned head = (rd64(DMAR_IQH) >> 4) & 0x7FFF;
 	unsigned used = (iommu.iq_tail - head) & (IQ_ENTRIES - 1);
 	return used + n < IQ_ENTRIES;
 }
 
+/* While the unit is lent the queue is the process's: pushes and kicks do
+ * nothing and iommu_qi_wait says why. */
 void iommu_qi_push(uint64_t lo, uint64_t hi)
 {
+	if (iommu.lent_to)
+		return;
 	uint64_t *slot = &iommu.iq[2 * iommu.iq_tail];
 	slot[0] = lo;
 	slot[1] = hi;
@@ -472,6 +489,8 @@ void iommu_qi_push_pages(uint16_t did, uint64_t addr, uint64_t stride, unsigned 
 		iommu_qi_push_iotlb(INV_DOMAIN, did, 0, 0);
 		return;
 	}
+	if (iommu.lent_to)
+		return;
 	uint64_t lo = 2 | (uint64_t)INV_PAGE << 4 | (uint64_t)did << 16 | iommu.iotlb_drain;
 	uint64_t *q = iommu.iq;
 	unsigned t = iommu.iq_tail;
@@ -487,6 +506,8 @@ void iommu_qi_push_pages(uint16_t did, uint64_t addr, uint64_t stride, unsigned 
 
 void iommu_qi_kick(void)
 {
+	if (iommu.lent_to)
+		return;
 	wr64(DMAR_IQT, (uint64_t)iommu.iq_tail << 4);
 }
 
@@ -499,6 +520,8 @@ void iommu_qi_kick(void)
 const char *iommu_qi_wait(bool intr)
 {
 	static char why[96];
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	uint32_t seq = ++iommu.wait_seq;
 	if (!seq)
 		seq = ++iommu.wait_seq;
@@ -536,6 +559,8 @@ const char *iommu_qi_wait(bool intr)
 
 const char *iommu_inv_context(int gran, uint16_t did, uint16_t sid)
 {
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	if (!iommu.qi)
 		return iommu_reg_ccmd(gran, did, sid, NULL);
 	if (!iommu_qi_room(2))
@@ -546,12 +571,87 @@ const char *iommu_inv_context(int gran, uint16_t did, uint16_t sid)
 
 const char *iommu_inv_iotlb(int gran, uint16_t did, uint64_t addr, unsigned am)
 {
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
 	if (!iommu.qi)
 		return iommu_reg_iotlb(gran, did, addr, am, NULL);
 	if (!iommu_qi_room(2))
 		return "invalidation queue full";
 	iommu_qi_push_iotlb(gran, did, addr, am);
 	return iommu_qi_wait(false);
+}
+
+/* ---- lending the unit to a process (benchmark only) ------------------- */
+
+/*
+ * user.c maps the register page and the queue into the process; here the
+ * driver's side: queued invalidation as the process asked (the spec forbids
+ * register commands while it is on), the queue empty, and from then on the
+ * kernel keeps its hands off (the guards above) until iommu_take_back.
+ */
+const char *iommu_lend(int pid, bool qi)
+{
+	if (iommu.lent_to)
+		return IOMMU_LENT_ERR;
+	if (!iommu.enabled)
+		return "translation is off";
+	if (qi && !ECAP_QI(iommu.ecap))
+		return "ECAP.QI = 0: no queued invalidation";
+	bool was = iommu.qi;
+	const char *err = iommu_qi_set(qi);
+	if (err)
+		return err;
+	if (qi && ((rd64(DMAR_IQH) >> 4) & 0x7FFF) != iommu.iq_tail) {
+		iommu_qi_set(was);
+		return "invalidation queue not empty";
+	}
+	iommu.lend_qi_was = was;
+	__atomic_store_n(&iommu.lent_to, pid, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+const char *iommu_take_back(void)
+{
+	static char why[96];
+	const char *err = NULL;
+	if (!iommu.lent_to)
+		return NULL;
+	bool qi = rd32(DMAR_GSTS) & GCMD_QIE;
+	uint64_t end = tsc_deadline_us(100000), last;
+	if (qi) {
+		/* Let what the process queued finish; a bad descriptor stops the
+		 * queue with IQH at it: drop the rest (IQT = IQH), then clear the
+		 * error so that the queue runs again. */
+		unsigned head, tail;
+		for (;;) {
+			head = (rd64(DMAR_IQH) >> 4) & 0x7FFF;
+			tail = (rd64(DMAR_IQT) >> 4) & 0x7FFF;
+			uint32_t fsts = rd32(DMAR_FSTS);
+			bool stuck = fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE);
+			if (head == tail && !stuck)
+				break;
+			if (stuck || tsc_passed(end)) {
+				ksnprintf(why, sizeof(why), "queue %s (FSTS 0x%x, IQH %u, IQT %u): emptied",
+					  stuck ? "error" : "did not drain", fsts, head, tail);
+				err = why;
+				wr64(DMAR_IQT, (uint64_t)head << 4);
+				wr32(DMAR_FSTS, fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE));
+				tail = head;
+				break;
+			}
+			udelay(10);
+		}
+		iommu.iq_tail = tail & (IQ_ENTRIES - 1);
+	} else {
+		/* A register command the process left running. */
+		if (!poll64_clear(iommu.iro + 8, 1ULL << 63, &last) ||
+		    !poll64_clear(DMAR_CCMD, 1ULL << 63, &last))
+			err = "a register invalidation did not complete";
+	}
+	iommu.qi = qi;
+	__atomic_store_n(&iommu.lent_to, 0, __ATOMIC_SEQ_CST);
+	const char *e2 = iommu_qi_set(iommu.lend_qi_was);
+	return err ? err : e2;
 }
 
 /* ---- interrupts -------------------------------------------------------- */
@@ -599,8 +699,15 @@ static void fault_irq(struct trapframe *tf)
 		if (!iommu.quiet)
 			print_fault(f);
 	}
-	if (fsts & FSTS_W1C)
-		wr32(DMAR_FSTS, fsts & FSTS_W1C);
+	/* A queue error stops the queue at the bad descriptor, and clearing it
+	 * restarts there: while the unit is lent the process's queue errors are
+	 * left for it to see and for iommu_take_back to clear (else each
+	 * clear raises the error and this interrupt again). */
+	uint32_t clear = fsts & FSTS_W1C;
+	if (iommu.lent_to)
+		clear &= ~(FSTS_IQE | FSTS_ICE | FSTS_ITE);
+	if (clear)
+		wr32(DMAR_FSTS, clear);
 	if ((fsts & (FSTS_IQE | FSTS_ITE | FSTS_ICE)) && !iommu.quiet)
 		kprintf("DMAR: invalidation queue error, FSTS 0x%x\n", fsts);
 }
@@ -733,6 +840,9 @@ void iommu_print(void)
 	kprintf("  %lu register invalidations, %lu queued descriptors, %lu waits; %u faults, "
 		"%u fault irqs, %u invalidation irqs\n", iommu.inv_reg, iommu.inv_qi_desc,
 		iommu.inv_qi_waits, iommu.nfaults, iommu.fault_irqs, iommu.inv_irqs);
+	if (iommu.lent_to)
+		kprintf("  lent to pid %d for a benchmark: the kernel issues no invalidations\n",
+			iommu.lent_to);
 	pci_scan();
 	int n = 0;
 	for (int i = 0; i < pci_ndevs; i++) {

@@ -43,6 +43,7 @@
 #include "timer.h"
 #include "trap.h"
 #include "virtio.h"
+#include "vm.h"
 #include "x86.h"
 
 struct tss {
@@ -92,6 +93,7 @@ static int io_map(struct proc *p, uint64_t va, uint64_t pte);
 static bool io_clear(struct proc *p, uint64_t va);
 static void io_flush(struct proc *p, const uint64_t *iovas, int n);
 static void quarantine_release(struct proc *p);
+static void lend_end(struct proc *p);
 static spinlock_t user_iommu_lock;     /* the VT-d driver is not reentrant */
 
 /* ---- per-core setup ---- */
@@ -404,6 +406,8 @@ struct proc *proc_create(const char *prog, int argc, char **argv, const char **e
 
 void proc_free(struct proc *p)
 {
+	if (p->iommu_lent)
+		lend_end(p);
 	if (p->dev_owned)
 		dev_release(p);
 	if (p->pml4) {
@@ -529,6 +533,8 @@ int proc_run(struct proc *p)
 	 * one wakes us. */
 	while (__atomic_load_n(&p->cores, __ATOMIC_SEQ_CST))
 		sti_hlt(), cli();
+	if (p->iommu_lent)
+		lend_end(p);            /* exit gives the VT-d unit back */
 	if (p->dev_owned)
 		dev_release(p);         /* exit releases the device */
 	__atomic_store_n(&p->state, P_DEAD, __ATOMIC_RELEASE);
@@ -859,7 +865,7 @@ static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
 {
 	struct virtio_dev *vd;
 	int tries = 0;
-	if (p->dev_owned || iommu_probe() || iommu_enable())
+	if (p->dev_owned || iommu_probe() || iommu_enable() || iommu.lent_to)
 		return -1;
 retry:;
 	struct pci_dev *d = assign_target(sel, &vd);
@@ -1072,6 +1078,112 @@ static int64_t sys_dma_addr(struct proc *p, uint64_t va)
 	return va - USER_DMA_BASE;
 }
 
+/* ---- lending the VT-d unit to a process (benchmark only, uapi.h) ---- */
+
+/*
+ * iommu_lend(mode, info): the DRHD register page (uncached) and, for
+ * IOMMU_LEND_QI, the kernel's invalidation queue page are mapped into the
+ * process at the next mmap slot, as device BARs are (PTE_NOFREE: frames
+ * not the process's); the driver stops issuing invalidations
+ * (iommu_lend).  No isolation while it lasts: the process can make the
+ * unit write any physical address.  Refused while a process owns a device
+ * behind the unit (its munmaps would need the IOTLB), as assign() is
+ * refused while the unit is lent.
+ */
+static int64_t sys_iommu_lend(struct proc *p, uint64_t mode, uint64_t uinfo)
+{
+	if (mode == IOMMU_LEND_RETURN)
+		return p->iommu_lent ? (lend_end(p), 0) : -1;
+	if ((mode != IOMMU_LEND_QI && mode != IOMMU_LEND_REG) || p->iommu_lent || p->dev_owned ||
+	    !user_ok(p, uinfo, sizeof(struct iommu_lend), true))
+		return -1;
+	if (iommu_probe() || iommu_enable())
+		return IOMMU_LEND_ENODEV;
+	bool qi = mode == IOMMU_LEND_QI;
+	if (qi && !ECAP_QI(iommu.ecap))
+		return IOMMU_LEND_ENOQI;
+	struct iommu_lend info;
+	memcpy(&info, (const void *)(uintptr_t)uinfo, sizeof(info));
+	uint64_t status_pa = 0;
+	if (info.status_va) {
+		uint64_t sva = info.status_va & ~0xFFFULL;
+		if (!user_ok(p, sva, PAGE_SIZE, true) || (*pte_walk(p, sva, false) & PTE_NOFREE))
+			return -1;
+		status_pa = PTE_ADDR(*pte_walk(p, sva, false)) | (info.status_va & 0xFFF);
+	}
+	if (p->pid >= (1 << (4 + 2 * CAP_ND(iommu.cap))))
+		return -1;              /* the pid is the domain id it invalidates in */
+	uint64_t n = qi ? 2 : 1, va = p->mmap_next;
+	if (va + (n + 1) * PAGE_SIZE > USER_STACK_TOP - (USER_STACK_PAGES + 1) * PAGE_SIZE)
+		return -1;
+	uint64_t *ptes[2];
+	for (uint64_t i = 0; i < n; i++)
+		if (!(ptes[i] = pte_walk(p, va + i * PAGE_SIZE, true)))
+			return -1;
+	bool busy = false;
+	spin_lock(&assign_lock);
+	for (int i = 0; i < PCI_MAX_DEVS; i++)
+		busy |= dev_owner[i] != NULL;
+	spin_unlock(&assign_lock);
+	spin_lock(&user_iommu_lock);
+	const char *err = busy ? "a process owns a device behind it" : iommu_lend(p->pid, qi);
+	spin_unlock(&user_iommu_lock);
+	if (err) {
+		kprintf("pid %d: iommu_lend: %s\n", p->pid, err);
+		return busy || iommu.lent_to ? IOMMU_LEND_EBUSY : -1;
+	}
+	*ptes[0] = iommu.drhd->base | PTE_P | PTE_W | PTE_U | PTE_PCD | PTE_PWT | PTE_NOFREE;
+	if (qi)
+		*ptes[1] = virt_to_phys(iommu.iq) | PTE_P | PTE_W | PTE_U | PTE_NOFREE;
+	p->iommu_lent = true;
+	p->lend_va = va;
+	p->lend_pages = n;
+	p->mmap_next = va + (n + 1) * PAGE_SIZE;
+	info.status_pa = status_pa;
+	info.regs = va;
+	info.queue = qi ? va + PAGE_SIZE : 0;
+	info.cap = iommu.cap;
+	info.ecap = iommu.ecap;
+	info.desc_drain = iommu.iotlb_drain;
+	info.reg_drain = iommu.iotlb_drain << 42;       /* DW 6 -> 48, DR 7 -> 49 */
+	info.entries = qi ? IQ_ENTRIES : 0;
+	info.tail = qi ? iommu.iq_tail : 0;
+	info.iva = iommu.iro;
+	info.iotlb = iommu.iro + 8;
+	info.iqh = DMAR_IQH;
+	info.iqt = DMAR_IQT;
+	info.fsts = DMAR_FSTS;
+	info.gsts = DMAR_GSTS;
+	info.did = p->pid;
+	info.qi = qi;
+	info.rsvd = 0;
+	memcpy((void *)(uintptr_t)uinfo, &info, sizeof(info));         /* checked above */
+	return va;
+}
+
+/* The pages out of the process (and its other cores' TLBs), then the
+ * driver takes the unit back: the queue drained, IQT as its tail. */
+static void lend_end(struct proc *p)
+{
+	for (uint64_t i = 0; i < p->lend_pages && p->pml4; i++) {
+		uint64_t *pte = pte_walk(p, p->lend_va + i * PAGE_SIZE, false);
+		if (pte) {
+			*pte = 0;
+			if (this_cpu()->cur == p)
+				invlpg(p->lend_va + i * PAGE_SIZE);
+		}
+	}
+	if (this_cpu()->cur == p)
+		tlb_shootdown_cores(p->cores, p->lend_va, p->lend_pages);
+	spin_lock(&user_iommu_lock);
+	const char *err = iommu_take_back();
+	spin_unlock(&user_iommu_lock);
+	if (err)
+		kprintf("pid %d: taking the VT-d unit back: %s\n", p->pid, err);
+	p->iommu_lent = false;
+	p->lend_pages = 0;
+}
+
 static int64_t sys_ioperm(struct proc *p, uint64_t port, uint64_t n, uint64_t on)
 {
 	if (port >= 0x400 || n > 0x400 - port)
@@ -1159,6 +1271,9 @@ void syscall_dispatch(struct trapframe *tf)
 		break;
 	case SYS_DMA_ADDR:
 		ret = sys_dma_addr(p, a0);
+		break;
+	case SYS_IOMMU_LEND:
+		ret = sys_iommu_lend(p, a0, a1);
 		break;
 	case SYS_NCORES:
 		ret = 0;

@@ -104,6 +104,7 @@ struct iodomain {
 };
 
 #define IOMMU_FAULT_LOG 16
+#define IQ_ENTRIES      256     /* the invalidation queue: one page of 128-bit descriptors */
 
 struct iommu {
 	bool probed, present, enabled, qi;
@@ -128,6 +129,10 @@ struct iommu {
 	volatile uint32_t last_fsts, last_ics;
 	struct iommu_fault faults[IOMMU_FAULT_LOG];
 	bool quiet;                     /* do not print faults from the handler */
+	/* Lent to a process for a benchmark (iommu_lend): the kernel issues
+	 * no invalidation and no GCMD command until it takes the unit back. */
+	volatile int lent_to;           /* its pid, or 0 */
+	bool lend_qi_was;               /* queued invalidation before the loan */
 	/* counters */
 	unsigned long inv_reg, inv_qi_desc, inv_qi_waits;
 };
@@ -183,6 +188,15 @@ void iommu_qi_push_context(int gran, uint16_t did, uint16_t sid);
  * queue and polls for the status.  NULL or why not. */
 const char *iommu_qi_wait(bool intr);
 void iommu_qi_kick(void);
+
+/* Benchmark only (user.c, SYS_IOMMU_LEND): lend the unit to process pid
+ * with queued invalidation on (qi) or off.  While lent, the invalidation,
+ * context-entry and QI on/off paths above return IOMMU_LENT_ERR.
+ * iommu_take_back waits for the queue to drain (recovering from a queue
+ * error), takes IQT as the kernel's tail and restores the QI setting. */
+const char *iommu_lend(int pid, bool qi);
+const char *iommu_take_back(void);
+extern const char IOMMU_LENT_ERR[];
 
 /* Writes back CPU cache lines of table memory when ECAP.C = 0. */
 void iommu_flush_cache(const void *p, size_t len);

@@ -64,6 +64,9 @@ struct proc {
 	uint64_t bar_va, bar_pages;     /* its BARs in the process (uncached), back to back */
 	uint64_t assigned_ctx[2];       /* the context entry written at assign (self-tests) */
 	unsigned iotlb_page_invs;       /* page-selective IOTLB invalidations by munmap */
+	/* iommu_lend (benchmark only): the VT-d register page and queue mapped in. */
+	bool iommu_lent;
+	uint64_t lend_va, lend_pages;
 };
 
 /* `iommu noflush`: munmap skips the IOTLB invalidation of owned devices. */

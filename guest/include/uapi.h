@@ -32,7 +32,8 @@
 #define SYS_NCORES      14      /* ncores(): how many cores run this process now */
 #define SYS_DEV_XLATE   15      /* dev_xlate(on): the owned device through the domain, or not */
 #define SYS_DMA_ADDR    16      /* dma_addr(va): the address the owned device uses for va */
-#define NSYSCALLS       17
+#define SYS_IOMMU_LEND  17      /* benchmark only: iommu_lend(mode, info): the VT-d unit to this process */
+#define NSYSCALLS       18
 
 /* Processes that span several cores, Akaros style.  core_request() takes
  * an idle core and starts it in ring 3 in the caller's address space at
@@ -68,6 +69,50 @@ struct assign_virtio {
  * measurements only), dev_xlate(1) points it at the process's domain again
  * (as assign() left it).  dma_addr(va) is what to program into the device
  * for va either way (the IOVA, or the physical address), or -1. */
+
+/*
+ * iommu_lend(mode, &info) (benchmark only, like dev_xlate and dma_addr:
+ * no isolation while it lasts -- the process can make the unit write any
+ * physical address and can turn translation off).  It lends the calling
+ * process the VT-d unit, so that user/invbench.c can time invalidations
+ * from ring 3: the DRHD register page is mapped uncached at the next mmap
+ * slot (the return value; also info.regs) and, in IOMMU_LEND_QI mode, the
+ * kernel's invalidation queue page right after it (info.queue; queued
+ * invalidation switched on for the loan if it was off).  IOMMU_LEND_REG
+ * switches queued invalidation off for the loan, since the spec forbids
+ * register commands while it is on.  While lent the kernel issues no
+ * invalidation itself: its VT-d paths refuse, assign() refuses, and the
+ * loan is refused while a process owns a device.  iommu_lend(
+ * IOMMU_LEND_RETURN, 0), exit or kill gives it back: the kernel unmaps
+ * both pages, waits for the queue to drain (IQH = IQT; after a queue error
+ * it empties the queue and clears FSTS.IQE), takes IQT as its own tail and
+ * puts queued invalidation back as it was.
+ */
+#define IOMMU_LEND_RETURN 0
+#define IOMMU_LEND_QI   1       /* queued invalidation on: write descriptors, then IQT */
+#define IOMMU_LEND_REG  2       /* queued invalidation off: IVA + IOTLB registers */
+/* Negative returns other than -1 (bad arguments, already lent, no room): */
+#define IOMMU_LEND_ENODEV (-2)  /* no usable VT-d unit */
+#define IOMMU_LEND_ENOQI  (-3)  /* IOMMU_LEND_QI without ECAP.QI */
+#define IOMMU_LEND_EBUSY  (-4)  /* a process owns a device behind the unit */
+
+struct iommu_lend {
+	uint64_t status_va;     /* in: a writable page of the caller's (0: none) */
+	uint64_t status_pa;     /* out: its guest-physical address: wait descriptors' status */
+	uint64_t regs;          /* out: the register page (4 KiB, uncached) */
+	uint64_t queue;         /* out: the invalidation queue (IOMMU_LEND_QI), else 0 */
+	uint64_t cap, ecap;     /* out: CAP and ECAP */
+	uint64_t desc_drain;    /* out: DR/DW bits (7, 6) for IOTLB descriptors, per CAP */
+	uint64_t reg_drain;     /* out: DR/DW bits (49, 48) for the IOTLB register */
+	uint32_t entries;       /* out: 128-bit descriptors in the queue */
+	uint32_t tail;          /* out: next free descriptor (IQT / 16) as the kernel left it */
+	uint32_t iva, iotlb;    /* out: offsets of the IVA and IOTLB registers (ECAP.IRO) */
+	uint32_t iqh, iqt;      /* out: offsets of IQH and IQT */
+	uint32_t fsts, gsts;    /* out: offsets of FSTS and GSTS */
+	uint16_t did;           /* out: a domain id to invalidate in (the pid: nothing uses it) */
+	uint16_t qi;            /* out: 1 queued invalidation is on, 0 registers */
+	uint32_t rsvd;
+};
 
 /* A device assigned to a process sees the process's mmap area: IOVA = user
  * virtual address - USER_DMA_BASE, for the first USER_DMA_SIZE bytes (the

@@ -36,6 +36,10 @@ void core_yield(void)
 int ncores(void) { return __syscall(SYS_NCORES, 0, 0, 0); }
 int dev_xlate(int on) { return __syscall(SYS_DEV_XLATE, on, 0, 0); }
 int64_t dma_addr(const volatile void *va) { return __syscall(SYS_DMA_ADDR, (long)va, 0, 0); }
+long iommu_lend(int mode, struct iommu_lend *info)
+{
+	return __syscall(SYS_IOMMU_LEND, mode, (long)info, 0);
+}
 
 void *memcpy(void *d, const void *s, size_t n)
 {

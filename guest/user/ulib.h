@@ -47,6 +47,10 @@ int ncores(void);
  * benchmarks) or through this process's domain (1); dma_addr() converts. */
 int dev_xlate(int on);
 int64_t dma_addr(const volatile void *va);
+/* Benchmark only: the VT-d unit to this process (uapi.h: IOMMU_LEND_QI or
+ * IOMMU_LEND_REG, filling *info; IOMMU_LEND_RETURN gives it back).  The
+ * register page's address, or a negative IOMMU_LEND_E* / -1. */
+long iommu_lend(int mode, struct iommu_lend *info);
 
 static inline uint64_t rdtsc(void)
 {

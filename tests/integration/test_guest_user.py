@@ -308,3 +308,111 @@ def test_user_vblk_under_qemu(akvm_guest_factory, disk):
     assert re.search(r"read into unmapped IOVA 0xf000000: (status \d|device set)", out), out
     guest.close()
     assert disk.read_bytes() == before
+
+
+# The VT-d unit lent to a process for a benchmark (guest/user/invbench.c, the benchmark-only
+# system call iommu_lend): IOTLB invalidations timed from ring 3, queued and register-based.
+INV_QI = ["user-iommu-inv-qi-1"] + [f"user-iommu-inv-qi-batch{n}" for n in (8, 32, 128, 254)]
+INV_REG = ["user-iommu-inv-reg-domain", "user-iommu-inv-reg-page"]
+LENT = "the VT-d unit is lent to a process (benchmark)"
+
+
+def check_inv_bench(out, qi=True):
+    """Every figure well formed (or, without ECAP.QI, the queued ones skipped), no failure."""
+    for name in (INV_QI if qi else []) + INV_REG:
+        assert re.search(rf"^BENCH {name} iterations=\d+ cycles_per_op=\d+ ns_per_op=\d+$", out,
+                         re.M), out
+    if not qi:
+        assert "BENCH user-iommu-inv-qi skipped: no queued invalidation (ECAP.QI = 0)" in out, out
+    assert "exit status" not in out and "taking the VT-d unit back" not in out, out
+    lent = re.findall(r"invbench: pid \d+: VT-d unit lent \((queued|registers)\)", out)
+    assert lent == (["queued"] if qi else []) + ["registers"], out
+    return out
+
+
+def test_user_iommu_invalidation_bench_under_akvm(akvm_guest_factory):
+    guest = akvm_guest_factory(cpus=2, args=EDU_ARGS, timeout=TIMEOUT)
+    check_inv_bench(guest.command("bench user-iommu", timeout=TIMEOUT))
+    # The kernel took the unit back with register-based invalidation, as it had it.
+    assert "register-based invalidation" in guest.command("iommu")
+    result = guest.selftest("iommu-reg-inv", "iommu-translate", "iommu-psi")
+    assert set(result.passed) == {"iommu-reg-inv", "iommu-translate", "iommu-psi"}, result.output
+    # Lent while the kernel's queue is in use: it takes IQT back as its tail and goes on.
+    assert "iommu:" not in guest.command("iommu qi on")
+    assert guest.selftest("iommu-qi").passed == ["iommu-qi"]
+    out = check_inv_bench(guest.command("bench user-iommu", timeout=TIMEOUT))
+    assert int(re.search(r"lent \(queued\): .* tail (\d+),", out).group(1)) > 0, out
+    assert "queued invalidation" in guest.command("iommu")
+    result = guest.selftest("iommu-qi", "iommu-qi-batch", "iommu-translate")
+    assert result.failed == {} and len(result.passed) == 3, result.output
+    out = guest.command("run edudma dma")      # a process's domain, invalidated through the queue
+    assert "data ok" in out and re.search(r"\(edudma\): exit status 0", out), out
+
+
+def test_user_iommu_invalidation_bench_without_qi(akvm_guest_factory):
+    """--iommu vtd,qi=off: no queued invalidation to lend; the register figures still come."""
+    guest = akvm_guest_factory(cpus=1, args=["--iommu", "vtd,qi=off", "--device", "edu"],
+                               timeout=TIMEOUT)
+    check_inv_bench(guest.command("bench user-iommu", timeout=TIMEOUT), qi=False)
+    result = guest.selftest("iommu-reg-inv", "iommu-translate")
+    assert set(result.passed) == {"iommu-reg-inv", "iommu-translate"}, result.output
+
+
+def test_user_iommu_bench_skips_without_an_iommu(akvm_guest_factory):
+    guest = akvm_guest_factory(cpus=1, timeout=TIMEOUT)
+    out = guest.command("bench user-iommu", timeout=TIMEOUT)
+    assert re.search(r"^BENCH user-iommu skipped: no DMAR table$", out, re.M), out
+
+
+def check_lend_ends_by_exit_and_kill(guest):
+    """A queue error left behind, descriptors queued without IQT and a kill: the kernel
+    takes the unit back each time and its own queued invalidation works after."""
+    assert "iommu:" not in guest.command("iommu qi on")
+    out = guest.command("run invbench bad")
+    assert re.search(r"invbench: pid \d+: invalid descriptor at \d+: FSTS 0x10,", out), out
+    assert re.search(r"pid \d+: taking the VT-d unit back: queue error \(FSTS 0x10, IQH \d+, "
+                     r"IQT \d+\): emptied", out), out
+    assert re.search(r"\(invbench\): exit status 0", out), out
+    assert guest.selftest("iommu-qi").passed == ["iommu-qi"]
+    out = guest.command("run invbench kill")
+    assert re.search(r"\(invbench\): exit status 142 \(killed: #PF page fault\)", out), out
+    assert "taking the VT-d unit back" not in out, out
+    result = guest.selftest("iommu-qi", "iommu-qi-batch")
+    assert result.failed == {} and len(result.passed) == 2, result.output
+
+
+def test_lent_iommu_comes_back_on_exit_and_kill(akvm_guest_factory):
+    guest = akvm_guest_factory(cpus=2, args=EDU_ARGS, timeout=TIMEOUT)
+    check_lend_ends_by_exit_and_kill(guest)
+
+
+def test_kernel_keeps_off_a_lent_iommu(akvm_guest_factory):
+    """While a process on core 1 holds the unit, the kernel's invalidations and assign()
+    are refused; its exit gives the unit back."""
+    guest = akvm_guest_factory(cpus=2, args=EDU_ARGS, timeout=TIMEOUT)
+    out = guest.command("spawn -c 1 invbench hold 8000")
+    m = re.search(r"pid (\d+) \(invbench\) started on core 1", out)
+    assert m, out
+    pid = m.group(1)
+    if "holds the VT-d unit" not in out:
+        guest.expect(rf"invbench: pid {pid} holds the VT-d unit for 8000 ms")
+    assert f"lent to pid {pid} for a benchmark" in guest.command("iommu")
+    result = guest.selftest("iommu-qi", "iommu-reg-inv")
+    assert set(result.failed) == {"iommu-qi", "iommu-reg-inv"}, result.output
+    assert all(LENT in why for why in result.failed.values()), result.output
+    out = guest.command("run edudma dma")       # assign() refused
+    assert re.search(r"\(edudma\): exit status 1\b", out), out
+    guest.expect(rf"pid {pid} \(invbench\) on core 1: exit status 0", timeout=60)
+    assert "lent to pid" not in guest.command("iommu")
+    result = guest.selftest("iommu-qi", "iommu-reg-inv", "iommu-translate")
+    assert result.failed == {} and len(result.passed) == 3, result.output
+    assert "data ok" in guest.command("run edudma dma")
+
+
+@needs_qemu
+def test_user_iommu_invalidation_bench_under_qemu(akvm_guest_factory):
+    guest = akvm_guest_factory(vmm="qemu", cpus=2, args=QEMU_EDU, timeout=TIMEOUT)
+    check_inv_bench(guest.command("bench user-iommu", timeout=TIMEOUT))
+    result = guest.selftest("iommu-reg-inv", "iommu-translate")
+    assert set(result.passed) == {"iommu-reg-inv", "iommu-translate"}, result.output
+    check_lend_ends_by_exit_and_kill(guest)
