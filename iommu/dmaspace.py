@@ -42,6 +42,9 @@ class Translator(Protocol):
     def translate(self, sid: int, address: int, write: bool) -> tuple[int, int]:
         """(guest-physical address, bytes valid from it) or raise TranslationFault."""
 
+    def untranslated(self, sid: int) -> bool:
+        """Whether sid's DMA reaches guest-physical addresses unchanged right now."""
+
 
 class DmaSpace:
     """A device's view of memory: read/write by device (bus) address.
@@ -58,6 +61,10 @@ class DmaSpace:
 
     def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
         raise NotImplementedError
+
+    def untranslated(self) -> bool:
+        """Whether device addresses are guest-physical addresses right now."""
+        return not self.translated
 
     def read(self, address: int, size: int) -> bytes:
         if size <= 0:
@@ -166,6 +173,13 @@ class TranslatedDma(DmaSpace):
                 out.append((gpa, n))
             address += n
         return out
+
+    def untranslated(self) -> bool:
+        """True while the unit passes this requester's DMA through unchanged
+        (translation off, or a pass-through context covering RAM): a device
+        may then reach guest RAM directly, as with DirectDma, until the guest
+        changes the context and invalidates it."""
+        return self.iommu.untranslated(self.requester_id)
 
     def __repr__(self) -> str:
         return f"TranslatedDma({format_sid(self.requester_id)})"

@@ -280,6 +280,23 @@ class VtdIommu:
         offset = address - leaf.iova
         return leaf.frame + offset, leaf.size - offset
 
+    def untranslated(self, sid: int) -> bool:
+        """Whether sid's DMA is passed through unchanged now: translation is off, or
+        its context (looked up as a DMA would, without recording a fault) is
+        pass-through with an address width that covers guest RAM."""
+        with self.lock:
+            if not self.gsts & GSTS_TES:
+                return True
+            try:
+                ctx = self._context(sid, 0)
+            except TranslationFault:
+                return False
+            except Exception as e:      # as in translate(): never a VMM crash
+                self._internal_error("untranslated", e)
+                return False
+            top = max(slot.end for slot in self.memory.slots)
+            return ctx.pass_through and top <= 1 << ctx.width
+
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)
         if cached is None:

@@ -29,7 +29,7 @@ from devices.virtio import blkq
 from devices.virtio.dma import DmaError
 from devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
 from devices.virtio.image import RawImage
-from devices.virtio.queue import Virtqueue
+from devices.virtio.queue import NativeWalker, Virtqueue
 
 VIRTIO_BLK_F_SIZE_MAX = 1
 VIRTIO_BLK_F_SEG_MAX = 2
@@ -143,9 +143,19 @@ class VirtioBlk(VirtioDevice):
                 return super().serve(vq)
 
     def _native_for(self, vq: Virtqueue) -> blkq.NativeBlkQueue | None:
-        if self._native_queue is None and self.native and vq.native is not None:
+        """The C queue for this round, or None. Behind an IOMMU it serves only
+        while the unit passes this device's DMA through unchanged (asked each
+        round: the guest may install a translating context at any time)."""
+        if not self.native:
+            return None
+        walker = vq.native
+        if walker is None:
+            if not vq.dma.untranslated():
+                return None
+            walker = NativeWalker(vq.dma.memory, vq.size + 256)
+        if self._native_queue is None:
             self._native_queue = blkq.NativeBlkQueue(
-                vq, self.image.fd, self.capacity, self.image.readonly,
+                vq, walker, self.image.fd, self.capacity, self.image.readonly,
                 not self.negotiated(VIRTIO_BLK_F_FLUSH), self.serial)
         return self._native_queue
 

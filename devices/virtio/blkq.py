@@ -1,6 +1,6 @@
 """virtio-blk's request queue served in C (vmm/native/blkq.c).
 
-While the queue's DMA is direct, VirtioBlk.serve() hands rounds of it to a
+While the queue's DMA is direct (or passed through unchanged by the IOMMU), VirtioBlk.serve() hands rounds of it to a
 NativeBlkQueue: one call, with the GIL released, takes every request
 available when it starts, walks it, moves its data with preadv/pwritev
 between the image and guest RAM, writes its status and puts it on the
@@ -9,8 +9,9 @@ runs per request.
 
 Python keeps what C stops at, in one place with its logging and error
 handling: DISCARD and WRITE_ZEROES, malformed requests, buffers or ring
-words outside guest RAM, broken chains (DEVICE_NEEDS_RESET); translated
-DMA (the IOMMU) is all Python. The transport sends the interrupt.
+words outside guest RAM, broken chains (DEVICE_NEEDS_RESET); DMA the IOMMU
+translates is all Python (a pass-through context is served here, checked
+every round). The transport sends the interrupt.
 """
 from __future__ import annotations
 
@@ -26,15 +27,15 @@ STOPPED = lib.AKVM_BLKQ_STOPPED      # the device was reset meanwhile
 class NativeBlkQueue:
     """One activation of a virtio-blk request queue (a Virtqueue with a NativeWalker)."""
 
-    def __init__(self, vq, fd: int, capacity: int, readonly: bool, write_through: bool,
+    def __init__(self, vq, walker, fd: int, capacity: int, readonly: bool, write_through: bool,
                  ident: bytes):
         config = ffi.new("struct akvm_blkq_config *", {
             "desc": vq.desc, "driver": vq.driver, "device": vq.device, "size": vq.size,
             "indirect": vq.indirect, "event_idx": vq.event_idx, "fd": fd,
             "capacity": capacity, "readonly": readonly, "write_through": write_through,
             "id": list(ident.ljust(lib.AKVM_BLKQ_ID_BYTES, b"\0"))})
-        self._walker = vq.native             # owns the slot array C reads guest RAM through
-        handle = lib.akvm_blkq_new(config, vq.native.slots, len(vq.native.slots))
+        self._walker = walker                # owns the slot array C reads guest RAM through
+        handle = lib.akvm_blkq_new(config, walker.slots, len(walker.slots))
         if handle == ffi.NULL:
             raise MemoryError("akvm_blkq_new")
         self.handle = ffi.gc(handle, lib.akvm_blkq_free)

@@ -87,3 +87,21 @@ def test_iasl_decodes_the_dmar(tmp_path):
     assert "Hardware Unit Definition" in dsl
     assert "Register Base Address : 00000000FED90000" in dsl
     assert "Host Address Width : 2F" in dsl
+
+
+def test_untranslated_follows_the_context_and_records_no_fault():
+    """What lets a device's C data path reach RAM directly behind the IOMMU."""
+    rig = Rig()
+    dma = rig.dma()
+    assert dma.untranslated()                     # translation off: addresses are physical
+    rig.enable()
+    assert not dma.untranslated()                 # no context entry: it would fault...
+    assert rig.iommu.faults.status == 0           # ...but asking records nothing
+    rig.set_context(SID, tt=2, did=3)             # pass-through
+    rig.iommu.context_cache.invalidate_all()
+    assert dma.untranslated()
+    rig.set_context(SID, tt=0, did=3, table=rig.page())
+    assert dma.untranslated()                     # the cached context still says pass-through
+    rig.iommu.context_cache.invalidate_all()
+    assert not dma.untranslated()                 # translating
+    assert DirectDma(rig.mem).untranslated()
