@@ -1,8 +1,10 @@
 """Machine: builds a VM from a MachineConfig, runs it, reports how it ended.
 
-build() does everything that can fail on user input first (kernel file,
-serial backend, /dev/kvm), so that a mistake costs one clear line and no
-half-built VM. run() starts the vCPU threads and waits for the first stop.
+build() checks what can fail on user input (kernel file, serial backend,
+/dev/kvm, then the kernel's format and the devices) before any vCPU runs,
+so that a mistake costs one clear line, and it closes what it opened. The
+kernel is parsed once KVM has built the VM: the loaders import meanwhile.
+run() starts the vCPU threads and waits for the first stop.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import importlib
 import logging
 import signal
 import threading
+from typing import TYPE_CHECKING
 
 from devices.acpi_pm import AcpiPm
 from devices.chardev import ChardevError, parse_serial
@@ -19,7 +22,6 @@ from devices.i8042 import I8042, ResetControl
 from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from devices.uart import Uart16550
 from vmm import kvm
-from vmm.boot import multiboot
 from vmm.bus import Bus
 from vmm.config import ConfigError, MachineConfig
 from vmm.fastpath import FastPath, PciConfShortcut, SerialShortcut
@@ -28,8 +30,9 @@ from vmm.irq import KvmIrqLine
 from vmm.memory import GuestMemory, PCI_HOLE_START
 from vmm.native import lib
 from vmm.tables import layout
-from vmm.tables.acpi import build_acpi
-from vmm.tables.mptable import build_mptable
+
+if TYPE_CHECKING:
+    from vmm.boot import multiboot
 
 log = logging.getLogger("akvm.machine")
 
@@ -67,6 +70,12 @@ DEVICE_BUILDERS: dict[str, str] = {
 def device_builder(kind: str):
     module, _, name = DEVICE_BUILDERS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def _import_loaders() -> None:
+    import vmm.boot.multiboot  # noqa: F401
+    import vmm.tables.acpi  # noqa: F401
+    import vmm.tables.mptable  # noqa: F401
 
 
 def open_kvm() -> kvm.System:
@@ -130,8 +139,13 @@ class Machine:
 
     @classmethod
     def build(cls, config: MachineConfig) -> "Machine":
+        # The loaders (pyelftools, construct) take a third of akvm's start-up to
+        # import; a thread imports them while KVM builds the VM, whose ioctls
+        # release the GIL.
+        loaders = threading.Thread(target=_import_loaders, name="import-loaders", daemon=True)
+        loaders.start()
         m = cls(config)
-        image = m._read_kernel()
+        data = m._read_kernel_file()
         try:
             m.serial = parse_serial(config.serial)
         except ChardevError as e:
@@ -139,21 +153,39 @@ class Machine:
         try:
             m.system = open_kvm()
             m._create_vm()
+            loaders.join()
+            image = m._parse_kernel(data)
             m._add_devices()
             m._write_tables()
             m._load_kernel(image)
         except BaseException:
             m._close_serial()
             m._close_virtio()
+            m._close_vm()
             raise
         return m
 
-    def _read_kernel(self) -> multiboot.MultibootImage:
+    def _read_kernel_file(self) -> bytes:
         try:
-            data = multiboot.load_file(self.config.kernel, "kernel")
+            with open(self.config.kernel, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise UserError(f"kernel {self.config.kernel}: {e.strerror or e}") from None
+
+    def _parse_kernel(self, data: bytes) -> multiboot.MultibootImage:
+        from vmm.boot import multiboot
+        try:
             return multiboot.parse(data, self.config.kernel)
         except multiboot.BootError as e:
             raise UserError(str(e)) from None
+
+    def _close_vm(self) -> None:
+        """Give back what a build that failed half-way opened of KVM."""
+        for t in self.vcpus:
+            t.vcpu.close()
+        for fd in (getattr(self, "vm", None), getattr(self, "system", None)):
+            if fd is not None:
+                fd.close()
 
     def _create_vm(self) -> None:
         self.vm = self.system.create_vm()
@@ -265,6 +297,8 @@ class Machine:
             spec.check_consumed()
 
     def _write_tables(self) -> None:
+        from vmm.tables.acpi import build_acpi
+        from vmm.tables.mptable import build_mptable
         extra = []
         if self.iommu is not None:
             from vmm.tables.dmar import build_dmar
@@ -273,6 +307,7 @@ class Machine:
         build_mptable(self.memory, self.config.cpus, pci_interrupts=self.pci.intx_routes())
 
     def _load_kernel(self, image: multiboot.MultibootImage) -> None:
+        from vmm.boot import multiboot
         modules = [multiboot.BootModule(m.path, m.args) for m in self.config.modules]
         try:
             boot = multiboot.load(image, self.memory, layout.memory_map(self.config.memory),

@@ -1,12 +1,17 @@
 """Boot the tiny multiboot kernel under KVM: serial output, exit codes, SMP, serial input."""
 import contextlib
+import os
 import re
 import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import needs_kvm
+from vmm.config import ConfigError, DeviceSpec, MachineConfig
 from vmm.cpu import ExitCode
+from vmm.machine import Machine, UserError
 
 pytestmark = needs_kvm
 
@@ -138,3 +143,18 @@ def test_serial_on_a_unix_socket(tiny_kernel, tmp_path):
                 got += s.recv(100)
         assert proc.wait(timeout=30) == ExitCode.POWEROFF
     assert got.startswith(b"tiny: hello")
+
+
+def test_a_build_that_fails_closes_what_it_opened(tmp_path, tiny_kernel):
+    """The kernel is parsed after KVM built the VM (its loaders import meanwhile):
+    a bad kernel, or a bad device, must still leave no descriptor behind."""
+    bad = tmp_path / "not-a-kernel"
+    bad.write_bytes(bytes(4096))
+    configs = [MachineConfig(kernel=str(bad), serial="none"),
+               MachineConfig(kernel=str(tiny_kernel), serial="none",
+                             devices=[DeviceSpec("nosuch", {})])]
+    before = sorted(os.listdir("/proc/self/fd"))
+    for config in configs * 2:
+        with pytest.raises((UserError, ConfigError)):
+            Machine.build(config)
+    assert sorted(os.listdir("/proc/self/fd")) == before
