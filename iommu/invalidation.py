@@ -24,9 +24,8 @@ from collections import Counter
 
 from iommu.cache import Iotlb
 from iommu.faults import FSTS_IQE
-from iommu.translate import native_slots
 from vmm.memory import GuestMemoryError
-from vmm.native import ffi, lib
+from vmm.native import ffi, lib, native_slots
 
 log = logging.getLogger("akvm.iommu")
 

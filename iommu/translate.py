@@ -18,7 +18,6 @@ ignored.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 from vmm.memory import GuestMemory, GuestMemoryError
@@ -270,31 +269,11 @@ def walk_python(memory: GuestMemory, ctx: ContextEntry, address: int, write: boo
 
 # --- The walk in C (vmm/native/slwalk.c) ---------------------------------------------
 try:
-    from vmm.native import ffi as _ffi, lib as _lib
+    from vmm.native import ffi as _ffi, lib as _lib, native_slots
 except ImportError:                    # not built: every walk is walk_python()
     _ffi = _lib = None
 
 _U64 = 1 << 64
-# GuestMemory -> (slot count, cffi array of its slots' host mappings, or None)
-_native_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def native_slots(memory: GuestMemory):
-    """The cffi slot array for `memory` (rebuilt when a slot is added), or None when a
-    slot has no writable host buffer to point C at."""
-    cached = _native_slots.get(memory)
-    if cached is not None and cached[0] == len(memory.slots):
-        return cached[1]
-    try:
-        array = _ffi.new("struct akvm_mem_slot[]", len(memory.slots))
-        for i, slot in enumerate(memory.slots):
-            array[i].gpa, array[i].size = slot.gpa, slot.size
-            array[i].host = _ffi.cast("unsigned char *", memory.host_address(slot))
-    except (TypeError, ValueError, AttributeError, BufferError):
-        array = None
-    # The array points into the slots' buffers; memory.slots keeps those alive.
-    _native_slots[memory] = (len(memory.slots), array)
-    return array
 
 
 def walk_native(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,

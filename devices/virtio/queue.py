@@ -335,12 +335,11 @@ class NativeWalker:
     }
 
     def __init__(self, memory, max_out: int):
-        from vmm.native import ffi, lib
+        from vmm.native import ffi, lib, native_slots
         self._ffi, self._lib = ffi, lib
-        self.slots = ffi.new("struct akvm_mem_slot[]", len(memory.slots))
-        for i, slot in enumerate(memory.slots):
-            self.slots[i].gpa, self.slots[i].size = slot.gpa, slot.size
-            self.slots[i].host = ffi.cast("unsigned char *", memory.host_address(slot))
+        self.slots = native_slots(memory)
+        if self.slots is None:
+            raise ValueError("guest RAM has a slot C cannot reach")
         self._memory = memory              # keeps the mappings alive
         self.max_out = max_out
         self.out = ffi.new("struct akvm_vq_seg[]", max_out)
