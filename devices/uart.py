@@ -148,7 +148,6 @@ class Uart16550:
         with self._lock:
             self._power_on()
             self._update_irq()
-            self._publish()
 
     def attach_shortcut(self, shortcut: TxShortcut) -> None:
         with self._lock:
@@ -200,34 +199,28 @@ class Uart16550:
         if reg >= REGISTER_COUNT:
             return 0xFF
         with self._lock:
-            value = self._read_register(reg)
-            self._publish()
-            return value
-
-    def _read_register(self, reg: int) -> int:
-        dlab = self._lcr & LCR_DLAB
-        if reg == RBR:
-            return self._dll if dlab else self._read_rbr()
-        if reg == IER:
-            return self._dlm if dlab else self._ier
-        if reg == IIR:
-            return self._read_iir()
-        if reg == LCR:
-            return self._lcr
-        if reg == MCR:
-            return self._mcr
-        if reg == LSR:
-            return self._read_lsr()
-        if reg == MSR:
-            return self._read_msr()
-        return self._scr
+            dlab = self._lcr & LCR_DLAB
+            if reg == RBR:
+                return self._dll if dlab else self._read_rbr()
+            if reg == IER:
+                return self._dlm if dlab else self._ier
+            if reg == IIR:
+                return self._read_iir()
+            if reg == LCR:
+                return self._lcr
+            if reg == MCR:
+                return self._mcr
+            if reg == LSR:
+                return self._read_lsr()
+            if reg == MSR:
+                return self._read_msr()
+            return self._scr
 
     def _write_byte(self, reg: int, value: int) -> None:
         with self._lock:
             transmit = reg == THR and not self._lcr & LCR_DLAB
             if not transmit:
                 self._write_register(reg, value)
-                self._publish()
         if transmit:
             self._transmit(value)   # takes the locks itself; output may block
 
@@ -243,6 +236,7 @@ class Uart16550:
             self._write_fcr(value)
         elif reg == LCR:
             self._lcr = value
+            self._publish()             # DLAB: whether THR writes may bypass the model
         elif reg == MCR:
             self._write_mcr(value)
         elif reg == SCR:
@@ -361,7 +355,6 @@ class Uart16550:
                     self._receive_locked(bytes((byte,)), via_backlog=False)
                 self._thre_pending = True
                 self._update_irq()
-                self._publish()
             if not looped and self.output is not None:
                 self.output.write(bytes((byte,)))
 
