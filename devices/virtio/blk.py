@@ -146,14 +146,10 @@ class VirtioBlk(VirtioDevice):
         """The C queue for this round, or None. Behind an IOMMU it serves only
         while the unit passes this device's DMA through unchanged (asked each
         round: the guest may install a translating context at any time)."""
-        if not self.native:
+        if not self.native or vq.native is None and not vq.dma.untranslated():
             return None
-        walker = vq.native
-        if walker is None:
-            if not vq.dma.untranslated():
-                return None
-            walker = NativeWalker(vq.dma.memory, vq.size + 256)
         if self._native_queue is None:
+            walker = vq.native or NativeWalker(vq.dma.memory, vq.size + 256)
             self._native_queue = blkq.NativeBlkQueue(
                 vq, walker, self.image.fd, self.capacity, self.image.readonly,
                 not self.negotiated(VIRTIO_BLK_F_FLUSH), self.serial)
