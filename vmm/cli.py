@@ -11,9 +11,10 @@ import logging
 import sys
 
 from vmm import __version__
+from vmm.boot.image import BootImage
 from vmm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
                         parse_module)
-from vmm.cpu import ExitCode
+from vmm.exitcode import ExitCode
 
 EPILOG = """\
 serial console: Ctrl-A x quits, Ctrl-A h shows the escape keys.
@@ -73,11 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="akvm: %(name)s: %(message)s", stream=sys.stderr)
-    from vmm.machine import Machine, UserError  # after argument errors, which need no KVM
     try:
         config = config_from_args(args)
-        machine = Machine.build(config)
-    except (ConfigError, UserError) as e:
+        # First the boot image, whose builder then imports its loaders on another
+        # CPU while this process imports the rest of akvm and builds the VM.
+        image = BootImage.start(config)
+        from vmm.machine import Machine
+        machine = Machine.build(config, image)
+    except ConfigError as e:    # and its kinds: BootImageError, vmm.machine.UserError
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     code, message = machine.run()

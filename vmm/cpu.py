@@ -7,28 +7,19 @@ through its `stop` callback with an ExitCode.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import signal
 import threading
 from dataclasses import dataclass, field
 
 from vmm import kvm
+from vmm.exitcode import ExitCode
 from vmm.native import ffi, lib
 
 log = logging.getLogger("akvm.cpu")
 
 # A real-time signal nothing else uses: sent to a vCPU thread to end KVM_RUN.
 KICK_SIGNAL = signal.SIGRTMIN + 3
-
-
-class ExitCode(enum.IntEnum):
-    """How an `akvm run` ended; the process exit status (documented in README.md)."""
-    POWEROFF = 0      # the guest powered off (ACPI S5), or the user quit (Ctrl-A x)
-    USAGE = 2         # bad command line or input files; nothing ran
-    RESET = 3         # the guest reset the machine (0xCF9, i8042, KVM system event)
-    TRIPLE_FAULT = 4  # a vCPU shut down (triple fault)
-    GUEST_ERROR = 5   # a vCPU stopped on an error KVM or akvm cannot complete
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """Machine: builds a VM from a MachineConfig, runs it, reports how it ended.
 
 build() checks what can fail on user input (kernel file, serial backend,
-/dev/kvm, then the kernel's format and the devices) before any vCPU runs,
-so that a mistake costs one clear line, and it closes what it opened. The
-kernel is parsed once KVM has built the VM: the loaders import meanwhile.
+/dev/kvm, the devices, then the kernel's format) before any vCPU runs, so
+that a mistake costs one clear line, and it closes what it opened. The
+kernel and the tables are built meanwhile on another CPU (vmm.boot.image).
 run() starts the vCPU threads and waits for the first stop.
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import importlib
 import logging
 import signal
 import threading
-from typing import TYPE_CHECKING
 
 from devices.acpi_pm import AcpiPm
 from devices.chardev import ChardevError, parse_serial
@@ -22,17 +21,16 @@ from devices.i8042 import I8042, ResetControl
 from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from devices.uart import Uart16550
 from vmm import kvm
+from vmm.boot.image import BootImage, DeviceFacts
 from vmm.bus import Bus
 from vmm.config import ConfigError, MachineConfig
 from vmm.fastpath import FastPath, PciConfShortcut, SerialShortcut
-from vmm.cpu import KICK_SIGNAL, ExitCode, VcpuThread, configure_cpuid, enter_protected_mode
+from vmm.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
+from vmm.exitcode import ExitCode
 from vmm.irq import KvmIrqLine
 from vmm.memory import GuestMemory, PCI_HOLE_START
 from vmm.native import lib
 from vmm.tables import layout
-
-if TYPE_CHECKING:
-    from vmm.boot import multiboot
 
 log = logging.getLogger("akvm.machine")
 
@@ -42,7 +40,7 @@ TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
 
 
-class UserError(Exception):
+class UserError(ConfigError):
     """Bad user input found while building the machine (exit status 2)."""
 
 
@@ -70,12 +68,6 @@ DEVICE_BUILDERS: dict[str, str] = {
 def device_builder(kind: str):
     module, _, name = DEVICE_BUILDERS[kind].partition(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _import_loaders() -> None:
-    import vmm.boot.multiboot  # noqa: F401
-    import vmm.tables.acpi  # noqa: F401
-    import vmm.tables.mptable  # noqa: F401
 
 
 def open_kvm() -> kvm.System:
@@ -124,6 +116,7 @@ class LazyCompleter:
 class Machine:
     def __init__(self, config: MachineConfig):
         self.config = config
+        self.serial = None                  # the COM1 backend (devices.chardev)
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
@@ -138,46 +131,27 @@ class Machine:
     # --- building -----------------------------------------------------------
 
     @classmethod
-    def build(cls, config: MachineConfig) -> "Machine":
-        # The loaders (pyelftools, construct) take a third of akvm's start-up to
-        # import; a thread imports them while KVM builds the VM, whose ioctls
-        # release the GIL.
-        loaders = threading.Thread(target=_import_loaders, name="import-loaders", daemon=True)
-        loaders.start()
+    def build(cls, config: MachineConfig, image: BootImage | None = None) -> "Machine":
+        """`image`: the boot image started for `config` (BootImage.start), if
+        the caller started it early; build() starts one otherwise."""
+        image = image or BootImage.start(config)
         m = cls(config)
-        data = m._read_kernel_file()
         try:
-            m.serial = parse_serial(config.serial)
-        except ChardevError as e:
-            raise UserError(str(e)) from None
-        try:
+            try:
+                m.serial = parse_serial(config.serial)
+            except ChardevError as e:
+                raise UserError(str(e)) from None
             m.system = open_kvm()
             m._create_vm()
-            loaders.join()
-            image = m._parse_kernel(data)
             m._add_devices()
-            m._write_tables()
-            m._load_kernel(image)
+            m._load(image)
         except BaseException:
+            image.cancel()
             m._close_serial()
             m._close_virtio()
             m._close_vm()
             raise
         return m
-
-    def _read_kernel_file(self) -> bytes:
-        try:
-            with open(self.config.kernel, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise UserError(f"kernel {self.config.kernel}: {e.strerror or e}") from None
-
-    def _parse_kernel(self, data: bytes) -> multiboot.MultibootImage:
-        from vmm.boot import multiboot
-        try:
-            return multiboot.parse(data, self.config.kernel)
-        except multiboot.BootError as e:
-            raise UserError(str(e)) from None
 
     def _close_vm(self) -> None:
         """Give back what a build that failed half-way opened of KVM."""
@@ -189,6 +163,12 @@ class Machine:
 
     def _create_vm(self) -> None:
         self.vm = self.system.create_vm()
+        # RAM first: once the VM has its in-kernel irqchip, adding a memory
+        # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
+        self.memory = GuestMemory.anonymous(self.config.memory)
+        for slot in self.memory.slots:
+            self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
+                                           self.memory.host_address(slot))
         if self.system.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
             self.vm.set_tss_addr(TSS_ADDR)
         if self.system.check_extension(kvm.KVM_CAP_SET_IDENTITY_MAP_ADDR):
@@ -196,10 +176,6 @@ class Machine:
         self.vm.create_irqchip()
         self.vm.create_pit2(kvm.KVM_PIT_SPEAKER_DUMMY)
         self._start_pit()
-        self.memory = GuestMemory.anonymous(self.config.memory)
-        for slot in self.memory.slots:
-            self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
-                                           self.memory.host_address(slot))
 
     def _start_pit(self) -> None:
         """Leave PIT channel 0 counting as a BIOS does (mode 3, count 65536, 18.2 Hz):
@@ -296,24 +272,13 @@ class Machine:
             device_builder(spec.kind)(self, spec)
             spec.check_consumed()
 
-    def _write_tables(self) -> None:
-        from vmm.tables.acpi import build_acpi
-        from vmm.tables.mptable import build_mptable
-        extra = []
-        if self.iommu is not None:
-            from vmm.tables.dmar import build_dmar
-            extra.append(build_dmar(self.iommu.config.aw))
-        build_acpi(self.memory, self.config.cpus, extra_tables=extra)
-        build_mptable(self.memory, self.config.cpus, pci_interrupts=self.pci.intx_routes())
-
-    def _load_kernel(self, image: multiboot.MultibootImage) -> None:
-        from vmm.boot import multiboot
-        modules = [multiboot.BootModule(m.path, m.args) for m in self.config.modules]
-        try:
-            boot = multiboot.load(image, self.memory, layout.memory_map(self.config.memory),
-                                  cmdline=self.config.cmdline, modules=modules)
-        except multiboot.BootError as e:
-            raise UserError(str(e)) from None
+    def _load(self, image: BootImage) -> None:
+        """Guest RAM as the boot image has it; vCPU 0 at the kernel's entry."""
+        facts = DeviceFacts(
+            pci_interrupts=tuple((r.device, r.pin, r.ioapic_pin) for r in self.pci.intx_routes()),
+            dmar_width=self.iommu.config.aw if self.iommu is not None else None)
+        boot = image.finish(facts)
+        image.apply(self.memory)
         supported = self.system.supported_cpuid()
         # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/complete.py.
         self.completer = LazyCompleter(self.memory, supported)
@@ -370,7 +335,8 @@ class Machine:
         if shortcut is not None:
             shortcut.close()
             self.uart.flush_shortcut()
-        self.serial.close()
+        if self.serial is not None:
+            self.serial.close()
 
     def _close_virtio(self) -> None:
         for device in self.virtio_devices:

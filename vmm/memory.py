@@ -43,9 +43,13 @@ class GuestMemory:
         """RAM of `size` bytes in mmap'd slots: below the PCI hole, the rest above 4 GiB."""
         mem = cls()
         low = min(size, PCI_HOLE_START)
-        mem.add_slot(0, mmap.mmap(-1, low, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
-        if size > low:
-            mem.add_slot(FOUR_GIB, mmap.mmap(-1, size - low, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+        for gpa, length in ((0, low), (FOUR_GIB, size - low)):
+            if length:
+                buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                # A forked child (vmm.boot.image) gets none of it: no page tables
+                # to copy, no copy-on-write under the guest's feet.
+                buf.madvise(mmap.MADV_DONTFORK)
+                mem.add_slot(gpa, buf)
         return mem
 
     @classmethod

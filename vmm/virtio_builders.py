@@ -27,7 +27,7 @@ from devices.virtio.mmio import VIRTIO_MMIO_SIZE
 from devices.virtio.net import parse_mac
 from vmm import kvm
 from vmm.config import ConfigError
-from vmm.cpu import ExitCode
+from vmm.exitcode import ExitCode
 from vmm.irq import KvmIrqLine
 from vmm.tables import layout
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import needs_kvm
 from vmm.config import ConfigError, DeviceSpec, MachineConfig
-from vmm.cpu import ExitCode
+from vmm.exitcode import ExitCode
 from vmm.machine import Machine, UserError
 
 pytestmark = needs_kvm

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.conftest import needs_kvm, needs_qemu
-from vmm.cpu import ExitCode
+from vmm.exitcode import ExitCode
 
 pytestmark = needs_kvm
 

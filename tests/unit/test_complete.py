@@ -1092,7 +1092,7 @@ def completion_guest(tmp_path_factory):
 @needs_binutils
 def test_guest_sees_completed_instructions_under_kvm(completion_guest, tmp_path):
     from vmm.config import MachineConfig
-    from vmm.cpu import ExitCode
+    from vmm.exitcode import ExitCode
     from vmm.machine import Machine
 
     elf, sym = completion_guest

@@ -1,4 +1,7 @@
 """Guest memory: bounds-checked access, no path outside a slot."""
+import os
+import signal
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -69,3 +72,19 @@ def test_zero_clears_exactly_the_range(make, start, length):
     assert mem.read(0, start) == b"\xAA" * start
     rest = 16 * 4096 - start - length
     assert mem.read(start + length, rest) == b"\xAA" * rest
+
+
+def test_a_forked_child_does_not_inherit_guest_ram():
+    """vmm.boot.image forks: the child must neither copy the guest's page tables
+    nor turn the guest's pages copy-on-write."""
+    mem = GuestMemory.anonymous(2 << 20)
+    mem.write(0x1000, b"guest")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            mem.read(0x1000, 5)     # not mapped in the child: SIGSEGV
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSEGV
+    assert mem.read(0x1000, 5) == b"guest"

@@ -1,0 +1,123 @@
+"""vmm.boot.image: guest RAM at power-on, built by a forked child or in this process."""
+import os
+import pathlib
+import time
+
+import pytest
+
+from vmm.boot import image as boot_image
+from vmm.boot.image import BootImage, BootImageError, DeviceFacts
+from vmm.config import MachineConfig, Module
+from vmm.memory import GuestMemory
+from vmm.tables import layout
+
+MiB = 1 << 20
+RAM = 32 * MiB
+FACTS = DeviceFacts(pci_interrupts=((1, 0, 10), (2, 1, 11)), dmar_width=48)
+
+
+def children() -> set[int]:
+    """This process's child processes, zombies included."""
+    pids = set()
+    for task in pathlib.Path("/proc/self/task").iterdir():
+        try:
+            pids |= {int(p) for p in (task / "children").read_text().split()}
+        except FileNotFoundError:
+            pass                # a thread that just ended (the reaper)
+    return pids
+
+
+def reaped(timeout=5.0) -> bool:
+    """True once every child is gone (finish() reaps its builder in the background)."""
+    deadline = time.monotonic() + timeout
+    while children():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def config(kernel, **kw) -> MachineConfig:
+    return MachineConfig(kernel=str(kernel), memory=RAM, serial="none", **kw)
+
+
+def ram_of(image: BootImage, facts=FACTS):
+    entry = image.finish(facts)
+    memory = GuestMemory.from_bytearray(RAM)
+    image.apply(memory)
+    return entry, bytes(memory.slots[0].buf)
+
+
+def test_the_forked_image_is_the_in_process_image(tiny_kernel, tmp_path):
+    module = tmp_path / "initrd"
+    module.write_bytes(b"module payload" * 100)
+    cfg = config(tiny_kernel, cpus=2, cmdline="console=ttyS0",
+                 modules=[Module(str(module), "initrd args")])
+    forked = BootImage.start(cfg, fork=True)
+    assert children(), "start() with fork=True runs a builder process"
+    entry, ram = ram_of(forked)
+    assert (entry, ram) == ram_of(BootImage.start(cfg, fork=False))
+    assert reaped()
+
+    # What a guest looks for is there: multiboot's registers and information,
+    # the kernel at its load address, the module, the ACPI tables (with the
+    # DMAR the IOMMU width asked for) and the MP table with its PCI entries.
+    assert entry.eax == 0x2BADB002
+    assert int.from_bytes(ram[entry.ebx:entry.ebx + 4], "little") & (1 << 3)   # mods
+    kernel = tiny_kernel.read_bytes()
+    assert ram.find(b"tiny: hello") >= 1 * MiB
+    assert b"module payload" * 100 in ram
+    assert b"console=ttyS0\0" in ram and b"initrd args\0" in ram
+    acpi = ram[layout.ACPI_AREA_START:layout.ACPI_AREA_END]
+    assert acpi.startswith(b"RSD PTR ") and b"DMAR" in acpi and b"APIC" in acpi
+    assert ram[layout.MPTABLE_AREA_START:layout.MPTABLE_AREA_START + 4] == b"_MP_"
+    assert len(kernel) > 0
+
+
+def test_no_iommu_no_dmar(tiny_kernel):
+    _, ram = ram_of(BootImage.start(config(tiny_kernel), fork=True),
+                    DeviceFacts(pci_interrupts=(), dmar_width=None))
+    assert b"DMAR" not in ram[layout.ACPI_AREA_START:layout.ACPI_AREA_END]
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_a_bad_kernel_is_one_line_for_the_user(tmp_path, fork):
+    bad = tmp_path / "not-a-kernel"
+    bad.write_bytes(bytes(4096))
+    image = BootImage.start(config(bad), fork=fork)
+    with pytest.raises(BootImageError, match="no multiboot header"):
+        image.finish(FACTS)
+    assert reaped()
+
+
+def test_a_missing_module_is_reported_by_the_builder(tiny_kernel, tmp_path):
+    image = BootImage.start(config(tiny_kernel, modules=[Module(str(tmp_path / "gone"))]),
+                            fork=True)
+    with pytest.raises(BootImageError, match="gone: No such file"):
+        image.finish(FACTS)
+
+
+def test_a_missing_kernel_is_reported_at_start(tmp_path):
+    before = children()
+    with pytest.raises(BootImageError, match="No such file"):
+        BootImage.start(config(tmp_path / "nope"), fork=True)
+    assert children() == before
+
+
+def test_a_builder_that_crashes_gives_its_traceback(tiny_kernel, monkeypatch):
+    def broken(self, facts):
+        raise ValueError("table builder bug")
+    monkeypatch.setattr(boot_image._Loader, "finish", broken)   # the child inherits it
+    image = BootImage.start(config(tiny_kernel), fork=True)
+    with pytest.raises(RuntimeError, match="(?s)builder failed.*ValueError: table builder bug"):
+        image.finish(FACTS)
+
+
+def test_cancel_reaps_the_builder_and_closes_its_pipes(tiny_kernel):
+    fds = sorted(os.listdir("/proc/self/fd"))
+    image = BootImage.start(config(tiny_kernel), fork=True)
+    assert children()
+    image.cancel()
+    image.cancel()              # idempotent: build() may meet a failure after finish()
+    assert not children()
+    assert sorted(os.listdir("/proc/self/fd")) == fds

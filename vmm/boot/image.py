@@ -1,0 +1,222 @@
+"""What guest RAM holds at power-on, built on another CPU while the VM is built.
+
+The kernel's segments and multiboot information and the ACPI and MP tables
+depend only on the configuration, the kernel file and two facts about the
+devices (their PCI INTx wiring, the IOMMU's address width). Building them
+takes pyelftools and construct, whose imports cost more than the rest of
+akvm's start-up; in a thread they would not overlap with building the VM
+(both are Python under one GIL). So BootImage.start() forks a child that
+imports the loaders, parses the kernel and loads it into a record of writes
+while this process opens KVM and adds the devices; finish() hands it the
+device facts and gets back the writes and the entry registers, and apply()
+makes the writes in guest RAM.
+
+Without a fork (other threads running, where forking is unsafe) finish()
+does the same work in this process.
+"""
+from __future__ import annotations
+
+import gc
+import marshal
+import os
+import signal
+import threading
+import traceback
+from typing import NamedTuple
+
+from vmm.config import ConfigError, MachineConfig
+from vmm.memory import GuestMemory
+
+
+class BootImageError(ConfigError):
+    """Bad kernel or module: the message is one line for the user (exit status 2)."""
+
+
+class EntryState(NamedTuple):
+    """Multiboot's machine state at the kernel's entry (32-bit protected mode)."""
+    entry: int   # EIP
+    eax: int     # 0x2BADB002
+    ebx: int     # guest-physical address of the multiboot information
+
+
+class DeviceFacts(NamedTuple):
+    """What the tables need to know about the devices built meanwhile."""
+    pci_interrupts: tuple       # (device, pin, ioapic_pin) for each wired INTx pin
+    dmar_width: int | None      # the IOMMU's host address width; None: no IOMMU
+
+
+class RamWrites:
+    """The loaders' view of guest RAM (size, contains, write, zero) that records
+    the writes instead of making them; replay() makes them in real RAM."""
+
+    def __init__(self, size: int):
+        self._layout = GuestMemory.anonymous(size)   # reserved, never touched
+        self.ops: list[tuple[int, bytes | int]] = []  # (gpa, data) or (gpa, length to zero)
+
+    @property
+    def size(self) -> int:
+        return self._layout.size
+
+    def contains(self, gpa: int, length: int = 1) -> bool:
+        return self._layout.contains(gpa, length)
+
+    def write(self, gpa: int, data) -> None:
+        self.ops.append((gpa, bytes(data)))
+
+    def zero(self, gpa: int, length: int) -> None:
+        self.ops.append((gpa, length))
+
+
+def replay(ops, memory: GuestMemory) -> None:
+    for gpa, op in ops:
+        if isinstance(op, int):
+            memory.zero(gpa, op)
+        else:
+            memory.write(gpa, op)
+
+
+class _Loader:
+    """The work itself: the kernel when constructed, the tables when finished."""
+
+    def __init__(self, config: MachineConfig, kernel: bytes):
+        from vmm.boot import multiboot
+        from vmm.tables import layout
+        self.config = config
+        self.kernel_ram = RamWrites(config.memory)
+        modules = [multiboot.BootModule(m.path, m.args) for m in config.modules]
+        try:
+            image = multiboot.parse(kernel, config.kernel)
+            boot = multiboot.load(image, self.kernel_ram, layout.memory_map(config.memory),
+                                  cmdline=config.cmdline, modules=modules)
+        except multiboot.BootError as e:
+            raise BootImageError(str(e)) from None
+        self.entry = EntryState(boot.entry, boot.eax, boot.ebx)
+
+    def finish(self, facts: DeviceFacts) -> tuple[list, EntryState]:
+        from vmm.tables.acpi import build_acpi
+        from vmm.tables.mptable import PciInterrupt, build_mptable
+        tables = RamWrites(self.config.memory)
+        extra = []
+        if facts.dmar_width is not None:
+            from vmm.tables.dmar import build_dmar
+            extra.append(build_dmar(facts.dmar_width))
+        build_acpi(tables, self.config.cpus, extra_tables=extra)
+        build_mptable(tables, self.config.cpus,
+                      pci_interrupts=[PciInterrupt(*p) for p in facts.pci_interrupts])
+        return tables.ops + self.kernel_ram.ops, self.entry
+
+
+def read_kernel(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise BootImageError(f"kernel {path}: {e.strerror or e}") from None
+
+
+class BootImage:
+    """A boot image being built (by a child process, or later in this one)."""
+
+    def __init__(self, config: MachineConfig, kernel: bytes):
+        self.config = config
+        self._kernel = kernel
+        self._pid: int | None = None
+        self._to_child = self._from_child = -1
+        self.ops: list = []
+
+    @classmethod
+    def start(cls, config: MachineConfig, fork: bool | None = None) -> "BootImage":
+        """Read the kernel (a missing file is reported now) and start building.
+        fork=None forks only while this is the process's one thread."""
+        image = cls(config, read_kernel(config.kernel))
+        if fork is None:
+            fork = threading.active_count() == 1
+        if fork:
+            image._fork()
+        return image
+
+    def _fork(self) -> None:
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:                                   # the child: never returns
+            os.close(down_w)
+            os.close(up_r)
+            self._child(down_r, up_w)
+        os.close(down_r)
+        os.close(up_w)
+        self._pid, self._to_child, self._from_child = pid, down_w, up_r
+
+    def _child(self, down: int, up: int) -> None:
+        status = 1
+        try:
+            gc.disable()        # short-lived: collections would only copy the parent's pages
+            signal.signal(signal.SIGINT, signal.SIG_DFL)    # a Ctrl-C ends it quietly
+            try:
+                loader = _Loader(self.config, self._kernel)
+                with os.fdopen(down, "rb") as f:
+                    request = f.read()
+                if not request:                              # the parent gave up
+                    os._exit(0)
+                ops, entry = loader.finish(DeviceFacts(*marshal.loads(request)))
+                reply = ("ok", ops, tuple(entry))
+            except BootImageError as e:
+                reply = ("error", str(e))
+            except BaseException:
+                reply = ("crash", traceback.format_exc())
+            with os.fdopen(up, "wb") as f:
+                f.write(marshal.dumps(reply))
+            status = 0
+        finally:
+            os._exit(status)    # no atexit handlers, no stdio flush: they are the parent's
+
+    def finish(self, facts: DeviceFacts) -> EntryState:
+        """Wait for the image; its writes are then in self.ops."""
+        if self._pid is None:
+            self.ops, entry = _Loader(self.config, self._kernel).finish(facts)
+            return entry
+        try:
+            try:
+                os.write(self._to_child, marshal.dumps(tuple(facts)))
+            except BrokenPipeError:
+                pass                        # it stopped early: its reply says why
+            os.close(self._to_child)
+            self._to_child = -1
+            with os.fdopen(self._from_child, "rb") as f:
+                self._from_child = -1
+                data = f.read()
+        except BaseException:
+            self.cancel()
+            raise
+        # It exits once it has replied; reap it without waiting for its teardown.
+        threading.Thread(target=os.waitpid, args=(self._pid, 0), name="boot-image-reaper",
+                         daemon=True).start()
+        self._pid = None
+        if not data:
+            raise RuntimeError("the boot image builder died without a reply")
+        kind, *rest = marshal.loads(data)
+        if kind == "error":
+            raise BootImageError(rest[0])
+        if kind == "crash":
+            raise RuntimeError(f"the boot image builder failed:\n{rest[0]}")
+        self.ops, entry = rest
+        return EntryState(*entry)
+
+    def apply(self, memory: GuestMemory) -> None:
+        replay(self.ops, memory)
+        self.ops = []
+
+    def cancel(self) -> None:
+        """Stop and reap the child, if there is one; idempotent."""
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                os.close(fd)
+        self._to_child = self._from_child = -1
+        if self._pid is not None:
+            try:
+                os.kill(self._pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            os.waitpid(self._pid, 0)
+            self._pid = None
