@@ -273,22 +273,21 @@ class Machine:
             spec.check_consumed()
 
     def _load(self, image: BootImage) -> None:
-        """Guest RAM as the boot image has it; vCPU 0 at the kernel's entry."""
-        facts = DeviceFacts(
-            pci_interrupts=tuple((r.device, r.pin, r.ioapic_pin) for r in self.pci.intx_routes()),
-            dmar_width=self.iommu.config.aw if self.iommu is not None else None)
-        boot = image.finish(facts)
-        image.apply(self.memory)
+        """vCPUs created (while the boot image is still being built), guest RAM
+        as the image has it, vCPU 0 at the kernel's entry."""
         supported = self.system.supported_cpuid()
         # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/complete.py.
         self.completer = LazyCompleter(self.memory, supported)
         for i in range(self.config.cpus):
             vcpu = self.vm.create_vcpu(i)
             configure_cpuid(vcpu, supported)
-            if i == 0:
-                enter_protected_mode(vcpu, boot.entry, boot.eax, boot.ebx)
             self.vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.stop,
                                          self.fastpath, completer=self.completer))
+        boot = image.finish(DeviceFacts(
+            pci_interrupts=tuple((r.device, r.pin, r.ioapic_pin) for r in self.pci.intx_routes()),
+            dmar_width=self.iommu.config.aw if self.iommu is not None else None))
+        image.apply(self.memory)
+        enter_protected_mode(self.vcpus[0].vcpu, boot.entry, boot.eax, boot.ebx)
 
     # --- running ------------------------------------------------------------
 
