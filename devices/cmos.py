@@ -10,7 +10,6 @@ No interrupts are generated (IRQ 8 is not wired): status C always reads 0.
 """
 from __future__ import annotations
 
-import calendar
 import threading
 import time
 
@@ -119,6 +118,7 @@ class Cmos:
         return dict(self._frozen) if self._frozen is not None else self._now_fields()
 
     def _set_offset(self, f: dict[str, int]) -> None:
+        import calendar     # here: 2 ms at start-up, and guests seldom set the clock
         try:
             when = calendar.timegm((f["year"], f["month"], f["day"], f["hour"],
                                     f["minute"], f["second"], 0, 0, 0))
@@ -154,6 +154,7 @@ class Cmos:
         if reg == RTC_HOURS:
             return self._encode_hour(f["hour"])
         if reg == RTC_DAY_OF_WEEK:      # 1 = Sunday
+            import calendar     # (as in _set_offset)
             weekday = calendar.weekday(f["year"], f["month"], f["day"])  # 0 = Monday
             return self._encode((weekday + 1) % 7 + 1)
         if reg == RTC_DAY_OF_MONTH:

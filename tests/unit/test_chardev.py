@@ -8,9 +8,9 @@ import time
 import pytest
 
 from devices.chardev import (
-    ChardevError, Chardev, EscapeFilter, FileChardev, StdioChardev, UnixSocketChardev,
-    parse_serial,
+    ChardevError, Chardev, EscapeFilter, FileChardev, StdioChardev, parse_serial,
 )
+from devices.chardev_unix import OFFLINE_BACKLOG, UnixSocketChardev
 
 CTRL_A = b"\x01"
 
@@ -380,7 +380,6 @@ def test_parse_error_message_exact():
 
 
 def test_unix_socket_offline_backlog_is_bounded(tmp_path):
-    from devices.chardev import OFFLINE_BACKLOG
     path = tmp_path / "con.sock"
     dev = UnixSocketChardev(str(path))
     dev.start(Collector())

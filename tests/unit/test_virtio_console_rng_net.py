@@ -5,7 +5,8 @@ import struct
 
 import pytest
 
-from devices.chardev import FileChardev, UnixSocketChardev
+from devices.chardev import FileChardev
+from devices.chardev_unix import UnixSocketChardev
 from devices.virtio.console import RECEIVEQ, TRANSMITQ, VirtioConsole
 from devices.virtio.net import HDR, VirtioNet, parse_mac
 from devices.virtio.netback import LoopbackBackend, NetBackendError, SocketBackend, TapBackend

@@ -1,0 +1,165 @@
+"""--serial unix:PATH: the console on a listening UNIX stream socket.
+
+Apart from devices.chardev so that a start without it does not import socket.
+"""
+from __future__ import annotations
+
+import os
+import select
+import socket
+import stat
+import threading
+from typing import Callable
+
+from devices.chardev import READ_CHUNK, Chardev, ChardevError, Sink
+
+OFFLINE_BACKLOG = 64 * 1024
+
+
+class UnixSocketChardev(Chardev):
+    """A listening UNIX stream socket; one client at a time is the console.
+
+    Output goes to the connected client; while there is none, the last
+    OFFLINE_BACKLOG bytes are kept and sent to the next client, so a console
+    attached after boot still sees the banner.
+    Further clients wait in the listen backlog until the current one leaves.
+    A stale socket file is replaced; a live one (something accepts) or a
+    path that is not a socket is refused.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._remove_stale(path)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._listener.bind(path)
+            self._listener.listen(1)
+        except OSError as e:
+            self._listener.close()
+            raise ChardevError(f"--serial: cannot listen on {path}: {e.strerror or e}") from None
+        self._inode = os.stat(path).st_ino
+        self._client: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._pending = bytearray()  # output while no client is connected
+        self.clients = 0            # connections accepted so far
+
+    @staticmethod
+    def _remove_stale(path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ChardevError(f"--serial: {path} exists and is not a socket; "
+                               "refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)         # nobody listening: a leftover from an earlier run
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            pass                    # e.g. a full accept queue: someone is there
+        finally:
+            probe.close()
+        raise ChardevError(f"--serial: {path} is in use by another listener")
+
+    def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
+        if self._thread is not None:
+            raise ChardevError("unix chardev already started")
+        self._thread = threading.Thread(target=self._serve, args=(sink,),
+                                        name=f"serial-unix:{self.path}", daemon=True)
+        self._thread.start()
+
+    def _serve(self, sink: Sink) -> None:
+        while True:
+            ready, _, _ = select.select([self._listener, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                continue
+            with self._lock:
+                self._client = client
+                self.clients += 1
+                pending, self._pending = bytes(self._pending), bytearray()
+                try:
+                    client.sendall(pending)
+                except OSError:
+                    pass
+            self._connected.set()
+            stopping = self._pump_client(client, sink)
+            self._drop_client(client)
+            if stopping:
+                return
+
+    def _pump_client(self, client: socket.socket, sink: Sink) -> bool:
+        """Deliver the client's bytes until it leaves; True if close() interrupted."""
+        while True:
+            ready, _, _ = select.select([client, self._wake_r], [], [])
+            if self._wake_r in ready:
+                return True
+            try:
+                data = client.recv(READ_CHUNK)
+            except OSError:
+                data = b""
+            if not data:
+                return False
+            sink(data)
+
+    def _drop_client(self, client: socket.socket) -> None:
+        with self._lock:
+            if self._client is client:
+                self._client = None
+                self._connected.clear()
+            client.close()
+
+    def wait_for_client(self, timeout: float | None = None) -> bool:
+        """Block until a client is connected (for tests and scripted consoles)."""
+        return self._connected.wait(timeout)
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            client = self._client
+            if client is None:
+                self._pending += data
+                del self._pending[:-OFFLINE_BACKLOG]
+                return
+            try:
+                client.sendall(data)
+            except OSError:
+                self._client = None     # gone; the serve thread notices EOF and closes it
+                self._connected.clear()
+
+    def close(self) -> None:
+        if self._wake_w < 0:
+            return
+        os.write(self._wake_w, b"x")
+        client = self._client
+        if client is not None:
+            try:
+                client.shutdown(socket.SHUT_RDWR)   # unblocks a write() stuck in sendall
+            except OSError:
+                pass
+        if self._thread is not None and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+        self._listener.close()
+        os.close(self._wake_w)
+        os.close(self._wake_r)
+        self._wake_w = self._wake_r = -1
+        try:
+            if os.stat(self.path).st_ino == self._inode:
+                os.unlink(self.path)    # only our own socket, not a successor's
+        except FileNotFoundError:
+            pass
