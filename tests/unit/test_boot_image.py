@@ -121,3 +121,14 @@ def test_cancel_reaps_the_builder_and_closes_its_pipes(tiny_kernel):
     image.cancel()              # idempotent: build() may meet a failure after finish()
     assert not children()
     assert sorted(os.listdir("/proc/self/fd")) == fds
+
+
+def test_without_a_process_to_spare_the_image_is_built_here(tiny_kernel, monkeypatch):
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    fds = sorted(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(os, "fork", no_fork)
+    image = BootImage.start(config(tiny_kernel), fork=True)
+    assert not children() and sorted(os.listdir("/proc/self/fd")) == fds
+    monkeypatch.undo()
+    assert ram_of(image) == ram_of(BootImage.start(config(tiny_kernel), fork=False))

@@ -17,6 +17,7 @@ does the same work in this process.
 from __future__ import annotations
 
 import gc
+import logging
 import marshal
 import os
 import signal
@@ -26,6 +27,8 @@ from typing import NamedTuple
 
 from vmm.config import ConfigError, MachineConfig
 from vmm.memory import GuestMemory
+
+log = logging.getLogger("akvm.boot")
 
 
 class BootImageError(ConfigError):
@@ -138,8 +141,13 @@ class BootImage:
     def _fork(self) -> None:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
-        gc.freeze()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:                           # no process to spare: work here
+            log.info("boot image built in-process: fork failed (%s)", e)
+            for fd in (down_r, down_w, up_r, up_w):
+                os.close(fd)
+            return
         if pid == 0:                                   # the child: never returns
             os.close(down_w)
             os.close(up_r)
