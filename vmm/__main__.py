@@ -1,6 +1,19 @@
-"""`python -m vmm` is `akvm`."""
+"""`python -m vmm` and the `akvm` command."""
 import sys
 
-from vmm.cli import main
+from vmm.boot.image import BootImage
 
-sys.exit(main())
+
+def main(argv: list[str] | None = None) -> int:
+    # Before the command line's own imports: the builder's (pyelftools,
+    # construct) are the longest part of a start, and run on another CPU.
+    image = BootImage.prepare()
+    try:
+        from vmm.cli import main as cli_main
+        return cli_main(argv, image)
+    finally:
+        image.cancel()      # after a --help or a bad option; a no-op once finished
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,7 @@
 
 Every failure the user can cause (bad options, missing files, no /dev/kvm)
 ends with one line on stderr and exit status 2; how a guest run ended is
-the exit status documented in README.md (vmm.cpu.ExitCode).
+the exit status documented in README.md (vmm.exitcode.ExitCode).
 """
 from __future__ import annotations
 
@@ -70,15 +70,14 @@ def config_from_args(args) -> MachineConfig:
                          stats=args.stats)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None, image: BootImage) -> int:
+    """`image`: the boot image builder vmm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="akvm: %(name)s: %(message)s", stream=sys.stderr)
     try:
         config = config_from_args(args)
-        # First the boot image, whose builder then imports its loaders on another
-        # CPU while this process imports the rest of akvm and builds the VM.
-        image = BootImage.start(config)
+        image.start(config)
         from vmm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, vmm.machine.UserError
@@ -90,6 +89,3 @@ def main(argv: list[str] | None = None) -> int:
         print(machine.format_stats(), file=sys.stderr)
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -134,7 +134,13 @@ class Machine:
     def build(cls, config: MachineConfig, image: BootImage | None = None) -> "Machine":
         """`image`: the boot image started for `config` (BootImage.start), if
         the caller started it early; build() starts one otherwise."""
-        image = image or BootImage.start(config)
+        if image is None:
+            image = BootImage.prepare()
+            try:
+                image.start(config)
+            except BaseException:
+                image.cancel()
+                raise
         m = cls(config)
         try:
             try:

@@ -41,6 +41,12 @@ def config(kernel, **kw) -> MachineConfig:
     return MachineConfig(kernel=str(kernel), memory=RAM, serial="none", **kw)
 
 
+def started(cfg: MachineConfig, fork: bool) -> BootImage:
+    image = BootImage.prepare(fork=fork)
+    image.start(cfg)
+    return image
+
+
 def ram_of(image: BootImage, facts=FACTS):
     entry = image.finish(facts)
     memory = GuestMemory.from_bytearray(RAM)
@@ -53,10 +59,10 @@ def test_the_forked_image_is_the_in_process_image(tiny_kernel, tmp_path):
     module.write_bytes(b"module payload" * 100)
     cfg = config(tiny_kernel, cpus=2, cmdline="console=ttyS0",
                  modules=[Module(str(module), "initrd args")])
-    forked = BootImage.start(cfg, fork=True)
+    forked = started(cfg, True)
     assert children(), "start() with fork=True runs a builder process"
     entry, ram = ram_of(forked)
-    assert (entry, ram) == ram_of(BootImage.start(cfg, fork=False))
+    assert (entry, ram) == ram_of(started(cfg, False))
     assert reaped()
 
     # What a guest looks for is there: multiboot's registers and information,
@@ -75,7 +81,7 @@ def test_the_forked_image_is_the_in_process_image(tiny_kernel, tmp_path):
 
 
 def test_no_iommu_no_dmar(tiny_kernel):
-    _, ram = ram_of(BootImage.start(config(tiny_kernel), fork=True),
+    _, ram = ram_of(started(config(tiny_kernel), True),
                     DeviceFacts(pci_interrupts=(), dmar_width=None))
     assert b"DMAR" not in ram[layout.ACPI_AREA_START:layout.ACPI_AREA_END]
 
@@ -84,38 +90,38 @@ def test_no_iommu_no_dmar(tiny_kernel):
 def test_a_bad_kernel_is_one_line_for_the_user(tmp_path, fork):
     bad = tmp_path / "not-a-kernel"
     bad.write_bytes(bytes(4096))
-    image = BootImage.start(config(bad), fork=fork)
+    image = started(config(bad), fork)
     with pytest.raises(BootImageError, match="no multiboot header"):
         image.finish(FACTS)
     assert reaped()
 
 
 def test_a_missing_module_is_reported_by_the_builder(tiny_kernel, tmp_path):
-    image = BootImage.start(config(tiny_kernel, modules=[Module(str(tmp_path / "gone"))]),
-                            fork=True)
+    image = started(config(tiny_kernel, modules=[Module(str(tmp_path / "gone"))]), True)
     with pytest.raises(BootImageError, match="gone: No such file"):
         image.finish(FACTS)
 
 
 def test_a_missing_kernel_is_reported_at_start(tmp_path):
-    before = children()
-    with pytest.raises(BootImageError, match="No such file"):
-        BootImage.start(config(tmp_path / "nope"), fork=True)
-    assert children() == before
+    image = BootImage.prepare(fork=True)
+    with pytest.raises(BootImageError, match="nope: No such file"):
+        image.start(config(tmp_path / "nope"))
+    image.cancel()              # what `akvm` does after any error
+    assert not children()
 
 
 def test_a_builder_that_crashes_gives_its_traceback(tiny_kernel, monkeypatch):
     def broken(self, facts):
         raise ValueError("table builder bug")
     monkeypatch.setattr(boot_image._Loader, "finish", broken)   # the child inherits it
-    image = BootImage.start(config(tiny_kernel), fork=True)
+    image = started(config(tiny_kernel), True)
     with pytest.raises(RuntimeError, match="(?s)builder failed.*ValueError: table builder bug"):
         image.finish(FACTS)
 
 
 def test_cancel_reaps_the_builder_and_closes_its_pipes(tiny_kernel):
     fds = sorted(os.listdir("/proc/self/fd"))
-    image = BootImage.start(config(tiny_kernel), fork=True)
+    image = started(config(tiny_kernel), True)
     assert children()
     image.cancel()
     image.cancel()              # idempotent: build() may meet a failure after finish()
@@ -128,7 +134,7 @@ def test_without_a_process_to_spare_the_image_is_built_here(tiny_kernel, monkeyp
         raise BlockingIOError(11, "Resource temporarily unavailable")
     fds = sorted(os.listdir("/proc/self/fd"))
     monkeypatch.setattr(os, "fork", no_fork)
-    image = BootImage.start(config(tiny_kernel), fork=True)
+    image = started(config(tiny_kernel), True)
     assert not children() and sorted(os.listdir("/proc/self/fd")) == fds
     monkeypatch.undo()
-    assert ram_of(image) == ram_of(BootImage.start(config(tiny_kernel), fork=False))
+    assert ram_of(image) == ram_of(started(config(tiny_kernel), False))

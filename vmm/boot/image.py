@@ -5,30 +5,27 @@ depend only on the configuration, the kernel file and two facts about the
 devices (their PCI INTx wiring, the IOMMU's address width). Building them
 takes pyelftools and construct, whose imports cost more than the rest of
 akvm's start-up; in a thread they would not overlap with building the VM
-(both are Python under one GIL). So BootImage.start() forks a child that
-imports the loaders, parses the kernel and loads it into a record of writes
-while this process opens KVM and adds the devices; finish() hands it the
-device facts and gets back the writes and the entry registers, and apply()
-makes the writes in guest RAM.
+(both are Python under one GIL). So the `akvm` command forks a builder
+first thing (BootImage.prepare): it imports the loaders while this process
+imports the rest of akvm and parses the command line; start() sends it the
+configuration, and it parses and places the kernel, recording the writes;
+finish() sends it the device facts and gets back every write and the entry
+registers; apply() makes the writes in guest RAM.
 
-Without a fork (other threads running, where forking is unsafe) finish()
-does the same work in this process.
+Without a fork (other threads running, where forking is unsafe, or no
+process to spare) finish() does the same work in this process.
 """
 from __future__ import annotations
 
 import gc
-import logging
 import marshal
 import os
 import signal
 import threading
-import traceback
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from vmm.config import ConfigError, MachineConfig
 from vmm.memory import GuestMemory
-
-log = logging.getLogger("akvm.boot")
 
 
 class BootImageError(ConfigError):
@@ -46,6 +43,20 @@ class DeviceFacts(NamedTuple):
     """What the tables need to know about the devices built meanwhile."""
     pci_interrupts: tuple       # (device, pin, ioapic_pin) for each wired INTx pin
     dmar_width: int | None      # the IOMMU's host address width; None: no IOMMU
+
+
+class Job(NamedTuple):
+    """The part of a MachineConfig the builder needs (it crosses the pipe)."""
+    kernel: str
+    cmdline: str
+    memory: int
+    cpus: int
+    modules: tuple              # (path, args) for each multiboot module
+
+    @classmethod
+    def of(cls, config: MachineConfig) -> "Job":
+        return cls(config.kernel, config.cmdline, config.memory, config.cpus,
+                   tuple((m.path, m.args) for m in config.modules))
 
 
 class RamWrites:
@@ -78,19 +89,25 @@ def replay(ops, memory: GuestMemory) -> None:
             memory.write(gpa, op)
 
 
+def _import_loaders() -> None:
+    import vmm.boot.multiboot  # noqa: F401
+    import vmm.tables.acpi  # noqa: F401
+    import vmm.tables.mptable  # noqa: F401
+
+
 class _Loader:
     """The work itself: the kernel when constructed, the tables when finished."""
 
-    def __init__(self, config: MachineConfig, kernel: bytes):
+    def __init__(self, job: Job):
         from vmm.boot import multiboot
         from vmm.tables import layout
-        self.config = config
-        self.kernel_ram = RamWrites(config.memory)
-        modules = [multiboot.BootModule(m.path, m.args) for m in config.modules]
+        self.job = job
+        self.kernel_ram = RamWrites(job.memory)
+        modules = [multiboot.BootModule(path, args) for path, args in job.modules]
         try:
-            image = multiboot.parse(kernel, config.kernel)
-            boot = multiboot.load(image, self.kernel_ram, layout.memory_map(config.memory),
-                                  cmdline=config.cmdline, modules=modules)
+            image = multiboot.parse(multiboot.load_file(job.kernel), job.kernel)
+            boot = multiboot.load(image, self.kernel_ram, layout.memory_map(job.memory),
+                                  cmdline=job.cmdline, modules=modules)
         except multiboot.BootError as e:
             raise BootImageError(str(e)) from None
         self.entry = EntryState(boot.entry, boot.eax, boot.ebx)
@@ -98,21 +115,20 @@ class _Loader:
     def finish(self, facts: DeviceFacts) -> tuple[list, EntryState]:
         from vmm.tables.acpi import build_acpi
         from vmm.tables.mptable import PciInterrupt, build_mptable
-        tables = RamWrites(self.config.memory)
+        tables = RamWrites(self.job.memory)
         extra = []
         if facts.dmar_width is not None:
             from vmm.tables.dmar import build_dmar
             extra.append(build_dmar(facts.dmar_width))
-        build_acpi(tables, self.config.cpus, extra_tables=extra)
-        build_mptable(tables, self.config.cpus,
+        build_acpi(tables, self.job.cpus, extra_tables=extra)
+        build_mptable(tables, self.job.cpus,
                       pci_interrupts=[PciInterrupt(*p) for p in facts.pci_interrupts])
         return tables.ops + self.kernel_ram.ops, self.entry
 
 
-def read_kernel(path: str) -> bytes:
+def _check_readable(path: str) -> None:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        open(path, "rb").close()
     except OSError as e:
         raise BootImageError(f"kernel {path}: {e.strerror or e}") from None
 
@@ -120,31 +136,42 @@ def read_kernel(path: str) -> bytes:
 class BootImage:
     """A boot image being built (by a child process, or later in this one)."""
 
-    def __init__(self, config: MachineConfig, kernel: bytes):
-        self.config = config
-        self._kernel = kernel
+    def __init__(self):
+        self.job: Job | None = None
         self._pid: int | None = None
         self._to_child = self._from_child = -1
         self.ops: list = []
 
     @classmethod
-    def start(cls, config: MachineConfig, fork: bool | None = None) -> "BootImage":
-        """Read the kernel (a missing file is reported now) and start building.
+    def prepare(cls, fork: bool | None = None) -> "BootImage":
+        """Fork the builder, which starts importing the loaders now.
         fork=None forks only while this is the process's one thread."""
-        image = cls(config, read_kernel(config.kernel))
+        image = cls()
         if fork is None:
             fork = threading.active_count() == 1
         if fork:
             image._fork()
         return image
 
+    def start(self, config: MachineConfig) -> None:
+        """Give the builder its job; a kernel that cannot be opened is reported now."""
+        _check_readable(config.kernel)
+        self.job = Job.of(config)
+        if self._pid is not None:
+            self._send(self.job)
+
+    def _send(self, message: tuple) -> None:
+        try:
+            os.write(self._to_child, marshal.dumps(tuple(message)))
+        except BrokenPipeError:
+            pass                            # it stopped early: its reply says why
+
     def _fork(self) -> None:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
         try:
             pid = os.fork()
-        except OSError as e:                           # no process to spare: work here
-            log.info("boot image built in-process: fork failed (%s)", e)
+        except OSError:                                # no process to spare: work here
             for fd in (down_r, down_w, up_r, up_w):
                 os.close(fd)
             return
@@ -156,39 +183,46 @@ class BootImage:
         os.close(up_w)
         self._pid, self._to_child, self._from_child = pid, down_w, up_r
 
-    def _child(self, down: int, up: int) -> None:
+    @staticmethod
+    def _child(down: int, up: int) -> None:
         status = 1
         try:
             gc.disable()        # short-lived: collections would only copy the parent's pages
             signal.signal(signal.SIGINT, signal.SIG_DFL)    # a Ctrl-C ends it quietly
-            try:
-                loader = _Loader(self.config, self._kernel)
-                with os.fdopen(down, "rb") as f:
-                    request = f.read()
-                if not request:                              # the parent gave up
-                    os._exit(0)
-                ops, entry = loader.finish(DeviceFacts(*marshal.loads(request)))
-                reply = ("ok", ops, tuple(entry))
-            except BootImageError as e:
-                reply = ("error", str(e))
-            except BaseException:
-                reply = ("crash", traceback.format_exc())
-            with os.fdopen(up, "wb") as f:
-                f.write(marshal.dumps(reply))
+            with os.fdopen(down, "rb") as requests:
+                reply = BootImage._serve(requests)
+            if reply is not None:
+                with os.fdopen(up, "wb") as f:
+                    f.write(marshal.dumps(reply))
             status = 0
         finally:
             os._exit(status)    # no atexit handlers, no stdio flush: they are the parent's
 
+    @staticmethod
+    def _serve(requests: BinaryIO) -> tuple | None:
+        """The builder's whole life; None when the parent gave up."""
+        try:
+            _import_loaders()
+            try:
+                loader = _Loader(Job(*marshal.load(requests)))
+                facts = DeviceFacts(*marshal.load(requests))
+            except EOFError:
+                return None
+            ops, entry = loader.finish(facts)
+            return ("ok", ops, tuple(entry))
+        except BootImageError as e:
+            return ("error", str(e))
+        except BaseException:
+            import traceback
+            return ("crash", traceback.format_exc())
+
     def finish(self, facts: DeviceFacts) -> EntryState:
         """Wait for the image; its writes are then in self.ops."""
         if self._pid is None:
-            self.ops, entry = _Loader(self.config, self._kernel).finish(facts)
+            self.ops, entry = _Loader(self.job).finish(facts)
             return entry
         try:
-            try:
-                os.write(self._to_child, marshal.dumps(tuple(facts)))
-            except BrokenPipeError:
-                pass                        # it stopped early: its reply says why
+            self._send(facts)
             os.close(self._to_child)
             self._to_child = -1
             with os.fdopen(self._from_child, "rb") as f:
@@ -216,7 +250,7 @@ class BootImage:
         self.ops = []
 
     def cancel(self) -> None:
-        """Stop and reap the child, if there is one; idempotent."""
+        """Stop and reap the builder, if there is one; idempotent."""
         for fd in (self._to_child, self._from_child):
             if fd >= 0:
                 os.close(fd)
