@@ -360,6 +360,42 @@ static const char *test_iommu_qi(void)
 	return NULL;
 }
 
+/*
+ * A descriptor the unit refuses (a reserved type) stops the queue with
+ * FSTS.IQE: the wait reports it and drops the queue from the bad
+ * descriptor, the fault handler leaves the error to it (clearing it there
+ * would refetch the descriptor: an interrupt storm), and the queue works
+ * again afterwards.
+ */
+static const char *test_iommu_qi_error(void)
+{
+	const char *err = need_iommu();
+	if (err)
+		return err;
+	if ((err = use_qi(true)))
+		return err;
+	bool quiet = iommu.quiet;
+	iommu.quiet = true;
+	unsigned irqs = iommu.fault_irqs;
+	iommu_qi_push(0xF, 0);                          /* type 15: reserved */
+	iommu_qi_push_iotlb(INV_GLOBAL, 0, 0, 0);
+	err = iommu_qi_wait(false);
+	udelay(20000);
+	iommu.quiet = quiet;
+	unsigned storm = iommu.fault_irqs - irqs;
+	if (!err)
+		return FAIL("the wait after a reserved descriptor succeeded");
+	kprintf("iommu-qi-error: %s; %u fault interrupt(s)\n", err, storm);
+	unsigned head = (iommu_read64(DMAR_IQH) >> 4) & 0x7FFF;
+	EXPECT(head == iommu.iq_tail, "IQH %u, IQT %u after the error", head, iommu.iq_tail);
+	EXPECT(storm <= 1, "%u fault interrupts for one queue error", storm);
+	uint32_t fsts = iommu_read32(DMAR_FSTS);
+	EXPECT(!(fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE)), "FSTS 0x%x after recovery", fsts);
+	TRY(iommu_qi_wait(false));
+	TRY(iommu_inv_iotlb(INV_DOMAIN, DID_XLATE, 0, 0));
+	return NULL;
+}
+
 static const char *test_iommu_qi_intr(void)
 {
 	const char *err = need_iommu();
@@ -722,6 +758,7 @@ const struct selftest dev_tests[] = {
 	{ "iommu-reg-inv", test_iommu_reg_inv, true },
 	{ "iommu-qi", test_iommu_qi, true },
 	{ "iommu-qi-intr", test_iommu_qi_intr, true },
+	{ "iommu-qi-error", test_iommu_qi_error, true },
 	{ "iommu-qi-batch", test_iommu_qi_batch, true },
 	{ "iommu-passthrough", test_iommu_passthrough, true },
 	{ "iommu-translate", test_iommu_translate, true },

@@ -544,8 +544,15 @@ const char *iommu_qi_wait(bool intr)
 			return NULL;
 		uint32_t fsts = rd32(DMAR_FSTS);
 		if (fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE)) {
-			ksnprintf(why, sizeof(why), "FSTS 0x%x, IQH %lu, IQT %u", fsts,
-				  (rd64(DMAR_IQH) >> 4) & 0x7FFF, iommu.iq_tail);
+			/* The unit stopped at the bad descriptor and would fetch
+			 * it again once the error is cleared: drop the queue from
+			 * there (IQT = IQH), then clear it. */
+			unsigned head = (rd64(DMAR_IQH) >> 4) & 0x7FFF;
+			ksnprintf(why, sizeof(why), "FSTS 0x%x, IQH %u, IQT %u: queue emptied", fsts,
+				  head, iommu.iq_tail);
+			wr64(DMAR_IQT, (uint64_t)head << 4);
+			iommu.iq_tail = head & (IQ_ENTRIES - 1);
+			wr32(DMAR_FSTS, fsts & (FSTS_IQE | FSTS_ICE | FSTS_ITE));
 			return why;
 		}
 		if (i == 0)
@@ -700,12 +707,10 @@ static void fault_irq(struct trapframe *tf)
 			print_fault(f);
 	}
 	/* A queue error stops the queue at the bad descriptor, and clearing it
-	 * restarts there: while the unit is lent the process's queue errors are
-	 * left for it to see and for iommu_take_back to clear (else each
-	 * clear raises the error and this interrupt again). */
-	uint32_t clear = fsts & FSTS_W1C;
-	if (iommu.lent_to)
-		clear &= ~(FSTS_IQE | FSTS_ICE | FSTS_ITE);
+	 * here would restart it there: the error and this interrupt again, for
+	 * ever. The queue's owner clears it once it has dropped the bad
+	 * descriptor (iommu_qi_wait, or iommu_take_back for a lent unit). */
+	uint32_t clear = fsts & FSTS_W1C & ~(FSTS_IQE | FSTS_ICE | FSTS_ITE);
 	if (clear)
 		wr32(DMAR_FSTS, clear);
 	if ((fsts & (FSTS_IQE | FSTS_ITE | FSTS_ICE)) && !iommu.quiet)

@@ -22,9 +22,9 @@ QEMU_VTD = ["-machine", "q35,kernel-irqchip=split",
             "-device", "intel-iommu,aw-bits=48,caching-mode=off", "-device", "edu"]
 
 EDU_TESTS = {"edu-id", "edu-dma", "edu-msi", "edu-intx"}
-IOMMU_TESTS = {"iommu-enable", "iommu-reg-inv", "iommu-qi", "iommu-qi-intr", "iommu-qi-batch",
-               "iommu-passthrough", "iommu-translate", "iommu-3level", "iommu-fault", "iommu-psi",
-               "iommu-dsi", "iommu-shootdown", "iommu-stale"}
+IOMMU_TESTS = {"iommu-enable", "iommu-reg-inv", "iommu-qi", "iommu-qi-intr", "iommu-qi-error",
+               "iommu-qi-batch", "iommu-passthrough", "iommu-translate", "iommu-3level",
+               "iommu-fault", "iommu-psi", "iommu-dsi", "iommu-shootdown", "iommu-stale"}
 VIRTIO_TESTS = {"virtio-blk", "virtio-console", "virtio-rng"}
 
 
