@@ -620,13 +620,21 @@ static int64_t sys_mmap(struct proc *p, uint64_t len)
 }
 
 /* `iommu noflush`: a frame the device may still reach through a stale
- * IOTLB entry is held back until the domain is flushed (dev_release). */
+ * IOTLB entry is held back until the domain is flushed (dev_release, or
+ * here once PROC_QUARANTINE frames are held: one flush frees them all). */
 static void quarantine(struct proc *p, uint64_t pa)
 {
+	if (p->nquarantine == PROC_QUARANTINE) {
+		spin_lock(&user_iommu_lock);
+		const char *err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+		spin_unlock(&user_iommu_lock);
+		if (!err)
+			quarantine_release(p);
+	}
 	if (p->nquarantine < PROC_QUARANTINE)
 		p->quarantine[p->nquarantine++] = pa;
 	else
-		p->quarantine_lost++;   /* never reused: safer than the free list */
+		p->quarantine_lost++;   /* the flush failed: never reused, safer than the free list */
 }
 
 static void quarantine_release(struct proc *p)

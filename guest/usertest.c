@@ -415,6 +415,39 @@ static const char *test_user_edu_munmap(void)
 }
 
 /*
+ * edudma churn with `iommu noflush`: 100 device-visible pages mapped and
+ * unmapped, more than a process holds back; once PROC_QUARANTINE frames are
+ * held, one domain flush frees them: none is lost, none leaks.
+ */
+static const char *test_user_edu_noflush_many(void)
+{
+	const char *err = need_edu_iommu();
+	if (err)
+		return err;
+	long before = frames_available();
+	bool nf_saved = iommu_noflush;
+	iommu_noflush = true;
+	struct proc *p;
+	int st = run_edudma(&p, "churn");
+	iommu_noflush = nf_saved;
+	if (st == -1000)
+		return st_why;
+	if (st)
+		err = FAIL("edudma churn: exit status %d", st);
+	else if (p->quarantine_lost)
+		err = FAIL("%u held-back frames lost", p->quarantine_lost);
+	else if (p->iotlb_page_invs)
+		err = FAIL("munmap invalidated pages under noflush");
+	proc_free(p);
+	if (!err)
+		err = edu_ctx_passthrough();
+	long after = frames_available();
+	if (!err && before >= 0 && after != before)
+		err = FAIL("%ld frames free before, %ld after", before, after);
+	return err;
+}
+
+/*
  * edudma noflush with `iommu noflush`: munmap clears the second-level entry
  * but leaves the IOTLB, so the device's next DMA uses the stale entry: no
  * fault, and the data lands in the old frame, which the kernel held back
@@ -595,6 +628,7 @@ const struct selftest user_tests[] = {
 	{ "user-edu-munmap", test_user_edu_munmap, false },
 	{ "user-edu-release", test_user_edu_release, false },
 	{ "user-edu-noflush", test_user_edu_noflush, false },
+	{ "user-edu-noflush-many", test_user_edu_noflush_many, false },
 	{ "user-edu-two", test_user_edu_two, false },
 };
 const size_t user_ntests = ARRAY_SIZE(user_tests);

@@ -34,6 +34,7 @@
 #define LEN             4088            /* QEMU's edu: not up to the last byte */
 #define FAULT_IOVA      0x0F000000ULL   /* never mapped; usertest.c has the same */
 #define STALE_DATA      0x5A1E000000000000ULL   /* noflush's second DMA; usertest.c too */
+#define CHURN_PAGES     100     /* more than a process's held-back frames (PROC_QUARANTINE) */
 #define SECRET_DATA     0x5EC2E70000000000ULL   /* two: b's page that a must not reach */
 
 /* No writable globals: the programs are one RWX-free segment each. */
@@ -232,6 +233,18 @@ int main(int argc, char **argv)
 			return 14;
 		printf("edudma: pid %d: DMA to IOVA 0x%lx (%p) after munmap done\n", pid, iova_of(dst),
 		       (void *)dst);
+		return 0;
+	}
+	if (!strcmp(mode, "churn")) {           /* under `iommu noflush`: held-back frames */
+		for (int i = 0; i < CHURN_PAGES; i++) {
+			uint64_t *p = mmap(PAGE_SIZE);
+			if (p == MAP_FAILED)
+				return 20;
+			p[0] = i;
+			if (munmap(p, PAGE_SIZE) != 0)
+				return 21;
+		}
+		printf("edudma: pid %d: %d device-visible pages mapped and unmapped\n", pid, CHURN_PAGES);
 		return 0;
 	}
 	if (!strcmp(mode, "noflush")) {

@@ -140,7 +140,7 @@ def test_user_selftests_under_qemu(akvm_guest_factory, cpus):
 # Device assignment (guest/user.c assign/release, guest/user/edudma.c): not default
 # self-tests, they need the edu device behind VT-d.
 EDU_TESTS = ("user-edu-dma", "user-edu-fault", "user-edu-munmap", "user-edu-release",
-             "user-edu-noflush")
+             "user-edu-noflush", "user-edu-noflush-many")
 EDU_ARGS = ["--iommu", "vtd", "--device", "edu"]
 QEMU_EDU = ["-machine", "q35,kernel-irqchip=split",
             "-device", "intel-iommu,aw-bits=48,caching-mode=off", "-device", "edu"]
