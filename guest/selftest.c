@@ -11,6 +11,7 @@
 #include "mm.h"
 #include "multiboot.h"
 #include "pci.h"
+#include "proc.h"
 #include "rtc.h"
 #include "selftest.h"
 #include "smp.h"
@@ -21,6 +22,14 @@
 char st_why[160];
 bool st_skipped;
 #define why st_why
+
+const char *frames_returned(long before)
+{
+	long after = frames_available();
+	if (before >= 0 && after != before)
+		return FAIL("%ld frames free before, %ld after", before, after);
+	return NULL;
+}
 
 static const char *test_memmap(void)
 {

@@ -39,10 +39,7 @@ static const char *test_user_hello(void)
 		return FAIL("hello exited with %d, want 0", st);
 	if ((st = run_here(NULL, 2, a1)) != 7)
 		return FAIL("hello 7 exited with %d, want 7", st);
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 static const char *test_user_syscalls(void)
@@ -133,10 +130,7 @@ static const char *test_user_fault(void)
 		if ((st = run_here(NULL, 1, h)) != 0)
 			return FAIL("hello after fault %s: status %d", cases[i].arg, st);
 	}
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 /* ---- processes on several cores (user/mcp.c) ---- */
@@ -228,10 +222,7 @@ static const char *test_user_cores(void)
 	proc_free(p);
 	if (err)
 		return err;
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 /*
@@ -276,10 +267,7 @@ static const char *test_user_shootdown(void)
 		kprintf("user-shootdown: core %d unmapped 0x%lx; core %d acknowledged %u shootdown IPI(s), "
 			"then faulted there\n", p->core, p->last_unmap, b, p->shoot_acks);
 	proc_free(p);
-	long after = frames_available();
-	if (!err && before >= 0 && after != before)
-		err = FAIL("%ld frames free before, %ld after", before, after);
-	return err;
+	return err ? err : frames_returned(before);
 }
 
 /* ---- device assignment (user/edudma.c): need --device edu --iommu vtd ---- */
@@ -336,6 +324,16 @@ static int run_edudma(struct proc **out, const char *mode)
 	return run_here(out, 2, argv);
 }
 
+/* edudma MODE with `iommu noflush` on for the run (munmap skips the IOTLB). */
+static int run_edudma_noflush(struct proc **out, const char *mode)
+{
+	bool saved = iommu_noflush;
+	iommu_noflush = true;
+	int st = run_edudma(out, mode);
+	iommu_noflush = saved;
+	return st;
+}
+
 static const char *test_user_edu_dma(void)
 {
 	const char *err = need_edu_iommu();
@@ -353,10 +351,7 @@ static const char *test_user_edu_dma(void)
 	proc_free(p);
 	if (!err)
 		err = edu_ctx_passthrough();
-	long after = frames_available();
-	if (!err && before >= 0 && after != before)
-		err = FAIL("%ld frames free before, %ld after", before, after);
-	return err;
+	return err ? err : frames_returned(before);
 }
 
 /* Runs edudma MODE with faults recorded quietly; a fault by the edu at the
@@ -425,11 +420,8 @@ static const char *test_user_edu_noflush_many(void)
 	if (err)
 		return err;
 	long before = frames_available();
-	bool nf_saved = iommu_noflush;
-	iommu_noflush = true;
 	struct proc *p;
-	int st = run_edudma(&p, "churn");
-	iommu_noflush = nf_saved;
+	int st = run_edudma_noflush(&p, "churn");
 	if (st == -1000)
 		return st_why;
 	if (st)
@@ -441,10 +433,7 @@ static const char *test_user_edu_noflush_many(void)
 	proc_free(p);
 	if (!err)
 		err = edu_ctx_passthrough();
-	long after = frames_available();
-	if (!err && before >= 0 && after != before)
-		err = FAIL("%ld frames free before, %ld after", before, after);
-	return err;
+	return err ? err : frames_returned(before);
 }
 
 /*
@@ -462,13 +451,10 @@ static const char *test_user_edu_noflush(void)
 	if (err)
 		return err;
 	long before = frames_available();
-	bool nf_saved = iommu_noflush;
-	iommu_noflush = true;
 	unsigned nf = iommu.nfaults;
 	iommu.quiet = true;
 	struct proc *p;
-	int st = run_edudma(&p, "noflush");
-	iommu_noflush = nf_saved;
+	int st = run_edudma_noflush(&p, "noflush");
 	if (st == -1000) {
 		iommu.quiet = false;
 		return st_why;
@@ -496,10 +482,7 @@ static const char *test_user_edu_noflush(void)
 		"it wrote the old frame (held back until the domain was flushed)\n", iova);
 	if ((err = edu_ctx_passthrough()))
 		return err;
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 /*
@@ -579,10 +562,7 @@ static const char *test_user_edu_two(void)
 	for (int i = 0; i < 2; i++)
 		if ((err = ctx_passthrough(edus[i])))
 			return err;
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 static const char *test_user_edu_release(void)
@@ -610,10 +590,7 @@ static const char *test_user_edu_release(void)
 		if ((err = edu_ctx_passthrough()))
 			return err;
 	}
-	long after = frames_available();
-	if (before >= 0 && after != before)
-		return FAIL("%ld frames free before, %ld after", before, after);
-	return NULL;
+	return frames_returned(before);
 }
 
 const struct selftest user_tests[] = {

@@ -23,6 +23,9 @@ struct selftest {
 extern const struct selftest dev_tests[], virtio_tests[], swint_tests[], user_tests[], probe_tests[];
 extern const size_t dev_ntests, virtio_ntests, swint_ntests, user_ntests, probe_ntests;
 
+/* NULL if the frames free now are the `before` of frames_available() (selftest.c). */
+const char *frames_returned(long before);
+
 /* bench hooks (devtest.c) */
 bool bench_iommu(void);
 bool bench_edu(void);
