@@ -14,6 +14,12 @@ PCI_HOLE_START = 0xC000_0000
 FOUR_GIB = 0x1_0000_0000
 
 
+def ram_ranges(size: int) -> list[tuple[int, int]]:
+    """(guest-physical address, length) of each slot of `size` bytes of RAM."""
+    low = min(size, PCI_HOLE_START)
+    return [(gpa, length) for gpa, length in ((0, low), (FOUR_GIB, size - low)) if length]
+
+
 class GuestMemoryError(Exception):
     """An access outside guest RAM (or straddling two slots)."""
 
@@ -42,14 +48,12 @@ class GuestMemory:
     def anonymous(cls, size: int) -> "GuestMemory":
         """RAM of `size` bytes in mmap'd slots: below the PCI hole, the rest above 4 GiB."""
         mem = cls()
-        low = min(size, PCI_HOLE_START)
-        for gpa, length in ((0, low), (FOUR_GIB, size - low)):
-            if length:
-                buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-                # A forked child (vmm.boot.image) gets none of it: no page tables
-                # to copy, no copy-on-write under the guest's feet.
-                buf.madvise(mmap.MADV_DONTFORK)
-                mem.add_slot(gpa, buf)
+        for gpa, length in ram_ranges(size):
+            buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            # A forked child (vmm.boot.image) gets none of it: no page tables
+            # to copy, no copy-on-write under the guest's feet.
+            buf.madvise(mmap.MADV_DONTFORK)
+            mem.add_slot(gpa, buf)
         return mem
 
     @classmethod

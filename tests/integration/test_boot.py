@@ -2,6 +2,7 @@
 import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,15 +30,22 @@ def started(kernel, *args, **popen):
         proc.wait()
 
 
-def run(kernel, *args, stdin=subprocess.DEVNULL, timeout=60):
+def run(kernel, *args, stdin=subprocess.DEVNULL, timeout=60, **popen):
     return subprocess.run([sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), *args],
-                          capture_output=True, stdin=stdin, timeout=timeout)
+                          capture_output=True, stdin=stdin, timeout=timeout, **popen)
 
 
 def test_serial_output_and_poweroff(tiny_kernel):
     r = run(tiny_kernel, "--cmdline", "p")
     assert r.stdout == b"tiny: hello, cmdline=p\n"
     assert r.returncode == ExitCode.POWEROFF
+
+
+def test_a_run_with_sigchld_ignored_is_clean(tiny_kernel):
+    """The builder is then reaped by the kernel, not by akvm: no complaint."""
+    r = run(tiny_kernel, preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    assert r.returncode == ExitCode.POWEROFF
+    assert r.stderr == b"akvm: guest powered off\n"
     assert r.stderr.decode().strip() == "akvm: guest powered off"
 
 

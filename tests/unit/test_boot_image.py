@@ -6,9 +6,11 @@ import time
 import pytest
 
 from vmm.boot import image as boot_image
-from vmm.boot.image import BootImage, BootImageError, DeviceFacts
+from hypothesis import given, strategies as st
+
+from vmm.boot.image import PIPE_LIMIT, BootImage, BootImageError, DeviceFacts, RamWrites
 from vmm.config import MachineConfig, Module
-from vmm.memory import GuestMemory
+from vmm.memory import FOUR_GIB, PCI_HOLE_START, GuestMemory
 from vmm.tables import layout
 
 MiB = 1 << 20
@@ -138,3 +140,34 @@ def test_without_a_process_to_spare_the_image_is_built_here(tiny_kernel, monkeyp
     assert not children() and sorted(os.listdir("/proc/self/fd")) == fds
     monkeypatch.undo()
     assert ram_of(image) == ram_of(started(config(tiny_kernel), False))
+
+
+def test_a_large_image_is_loaded_in_process(tiny_kernel, tmp_path):
+    """Hundreds of MiB of modules through the pipe would cost more than the
+    builder saves (and marshal stops at 2 GiB): start() takes the work back."""
+    big = tmp_path / "initrd"
+    with open(big, "wb") as f:
+        f.truncate(PIPE_LIMIT + 1)              # sparse
+    cfg = config(tiny_kernel, modules=[Module(str(big))])
+    cfg.memory = 2 * PIPE_LIMIT
+    image = BootImage.prepare(fork=True)
+    assert children()
+    image.start(cfg)
+    assert not children()
+    entry = image.finish(FACTS)
+    memory = GuestMemory.anonymous(cfg.memory)
+    image.apply(memory)
+    assert entry.eax == 0x2BADB002
+    assert memory.read(entry.ebx, 4) != bytes(4)
+
+
+SIZES = (16 << 20, PCI_HOLE_START, PCI_HOLE_START + (64 << 20))
+MEMORY = {size: GuestMemory.anonymous(size) for size in SIZES}     # mapped, never touched
+
+
+@given(size=st.sampled_from(SIZES), gpa=st.integers(0, FOUR_GIB + (128 << 20)),
+       length=st.integers(0, 1 << 30))
+def test_ram_writes_know_the_ram_layout(size, gpa, length):
+    """The builder checks placements against RAM it does not map: the same answers."""
+    assert RamWrites(size).contains(gpa, length) == MEMORY[size].contains(gpa, length)
+    assert RamWrites(size).size == MEMORY[size].size

@@ -1,4 +1,5 @@
 """Bad user input: one line on stderr, exit status 2, never a traceback."""
+import signal
 import subprocess
 import sys
 
@@ -7,9 +8,13 @@ import pytest
 from tests.conftest import needs_kvm
 
 
-def akvm(*args, stdin=subprocess.DEVNULL, timeout=30):
+def akvm(*args, stdin=subprocess.DEVNULL, timeout=30, **popen):
     return subprocess.run([sys.executable, "-m", "vmm", *args], capture_output=True, text=True,
-                          stdin=stdin, timeout=timeout)
+                          stdin=stdin, timeout=timeout, **popen)
+
+
+def ignore_sigchld():
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
 
 
 def assert_one_line_error(result, *fragments):
@@ -51,6 +56,14 @@ def test_not_a_multiboot_kernel(tmp_path):
 
 def test_unknown_option():
     assert_one_line_error(akvm("run", "--bogus"), "--bogus")
+
+
+def test_errors_stay_one_line_when_sigchld_is_ignored(tmp_path):
+    """A parent that ignores SIGCHLD (inherited across exec) makes the kernel reap
+    akvm's boot image builder itself: akvm must not trip over that."""
+    assert_one_line_error(akvm("run", "--bogus", preexec_fn=ignore_sigchld), "--bogus")
+    assert_one_line_error(akvm("run", "--kernel", str(tmp_path / "nope"),
+                               preexec_fn=ignore_sigchld), "No such file")
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -25,7 +25,7 @@ import threading
 from typing import BinaryIO, NamedTuple
 
 from vmm.config import ConfigError, MachineConfig
-from vmm.memory import GuestMemory
+from vmm.memory import GuestMemory, ram_ranges
 
 
 class BootImageError(ConfigError):
@@ -64,15 +64,16 @@ class RamWrites:
     the writes instead of making them; replay() makes them in real RAM."""
 
     def __init__(self, size: int):
-        self._layout = GuestMemory.anonymous(size)   # reserved, never touched
+        self._ranges = ram_ranges(size)
         self.ops: list[tuple[int, bytes | int]] = []  # (gpa, data) or (gpa, length to zero)
 
     @property
     def size(self) -> int:
-        return self._layout.size
+        return sum(length for _, length in self._ranges)
 
     def contains(self, gpa: int, length: int = 1) -> bool:
-        return self._layout.contains(gpa, length)
+        return gpa >= 0 and length >= 0 and any(
+            base <= gpa and gpa + length <= base + size for base, size in self._ranges)
 
     def write(self, gpa: int, data) -> None:
         self.ops.append((gpa, bytes(data)))
@@ -126,11 +127,23 @@ class _Loader:
         return tables.ops + self.kernel_ram.ops, self.entry
 
 
-def _check_readable(path: str) -> None:
+PIPE_LIMIT = 64 << 20
+
+
+def _check_readable(path: str) -> int:
+    """The kernel file's size; a file that cannot be opened is a BootImageError."""
     try:
-        open(path, "rb").close()
+        with open(path, "rb") as f:
+            return os.fstat(f.fileno()).st_size
     except OSError as e:
         raise BootImageError(f"kernel {path}: {e.strerror or e}") from None
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0                    # the loader reports it, in one line
 
 
 class BootImage:
@@ -154,49 +167,68 @@ class BootImage:
         return image
 
     def start(self, config: MachineConfig) -> None:
-        """Give the builder its job; a kernel that cannot be opened is reported now."""
-        _check_readable(config.kernel)
+        """Give the builder its job; a kernel that cannot be opened is reported now.
+        A kernel and modules of more than PIPE_LIMIT bytes are loaded here: through
+        the pipe they would cost more than the builder saves."""
+        size = _check_readable(config.kernel)
         self.job = Job.of(config)
         if self._pid is not None:
-            self._send(self.job)
+            if size + sum(_file_size(m.path) for m in config.modules) > PIPE_LIMIT:
+                self.cancel()
+            else:
+                self._send(self.job)
 
     def _send(self, message: tuple) -> None:
+        data = memoryview(marshal.dumps(tuple(message)))
         try:
-            os.write(self._to_child, marshal.dumps(tuple(message)))
+            while data:
+                data = data[os.write(self._to_child, data):]
         except BrokenPipeError:
             pass                            # it stopped early: its reply says why
 
     def _fork(self) -> None:
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
+        # SIGINT blocked across the fork: the child must never run the
+        # caller's handler (a KeyboardInterrupt would unwind into its code).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             pid = os.fork()
         except OSError:                                # no process to spare: work here
+            pid = -1
+        if pid == 0:                                   # the child: never returns
+            status = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)    # a Ctrl-C ends it quietly
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                os.close(down_w)
+                os.close(up_r)
+                status = self._child(down_r, up_w)
+            finally:
+                os._exit(status)    # no atexit handlers, no stdio flush: they are the parent's
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        if pid < 0:
             for fd in (down_r, down_w, up_r, up_w):
                 os.close(fd)
             return
-        if pid == 0:                                   # the child: never returns
-            os.close(down_w)
-            os.close(up_r)
-            self._child(down_r, up_w)
         os.close(down_r)
         os.close(up_w)
         self._pid, self._to_child, self._from_child = pid, down_w, up_r
 
     @staticmethod
-    def _child(down: int, up: int) -> None:
-        status = 1
+    def _child(down: int, up: int) -> int:
+        gc.disable()            # short-lived: collections would only copy the parent's pages
+        with os.fdopen(down, "rb") as requests:
+            reply = BootImage._serve(requests)
+        if reply is None:
+            return 0
         try:
-            gc.disable()        # short-lived: collections would only copy the parent's pages
-            signal.signal(signal.SIGINT, signal.SIG_DFL)    # a Ctrl-C ends it quietly
-            with os.fdopen(down, "rb") as requests:
-                reply = BootImage._serve(requests)
-            if reply is not None:
-                with os.fdopen(up, "wb") as f:
-                    f.write(marshal.dumps(reply))
-            status = 0
-        finally:
-            os._exit(status)    # no atexit handlers, no stdio flush: they are the parent's
+            data = marshal.dumps(reply)
+        except ValueError as e:                     # e.g. an object over 2 GiB
+            data = marshal.dumps(("crash", f"the reply cannot be sent: {e}"))
+        with os.fdopen(up, "wb") as f:
+            f.write(data)
+        return 0
 
     @staticmethod
     def _serve(requests: BinaryIO) -> tuple | None:
@@ -232,12 +264,13 @@ class BootImage:
             self.cancel()
             raise
         # It exits once it has replied; reap it without waiting for its teardown.
-        threading.Thread(target=os.waitpid, args=(self._pid, 0), name="boot-image-reaper",
+        threading.Thread(target=_reap, args=(self._pid,), name="boot-image-reaper",
                          daemon=True).start()
         self._pid = None
-        if not data:
-            raise RuntimeError("the boot image builder died without a reply")
-        kind, *rest = marshal.loads(data)
+        try:
+            kind, *rest = marshal.loads(data)
+        except (EOFError, ValueError, TypeError):
+            raise RuntimeError("the boot image builder died without a reply") from None
         if kind == "error":
             raise BootImageError(rest[0])
         if kind == "crash":
@@ -260,5 +293,12 @@ class BootImage:
                 os.kill(self._pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-            os.waitpid(self._pid, 0)
+            _reap(self._pid)
             self._pid = None
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass                        # SIGCHLD ignored by whoever started us: already reaped
