@@ -81,6 +81,14 @@ _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
 _UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
+def format_memory(size: int) -> str:
+    """parse_memory's inverse: 512M, 2G, 1T."""
+    for shift, unit in ((40, "T"), (30, "G")):
+        if size % (1 << shift) == 0:
+            return f"{size >> shift}{unit}"
+    return f"{size >> 20}M"
+
+
 def parse_memory(text: str) -> int:
     """'512M', '1G', '1024' (MiB, as QEMU's -m) -> bytes; a whole number of MiB."""
     m = _SIZE.match(text.strip())

@@ -23,7 +23,7 @@ from devices.uart import Uart16550
 from vmm import kvm
 from vmm.boot.image import BootImage, DeviceFacts
 from vmm.bus import Bus
-from vmm.config import ConfigError, MachineConfig
+from vmm.config import ConfigError, MachineConfig, format_memory
 from vmm.fastpath import FastPath, PciConfShortcut, SerialShortcut
 from vmm.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
 from vmm.exitcode import ExitCode
@@ -171,10 +171,14 @@ class Machine:
         self.vm = self.system.create_vm()
         # RAM first: once the VM has its in-kernel irqchip, adding a memory
         # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
-        self.memory = GuestMemory.anonymous(self.config.memory)
-        for slot in self.memory.slots:
-            self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
-                                           self.memory.host_address(slot))
+        try:
+            self.memory = GuestMemory.anonymous(self.config.memory)
+            for slot in self.memory.slots:
+                self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
+                                               self.memory.host_address(slot))
+        except OSError as e:
+            raise UserError(f"--memory {format_memory(self.config.memory)}: the host cannot "
+                            f"give that much guest RAM ({e.strerror or e})") from None
         if self.system.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
             self.vm.set_tss_addr(TSS_ADDR)
         if self.system.check_extension(kvm.KVM_CAP_SET_IDENTITY_MAP_ADDR):

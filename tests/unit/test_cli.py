@@ -58,6 +58,23 @@ def test_unknown_option():
     assert_one_line_error(akvm("run", "--bogus"), "--bogus")
 
 
+def host_cannot_map_a_terabyte() -> bool:
+    """Heuristic overcommit refuses a mapping larger than RAM + swap."""
+    with open("/proc/sys/vm/overcommit_memory") as f:
+        if f.read().strip() != "0":
+            return False
+    with open("/proc/meminfo") as f:
+        kib = {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in f)}
+    return (kib["MemTotal"] + kib["SwapTotal"]) << 10 < 1 << 40
+
+
+@needs_kvm
+@pytest.mark.skipif(not host_cannot_map_a_terabyte(), reason="this host could map 1T of RAM")
+def test_more_memory_than_the_host_has(tiny_kernel):
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--memory", "1T"),
+                          "--memory 1T: the host cannot give that much guest RAM")
+
+
 def test_errors_stay_one_line_when_sigchld_is_ignored(tmp_path):
     """A parent that ignores SIGCHLD (inherited across exec) makes the kernel reap
     akvm's boot image builder itself: akvm must not trip over that."""
