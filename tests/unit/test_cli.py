@@ -1,4 +1,5 @@
 """Bad user input: one line on stderr, exit status 2, never a traceback."""
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,18 @@ def test_missing_kernel(tmp_path):
 
 def test_kernel_is_directory(tmp_path):
     assert_one_line_error(akvm("run", "--kernel", str(tmp_path)), "directory")
+
+
+def test_kernel_or_module_that_is_not_a_regular_file(tiny_kernel, tmp_path):
+    """A FIFO would block the open, /dev/zero would be read until memory ran out."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        assert_one_line_error(akvm("run", "--kernel", str(path), timeout=10),
+                              f"kernel {path}: not a regular file")
+        assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--module", str(path),
+                                   "--serial", "none", timeout=10),
+                              f"module {path}: not a regular file")
 
 
 def test_not_a_multiboot_kernel(tmp_path):

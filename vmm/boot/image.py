@@ -24,6 +24,7 @@ import signal
 import threading
 from typing import BinaryIO, NamedTuple
 
+from vmm.boot.files import BadFile, open_regular
 from vmm.config import ConfigError, MachineConfig
 from vmm.memory import GuestMemory, ram_ranges
 
@@ -131,12 +132,15 @@ PIPE_LIMIT = 64 << 20
 
 
 def _check_readable(path: str) -> int:
-    """The kernel file's size; a file that cannot be opened is a BootImageError."""
+    """The kernel file's size; one akvm cannot use is a BootImageError now."""
     try:
-        with open(path, "rb") as f:
-            return os.fstat(f.fileno()).st_size
-    except OSError as e:
-        raise BootImageError(f"kernel {path}: {e.strerror or e}") from None
+        fd = open_regular(path, "kernel")
+    except BadFile as e:
+        raise BootImageError(str(e)) from None
+    try:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
 
 
 def _file_size(path: str) -> int:

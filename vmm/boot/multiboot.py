@@ -6,12 +6,14 @@ clear line instead of a half-written guest.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import NamedTuple, Sequence
 
 from construct import Int16ul, Int32ul, Int64ul, Default, Struct
 from elftools.elf.structs import ELFStructs
 
+from vmm.boot.files import BadFile, open_regular
 from vmm.memory import GuestMemory
 from vmm.tables.layout import MemoryRegion
 
@@ -116,8 +118,10 @@ class BootState:
 def load_file(path: str, what: str = "kernel") -> bytes:
     """Read a kernel or module file, turning OS errors into one-line BootErrors."""
     try:
-        with open(path, "rb") as f:
+        with os.fdopen(open_regular(path, what), "rb") as f:
             return f.read()
+    except BadFile as e:
+        raise BootError(str(e)) from None
     except OSError as e:
         raise BootError(f"{what} {path}: {e.strerror or e}") from None
 
