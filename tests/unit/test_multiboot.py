@@ -230,6 +230,15 @@ def test_bad_elf(kwargs, message):
         parse(elf_image(**kwargs))
 
 
+def test_elf_headers_too_short_say_so():
+    with pytest.raises(BootError, match="the ELF header is cut short"):
+        parse(elf_image()[:28] + mb_header(0x3))             # the header 4-byte aligned
+    small_phdrs = bytearray(elf_image())
+    small_phdrs[54:56] = struct.pack("<H", 8)             # e_phentsize of an ELF64
+    with pytest.raises(BootError, match="ELF program header size 8 is below 56"):
+        parse(bytes(small_phdrs))
+
+
 def test_elf_segment_past_end_of_file():
     with pytest.raises(BootError, match="past the end of the file"):
         parse(elf_image()[:-1])

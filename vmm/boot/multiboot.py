@@ -217,8 +217,13 @@ def _elf_headers(data: bytes, name: str) -> tuple[int, object, object]:
         raise BootError(f"{name}: not a little-endian ELF32 or ELF64 file")
     structs = ELFStructs(little_endian=True, elfclass=elfclass)
     structs.create_basic_structs()
+    if len(data) < structs.Elf_Ehdr.sizeof():
+        raise BootError(f"{name}: the ELF header is cut short ({len(data)} bytes)")
     h = structs.Elf_Ehdr.parse(data)
     structs.create_advanced_structs(h.e_type, h.e_machine, h.e_ident.EI_OSABI)
+    if h.e_phnum and h.e_phentsize < structs.Elf_Phdr.sizeof():
+        raise BootError(f"{name}: ELF program header size {h.e_phentsize} is below "
+                        f"{structs.Elf_Phdr.sizeof()}")
     return elfclass, h, structs.Elf_Phdr
 
 
