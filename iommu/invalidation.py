@@ -242,18 +242,25 @@ class Invalidator:
         lib.akvm_qi_process(slots, len(slots), table, base, entries, head, tail,
                             int(iommu.config.psi), iommu.config.mamv, removed,
                             iommu.iotlb.capacity, out)
-        iommu.iotlb.drop_slots(out.removed)
+        self.count_native(out)
         if out.descriptors:
-            self.descriptors += out.descriptors
-            for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
-                if out.iotlb[g]:
-                    self.counts[("queued", "iotlb", GRANULARITY["iotlb"][g])] += out.iotlb[g]
-            if out.waits_status:
-                self.counts[("queued", "wait", "status")] += out.waits_status
-            if out.waits_none:
-                self.counts[("queued", "wait", "none")] += out.waits_none
             iommu.iqh = out.head << 4
         return out.head
+
+    def count_native(self, out) -> None:
+        """Count what qi.c did (`out`: a struct akvm_qi_result) and forget the
+        IOTLB slots it emptied."""
+        self.iommu.iotlb.drop_slots(out.removed)
+        if not out.descriptors:
+            return
+        self.descriptors += out.descriptors
+        for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
+            if out.iotlb[g]:
+                self.counts[("queued", "iotlb", GRANULARITY["iotlb"][g])] += out.iotlb[g]
+        if out.waits_status:
+            self.counts[("queued", "wait", "status")] += out.waits_status
+        if out.waits_none:
+            self.counts[("queued", "wait", "none")] += out.waits_none
 
     def _queue_error(self, message: str) -> None:
         self.queue_errors += 1

@@ -30,6 +30,7 @@ from typing import Callable
 
 from iommu.cache import ContextCache, Iotlb, IotlbEntry, Negative
 from iommu.checker import CoherenceChecker
+from iommu.doorbell import QueueDoorbell
 from iommu.faults import (CTL_IM, EventInterrupt, FaultLog, FSTS_IQE, FSTS_RW1C, MsiSink)
 from iommu.invalidation import (
     CCMD_CAIG_MASK, CCMD_ICC, CCMD_WRITABLE, ICS_IWC, IOTLB_IAIG_MASK, IOTLB_IVT,
@@ -41,6 +42,7 @@ from iommu.translate import (
 )
 from vmm.config import ConfigError, DeviceSpec
 from vmm.memory import GuestMemory
+from vmm.native import native_slots
 
 log = logging.getLogger("akvm.iommu")
 
@@ -187,7 +189,9 @@ class VtdIommu:
     """One remapping unit: registers (read/write, a bus device) and translate()."""
 
     def __init__(self, memory: GuestMemory, msi: MsiSink, config: VtdConfig = VtdConfig(), *,
-                 on_stale: Callable[[str], None] | None = None):
+                 on_stale: Callable[[str], None] | None = None, base: int | None = None):
+        """`base`: the register page's guest-physical address, when an exit loop
+        may complete IQT writes in C (self.doorbell)."""
         self.memory = memory
         self.config = config
         self.params = config.params
@@ -215,6 +219,11 @@ class VtdIommu:
         self.internal_errors = 0
         self._logged_errors: set[str] = set()
         self._regs = self._register_table()
+        # The queue's doorbell in C, which is then also the unit's lock.
+        self.doorbell = None
+        if (base is not None and self.invalidator.native
+                and native_slots(memory) is not None):
+            self.doorbell = self.lock = QueueDoorbell(self, base + IQT)
 
     # --- state ----------------------------------------------------------------
 
@@ -505,7 +514,8 @@ class VtdIommu:
         return out
 
     def format_stats(self) -> list[str]:
-        s = self.stats()
+        with self.lock:                 # caught up with the doorbell's work
+            s = self.stats()
         cc = s["context_cache"]
         lines = [f"iommu: {'enabled' if self.enabled else 'disabled'}, "
                  f"{s['translations']} translations, {s['passthrough']} untranslated",

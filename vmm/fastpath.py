@@ -7,7 +7,9 @@ devices.debugport.DebugPort does). Everything claimed comes back to Python,
 except COM1's transmit and line-status reads while SerialShortcut is
 attached (vmm/native/serial.c; devices.uart decides when that is safe), and
 PCI configuration accesses no function answers while PciConfShortcut is
-(vmm/native/pciconf.c; devices.pci.host tells it which functions exist).
+(vmm/native/pciconf.c; devices.pci.host tells it which functions exist),
+and the VT-d queue's IQT writes while its doorbell is attached
+(vmm/native/vtddoor.c; iommu.doorbell arms it).
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ class FastPath:
         ends = ffi.new("unsigned long long[]", [r.end for r in ranges] or [0])
         if lib.akvm_fastpath_set_ranges(self.handle, index, bases, ends, len(ranges)) < 0:
             raise MemoryError("akvm_fastpath_set_ranges")
+
+    def attach_vtd(self, doorbell) -> None:
+        """Let C complete IQT writes (iommu.doorbell.QueueDoorbell, kept alive by its unit)."""
+        lib.akvm_fastpath_set_vtd(self.handle, doorbell.handle)
 
     def complete(self, run_address: int) -> bool:
         """Complete one exit in C (what the vCPU loop does); for tests and twins."""

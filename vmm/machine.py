@@ -227,8 +227,11 @@ class Machine:
             raise ConfigError(f"--iommu {spec.kind}: no such IOMMU (known: vtd)")
         from iommu.vtd import VtdConfig, VtdIommu
         self.iommu = VtdIommu(self.memory, lambda address, data: self.vm.signal_msi(address, data),
-                              VtdConfig.from_spec(spec), on_stale=self._iommu_stale)
+                              VtdConfig.from_spec(spec), on_stale=self._iommu_stale,
+                              base=layout.VTD_BASE)
         self.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, self.iommu, "vtd")
+        if self.iommu.doorbell is not None:
+            self.fastpath.attach_vtd(self.iommu.doorbell)
 
     def _iommu_stale(self, message: str) -> None:
         """check=stop: the coherence checker found a stale translation in use."""

@@ -8,7 +8,10 @@ from hypothesis import given, settings, strategies as st
 from iommu.faults import FSTS_IQE
 from iommu.vtd import (FECTL, FSTS, GCMD, GCMD_QIE, GCMD_TE, ICS, IEADDR, IECTL, IEDATA, IQA,
                        IQH, IQT)
+from tests.unit.test_fastpath import RunPage
 from tests.unit.vtd_tables import SID, SID2, Rig
+from vmm.bus import Bus
+from vmm.fastpath import FastPath
 
 IE_ADDR, IE_DATA = 0xFEE0_1000, 0x52
 
@@ -254,8 +257,32 @@ def test_random_descriptors_are_done_or_stop_the_queue(descriptors, types):
     assert rig.iommu.internal_errors == 0
 
 
-def _queue_rig(native: bool) -> Rig:
-    r = Rig(size=2 << 20)
+VTD_BASE = 0xFED9_0000
+
+
+class DoorbellRig(Rig):
+    """Register writes as a vCPU's exit loop makes them: C first (IQT writes, by
+    vmm/native/vtddoor.c), then the bus."""
+
+    def __init__(self, **kw):
+        super().__init__(base=VTD_BASE, **kw)
+        self.bus = Bus("mmio")
+        self.bus.register(VTD_BASE, 0x1000, self.iommu, "vtd")
+        self.fast = FastPath(Bus("pio"), self.bus)
+        self.fast.attach_vtd(self.iommu.doorbell)
+        self.run_page = RunPage()
+        self.in_c = 0
+
+    def w64(self, off: int, value: int) -> None:
+        self.run_page.mmio(VTD_BASE + off, 8, True, value)
+        if self.fast.complete(self.run_page.address):
+            self.in_c += 1
+        else:
+            self.bus.write(VTD_BASE + off, 8, value)
+
+
+def _queue_rig(native: bool, doorbell: bool = False) -> Rig:
+    r = DoorbellRig(size=2 << 20) if doorbell else Rig(size=2 << 20)
     r.enable(qi=True)
     r.status = r.page()
     r.iommu.invalidator.native = native
@@ -289,8 +316,9 @@ descriptor = st.one_of(
        st.lists(st.lists(descriptor, max_size=12), min_size=1, max_size=4))
 def test_c_queue_and_python_queue_agree(cached, batches):
     """vmm/native/qi.c does IOTLB and plain wait descriptors and leaves the rest to
-    Python: with and without it, the same batches leave the same unit behind."""
-    rigs = [_queue_rig(True), _queue_rig(False)]
+    Python: with and without it, and with the IQT doorbell in C (vtddoor.c), the
+    same batches leave the same unit behind."""
+    rigs = [_queue_rig(True), _queue_rig(False), _queue_rig(True, doorbell=True)]
     for r in rigs:
         for did, page, shift in cached:
             r.iommu.iotlb.insert(did, page << 12, shift, (did, page))
@@ -301,4 +329,31 @@ def test_c_queue_and_python_queue_agree(cached, batches):
             r.submit(*resolved)
             if r.r32(FSTS) & FSTS_IQE:
                 r.w32(FSTS, FSTS_IQE)            # clear it: the queue resumes past nothing
-        assert _state(rigs[0]) == _state(rigs[1])
+        assert _state(rigs[0]) == _state(rigs[1]) == _state(rigs[2])
+
+
+def test_the_doorbell_completes_iqt_writes_in_c():
+    r = _queue_rig(True, doorbell=True)
+    r.iommu.iotlb.insert(1, 0x5000, 12, "cached")
+    r.submit(iotlb(3, did=1, addr=0x5000), wait(r.status, 0xD0))
+    assert r.in_c == 1                                   # no trip through Python
+    assert r.mem.read_u32(r.status) == 0xD0
+    assert head(r) == 2 and r.r64(IQT) >> 4 == 2         # Python caught up
+    assert r.iommu.iotlb.lookup(1, 0x5000) is None
+    assert counts(r)[("queued", "iotlb", "page")] == 1
+    assert counts(r)[("queued", "wait", "status")] == 1
+    # A descriptor C does not own: C does what comes before it, Python the rest.
+    r.submit(wait(r.status, 0xD1), cc(1), wait(r.status, 0xD2))
+    assert r.in_c == 1 and head(r) == 5 and r.mem.read_u32(r.status) == 0xD2
+    assert counts(r)[("queued", "context", "global")] == 1
+
+
+def test_the_doorbell_leaves_a_stopped_or_disabled_queue_to_python():
+    r = _queue_rig(True, doorbell=True)
+    r.submit((0xF, 0))                                   # reserved type: IQE
+    assert r.r32(FSTS) & FSTS_IQE and head(r) == 0
+    r.submit(wait(r.status, 7))                          # behind the bad one: stays
+    assert r.in_c == 0 and head(r) == 0 and r.mem.read_u32(r.status) == 0
+    r.w32(GCMD, GCMD_TE)                                 # QIE off: IQH back to 0
+    r.w64(IQT, 0)
+    assert r.in_c == 0 and head(r) == 0

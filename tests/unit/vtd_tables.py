@@ -29,12 +29,12 @@ def sid_of(bus: int, dev: int, fn: int) -> int:
 class Rig:
     """A VtdIommu on `size` bytes of RAM, a page allocator from 1 MiB, and table builders."""
 
-    def __init__(self, size: int = 16 * MiB, **config):
+    def __init__(self, size: int = 16 * MiB, base: int | None = None, **config):
         self.mem = GuestMemory.from_bytearray(size)
         self.msis: list[tuple[int, int]] = []
         self.stale: list[str] = []
         self.iommu = VtdIommu(self.mem, lambda a, d: self.msis.append((a, d)),
-                              VtdConfig(**config), on_stale=self.stale.append)
+                              VtdConfig(**config), on_stale=self.stale.append, base=base)
         self._next = 1 * MiB
         self.root = self.page()
         self.context_tables: dict[int, int] = {}

@@ -214,3 +214,30 @@ void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
 		     struct akvm_iotlb *tlb, unsigned long long base, unsigned int entries,
 		     unsigned int head, unsigned int tail, int psi, unsigned int mamv,
 		     int *removed, unsigned int max_removed, struct akvm_qi_result *out);
+
+/* The VT-d queue's doorbell (vtddoor.c): IQT writes carried out by qi.c
+ * (on the unit's RAM view and IOTLB table, with its CAP.PSI and MAMV)
+ * while Python has armed it. Its lock is the unit's lock: Python holds it
+ * for publish and take (iommu.doorbell.QueueDoorbell); lock returns 1 if
+ * C did work since the last take. take copies C's queue state and the work
+ * summed since (emptied IOTLB slots are removed[0 .. sum.removed)). */
+struct akvm_vtd_door;
+struct akvm_vtd_queue {
+	int armed;
+	unsigned long long base;	/* guest-physical */
+	unsigned int entries;
+	unsigned int head;		/* IQH's index */
+	unsigned long long iqt;		/* IQT's value */
+};
+struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa,
+					 const struct akvm_mem_slot *slots, unsigned int nslots,
+					 struct akvm_iotlb *tlb, int *removed, unsigned int capacity,
+					 int psi, unsigned int mamv);
+void akvm_vtd_door_free(struct akvm_vtd_door *d);
+int akvm_vtd_door_lock(struct akvm_vtd_door *d);
+void akvm_vtd_door_unlock(struct akvm_vtd_door *d);
+void akvm_vtd_door_publish(struct akvm_vtd_door *d, const struct akvm_vtd_queue *q);
+void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
+			struct akvm_qi_result *sum);
+int akvm_vtd_door_complete(struct akvm_vtd_door *d, void *kvm_run);
+void akvm_fastpath_set_vtd(struct akvm_fastpath *fp, struct akvm_vtd_door *d);

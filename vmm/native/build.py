@@ -8,7 +8,8 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).parent
-SOURCES = ["run.c", "fastpath.c", "virtq.c", "blkq.c", "slwalk.c", "serial.c", "pciconf.c", "iotlb.c", "qi.c"]
+SOURCES = ["run.c", "fastpath.c", "virtq.c", "blkq.c", "slwalk.c", "serial.c", "pciconf.c", "iotlb.c", "qi.c",
+           "vtddoor.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "akvm_native.h").read_text())

@@ -1,6 +1,7 @@
 /* Exits completed in C: unclaimed bus accesses, the debug port, COM1's
- * transmit and line status when serial.c is attached, and PCI configuration
- * accesses no function answers when pciconf.c is.
+ * transmit and line status when serial.c is attached, PCI configuration
+ * accesses no function answers when pciconf.c is, and the VT-d queue's
+ * doorbell when vtddoor.c is.
  *
  * A guest that pokes a port nothing decodes, or the POST-code port in a
  * benchmark loop, should cost one KVM_RUN round trip, not a trip through
@@ -29,6 +30,7 @@ struct akvm_fastpath {
 	unsigned int debug_port;
 	struct akvm_serial *serial;	/* COM1 in C (serial.c), or NULL */
 	struct akvm_pci_conf *pci;	/* PCI configuration (pciconf.c), or NULL */
+	struct akvm_vtd_door *vtd;	/* the VT-d queue's doorbell (vtddoor.c), or NULL */
 	struct akvm_fast_stats stats;
 };
 
@@ -91,6 +93,13 @@ void akvm_fastpath_set_pci_conf(struct akvm_fastpath *fp, struct akvm_pci_conf *
 	pthread_mutex_unlock(&fp->lock);
 }
 
+void akvm_fastpath_set_vtd(struct akvm_fastpath *fp, struct akvm_vtd_door *d)
+{
+	pthread_mutex_lock(&fp->lock);
+	fp->vtd = d;
+	pthread_mutex_unlock(&fp->lock);
+}
+
 void akvm_fastpath_stats(struct akvm_fastpath *fp, struct akvm_fast_stats *out)
 {
 	pthread_mutex_lock(&fp->lock);
@@ -146,7 +155,9 @@ int akvm_fastpath_complete(struct akvm_fastpath *fp, void *kvm_run)
 			done = 1;
 		}
 	} else if (run->exit_reason == KVM_EXIT_MMIO) {
-		if (!claimed(&fp->bus[BUS_MMIO], run->mmio.phys_addr, run->mmio.len)) {
+		if (fp->vtd && akvm_vtd_door_complete(fp->vtd, run)) {
+			done = 1;
+		} else if (!claimed(&fp->bus[BUS_MMIO], run->mmio.phys_addr, run->mmio.len)) {
 			if (run->mmio.is_write) {
 				fp->stats.unclaimed_writes[BUS_MMIO]++;
 			} else {

@@ -1,0 +1,76 @@
+"""The invalidation queue's doorbell in C (vmm/native/vtddoor.c), and the unit's lock.
+
+While queued invalidation is on and no queue error is pending, a guest's
+IQT write is carried out in C, without entering Python, as far as qi.c owns
+the descriptors (IOTLB, plain waits). C and iommu.vtd share one lock, a
+mutex in C: a QueueDoorbell is its VtdIommu's `lock` (re-entrant, as the
+RLock it replaces). The outermost acquire catches up with what C did (IQH,
+IQT, the IOTLB slots it emptied, the counts); the last release publishes
+the queue's state (armed or not, where it is, where its head is) for C.
+"""
+from __future__ import annotations
+
+from iommu.faults import FSTS_IQE
+from iommu.invalidation import IQA_QS_MASK
+from vmm.native import ffi, lib, native_slots
+
+
+class QueueDoorbell:
+    def __init__(self, iommu, iqt_gpa: int):
+        """For `iommu` (with the C IOTLB and RAM C can reach) whose IQT
+        register is at guest-physical `iqt_gpa`."""
+        self.iommu = iommu
+        slots = native_slots(iommu.memory)
+        table, removed = iommu.iotlb.native
+        self.handle = ffi.gc(lib.akvm_vtd_door_new(
+            iqt_gpa, slots, len(iommu.memory.slots), table, removed, iommu.iotlb.capacity,
+            int(iommu.config.psi), iommu.config.mamv), lib.akvm_vtd_door_free)
+        if self.handle == ffi.NULL:
+            raise MemoryError("akvm_vtd_door_new")
+        self._queue = ffi.new("struct akvm_vtd_queue *")
+        self._done = ffi.new("struct akvm_qi_result *")
+        self._depth = 0             # changed only by the thread holding the mutex
+        self._published = None
+
+    def __enter__(self) -> "QueueDoorbell":
+        dirty = lib.akvm_vtd_door_lock(self.handle)
+        self._depth += 1
+        if self._depth == 1 and dirty:
+            try:
+                self._catch_up()
+            except BaseException:
+                self._depth -= 1
+                lib.akvm_vtd_door_unlock(self.handle)
+                raise
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            if self._depth == 1:
+                self._publish()
+        finally:
+            self._depth -= 1
+            lib.akvm_vtd_door_unlock(self.handle)
+        return False
+
+    def _catch_up(self) -> None:
+        lib.akvm_vtd_door_take(self.handle, self._queue, self._done)
+        iommu = self.iommu
+        iommu.iqh = self._queue.head << 4
+        iommu.iqt = self._queue.iqt
+        iommu.invalidator.count_native(self._done)
+
+    def _publish(self) -> None:
+        iommu = self.iommu
+        armed = iommu.qi_enabled and not iommu.faults.status & FSTS_IQE
+        state = (armed, iommu.iqa, iommu.iqh, iommu.iqt)
+        if state == self._published:
+            return
+        q = self._queue
+        q.armed = armed
+        q.base = iommu.iqa & ~0xFFF
+        q.entries = 256 << (iommu.iqa & IQA_QS_MASK)
+        q.head = iommu.iqh >> 4
+        q.iqt = iommu.iqt
+        lib.akvm_vtd_door_publish(self.handle, q)
+        self._published = state
