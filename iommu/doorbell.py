@@ -1,12 +1,13 @@
-"""The invalidation queue's doorbell in C (vmm/native/vtddoor.c), and the unit's lock.
+"""Invalidation in C (vmm/native/vtddoor.c), and the unit's lock.
 
 While queued invalidation is on and no queue error is pending, a guest's
 IQT write is carried out in C, without entering Python, as far as qi.c owns
-the descriptors (IOTLB, plain waits). C and iommu.vtd share one lock, a
+the descriptors (IOTLB, plain waits); while it is off, so are the IVA and
+IOTLB registers (their writes, and the IOTLB register's reads). C and iommu.vtd share one lock, a
 mutex in C: a QueueDoorbell is its VtdIommu's `lock` (re-entrant, as the
 RLock it replaces). The outermost acquire catches up with what C did (IQH,
 IQT, the IOTLB slots it emptied, the counts); the last release publishes
-the queue's state (armed or not, where it is, where its head is) for C.
+the queue's and the registers' state for C.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ from vmm.native import ffi, lib, native_slots
 
 
 class QueueDoorbell:
-    def __init__(self, iommu, iqt_gpa: int):
-        """For `iommu` (with the C IOTLB and RAM C can reach) whose IQT
-        register is at guest-physical `iqt_gpa`."""
+    def __init__(self, iommu, iqt_gpa: int, iva_gpa: int):
+        """For `iommu` (with the C IOTLB and RAM C can reach) whose IQT and
+        IVA registers are at guest-physical `iqt_gpa` and `iva_gpa`."""
         self.iommu = iommu
         slots = native_slots(iommu.memory)
         table, removed = iommu.iotlb.native
         self.handle = ffi.gc(lib.akvm_vtd_door_new(
-            iqt_gpa, slots, len(iommu.memory.slots), table, removed, iommu.iotlb.capacity,
-            int(iommu.config.psi), iommu.config.mamv), lib.akvm_vtd_door_free)
+            iqt_gpa, iva_gpa, slots, len(iommu.memory.slots), table, removed,
+            iommu.iotlb.capacity, int(iommu.config.psi), iommu.config.mamv),
+            lib.akvm_vtd_door_free)
         if self.handle == ffi.NULL:
             raise MemoryError("akvm_vtd_door_new")
         self._queue = ffi.new("struct akvm_vtd_queue *")
@@ -54,16 +56,19 @@ class QueueDoorbell:
         return False
 
     def _catch_up(self) -> None:
-        lib.akvm_vtd_door_take(self.handle, self._queue, self._done)
+        q = self._queue
+        lib.akvm_vtd_door_take(self.handle, q, self._done)
         iommu = self.iommu
-        iommu.iqh = self._queue.head << 4
-        iommu.iqt = self._queue.iqt
-        iommu.invalidator.count_native(self._done)
+        iommu.iqh = q.head << 4
+        iommu.iqt = q.iqt
+        iommu.iva = q.iva
+        iommu.iotlb_reg = q.iotlb
+        iommu.invalidator.count_native(self._done, register_iotlb=q.reg_iotlb)
 
     def _publish(self) -> None:
         iommu = self.iommu
         armed = iommu.qi_enabled and not iommu.faults.status & FSTS_IQE
-        state = (armed, iommu.iqa, iommu.iqh, iommu.iqt)
+        state = (armed, iommu.iqa, iommu.iqh, iommu.iqt, iommu.iva, iommu.iotlb_reg)
         if state == self._published:
             return
         q = self._queue
@@ -72,5 +77,11 @@ class QueueDoorbell:
         q.entries = 256 << (iommu.iqa & IQA_QS_MASK)
         q.head = iommu.iqh >> 4
         q.iqt = iommu.iqt
+        # Register commands are refused while queued invalidation is on: Python's.
+        q.regs_armed = not iommu.qi_enabled
+        q.iva = iommu.iva
+        q.iotlb = iommu.iotlb_reg
+        for g in range(4):
+            q.reg_iotlb[g] = 0
         lib.akvm_vtd_door_publish(self.handle, q)
         self._published = state

@@ -247,10 +247,15 @@ class Invalidator:
             iommu.iqh = out.head << 4
         return out.head
 
-    def count_native(self, out) -> None:
-        """Count what qi.c did (`out`: a struct akvm_qi_result) and forget the
-        IOTLB slots it emptied."""
+    def count_native(self, out, register_iotlb=None) -> None:
+        """Count what C did (`out`: a struct akvm_qi_result; `register_iotlb`:
+        IOTLB register invalidations by granularity) and forget the IOTLB
+        slots it emptied."""
         self.iommu.iotlb.drop_slots(out.removed)
+        if register_iotlb is not None:
+            for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
+                if register_iotlb[g]:
+                    self.counts[("register", "iotlb", GRANULARITY["iotlb"][g])] += register_iotlb[g]
         if not out.descriptors:
             return
         self.descriptors += out.descriptors

@@ -219,11 +219,11 @@ class VtdIommu:
         self.internal_errors = 0
         self._logged_errors: set[str] = set()
         self._regs = self._register_table()
-        # The queue's doorbell in C, which is then also the unit's lock.
+        # Invalidation in C (the queue's doorbell, IVA/IOTLB), then also the unit's lock.
         self.doorbell = None
         if (base is not None and self.invalidator.native
                 and native_slots(memory) is not None):
-            self.doorbell = self.lock = QueueDoorbell(self, base + IQT)
+            self.doorbell = self.lock = QueueDoorbell(self, base + IQT, base + IRO * 16)
 
     # --- state ----------------------------------------------------------------
 
@@ -488,6 +488,10 @@ class VtdIommu:
 
     def stats(self) -> dict:
         """Counters for --stats and tests."""
+        with self.lock:                 # caught up with what C did
+            return self._stats()
+
+    def _stats(self) -> dict:
         inv = self.invalidator
         domains = {did: vars(s).copy() for did, s in sorted(self.iotlb.domains.items())}
         out = {
@@ -514,8 +518,7 @@ class VtdIommu:
         return out
 
     def format_stats(self) -> list[str]:
-        with self.lock:                 # caught up with the doorbell's work
-            s = self.stats()
+        s = self.stats()
         cc = s["context_cache"]
         lines = [f"iommu: {'enabled' if self.enabled else 'disabled'}, "
                  f"{s['translations']} translations, {s['passthrough']} untranslated",

@@ -8,10 +8,7 @@ from hypothesis import given, settings, strategies as st
 from iommu.faults import FSTS_IQE
 from iommu.vtd import (FECTL, FSTS, GCMD, GCMD_QIE, GCMD_TE, ICS, IEADDR, IECTL, IEDATA, IQA,
                        IQH, IQT)
-from tests.unit.test_fastpath import RunPage
-from tests.unit.vtd_tables import SID, SID2, Rig
-from vmm.bus import Bus
-from vmm.fastpath import FastPath
+from tests.unit.vtd_tables import SID, SID2, DoorbellRig, Rig
 
 IE_ADDR, IE_DATA = 0xFEE0_1000, 0x52
 
@@ -257,30 +254,6 @@ def test_random_descriptors_are_done_or_stop_the_queue(descriptors, types):
     assert rig.iommu.internal_errors == 0
 
 
-VTD_BASE = 0xFED9_0000
-
-
-class DoorbellRig(Rig):
-    """Register writes as a vCPU's exit loop makes them: C first (IQT writes, by
-    vmm/native/vtddoor.c), then the bus."""
-
-    def __init__(self, **kw):
-        super().__init__(base=VTD_BASE, **kw)
-        self.bus = Bus("mmio")
-        self.bus.register(VTD_BASE, 0x1000, self.iommu, "vtd")
-        self.fast = FastPath(Bus("pio"), self.bus)
-        self.fast.attach_vtd(self.iommu.doorbell)
-        self.run_page = RunPage()
-        self.in_c = 0
-
-    def w64(self, off: int, value: int) -> None:
-        self.run_page.mmio(VTD_BASE + off, 8, True, value)
-        if self.fast.complete(self.run_page.address):
-            self.in_c += 1
-        else:
-            self.bus.write(VTD_BASE + off, 8, value)
-
-
 def _queue_rig(native: bool, doorbell: bool = False) -> Rig:
     r = DoorbellRig(size=2 << 20) if doorbell else Rig(size=2 << 20)
     r.enable(qi=True)
@@ -288,10 +261,13 @@ def _queue_rig(native: bool, doorbell: bool = False) -> Rig:
     r.iommu.invalidator.native = native
     r.w32(IEDATA, IE_DATA)
     r.w32(IEADDR, IE_ADDR)
+    r.in_c = 0                          # what enable() did in C does not count
     return r
 
 
 def _state(r):
+    if isinstance(r, DoorbellRig):
+        r.sync()
     return (head(r), r.r32(FSTS), r.r32(ICS), dict(counts(r)), r.iommu.invalidator.descriptors,
             r.iommu.iotlb.entries(), {d: vars(s) for d, s in r.iommu.iotlb.domains.items()},
             r.mem.read(r.status, 64), r.msis)
@@ -320,8 +296,9 @@ def test_c_queue_and_python_queue_agree(cached, batches):
     same batches leave the same unit behind."""
     rigs = [_queue_rig(True), _queue_rig(False), _queue_rig(True, doorbell=True)]
     for r in rigs:
-        for did, page, shift in cached:
-            r.iommu.iotlb.insert(did, page << 12, shift, (did, page))
+        with r.iommu.lock:
+            for did, page, shift in cached:
+                r.iommu.iotlb.insert(did, page << 12, shift, (did, page))
     for batch in batches:
         for r in rigs:
             resolved = [(lo, r.status + hi if lo & 0xF == 5 and lo & 1 << 5 and hi < 1 << 40 else hi)
@@ -334,7 +311,8 @@ def test_c_queue_and_python_queue_agree(cached, batches):
 
 def test_the_doorbell_completes_iqt_writes_in_c():
     r = _queue_rig(True, doorbell=True)
-    r.iommu.iotlb.insert(1, 0x5000, 12, "cached")
+    with r.iommu.lock:
+        r.iommu.iotlb.insert(1, 0x5000, 12, "cached")
     r.submit(iotlb(3, did=1, addr=0x5000), wait(r.status, 0xD0))
     assert r.in_c == 1                                   # no trip through Python
     assert r.mem.read_u32(r.status) == 0xD0

@@ -11,7 +11,7 @@ from iommu.vtd import (
     GSTS_RTPS, GSTS_TES, IECTL, IOTLB, IQA, IQH, IQT, IVA, RTADDR, VER, VtdConfig,
 )
 from vmm.config import ConfigError, parse_device
-from tests.unit.vtd_tables import R, SID, W, Rig
+from tests.unit.vtd_tables import R, SID, W, DoorbellRig, Rig
 
 
 def field(value, hi, lo):
@@ -247,3 +247,60 @@ def test_random_register_traffic_never_raises(accesses, sid, iova):
         from iommu.dmaspace import DmaError
         assert isinstance(e, DmaError), repr(e)
     assert rig.iommu.internal_errors == 0
+
+
+# --- the IVA and IOTLB registers in C (vmm/native/vtddoor.c) ----------------------------
+
+register_op = st.one_of(
+    st.tuples(st.just("iva"), st.integers(0, (1 << 64) - 1)),
+    st.builds(lambda ivt, g, dr, dw, did, rsv: ("iotlb", ivt << 63 | g << 60 | dr << 49 | dw << 48
+                                                 | did << 32 | rsv),
+              st.sampled_from([0, 1, 1]), st.integers(0, 3), st.integers(0, 1), st.integers(0, 1),
+              st.integers(0, 3), st.sampled_from([0, 0, 0xFFFF, 1 << 57])),
+    st.tuples(st.just("read"), st.sampled_from([IVA, IOTLB])),
+    st.tuples(st.just("cache"), st.tuples(st.integers(0, 3), st.integers(0, 40),
+                                          st.sampled_from([12, 12, 21]))),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(register_op, max_size=40), st.sampled_from([{}, {"psi": False}]))
+def test_c_and_python_iotlb_registers_agree(ops, config):
+    """Register-based IOTLB invalidation as Akaros does it (IVA, the IOTLB register, polling
+    IVT), by iommu.invalidation alone and with vmm/native/vtddoor.c in front: the same
+    reads, and the same unit afterwards."""
+    rigs = [Rig(size=2 << 20, **config), DoorbellRig(size=2 << 20, **config)]
+    for r in rigs:
+        r.enable(qi=False)
+        r.in_c = 0
+    for kind, arg in ops:
+        if kind == "cache":
+            did, page, shift = arg
+            for r in rigs:
+                with r.iommu.lock:      # as translate() does: after C's work is caught up
+                    r.iommu.iotlb.insert(did, page << 12, shift, (did, page))
+        elif kind == "read":
+            assert rigs[0].r64(arg) == rigs[1].r64(arg)
+        else:
+            for r in rigs:
+                r.w64(IVA if kind == "iva" else IOTLB, arg)
+    rigs[1].sync()
+    states = [(r.r64(IVA), r.r64(IOTLB), r.r64(IQH), dict(r.iommu.invalidator.counts),
+               r.iommu.iotlb.entries(), {d: vars(s) for d, s in r.iommu.iotlb.domains.items()})
+              for r in rigs]
+    assert states[0] == states[1]
+    assert rigs[1].in_c >= sum(kind != "cache" for kind, _ in ops)   # none went to Python
+
+
+def test_akaros_domain_flush_is_done_in_c():
+    r = DoorbellRig()
+    r.enable(qi=False)
+    with r.iommu.lock:
+        r.iommu.iotlb.insert(7, 0x4000, 12, "cached")
+    r.in_c = 0
+    r.w64(IOTLB, 1 << 63 | 2 << 60 | 7 << 32)       # domain 7, as Akaros's iotlb_flush()
+    assert not r.r64(IOTLB) >> 63                     # IVT clear: done
+    assert field(r.r64(IOTLB), 58, 57) == 2 and r.in_c == 3
+    r.sync()
+    assert r.iommu.iotlb.lookup(7, 0x4000) is None
+    assert r.iommu.invalidator.counts[("register", "iotlb", "domain")] == 1

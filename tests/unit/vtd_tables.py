@@ -6,6 +6,9 @@ from __future__ import annotations
 from iommu.dmaspace import TranslatedDma
 from iommu.vtd import (CCMD, GCMD, GCMD_QIE, GCMD_SRTP, GCMD_TE, IOTLB, IQA, IQT, IVA, RTADDR,
                        VtdConfig, VtdIommu)
+from tests.unit.test_fastpath import RunPage
+from vmm.bus import Bus
+from vmm.fastpath import FastPath
 from vmm.memory import GuestMemory
 
 PAGE = 0x1000
@@ -138,3 +141,38 @@ class Rig:
     def flush_domain(self, did: int) -> None:
         self.w64(IOTLB, 1 << 63 | 2 << 60 | did << 32)
 
+
+VTD_BASE = 0xFED9_0000
+
+
+class DoorbellRig(Rig):
+    """64-bit register accesses as a vCPU's exit loop makes them: C first (IQT,
+    IVA and IOTLB, by vmm/native/vtddoor.c), then the bus."""
+
+    def __init__(self, **kw):
+        super().__init__(base=VTD_BASE, **kw)
+        self.bus = Bus("mmio")
+        self.bus.register(VTD_BASE, 0x1000, self.iommu, "vtd")
+        self.fast = FastPath(Bus("pio"), self.bus)
+        self.fast.attach_vtd(self.iommu.doorbell)
+        self.run_page = RunPage()
+        self.in_c = 0                   # accesses C completed
+
+    def w64(self, off: int, value: int) -> None:
+        self.run_page.mmio(VTD_BASE + off, 8, True, value)
+        if self.fast.complete(self.run_page.address):
+            self.in_c += 1
+        else:
+            self.bus.write(VTD_BASE + off, 8, value)
+
+    def sync(self) -> None:
+        """Python's view of the unit caught up with what C did."""
+        with self.iommu.lock:
+            pass
+
+    def r64(self, off: int) -> int:
+        self.run_page.mmio(VTD_BASE + off, 8, False)
+        if self.fast.complete(self.run_page.address):
+            self.in_c += 1
+            return int.from_bytes(bytes(self.run_page.run.exit.mmio.data), "little")
+        return self.bus.read(VTD_BASE + off, 8)

@@ -215,21 +215,28 @@ void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
 		     unsigned int head, unsigned int tail, int psi, unsigned int mamv,
 		     int *removed, unsigned int max_removed, struct akvm_qi_result *out);
 
-/* The VT-d queue's doorbell (vtddoor.c): IQT writes carried out by qi.c
- * (on the unit's RAM view and IOTLB table, with its CAP.PSI and MAMV)
- * while Python has armed it. Its lock is the unit's lock: Python holds it
- * for publish and take (iommu.doorbell.QueueDoorbell); lock returns 1 if
- * C did work since the last take. take copies C's queue state and the work
- * summed since (emptied IOTLB slots are removed[0 .. sum.removed)). */
+/* The VT-d unit's invalidation in C (vtddoor.c): IQT writes carried out by
+ * qi.c while Python has armed the queue, and the IVA and IOTLB registers
+ * (writes, and the IOTLB register's reads a driver polls) while it has
+ * armed the registers; on the unit's RAM view and IOTLB table, with its
+ * CAP.PSI and MAMV. Its lock is the unit's lock: Python holds it for
+ * publish and take (iommu.doorbell.QueueDoorbell); lock returns 1 if C did
+ * work since the last take. take copies C's state and the work summed
+ * since (emptied IOTLB slots are removed[0 .. sum.removed); register
+ * invalidations by granularity in reg_iotlb, which take resets). */
 struct akvm_vtd_door;
 struct akvm_vtd_queue {
-	int armed;
+	int armed;			/* the queue */
 	unsigned long long base;	/* guest-physical */
 	unsigned int entries;
 	unsigned int head;		/* IQH's index */
 	unsigned long long iqt;		/* IQT's value */
+	int regs_armed;			/* IVA and IOTLB */
+	unsigned long long iva;
+	unsigned long long iotlb;
+	unsigned long long reg_iotlb[4];
 };
-struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa,
+struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa, unsigned long long iva_gpa,
 					 const struct akvm_mem_slot *slots, unsigned int nslots,
 					 struct akvm_iotlb *tlb, int *removed, unsigned int capacity,
 					 int psi, unsigned int mamv);

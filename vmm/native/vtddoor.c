@@ -1,11 +1,15 @@
-/* The VT-d invalidation queue's doorbell: IQT writes completed in C.
+/* VT-d invalidation completed in C: the queue's doorbell and the IOTLB
+ * registers.
  *
  * A driver queues descriptors in memory and writes IQT: one MMIO exit per
- * batch (Akaros: one per TLB shootdown). While Python has armed it
- * (queued invalidation on, no queue error), that write is carried out here:
- * qi.c runs the descriptors it owns, and when it reaches the tail the exit
- * is complete. Otherwise the exit goes on to iommu.vtd as before, which
- * finds the queue where C left it.
+ * batch. While Python has armed it (queued invalidation on, no queue
+ * error), that write is carried out here: qi.c runs the descriptors it
+ * owns, and when it reaches the tail the exit is complete. Otherwise the
+ * exit goes on to iommu.vtd as before, which finds the queue where C left
+ * it. Without queued invalidation a driver writes IVA and the IOTLB
+ * register, then polls IVT (Akaros: a domain flush on every TLB shootdown
+ * of a process with a device): those are done here too, as
+ * iommu.invalidation.Invalidator.iotlb_register does them.
  *
  * The mutex here is the unit's lock: Python takes it around every register
  * access and translation (iommu.doorbell.QueueDoorbell), catching up with
@@ -19,10 +23,16 @@
 #include "akvm_native.h"
 
 #define IQ_INDEX_MASK 0x7FFF0ULL	/* IQT[18:4]; the rest reads as zero */
+#define IVA_WRITABLE (~0xF80ULL)	/* ADDR, IH, AM */
+#define IVA_AM 0x3FULL
+#define IOTLB_IVT (1ULL << 63)
+#define IOTLB_IAIG_SHIFT 57
+#define IOTLB_IAIG (3ULL << IOTLB_IAIG_SHIFT)
+#define IOTLB_WRITABLE (IOTLB_IVT | 3ULL << 60 | 3ULL << 48 | 0xFFFFULL << 32)
 
 struct akvm_vtd_door {
 	pthread_mutex_t lock;		/* the unit's lock (recursive) */
-	unsigned long long iqt_gpa;
+	unsigned long long iqt_gpa, iva_gpa;	/* the IOTLB register at iva_gpa + 8 */
 	const struct akvm_mem_slot *slots;
 	unsigned int nslots;
 	struct akvm_iotlb *tlb;
@@ -35,7 +45,7 @@ struct akvm_vtd_door {
 	int dirty;
 };
 
-struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa,
+struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa, unsigned long long iva_gpa,
 					 const struct akvm_mem_slot *slots, unsigned int nslots,
 					 struct akvm_iotlb *tlb, int *removed, unsigned int capacity,
 					 int psi, unsigned int mamv)
@@ -50,6 +60,7 @@ struct akvm_vtd_door *akvm_vtd_door_new(unsigned long long iqt_gpa,
 	pthread_mutex_init(&d->lock, &attr);
 	pthread_mutexattr_destroy(&attr);
 	d->iqt_gpa = iqt_gpa;
+	d->iva_gpa = iva_gpa;
 	d->slots = slots;
 	d->nslots = nslots;
 	d->tlb = tlb;
@@ -90,6 +101,7 @@ void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
 	*q = d->q;
 	*sum = d->sum;
 	memset(&d->sum, 0, sizeof(d->sum));
+	memset(d->q.reg_iotlb, 0, sizeof(d->q.reg_iotlb));
 	d->dirty = 0;
 }
 
@@ -103,26 +115,72 @@ static void add(struct akvm_qi_result *sum, const struct akvm_qi_result *r)
 	sum->waits_none += r->waits_none;
 }
 
-int akvm_vtd_door_complete(struct akvm_vtd_door *d, void *kvm_run)
+/* An IOTLB register write with IVT (Invalidator.iotlb_register's twin);
+ * 0 when Python must do it (more emptied slots than room). Lock held. */
+static int iotlb_register(struct akvm_vtd_door *d, unsigned long long value)
 {
-	struct kvm_run *run = kvm_run;
+	unsigned int g = (unsigned int)(value >> 60) & 3, did = (unsigned int)(value >> 32) & 0xFFFF;
+	unsigned int am = (unsigned int)(d->q.iva & IVA_AM), done = g;
+	int n = 0;
+
+	value &= ~IOTLB_IAIG;
+	if (g == AKVM_IOTLB_PAGE && !d->psi)
+		done = g = AKVM_IOTLB_DOMAIN;
+	if (g == AKVM_IOTLB_PAGE && am > d->mamv)
+		done = 0;
+	if (done) {
+		n = akvm_iotlb_invalidate(d->tlb, (int)g, did, d->q.iva & ~0xFFFULL, am,
+					  d->removed + d->sum.removed, d->capacity - d->sum.removed);
+		if (n < 0)
+			return 0;
+		d->sum.removed += (unsigned int)n;
+		d->q.reg_iotlb[g]++;
+	}
+	d->q.iotlb = (value & ~IOTLB_IVT) | (unsigned long long)done << IOTLB_IAIG_SHIFT;
+	d->dirty = 1;
+	return 1;
+}
+
+static int registers(struct akvm_vtd_door *d, struct kvm_run *run)
+{
+	unsigned long long addr = run->mmio.phys_addr, value = 0;
+
+	if (!d->q.regs_armed || run->mmio.len != 8 ||
+	    (addr != d->iva_gpa && addr != d->iva_gpa + 8))
+		return 0;
+	if (!run->mmio.is_write) {
+		value = addr == d->iva_gpa ? d->q.iva : d->q.iotlb;
+		memcpy(run->mmio.data, &value, 8);
+		return 1;
+	}
+	memcpy(&value, run->mmio.data, 8);
+	if (addr == d->iva_gpa) {
+		d->q.iva = value & IVA_WRITABLE;
+		d->dirty = 1;
+		return 1;
+	}
+	value = (value & IOTLB_WRITABLE) | (d->q.iotlb & IOTLB_IAIG);
+	if (value & IOTLB_IVT)
+		return iotlb_register(d, value);
+	d->q.iotlb = value;
+	d->dirty = 1;
+	return 1;
+}
+
+static int doorbell(struct akvm_vtd_door *d, struct kvm_run *run)
+{
 	struct akvm_qi_result r;
 	unsigned long long value = 0;
 	unsigned int tail;
-	int done = 0;
 
-	if (run->exit_reason != KVM_EXIT_MMIO || !run->mmio.is_write ||
-	    run->mmio.phys_addr != d->iqt_gpa || (run->mmio.len != 8 && run->mmio.len != 4))
+	if (!run->mmio.is_write || run->mmio.phys_addr != d->iqt_gpa ||
+	    (run->mmio.len != 8 && run->mmio.len != 4) || !d->q.armed)
 		return 0;
-	if (pthread_mutex_trylock(&d->lock) != 0)
-		return 0;
-	if (!d->q.armed)
-		goto out;
 	memcpy(&value, run->mmio.data, run->mmio.len);
 	value &= IQ_INDEX_MASK;
 	tail = (unsigned int)(value >> 4);
 	if (tail >= d->q.entries)
-		goto out;		/* the queue error is Python's */
+		return 0;		/* the queue error is Python's */
 	akvm_qi_process(d->slots, d->nslots, d->tlb, d->q.base, d->q.entries, d->q.head, tail,
 			d->psi, d->mamv, d->removed + d->sum.removed,
 			d->capacity - d->sum.removed, &r);
@@ -131,12 +189,25 @@ int akvm_vtd_door_complete(struct akvm_vtd_door *d, void *kvm_run)
 		d->q.head = r.head;
 		d->dirty = 1;
 	}
-	if (r.head == tail) {
-		d->q.iqt = value;
-		d->dirty = 1;
-		done = 1;
-	}
-out:
+	if (r.head != tail)
+		return 0;
+	d->q.iqt = value;
+	d->dirty = 1;
+	return 1;
+}
+
+int akvm_vtd_door_complete(struct akvm_vtd_door *d, void *kvm_run)
+{
+	struct kvm_run *run = kvm_run;
+	unsigned long long addr = run->mmio.phys_addr;
+	int done;
+
+	if (run->exit_reason != KVM_EXIT_MMIO ||
+	    (addr != d->iqt_gpa && addr != d->iva_gpa && addr != d->iva_gpa + 8))
+		return 0;
+	if (pthread_mutex_trylock(&d->lock) != 0)
+		return 0;
+	done = addr == d->iqt_gpa ? doorbell(d, run) : registers(d, run);
 	pthread_mutex_unlock(&d->lock);
 	return done;
 }
