@@ -64,11 +64,14 @@ class QueueDoorbell:
         iommu.iva = q.iva
         iommu.iotlb_reg = q.iotlb
         iommu.invalidator.count_native(self._done, register_iotlb=q.reg_iotlb)
+        self._published = None      # C's state is not what Python last published
 
     def _publish(self) -> None:
         iommu = self.iommu
         armed = iommu.qi_enabled and not iommu.faults.status & FSTS_IQE
-        state = (armed, iommu.iqa, iommu.iqh, iommu.iqt, iommu.iva, iommu.iotlb_reg)
+        # Register commands are refused while queued invalidation is on: Python's.
+        regs_armed = not iommu.qi_enabled
+        state = (armed, regs_armed, iommu.iqa, iommu.iqh, iommu.iqt, iommu.iva, iommu.iotlb_reg)
         if state == self._published:
             return
         q = self._queue
@@ -77,8 +80,7 @@ class QueueDoorbell:
         q.entries = 256 << (iommu.iqa & IQA_QS_MASK)
         q.head = iommu.iqh >> 4
         q.iqt = iommu.iqt
-        # Register commands are refused while queued invalidation is on: Python's.
-        q.regs_armed = not iommu.qi_enabled
+        q.regs_armed = regs_armed
         q.iva = iommu.iva
         q.iotlb = iommu.iotlb_reg
         for g in range(4):
