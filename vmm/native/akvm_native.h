@@ -193,6 +193,14 @@ int akvm_iotlb_insert(struct akvm_iotlb *t, unsigned int did, unsigned long long
 int akvm_iotlb_invalidate(struct akvm_iotlb *t, int granularity, unsigned int did,
 			  unsigned long long address, unsigned int address_mask,
 			  int *removed, unsigned int max);
+/* One invalidation request as the unit carries it out (iommu.invalidation.
+ * Invalidator.iotlb's twin): without PSI a page request is done for the
+ * domain, an address mask above MAMV is invalid. Returns the granularity
+ * done, 0 when invalid, -1 when it would empty more than max slots; the
+ * slots emptied are removed[0 .. *emptied). */
+int akvm_iotlb_request(struct akvm_iotlb *t, unsigned int granularity, unsigned int did,
+		       unsigned long long address, unsigned int address_mask, int psi,
+		       unsigned int mamv, int *removed, unsigned int max, unsigned int *emptied);
 int akvm_iotlb_order(const struct akvm_iotlb *t, int *out, unsigned int max);
 
 /* Queued invalidation (qi.c): carry out descriptors from head towards tail

@@ -234,6 +234,24 @@ int akvm_iotlb_invalidate(struct akvm_iotlb *t, int granularity, unsigned int di
 	return (int)n;
 }
 
+int akvm_iotlb_request(struct akvm_iotlb *t, unsigned int granularity, unsigned int did,
+		       unsigned long long address, unsigned int address_mask, int psi,
+		       unsigned int mamv, int *removed, unsigned int max, unsigned int *emptied)
+{
+	int n;
+
+	if (granularity == AKVM_IOTLB_PAGE && !psi)
+		granularity = AKVM_IOTLB_DOMAIN;
+	if (!granularity || granularity > AKVM_IOTLB_PAGE ||
+	    (granularity == AKVM_IOTLB_PAGE && address_mask > mamv))
+		return 0;
+	n = akvm_iotlb_invalidate(t, (int)granularity, did, address, address_mask, removed, max);
+	if (n < 0)
+		return -1;
+	*emptied = (unsigned int)n;
+	return (int)granularity;
+}
+
 int akvm_iotlb_order(const struct akvm_iotlb *t, int *out, unsigned int max)
 {
 	unsigned int n = 0;

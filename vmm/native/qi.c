@@ -16,7 +16,6 @@
 #define DESC_WAIT 0x5
 #define WAIT_IF (1ULL << 4)
 #define WAIT_SW (1ULL << 5)
-#define G_PAGE 3
 #define AM_MASK 0x3FULL
 
 static unsigned long long bits(unsigned int hi, unsigned int lo)
@@ -40,20 +39,17 @@ static int iotlb(struct akvm_iotlb *tlb, unsigned long long lo, unsigned long lo
 		 int psi, unsigned int mamv, int *removed, unsigned int room,
 		 struct akvm_qi_result *out)
 {
-	unsigned int g = (lo >> 4) & 3, did = (lo >> 16) & 0xFFFF, am = hi & AM_MASK;
-	int n;
+	unsigned int n;
+	int done;
 
-	if (lo & (bits(15, 8) | bits(63, 32)) || hi & bits(11, 7) || !g)
+	if (lo & (bits(15, 8) | bits(63, 32)) || hi & bits(11, 7))
 		return 0;
-	if (g == G_PAGE && !psi)
-		g = AKVM_IOTLB_DOMAIN;
-	if (g == G_PAGE && am > mamv)
-		return 0;
-	n = akvm_iotlb_invalidate(tlb, (int)g, did, hi & ~0xFFFULL, am, removed, room);
-	if (n < 0)
-		return 0;	/* more entries than room: Python has the whole table */
-	out->removed += (unsigned int)n;
-	out->iotlb[g]++;
+	done = akvm_iotlb_request(tlb, (lo >> 4) & 3, (lo >> 16) & 0xFFFF, hi & ~0xFFFULL,
+				  hi & AM_MASK, psi, mamv, removed, room, &n);
+	if (done <= 0)
+		return 0;	/* invalid (IQE), or more entries than room: Python's */
+	out->removed += n;
+	out->iotlb[done]++;
 	return 1;
 }
 

@@ -119,24 +119,19 @@ static void add(struct akvm_qi_result *sum, const struct akvm_qi_result *r)
  * 0 when Python must do it (more emptied slots than room). Lock held. */
 static int iotlb_register(struct akvm_vtd_door *d, unsigned long long value)
 {
-	unsigned int g = (unsigned int)(value >> 60) & 3, did = (unsigned int)(value >> 32) & 0xFFFF;
-	unsigned int am = (unsigned int)(d->q.iva & IVA_AM), done = g;
-	int n = 0;
+	unsigned int n;
+	int done = akvm_iotlb_request(d->tlb, (unsigned int)(value >> 60) & 3,
+				      (unsigned int)(value >> 32) & 0xFFFF, d->q.iva & ~0xFFFULL,
+				      (unsigned int)(d->q.iva & IVA_AM), d->psi, d->mamv,
+				      d->removed + d->sum.removed, d->capacity - d->sum.removed, &n);
 
-	value &= ~IOTLB_IAIG;
-	if (g == AKVM_IOTLB_PAGE && !d->psi)
-		done = g = AKVM_IOTLB_DOMAIN;
-	if (g == AKVM_IOTLB_PAGE && am > d->mamv)
-		done = 0;
+	if (done < 0)
+		return 0;
 	if (done) {
-		n = akvm_iotlb_invalidate(d->tlb, (int)g, did, d->q.iva & ~0xFFFULL, am,
-					  d->removed + d->sum.removed, d->capacity - d->sum.removed);
-		if (n < 0)
-			return 0;
-		d->sum.removed += (unsigned int)n;
-		d->q.reg_iotlb[g]++;
+		d->sum.removed += n;
+		d->q.reg_iotlb[done]++;
 	}
-	d->q.iotlb = (value & ~IOTLB_IVT) | (unsigned long long)done << IOTLB_IAIG_SHIFT;
+	d->q.iotlb = (value & ~(IOTLB_IVT | IOTLB_IAIG)) | (unsigned long long)done << IOTLB_IAIG_SHIFT;
 	d->dirty = 1;
 	return 1;
 }
