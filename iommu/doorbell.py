@@ -3,9 +3,9 @@
 While queued invalidation is on and no queue error is pending, a guest's
 IQT write is carried out in C, without entering Python, as far as qi.c owns
 the descriptors (IOTLB, plain waits); while it is off, so are the IVA and
-IOTLB registers (their writes, and the IOTLB register's reads). C and iommu.vtd share one lock, a
-mutex in C: a QueueDoorbell is its VtdIommu's `lock` (re-entrant, as the
-RLock it replaces). The outermost acquire catches up with what C did (IQH,
+IOTLB registers (their writes, and the IOTLB register's reads). C and
+iommu.vtd share one lock, a mutex in C: a QueueDoorbell is its VtdIommu's
+`lock` (re-entrant, as the RLock it replaces). The outermost acquire catches up with what C did (IQH,
 IQT, the IOTLB slots it emptied, the counts); the last release publishes
 the queue's and the registers' state for C.
 """

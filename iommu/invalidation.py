@@ -253,19 +253,20 @@ class Invalidator:
         slots it emptied."""
         self.iommu.iotlb.drop_slots(out.removed)
         if register_iotlb is not None:
-            for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
-                if register_iotlb[g]:
-                    self.counts[("register", "iotlb", GRANULARITY["iotlb"][g])] += register_iotlb[g]
+            self._count_iotlb("register", register_iotlb)
         if not out.descriptors:
             return
         self.descriptors += out.descriptors
-        for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
-            if out.iotlb[g]:
-                self.counts[("queued", "iotlb", GRANULARITY["iotlb"][g])] += out.iotlb[g]
+        self._count_iotlb("queued", out.iotlb)
         if out.waits_status:
             self.counts[("queued", "wait", "status")] += out.waits_status
         if out.waits_none:
             self.counts[("queued", "wait", "none")] += out.waits_none
+
+    def _count_iotlb(self, interface: str, by_granularity) -> None:
+        for g in (G_GLOBAL, G_DOMAIN, G_PAGE):
+            if by_granularity[g]:
+                self.counts[(interface, "iotlb", GRANULARITY["iotlb"][g])] += by_granularity[g]
 
     def _queue_error(self, message: str) -> None:
         self.queue_errors += 1

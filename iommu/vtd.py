@@ -191,7 +191,7 @@ class VtdIommu:
     def __init__(self, memory: GuestMemory, msi: MsiSink, config: VtdConfig = VtdConfig(), *,
                  on_stale: Callable[[str], None] | None = None, base: int | None = None):
         """`base`: the register page's guest-physical address, when an exit loop
-        may complete IQT writes in C (self.doorbell)."""
+        may complete IOTLB invalidations in C (self.doorbell)."""
         self.memory = memory
         self.config = config
         self.params = config.params

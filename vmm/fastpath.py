@@ -8,8 +8,8 @@ except COM1's transmit and line-status reads while SerialShortcut is
 attached (vmm/native/serial.c; devices.uart decides when that is safe), and
 PCI configuration accesses no function answers while PciConfShortcut is
 (vmm/native/pciconf.c; devices.pci.host tells it which functions exist),
-and the VT-d queue's IQT writes while its doorbell is attached
-(vmm/native/vtddoor.c; iommu.doorbell arms it).
+and VT-d's IOTLB invalidations (IQT, IVA, the IOTLB register) while its
+doorbell is attached (vmm/native/vtddoor.c; iommu.doorbell arms it).
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class FastPath:
             raise MemoryError("akvm_fastpath_set_ranges")
 
     def attach_vtd(self, doorbell) -> None:
-        """Let C complete IQT writes (iommu.doorbell.QueueDoorbell, kept alive by its unit)."""
+        """Let C complete IOTLB invalidations (iommu.doorbell.QueueDoorbell, kept
+        alive by its unit)."""
         lib.akvm_fastpath_set_vtd(self.handle, doorbell.handle)
 
     def complete(self, run_address: int) -> bool:

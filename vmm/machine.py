@@ -134,15 +134,12 @@ class Machine:
     def build(cls, config: MachineConfig, image: BootImage | None = None) -> "Machine":
         """`image`: the boot image started for `config` (BootImage.start), if
         the caller started it early; build() starts one otherwise."""
-        if image is None:
-            image = BootImage.prepare()
-            try:
-                image.start(config)
-            except BaseException:
-                image.cancel()
-                raise
+        started = image is not None
+        image = image or BootImage.prepare()
         m = cls(config)
         try:
+            if not started:
+                image.start(config)
             try:
                 m.serial = parse_serial(config.serial)
             except ChardevError as e:
