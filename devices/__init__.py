@@ -1,6 +1,6 @@
 """Emulated devices. Each is a bus device: read(offset, size) -> int and
 write(offset, size, value), offsets relative to where it is registered.
-Interrupts go out through the IrqLine a device is given (vmm.irq).
+Interrupts go out through the IrqLine a device is given (akvm.base.irq).
 Among the modules:
 
   uart       16550A serial port (COM1 at 0x3F8, IRQ 4)

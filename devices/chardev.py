@@ -276,6 +276,6 @@ def parse_serial(spec: str) -> Chardev:
         if kind == "file":
             return FileChardev(path)
         if kind == "unix":
-            from devices.chardev_unix import UnixSocketChardev   # socket: 2 ms at start-up
+            from akvm.devices.chardev_unix import UnixSocketChardev   # socket: 2 ms at start-up
             return UnixSocketChardev(path)
     raise ChardevError(f"{SERIAL_USAGE}, got {spec!r}")

@@ -1,6 +1,6 @@
 """--serial unix:PATH: the console on a listening UNIX stream socket.
 
-Apart from devices.chardev so that a start without it does not import socket.
+Apart from akvm.devices.chardev so that a start without it does not import socket.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import stat
 import threading
 from typing import Callable
 
-from devices.chardev import READ_CHUNK, Chardev, ChardevError, Sink
+from akvm.devices.chardev import READ_CHUNK, Chardev, ChardevError, Sink
 
 OFFLINE_BACKLOG = 64 * 1024
 

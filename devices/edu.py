@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import logging
 
-from devices.pci import BarKind, PciDevice
-from iommu.dmaspace import DmaError
+from akvm.devices.pci import BarKind, PciDevice
+from akvm.iommu.dmaspace import DmaError
 
 log = logging.getLogger("akvm.edu")
 

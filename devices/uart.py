@@ -11,7 +11,7 @@ receive(). Register state is guarded by one lock; the output device is
 written outside it (under a transmit-only lock that keeps bytes in order),
 so a blocking output never stalls receive().
 
-A transmit shortcut (vmm.fastpath.SerialShortcut: THR writes and LSR reads
+A transmit shortcut (akvm.devices.serial.SerialShortcut: THR writes and LSR reads
 completed in C) can be attached: the model tells it, after every change,
 whether a THR write may bypass the model (DLAB clear, no loopback, no THRE
 interrupt enabled) and which LSR value a read may be answered with (only

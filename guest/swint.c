@@ -2,7 +2,7 @@
  * Software interrupts (issue 8): INT3 and INT n reach their IDT gates with
  * the right vector, return address and registers; Akaros-style reboot.
  * Not default tests: on kvm_pvm hosts they need a VMM that completes the
- * instructions (akvm's vmm/complete.py); QEMU stops with an emulation
+ * instructions (akvm's vmm/vcpu/complete.py); QEMU stops with an emulation
  * failure there.  Run them by name: `selftest int3 intn`.
  *
  * A user-mode INT through a DPL-0 gate must raise #GP; this kernel has no

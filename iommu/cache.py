@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from iommu.translate import ContextEntry, Leaf, TranslationFault
-from vmm.native import ffi, lib
+from akvm.iommu.translate import ContextEntry, Leaf, TranslationFault
+from akvm.base.native import ffi, lib
 
 LARGE_PAGE_SHIFTS = (12, 21, 30)
 
@@ -195,7 +195,7 @@ class PyIotlb(_PerDomain):
 
 
 class Iotlb(_PerDomain):
-    """PyIotlb's interface and behaviour, with the table in C (vmm/native/iotlb.c).
+    """PyIotlb's interface and behaviour, with the table in C (iommu/iotlb.c).
 
     C owns the keys, the hash, the LRU order and the invalidation walks; the
     slots' contents (IotlbEntry or Negative) and the statistics stay here.
@@ -248,7 +248,7 @@ class Iotlb(_PerDomain):
     @property
     def native(self):
         """(the C table, a buffer of `capacity` slot numbers) for C code that
-        invalidates (vmm/native/qi.c); it must then call drop_slots()."""
+        invalidates (iommu/qi.c); it must then call drop_slots()."""
         return self._table, self._slots
 
     def drop_slots(self, n: int) -> int:

@@ -23,8 +23,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from iommu.cache import IotlbEntry
-from iommu.translate import ContextEntry, TranslationFault, context_entry, format_sid, walk
+from akvm.iommu.cache import IotlbEntry
+from akvm.iommu.translate import ContextEntry, TranslationFault, context_entry, format_sid, walk
 
 log = logging.getLogger("akvm.iommu")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-from iommu.translate import TranslationFault, format_sid
-from vmm.memory import GuestMemory, GuestMemoryError
+from akvm.iommu.translate import TranslationFault, format_sid
+from akvm.base.memory import GuestMemory, GuestMemoryError
 
 log = logging.getLogger("akvm.iommu")
 
@@ -36,7 +36,7 @@ class DmaError(Exception):
 
 
 class Translator(Protocol):
-    """What TranslatedDma needs from an IOMMU (iommu.vtd.VtdIommu)."""
+    """What TranslatedDma needs from an IOMMU (akvm.iommu.vtd.VtdIommu)."""
     memory: GuestMemory
 
     def translate(self, sid: int, address: int, write: bool) -> tuple[int, int]:

@@ -1,19 +1,19 @@
-"""Invalidation in C (vmm/native/vtddoor.c), and the unit's lock.
+"""Invalidation in C (iommu/vtddoor.c), and the unit's lock.
 
 While queued invalidation is on and no queue error is pending, a guest's
 IQT write is carried out in C, without entering Python, as far as qi.c owns
 the descriptors (IOTLB, plain waits); while it is off, so are the IVA and
 IOTLB registers (their writes, and the IOTLB register's reads). C and
-iommu.vtd share one lock, a mutex in C: a QueueDoorbell is its VtdIommu's
+akvm.iommu.vtd share one lock, a mutex in C: a QueueDoorbell is its VtdIommu's
 `lock` (re-entrant, as the RLock it replaces). The outermost acquire catches up with what C did (IQH,
 IQT, the IOTLB slots it emptied, the counts); the last release publishes
 the queue's and the registers' state for C.
 """
 from __future__ import annotations
 
-from iommu.faults import FSTS_IQE
-from iommu.invalidation import IQA_QS_MASK
-from vmm.native import ffi, lib, native_slots
+from akvm.iommu.faults import FSTS_IQE
+from akvm.iommu.invalidation import IQA_QS_MASK
+from akvm.base.native import ffi, lib, native_slots
 
 
 class QueueDoorbell:
@@ -29,6 +29,7 @@ class QueueDoorbell:
             lib.akvm_vtd_door_free)
         if self.handle == ffi.NULL:
             raise MemoryError("akvm_vtd_door_new")
+        self._slots = slots          # C points into it: keep it alive as long as C
         self._queue = ffi.new("struct akvm_vtd_queue *")
         self._done = ffi.new("struct akvm_qi_result *")
         self._depth = 0             # changed only by the thread holding the mutex

@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from iommu.cache import Iotlb
-from iommu.faults import FSTS_IQE
-from vmm.memory import GuestMemoryError
-from vmm.native import ffi, lib, native_slots
+from akvm.iommu.cache import Iotlb
+from akvm.iommu.faults import FSTS_IQE
+from akvm.base.memory import GuestMemoryError
+from akvm.base.native import ffi, lib, native_slots
 
 log = logging.getLogger("akvm.iommu")
 
@@ -231,7 +231,7 @@ class Invalidator:
             iommu.iqh = head << 4
 
     def _process_native(self, head: int, tail: int, entries: int, base: int) -> int:
-        """Let vmm/native/qi.c do IOTLB and plain wait descriptors from `head`;
+        """Let iommu/qi.c do IOTLB and plain wait descriptors from `head`;
         returns where it stopped (the next descriptor is Python's)."""
         iommu = self.iommu
         slots = native_slots(iommu.memory)

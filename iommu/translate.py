@@ -8,7 +8,7 @@
 Everything here reads tables the guest wrote, so everything is checked:
 present bits, reserved bits, address widths, and that each table is in
 guest RAM. Failures raise TranslationFault with the spec's fault reason;
-these functions neither cache nor record anything (iommu.vtd does that),
+these functions neither cache nor record anything (akvm.iommu.vtd does that),
 so the coherence checker can call them too.
 
 Second-level entries in EPT format (what Akaros hands the IOMMU) are
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmm.memory import GuestMemory, GuestMemoryError
+from akvm.base.memory import GuestMemory, GuestMemoryError
 
 # --- Fault reasons (VT-d 3.x 7.1.3, table "Unrecoverable fault conditions") --------
 FR_ROOT_NOT_PRESENT = 0x1
@@ -221,7 +221,7 @@ def context_entry(memory: GuestMemory, rtaddr: int, sid: int, address: int,
 def walk_python(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
                 params: WalkParams) -> Leaf:
     """The second-level walk for `address` (faults 4, 5, 6, 7, 0xC); the twin of
-    akvm_sl_walk (vmm/native/slwalk.c), which walk() uses when it is built.
+    akvm_sl_walk (iommu/slwalk.c), which walk() uses when it is built.
 
     Permissions are the AND of R and W over every level. A not-present
     entry (R and W clear) faults as a read or write without permission,
@@ -267,9 +267,9 @@ def walk_python(memory: GuestMemory, ctx: ContextEntry, address: int, write: boo
     raise AssertionError("unreachable: level 1 is always a leaf")
 
 
-# --- The walk in C (vmm/native/slwalk.c) ---------------------------------------------
+# --- The walk in C (iommu/slwalk.c) ---------------------------------------------
 try:
-    from vmm.native import ffi as _ffi, lib as _lib, native_slots
+    from akvm.base.native import ffi as _ffi, lib as _lib, native_slots
 except ImportError:                    # not built: every walk is walk_python()
     _ffi = _lib = None
 

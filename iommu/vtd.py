@@ -28,21 +28,21 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from iommu.cache import ContextCache, Iotlb, IotlbEntry, Negative
-from iommu.checker import CoherenceChecker
-from iommu.doorbell import QueueDoorbell
-from iommu.faults import (CTL_IM, EventInterrupt, FaultLog, FSTS_IQE, FSTS_RW1C, MsiSink)
-from iommu.invalidation import (
+from akvm.iommu.cache import ContextCache, Iotlb, IotlbEntry, Negative
+from akvm.iommu.checker import CoherenceChecker
+from akvm.iommu.doorbell import QueueDoorbell
+from akvm.iommu.faults import (CTL_IM, EventInterrupt, FaultLog, FSTS_IQE, FSTS_RW1C, MsiSink)
+from akvm.iommu.invalidation import (
     CCMD_CAIG_MASK, CCMD_ICC, CCMD_WRITABLE, ICS_IWC, IOTLB_IAIG_MASK, IOTLB_IVT,
     IOTLB_WRITABLE, IQA_WRITABLE, IQ_INDEX_MASK, IVA_WRITABLE, Invalidator,
 )
-from iommu.translate import (
+from akvm.iommu.translate import (
     FAULT_REASONS, FR_ADDRESS_BEYOND_MGAW, FR_READ, FR_WRITE, SAGAW_BIT, ContextEntry,
     TranslationFault, WalkParams, context_entry, walk,
 )
-from vmm.config import ConfigError, DeviceSpec
-from vmm.memory import GuestMemory
-from vmm.native import native_slots
+from akvm.config import ConfigError, DeviceSpec
+from akvm.base.memory import GuestMemory
+from akvm.base.native import native_slots
 
 log = logging.getLogger("akvm.iommu")
 

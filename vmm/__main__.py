@@ -1,7 +1,7 @@
-"""`python -m vmm` and the `akvm` command."""
+"""`python -m akvm` and the `akvm` command."""
 import sys
 
-from vmm.boot.image import BootImage
+from akvm.boot.image import BootImage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
     # construct) are the longest part of a start, and run on another CPU.
     image = BootImage.prepare()
     try:
-        from vmm.cli import main as cli_main
+        from akvm.cli import main as cli_main
         return cli_main(argv, image)
     finally:
         image.cancel()      # after a --help or a bad option; a no-op once finished

@@ -2,7 +2,7 @@
 
 Every failure the user can cause (bad options, missing files, no /dev/kvm)
 ends with one line on stderr and exit status 2; how a guest run ended is
-the exit status documented in README.md (vmm.exitcode.ExitCode).
+the exit status documented in README.md (akvm.base.exitcode.ExitCode).
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import argparse
 import logging
 import sys
 
-from vmm import __version__
-from vmm.boot.image import BootImage
-from vmm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
+from akvm import __version__
+from akvm.boot.image import BootImage
+from akvm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
                         parse_module)
-from vmm.exitcode import ExitCode
+from akvm.base.exitcode import ExitCode
 
 EPILOG = """\
 serial console: Ctrl-A x quits, Ctrl-A h shows the escape keys.
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> MachineConfig:
     kernel = args.kernel
     if kernel is None:
-        from vmm import guest_kernel   # imported here: it needs subprocess, --kernel does not
+        from akvm import guest_kernel   # imported here: it needs subprocess, --kernel does not
         try:
             kernel = str(guest_kernel.build())
         except guest_kernel.GuestBuildError as e:
@@ -71,16 +71,16 @@ def config_from_args(args) -> MachineConfig:
 
 
 def main(argv: list[str] | None, image: BootImage) -> int:
-    """`image`: the boot image builder vmm.__main__ forked first; the caller cancels it."""
+    """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="akvm: %(name)s: %(message)s", stream=sys.stderr)
     try:
         config = config_from_args(args)
         image.start(config)
-        from vmm.machine import Machine
+        from akvm.machine import Machine
         machine = Machine.build(config, image)
-    except ConfigError as e:    # and its kinds: BootImageError, vmm.machine.UserError
+    except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
     code, message = machine.run()

@@ -1,24 +1,53 @@
-"""The bundled guest kernel (guest/): found next to the package and built on demand."""
+"""The bundled guest kernel: its sources ship with akvm, and make builds it on first use.
+
+In a checkout (or an editable install) the sources are guest/ beside the
+package folders and the kernel is built in guest/build, as `make -C guest`
+does. A regular install carries them as akvm/guest, which may not be
+writable: the kernel is then built into a per-user cache directory. Either
+way a line on stderr says when a build starts and where it goes.
+"""
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
+import sys
 from pathlib import Path
 
-GUEST_DIR = Path(__file__).resolve().parents[1] / "guest"
+_HERE = Path(__file__).resolve().parent
+# An installed package holds akvm/guest; a checkout has guest/ next to vmm/.
+SOURCES = next((d for d in (_HERE / "guest", _HERE.parent / "guest") if (d / "Makefile").exists()),
+               _HERE / "guest")
 
 
 class GuestBuildError(Exception):
-    """guest/ is missing or `make` failed; the message says which and shows make's output."""
+    """The sources are missing or `make` failed; the message says which and shows make's output."""
 
 
-def build(guest_dir: Path = GUEST_DIR) -> Path:
-    """`make -C guest` (a no-op when up to date) and the path of the kernel it builds."""
-    if not (guest_dir / "Makefile").exists():
-        raise GuestBuildError(f"no guest kernel sources at {guest_dir} (pass --kernel)")
+def cache_dir(sources: Path) -> Path:
+    """Where a kernel from read-only sources is built: one folder per source tree."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(str(sources).encode()).hexdigest()[:12]
+    return base / "akvm" / f"guest-{tag}"
+
+
+def build_dir(sources: Path) -> Path:
+    return sources / "build" if os.access(sources, os.W_OK) else cache_dir(sources)
+
+
+def build(sources: Path = SOURCES) -> Path:
+    """`make -C sources` into build_dir() when out of date, and the path of the kernel."""
+    if not (sources / "Makefile").exists():
+        raise GuestBuildError(f"no guest kernel sources at {sources} (pass --kernel)")
+    out = build_dir(sources)
+    make = ["make", "-s", "-C", str(sources), f"BUILD={out}"]
     try:
-        r = subprocess.run(["make", "-s", "-C", str(guest_dir)], capture_output=True, text=True)
+        fresh = subprocess.run([*make, "-q"], capture_output=True).returncode == 0
+        if not fresh:
+            print(f"akvm: building the bundled guest kernel into {out}", file=sys.stderr, flush=True)
+            r = subprocess.run(make, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise GuestBuildError(f"make -C {sources} failed:\n{r.stdout}{r.stderr}")
     except FileNotFoundError:
         raise GuestBuildError("building the guest kernel needs make and gcc (or pass --kernel)") from None
-    if r.returncode != 0:
-        raise GuestBuildError(f"make -C {guest_dir} failed:\n{r.stdout}{r.stderr}")
-    return guest_dir / "build" / "kernel"
+    return out / "kernel"

@@ -3,7 +3,7 @@
 build() checks what can fail on user input (kernel file, serial backend,
 /dev/kvm, the devices, then the kernel's format) before any vCPU runs, so
 that a mistake costs one clear line, and it closes what it opened. The
-kernel and the tables are built meanwhile on another CPU (vmm.boot.image).
+kernel and the tables are built meanwhile on another CPU (akvm.boot.image).
 run() starts the vCPU threads and waits for the first stop.
 """
 from __future__ import annotations
@@ -13,24 +13,26 @@ import logging
 import signal
 import threading
 
-from devices.acpi_pm import AcpiPm
-from devices.chardev import ChardevError, parse_serial
-from devices.cmos import Cmos
-from devices.debugport import DebugPort
-from devices.i8042 import I8042, ResetControl
-from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
-from devices.uart import Uart16550
-from vmm import kvm
-from vmm.boot.image import BootImage, DeviceFacts
-from vmm.bus import Bus
-from vmm.config import ConfigError, MachineConfig, format_memory
-from vmm.fastpath import FastPath, PciConfShortcut, SerialShortcut
-from vmm.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
-from vmm.exitcode import ExitCode
-from vmm.irq import KvmIrqLine
-from vmm.memory import GuestMemory, PCI_HOLE_START
-from vmm.native import lib
-from vmm.tables import layout
+from akvm.devices.acpi_pm import AcpiPm
+from akvm.devices.chardev import ChardevError, parse_serial
+from akvm.devices.cmos import Cmos
+from akvm.devices.debugport import DebugPort, DebugPortShortcut
+from akvm.devices.i8042 import I8042, ResetControl
+from akvm.devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
+from akvm.devices.uart import Uart16550
+from akvm.base import kvm
+from akvm.boot.image import BootImage, DeviceFacts
+from akvm.base.bus import Bus
+from akvm.config import ConfigError, MachineConfig, format_memory
+from akvm.base.runloop import MMIO, FastPath
+from akvm.devices.pci.pciconf import PciConfShortcut
+from akvm.devices.serial import SerialShortcut
+from akvm.vcpu.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
+from akvm.base.exitcode import ExitCode
+from akvm.base.irq import KvmIrqLine
+from akvm.base.memory import GuestMemory, PCI_HOLE_START
+from akvm.base.native import lib
+from akvm.tables import layout
 
 log = logging.getLogger("akvm.machine")
 
@@ -45,7 +47,7 @@ class UserError(ConfigError):
 
 
 def _build_edu(machine: "Machine", spec) -> None:
-    from devices.edu import Edu
+    from akvm.devices.edu import Edu
     text = spec.take("dma_bits", "28")
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise ConfigError(f"edu: dma_bits={text}: expected 1 to 64")
@@ -57,11 +59,11 @@ def _build_edu(machine: "Machine", spec) -> None:
 # ConfigError on bad values. Modules are imported only for the kinds asked for:
 # a machine without devices starts without loading their code.
 DEVICE_BUILDERS: dict[str, str] = {
-    "edu": "vmm.machine:_build_edu",
-    "virtio-blk": "vmm.virtio_builders:build_blk",
-    "virtio-console": "vmm.virtio_builders:build_console",
-    "virtio-net": "vmm.virtio_builders:build_net",
-    "virtio-rng": "vmm.virtio_builders:build_rng",
+    "edu": "akvm.machine:_build_edu",
+    "virtio-blk": "akvm.builders:build_blk",
+    "virtio-console": "akvm.builders:build_console",
+    "virtio-net": "akvm.builders:build_net",
+    "virtio-rng": "akvm.builders:build_rng",
 }
 
 
@@ -83,7 +85,7 @@ def open_kvm() -> kvm.System:
 
 
 class LazyCompleter:
-    """vmm.complete, loaded at the first emulation failure.
+    """akvm.vcpu.complete, loaded at the first emulation failure.
 
     Most guests never have one, and importing iced-x86 and reading the host's
     XSAVE layout would cost a sixth of a guest/ boot.
@@ -97,7 +99,7 @@ class LazyCompleter:
     def __call__(self, thread) -> bool:
         with self._lock:
             if self._completer is None:
-                from vmm.complete import Completer
+                from akvm.vcpu.complete import Completer
                 self._completer = Completer.for_host(*self._args)
         return self._completer(thread)
 
@@ -116,13 +118,13 @@ class LazyCompleter:
 class Machine:
     def __init__(self, config: MachineConfig):
         self.config = config
-        self.serial = None                  # the COM1 backend (devices.chardev)
+        self.serial = None                  # the COM1 backend (akvm.devices.chardev)
         self.pio_bus = Bus("pio")
         self.mmio_bus = Bus("mmio")
         self.vcpus: list[VcpuThread] = []
-        self.iommu = None                   # iommu.vtd.VtdIommu with --iommu vtd
+        self.iommu = None                   # akvm.iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
-        self.gsi_routes = None              # vmm.irqroutes.GsiRoutes, once a device needs irqfds
+        self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
@@ -199,8 +201,8 @@ class Machine:
         pio.register(COM1_PORT, 8, self.uart, "com1")
         self.serial_shortcut = SerialShortcut(self.fastpath, COM1_PORT)
         self.uart.attach_shortcut(self.serial_shortcut)
-        self.debug_port = DebugPort()
-        self.debug_port.register(pio)
+        DebugPort().register(pio)
+        self.debug_port = DebugPortShortcut(self.fastpath)
         self.i8042 = I8042(reset=self._guest_reset)
         self.i8042.register(pio)
         self._add_iommu()
@@ -222,13 +224,14 @@ class Machine:
             return
         if spec.kind != "vtd":
             raise ConfigError(f"--iommu {spec.kind}: no such IOMMU (known: vtd)")
-        from iommu.vtd import VtdConfig, VtdIommu
+        from akvm.iommu.vtd import VtdConfig, VtdIommu
         self.iommu = VtdIommu(self.memory, lambda address, data: self.vm.signal_msi(address, data),
                               VtdConfig.from_spec(spec), on_stale=self._iommu_stale,
                               base=layout.VTD_BASE)
         self.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, self.iommu, "vtd")
         if self.iommu.doorbell is not None:
-            self.fastpath.attach_vtd(self.iommu.doorbell)
+            self.fastpath.add(MMIO, layout.VTD_BASE, layout.VTD_SIZE, "akvm_vtd_door_complete",
+                              self.iommu.doorbell)
 
     def _iommu_stale(self, message: str) -> None:
         """check=stop: the coherence checker found a stale translation in use."""
@@ -236,7 +239,7 @@ class Machine:
 
     def _dma_space(self, requester_id: int):
         """Each PCI function's DMA: through the IOMMU when there is one."""
-        from iommu.dmaspace import DirectDma, TranslatedDma
+        from akvm.iommu.dmaspace import DirectDma, TranslatedDma
         if self.iommu is None:
             return DirectDma(self.memory)
         return TranslatedDma(self.iommu, requester_id)
@@ -258,12 +261,12 @@ class Machine:
     def msi_irqfds(self):
         """new_irqfd(address, data) for MSI-X through irqfds (PciDevice.use_irqfds), or None
         when KVM has no irqfds or no GSI routing (messages then go by KVM_SIGNAL_MSI). The
-        first call takes over the GSI routing table (vmm.irqroutes)."""
+        first call takes over the GSI routing table (akvm.base.irqroutes)."""
         if self.gsi_routes is None:
             if not (self.system.check_extension(kvm.KVM_CAP_IRQFD) and
                     self.system.check_extension(kvm.KVM_CAP_IRQ_ROUTING)):
                 return None
-            from vmm.irqroutes import DEFAULT_MAX_ROUTES, GsiRoutes
+            from akvm.base.irqroutes import DEFAULT_MAX_ROUTES, GsiRoutes
             routes = GsiRoutes(self.vm, self.system.check_extension(kvm.KVM_CAP_IRQ_ROUTING)
                                or DEFAULT_MAX_ROUTES)
             try:
@@ -286,7 +289,7 @@ class Machine:
         """vCPUs created (while the boot image is still being built), guest RAM
         as the image has it, vCPU 0 at the kernel's entry."""
         supported = self.system.supported_cpuid()
-        # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/complete.py.
+        # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/vcpu/complete.py.
         self.completer = LazyCompleter(self.memory, supported)
         for i in range(self.config.cpus):
             vcpu = self.vm.create_vcpu(i)
@@ -362,8 +365,9 @@ class Machine:
             exits = ", ".join(exits) or "none"
             lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
         fast = self.fastpath.stats()
+        debug = self.debug_port.stats()
         lines.append(f"  completed in C: {fast['fast_exits']} exits, "
-                     f"debug port {fast['debug_writes']} writes (last {fast['debug_last']:#04x})")
+                     f"debug port {debug['writes']} writes (last {debug['last']:#04x})")
         for i, bus in enumerate((self.pio_bus, self.mmio_bus)):
             lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
                          f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "

@@ -9,9 +9,9 @@
 
 Device models build on PciDevice; only the machine builds a PciRoot.
 """
-from devices.pci.config import ConfigSpace
-from devices.pci.device import Bar, BarKind, Msi, MsiX, PciAddress, PciDevice, PciError
-from devices.pci.host import IntxRoute, PciHostBridge, PciRoot
+from akvm.devices.pci.config import ConfigSpace
+from akvm.devices.pci.device import Bar, BarKind, Msi, MsiX, PciAddress, PciDevice, PciError
+from akvm.devices.pci.host import IntxRoute, PciHostBridge, PciRoot
 
 __all__ = ["Bar", "BarKind", "ConfigSpace", "IntxRoute", "Msi", "MsiX", "PciAddress",
            "PciDevice", "PciError", "PciHostBridge", "PciRoot"]

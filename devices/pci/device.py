@@ -8,7 +8,7 @@ and signal(vector) sends whatever interrupt the guest has enabled
 (MSI-X, else MSI, else INTx).
 
 MSI-X through irqfds: after use_irqfds(new_irqfd) each vector the guest
-unmasks gets an irqfd (vmm.irqroutes.MsiIrqfd: an eventfd bound to a KVM
+unmasks gets an irqfd (akvm.base.irqroutes.MsiIrqfd: an eventfd bound to a KVM
 MSI route) that follows the vector's table entry, and signal() writes the
 eventfd instead of handing the message to the MSI sink. A masked vector
 still only sets its pending bit; a vector whose irqfd KVM refused, or whose
@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from devices.pci.config import (
+from akvm.devices.pci.config import (
     BAR0, BAR_COUNT, BAR_MEM_PREFETCHABLE, BAR_MEM_TYPE_64, BAR_SPACE_IO, CACHE_LINE_SIZE,
     CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_INTERRUPT_DISABLE,
     COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, COMMAND_PARITY_ERROR_RESPONSE,
@@ -31,7 +31,7 @@ from devices.pci.config import (
     STATUS_INTERRUPT_STATUS, STATUS_W1C, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
     ConfigSpace,
 )
-from vmm.bus import BusError
+from akvm.base.bus import BusError
 
 log = logging.getLogger("akvm.pci")
 
@@ -325,7 +325,7 @@ class PciDevice:
         self.mmio_bus = None
         self.irq = None
         self._msi_sink: MsiSink | None = None
-        self.dma = None                    # its DmaSpace (iommu.dmaspace), given by attach()
+        self.dma = None                    # its DmaSpace (akvm.iommu.dmaspace), given by attach()
         self.intx_asserted = False         # the function's internal INTx request
         self.msi_sent = 0
         self.msi_dropped = 0
@@ -624,7 +624,7 @@ class PciDevice:
 
     def use_irqfds(self, new_irqfd) -> None:
         """Send MSI-X messages through irqfds. new_irqfd(address, data) returns an object
-        with `message`, retarget(address, data) and trigger() (vmm.irqroutes.MsiIrqfd),
+        with `message`, retarget(address, data) and trigger() (akvm.base.irqroutes.MsiIrqfd),
         or raises OSError; it is called for a vector when the guest first unmasks it.
         Whoever made them closes them, after the device has stopped signalling."""
         self._new_irqfd = new_irqfd

@@ -10,7 +10,7 @@ the CPU reaches configuration space, BAR placement and INTx wiring.
 - ECAM (PCIe 7.2.2): 1 MiB per bus, 32 KiB per device, 4 KiB per function.
 - A function that is not there reads all ones and ignores writes.
   `attach_shortcut()` hands the latch and those answers to C
-  (vmm.fastpath.PciConfShortcut): a bus scan then never enters Python.
+  (akvm.devices.pci.pciconf.PciConfShortcut): a bus scan then never enters Python.
 - The root plays firmware: it places BARs in the PCI windows, enables their
   decoding, and routes each INTx pin to an IOAPIC GSI (level, active high),
   recording the routes for the MP table / ACPI.
@@ -21,15 +21,14 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from devices.pci.config import (
+from akvm.devices.pci.config import (
     COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, EXT_CONFIG_SPACE_SIZE, INTERRUPT_LINE,
 )
-from devices.pci.device import BarKind, MsiSink, PciAddress, PciDevice, PciError
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.devices.pci.device import BarKind, MsiSink, PciAddress, PciDevice, PciError
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
+from akvm.devices.pci.pciconf import CONFIG_ADDRESS, CONFIG_DATA
 
-CONFIG_ADDRESS = 0xCF8
-CONFIG_DATA = 0xCFC
 CONFIG_ADDRESS_ENABLE = 1 << 31
 _CONFIG_ADDRESS_BITS = CONFIG_ADDRESS_ENABLE | 0x00FFFFFC   # 30:24 and 1:0 read as zero
 
@@ -63,7 +62,7 @@ class PciHostBridge(PciDevice):
 @dataclass(frozen=True)
 class IntxRoute:
     """A bus 0 device's INTx pin wired to an IOAPIC pin (same fields as
-    vmm.tables.mptable.PciInterrupt; `pin` 0-3 = INTA#-INTD#)."""
+    akvm.tables.mptable.PciInterrupt; `pin` 0-3 = INTA#-INTD#)."""
     device: int
     pin: int
     ioapic_pin: int
@@ -121,7 +120,7 @@ class _IntxInput(IrqLine):
 
 
 class ConfigShortcut(Protocol):
-    """The C side (vmm.fastpath.PciConfShortcut): holds the latch, and answers
+    """The C side (akvm.devices.pci.pciconf.PciConfShortcut): holds the latch, and answers
     configuration accesses to functions it was not told are present."""
     latch: int
 

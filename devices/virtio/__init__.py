@@ -19,18 +19,18 @@ A device model never sees KVM: the machine hands a transport its interrupt
 datamatch=None, deassign=False) callable and, on PCI, an optional irqfd
 factory (PciDevice.use_irqfds) for the MSI-X vectors.
 """
-from devices.virtio.blk import VirtioBlk
-from devices.virtio.console import VirtioConsole
-from devices.virtio.device import VirtioDevice
-from devices.virtio.dma import DirectDma, DmaError
-from devices.virtio.image import ImageError, RawImage
-from devices.virtio.mmio import VirtioMmio, cmdline_string
-from devices.virtio.net import VirtioNet
-from devices.virtio.netback import (LoopbackBackend, NetBackendError, SocketBackend,
+from akvm.devices.virtio.blk import VirtioBlk
+from akvm.devices.virtio.console import VirtioConsole
+from akvm.devices.virtio.device import VirtioDevice
+from akvm.devices.virtio.dma import DirectDma, DmaError
+from akvm.devices.virtio.image import ImageError, RawImage
+from akvm.devices.virtio.mmio import VirtioMmio, cmdline_string
+from akvm.devices.virtio.net import VirtioNet
+from akvm.devices.virtio.netback import (LoopbackBackend, NetBackendError, SocketBackend,
                                     TapBackend)
-from devices.virtio.pci import VirtioPci
-from devices.virtio.queue import Chain, RingError, Virtqueue
-from devices.virtio.rng import VirtioRng
+from akvm.devices.virtio.pci import VirtioPci
+from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
+from akvm.devices.virtio.rng import VirtioRng
 
 __all__ = ["Chain", "DirectDma", "DmaError", "ImageError", "LoopbackBackend",
            "NetBackendError", "RawImage", "RingError", "SocketBackend", "TapBackend",

@@ -17,7 +17,7 @@ before a flush was taken is in the file when the flush calls fdatasync
 (the image never changes size, so no other metadata matters).
 
 While the queue's DMA is direct, rounds of it are served in C
-(devices.virtio.blkq, vmm/native/blkq.c) under the same rules; serve()
+(akvm.devices.virtio.blkq, devices/virtio/blkq.c) under the same rules; serve()
 and handle() below are its twin, and do what C leaves to Python.
 """
 from __future__ import annotations
@@ -25,38 +25,19 @@ from __future__ import annotations
 import os
 import struct
 
-from devices.virtio import blkq
-from devices.virtio.dma import DmaError
-from devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
-from devices.virtio.image import RawImage
-from devices.virtio.queue import NativeWalker, Virtqueue
+from akvm.devices.virtio import blkq
+from akvm.devices.virtio.dma import DmaError
+from akvm.devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
+from akvm.devices.virtio.image import RawImage
+from akvm.devices.virtio.queue import NativeWalker, Virtqueue
+from akvm.devices.virtio.spec import (
+    VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_GEOMETRY, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_SECURE_ERASE, VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+)
 
-VIRTIO_BLK_F_SIZE_MAX = 1
-VIRTIO_BLK_F_SEG_MAX = 2
-VIRTIO_BLK_F_GEOMETRY = 4
-VIRTIO_BLK_F_RO = 5
-VIRTIO_BLK_F_BLK_SIZE = 6
-VIRTIO_BLK_F_FLUSH = 9
-VIRTIO_BLK_F_TOPOLOGY = 10
-VIRTIO_BLK_F_CONFIG_WCE = 11
-VIRTIO_BLK_F_DISCARD = 13
-VIRTIO_BLK_F_WRITE_ZEROES = 14
 
-VIRTIO_BLK_T_IN = 0
-VIRTIO_BLK_T_OUT = 1
-VIRTIO_BLK_T_FLUSH = 4
-VIRTIO_BLK_T_GET_ID = 8
 VIRTIO_BLK_T_GET_LIFETIME = 10
-VIRTIO_BLK_T_DISCARD = 11
-VIRTIO_BLK_T_WRITE_ZEROES = 13
-VIRTIO_BLK_T_SECURE_ERASE = 14
 
-VIRTIO_BLK_S_OK = 0
-VIRTIO_BLK_S_IOERR = 1
-VIRTIO_BLK_S_UNSUPP = 2
 
-VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1
-VIRTIO_BLK_ID_BYTES = 20
 
 SECTOR_SIZE = 512
 QUEUE_SIZE = 256

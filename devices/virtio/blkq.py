@@ -1,4 +1,4 @@
-"""virtio-blk's request queue served in C (vmm/native/blkq.c).
+"""virtio-blk's request queue served in C (devices/virtio/blkq.c).
 
 While the queue's DMA is direct (or passed through unchanged by the IOMMU), VirtioBlk.serve() hands rounds of it to a
 NativeBlkQueue: one call, with the GIL released, takes every request
@@ -15,7 +15,7 @@ every round). The transport sends the interrupt.
 """
 from __future__ import annotations
 
-from vmm.native import ffi, lib
+from akvm.base.native import ffi, lib
 
 DONE = lib.AKVM_BLKQ_DONE            # the ring is empty, notifications are on
 AGAIN = lib.AKVM_BLKQ_AGAIN          # more came in: serve another round

@@ -12,12 +12,12 @@ from __future__ import annotations
 import struct
 import threading
 
-from devices.chardev import Chardev
-from devices.virtio.device import VIRTIO_ID_CONSOLE, Request, VirtioDevice, bit
+from akvm.devices.chardev import Chardev
+from akvm.devices.virtio.device import VIRTIO_ID_CONSOLE, Request, VirtioDevice, bit
+from akvm.devices.virtio.spec import (
+    VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT, VIRTIO_CONSOLE_F_SIZE,
+)
 
-VIRTIO_CONSOLE_F_SIZE = 0
-VIRTIO_CONSOLE_F_MULTIPORT = 1
-VIRTIO_CONSOLE_F_EMERG_WRITE = 2
 
 RECEIVEQ, TRANSMITQ = 0, 1
 QUEUE_SIZE = 64

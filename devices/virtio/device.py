@@ -7,7 +7,7 @@
   status). DRIVER_OK starts the queues. DEVICE_NEEDS_RESET is the device
   saying it gave up on a queue the driver broke.
 - Device configuration space with its generation counter.
-- Requests: the device's thread (devices.virtio.worker) takes chains from
+- Requests: the device's thread (akvm.devices.virtio.worker) takes chains from
   the queues and hands each to handle() as a Request whose read(), write()
   and complete() reach guest memory through the device's DMA object.
 
@@ -24,32 +24,20 @@ import logging
 import os
 import threading
 
-from devices.virtio.dma import DmaError
-from devices.virtio.queue import Chain, RingError, Virtqueue
-from devices.virtio.worker import Worker, drain_eventfd, new_eventfd
+from akvm.devices.virtio.dma import DmaError
+from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
+from akvm.devices.virtio.worker import Worker, drain_eventfd, new_eventfd
+from akvm.devices.virtio.spec import (
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_ENTROPY, VIRTIO_ID_NET, VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FAILED, VIRTIO_STATUS_FEATURES_OK,
+)
 
 log = logging.getLogger("akvm.virtio")
 
 # Device status (2.1)
-VIRTIO_STATUS_ACKNOWLEDGE = 1
-VIRTIO_STATUS_DRIVER = 2
-VIRTIO_STATUS_DRIVER_OK = 4
-VIRTIO_STATUS_FEATURES_OK = 8
-VIRTIO_STATUS_DEVICE_NEEDS_RESET = 64
-VIRTIO_STATUS_FAILED = 128
 
 # Reserved feature bits (6), as bit numbers
-VIRTIO_F_INDIRECT_DESC = 28
-VIRTIO_F_EVENT_IDX = 29
-VIRTIO_F_VERSION_1 = 32
-VIRTIO_F_ACCESS_PLATFORM = 33
-VIRTIO_F_RING_PACKED = 34
 
 # Device IDs (5)
-VIRTIO_ID_NET = 1
-VIRTIO_ID_BLOCK = 2
-VIRTIO_ID_CONSOLE = 3
-VIRTIO_ID_ENTROPY = 4
 
 
 def bit(n: int) -> int:

@@ -11,7 +11,7 @@ same way. The interrupt is level: high while InterruptStatus is not zero;
 every new event also makes a fresh rising edge, for a guest that set the
 IOAPIC pin up edge-triggered (Linux does for ISA IRQs).
 
-The line is driven with KVM_IRQ_LINE (vmm.irq.KvmIrqLine), not an irqfd:
+The line is driven with KVM_IRQ_LINE (akvm.base.irq.KvmIrqLine), not an irqfd:
 a level irqfd lowers the line at the guest's EOI and needs a resample fd
 and a device-side re-check to raise it again while InterruptStatus is
 set, and the fresh edges above have no irqfd equivalent; virtio-mmio is
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from devices.virtio.device import VirtioDevice
+from akvm.devices.virtio.device import VirtioDevice
 
 log = logging.getLogger("akvm.virtio")
 

@@ -5,20 +5,18 @@ VIRTIO_F_VERSION_1: flags, gso_type, hdr_len, gso_size, csum_start,
 csum_offset, num_buffers). Without offloads the device ignores the header
 of what the driver sends and writes an empty one (num_buffers 1) before
 each frame it receives. Frames come and go through a backend
-(devices.virtio.netback); while the driver has no receive buffer posted
+(akvm.devices.virtio.netback); while the driver has no receive buffer posted
 the device stops reading the backend, so frames wait there, not here.
 """
 from __future__ import annotations
 
 import struct
 
-from devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
+from akvm.devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
+from akvm.devices.virtio.spec import (
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
+)
 
-VIRTIO_NET_F_MTU = 3
-VIRTIO_NET_F_MAC = 5
-VIRTIO_NET_F_STATUS = 16
-VIRTIO_NET_S_LINK_UP = 1
-VIRTIO_NET_HDR_GSO_NONE = 0
 
 RECEIVEQ, TRANSMITQ = 0, 1
 QUEUE_SIZE = 256

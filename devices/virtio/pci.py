@@ -26,23 +26,20 @@ from __future__ import annotations
 
 import logging
 
-from devices.pci import BarKind, PciDevice
-from devices.pci.config import CAP_ID_VENDOR
-from devices.virtio.device import VirtioDevice
-from devices.virtio.dma import DirectDma
+from akvm.devices.pci import BarKind, PciDevice
+from akvm.devices.pci.config import CAP_ID_VENDOR
+from akvm.devices.virtio.device import VirtioDevice
+from akvm.devices.virtio.dma import DirectDma
+from akvm.devices.virtio.spec import (
+    VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_PCI_CFG,
+)
 
 log = logging.getLogger("akvm.virtio")
 
 VIRTIO_PCI_VENDOR_ID = 0x1AF4
 VIRTIO_PCI_DEVICE_ID_BASE = 0x1040        # + virtio device id (4.1.2.1)
 
-VIRTIO_PCI_CAP_COMMON_CFG = 1
-VIRTIO_PCI_CAP_NOTIFY_CFG = 2
-VIRTIO_PCI_CAP_ISR_CFG = 3
-VIRTIO_PCI_CAP_DEVICE_CFG = 4
-VIRTIO_PCI_CAP_PCI_CFG = 5
 
-VIRTIO_MSI_NO_VECTOR = 0xFFFF
 
 # struct virtio_pci_cap: cap_vndr, cap_next, cap_len, cfg_type, bar, id, padding[2], offset, length
 CAP_CFG_TYPE, CAP_BAR, CAP_ID, CAP_OFFSET, CAP_LENGTH = 3, 4, 5, 8, 12

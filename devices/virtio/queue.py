@@ -1,7 +1,7 @@
 """Split virtqueues (virtio 1.2, 2.7): the device's side of the rings.
 
 Three areas in guest memory, each reached only through the queue's DMA
-object (devices.virtio.dma):
+object (akvm.devices.virtio.dma):
 
     queue_desc    descriptor table: queue_size x {le64 addr, le32 len,
                   le16 flags, le16 next}                         (align 16)
@@ -15,7 +15,7 @@ VIRTQ_DESC_F_INDIRECT tables) into a Chain of device-readable and
 device-writable buffers; push() returns a chain on the used ring;
 needs_interrupt() and set_notify() implement notification suppression,
 with VIRTIO_F_EVENT_IDX or with the ring flags. With direct DMA the walk
-runs in C (NativeWalker, vmm/native/virtq.c); walk_python() is its twin.
+runs in C (NativeWalker, devices/virtio/virtq.c); walk_python() is its twin.
 
 The driver is untrusted. Whatever breaks the ring's rules -- an index
 beyond the queue, a descriptor loop, a chain longer than its table, nested
@@ -31,13 +31,11 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from devices.virtio.dma import DirectDma, DmaError
+from akvm.devices.virtio.dma import DirectDma, DmaError
+from akvm.devices.virtio.spec import (
+    VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
+)
 
-VIRTQ_DESC_F_NEXT = 1
-VIRTQ_DESC_F_WRITE = 2
-VIRTQ_DESC_F_INDIRECT = 4
-VIRTQ_AVAIL_F_NO_INTERRUPT = 1
-VIRTQ_USED_F_NO_NOTIFY = 1
 
 DESC_SIZE = 16
 USED_ELEM_SIZE = 8
@@ -223,7 +221,7 @@ class Virtqueue:
         return self.walk_python(head)
 
     def walk_python(self, head: int) -> Chain:
-        """The walk in Python: the reference for vmm/native/virtq.c, and the one for
+        """The walk in Python: the reference for devices/virtio/virtq.c, and the one for
         translated DMA (the IOMMU)."""
         if head >= self.size:
             raise RingError(f"queue {self.index}: head {head} is outside the table of {self.size}")
@@ -316,7 +314,7 @@ class Virtqueue:
 
 
 class NativeWalker:
-    """akvm_vq_walk (vmm/native/virtq.c): the chain walk in C, over the host mappings
+    """akvm_vq_walk (devices/virtio/virtq.c): the chain walk in C, over the host mappings
     of guest RAM. Only for DirectDma; translated DMA walks in Python."""
 
     _ERRORS = {
@@ -335,7 +333,7 @@ class NativeWalker:
     }
 
     def __init__(self, memory, max_out: int):
-        from vmm.native import ffi, lib, native_slots
+        from akvm.base.native import ffi, lib, native_slots
         self._ffi, self._lib = ffi, lib
         self.slots = native_slots(memory)
         if self.slots is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from devices.virtio.device import VIRTIO_ID_ENTROPY, Request, VirtioDevice
+from akvm.devices.virtio.device import VIRTIO_ID_ENTROPY, Request, VirtioDevice
 
 QUEUE_SIZE = 64
 MAX_REQUEST = 64 * 1024              # bytes per request; the driver asks again for more

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from tests.conftest import needs_kvm
-from vmm.exitcode import ExitCode
+from akvm.base.exitcode import ExitCode
 
 AKAROS = os.environ.get("AKVM_AKAROS_KERNEL", "")
 pytestmark = [needs_kvm, pytest.mark.skipif(not os.path.isfile(AKAROS),

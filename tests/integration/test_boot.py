@@ -10,9 +10,9 @@ import time
 import pytest
 
 from tests.conftest import needs_kvm
-from vmm.config import ConfigError, DeviceSpec, MachineConfig
-from vmm.exitcode import ExitCode
-from vmm.machine import Machine, UserError
+from akvm.config import ConfigError, DeviceSpec, MachineConfig
+from akvm.base.exitcode import ExitCode
+from akvm.machine import Machine, UserError
 
 pytestmark = needs_kvm
 
@@ -20,7 +20,7 @@ pytestmark = needs_kvm
 @contextlib.contextmanager
 def started(kernel, *args, **popen):
     """akvm running in the background; killed if the test ends before it does."""
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "akvm", "run", "--kernel", str(kernel), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
     try:
         yield proc
@@ -31,7 +31,7 @@ def started(kernel, *args, **popen):
 
 
 def run(kernel, *args, stdin=subprocess.DEVNULL, timeout=60, **popen):
-    return subprocess.run([sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), *args],
+    return subprocess.run([sys.executable, "-m", "akvm", "run", "--kernel", str(kernel), *args],
                           capture_output=True, stdin=stdin, timeout=timeout, **popen)
 
 
@@ -92,7 +92,7 @@ def test_one_vcpu_has_no_ap(tiny_kernel):
 
 
 def test_serial_input_echo(tiny_kernel):
-    r = subprocess.run([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
+    r = subprocess.run([sys.executable, "-m", "akvm", "run", "--kernel", str(tiny_kernel),
                         "--cmdline", "e"], input=b"hello akvm q", capture_output=True, timeout=60)
     assert r.stdout.endswith(b"hello akvm ")
     assert r.returncode == ExitCode.POWEROFF

@@ -2,7 +2,7 @@
 import pytest
 
 from tests.conftest import needs_kvm, needs_qemu
-from vmm.exitcode import ExitCode
+from akvm.base.exitcode import ExitCode
 
 pytestmark = needs_kvm
 
@@ -25,7 +25,7 @@ def test_monitor_commands(akvm_guest):
     assert "2 cores" in cores or "cores online: 2" in cores, cores
     info = akvm_guest.command("kerninfo")
     assert "TSC" in info
-    assert "GenuineIntel" in info  # the vendor akvm presents (see vmm.cpu.configure_cpuid)
+    assert "GenuineIntel" in info  # the vendor akvm presents (see akvm.vcpu.cpu.configure_cpuid)
     assert "00:00.0" in akvm_guest.command("pci")
     assert "APIC" in akvm_guest.command("acpi")
     assert "Unknown command 'frobnicate'" in akvm_guest.command("frobnicate")
@@ -44,11 +44,11 @@ def test_reboot_from_the_monitor(akvm_guest):
 
 
 def test_akvm_run_without_kernel_boots_the_guest(akvm_guest_factory):
-    from vmm import guest_kernel
+    from akvm import guest_kernel
     guest = akvm_guest_factory(kernel=guest_kernel.build(), timeout=TIMEOUT)
     guest.close()
     import pexpect, sys
-    child = pexpect.spawn(sys.executable, ["-m", "vmm", "run"], timeout=TIMEOUT)
+    child = pexpect.spawn(sys.executable, ["-m", "akvm", "run"], timeout=TIMEOUT)
     child.expect(r"guest\(Core 0\)> ")
     child.sendcontrol("a")
     child.send("x")

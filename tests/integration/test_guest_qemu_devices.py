@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import Echo
 from tests.conftest import needs_kvm, needs_qemu
-from vmm.exitcode import ExitCode
+from akvm.base.exitcode import ExitCode
 
 pytestmark = needs_kvm
 

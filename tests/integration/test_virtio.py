@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.conftest import Echo
 from tests.conftest import needs_kvm
-from vmm import kvm
+from akvm.base import kvm
 
 pytestmark = needs_kvm
 
@@ -101,8 +101,8 @@ def test_msix_vectors_become_irqfds_in_kvm(tiny_kernel):
     interrupt goes out as an eventfd write, and KVM puts the vector in vCPU 0's IRR."""
     from tests.unit.test_irqroutes import decode
     from tests.unit.test_virtio_pci import Machine as Driver
-    from vmm.config import MachineConfig, parse_device
-    from vmm.machine import Machine
+    from akvm.config import MachineConfig, parse_device
+    from akvm.machine import Machine
     machine = Machine.build(MachineConfig(kernel=str(tiny_kernel), serial="none",
                                           devices=[parse_device("virtio-rng")]))
     try:
@@ -180,7 +180,7 @@ def test_a_flushed_write_survives_sigkill(vblk_kernel, tmp_path):
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(64 * 1024))
     seed, sectors = 1234567, 32
-    proc = subprocess.Popen([sys.executable, "-m", "vmm", "run", "--kernel", str(vblk_kernel),
+    proc = subprocess.Popen([sys.executable, "-m", "akvm", "run", "--kernel", str(vblk_kernel),
                              "--cmdline", f"{seed} {sectors}", "--serial", "stdio",
                              "--device", f"virtio-blk,file={image},transport=mmio"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -214,8 +214,8 @@ def test_a_flushed_write_survives_sigkill(vblk_kernel, tmp_path):
     ("virtio-console,chardev=tty:x", "virtio-console: chardev=tty:x: expected stdio"),
 ])
 def test_bad_device_options(tiny_kernel, disk, text, message):
-    from vmm.config import ConfigError, MachineConfig, parse_device
-    from vmm.machine import Machine
+    from akvm.config import ConfigError, MachineConfig, parse_device
+    from akvm.machine import Machine
     config = MachineConfig(kernel=str(tiny_kernel), serial="none",
                            devices=[parse_device(text.format(disk=disk))])
     with pytest.raises(ConfigError) as e:
@@ -225,8 +225,8 @@ def test_bad_device_options(tiny_kernel, disk, text, message):
 
 
 def test_console_on_stdio_needs_the_serial_elsewhere(tiny_kernel):
-    from vmm.config import ConfigError, MachineConfig, parse_device
-    from vmm.machine import Machine
+    from akvm.config import ConfigError, MachineConfig, parse_device
+    from akvm.machine import Machine
     config = MachineConfig(kernel=str(tiny_kernel), serial="stdio",
                            devices=[parse_device("virtio-console")])
     with pytest.raises(ConfigError, match="chardev=stdio: stdio is already the serial console"):
@@ -234,7 +234,7 @@ def test_console_on_stdio_needs_the_serial_elsewhere(tiny_kernel):
 
 
 def test_bad_device_from_the_command_line(tiny_kernel):
-    r = subprocess.run([sys.executable, "-m", "vmm", "run", "--kernel", str(tiny_kernel),
+    r = subprocess.run([sys.executable, "-m", "akvm", "run", "--kernel", str(tiny_kernel),
                         "--device", "virtio-blk,file=/nonexistent.img"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
@@ -243,9 +243,9 @@ def test_bad_device_from_the_command_line(tiny_kernel):
 
 
 def test_an_image_in_use_is_refused(tiny_kernel, disk):
-    from vmm.config import ConfigError, MachineConfig, parse_device
-    from vmm.machine import Machine
-    from devices.virtio import RawImage
+    from akvm.config import ConfigError, MachineConfig, parse_device
+    from akvm.machine import Machine
+    from akvm.devices.virtio import RawImage
     holder = RawImage(str(disk))
     try:
         config = MachineConfig(kernel=str(tiny_kernel), serial="none",

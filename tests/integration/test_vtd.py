@@ -81,9 +81,9 @@ def test_upstream_akaros_enables_translation(akvm_guest_factory):
 def test_mp_table_routes_the_edu_intx():
     """Akaros takes PCI interrupt routing from the MP table: the edu's INTA# must be there."""
     from tests.unit.test_mptable import parse
-    from vmm.config import DeviceSpec, MachineConfig
-    from vmm.machine import Machine
-    from vmm import guest_kernel
+    from akvm.config import DeviceSpec, MachineConfig
+    from akvm.machine import Machine
+    from akvm import guest_kernel
     m = Machine.build(MachineConfig(kernel=str(guest_kernel.build()), serial="none",
                                     devices=[DeviceSpec("edu", {}, "edu")]))
     try:

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from vmm.memory import GuestMemory
-from vmm.tables import acpi, layout
-from vmm.tables.acpi import AcpiError, build_acpi
-from vmm.tables.layout import E820_RAM, E820_RESERVED, MemoryRegion, memory_map
+from akvm.base.memory import GuestMemory
+from akvm.tables import acpi, layout
+from akvm.tables.acpi import AcpiError, build_acpi
+from akvm.tables.layout import E820_RAM, E820_RESERVED, MemoryRegion, memory_map
 
 MiB = 1 << 20
 needs_iasl = pytest.mark.skipif(shutil.which("iasl") is None,

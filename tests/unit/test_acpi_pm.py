@@ -3,11 +3,11 @@ import time
 
 import pytest
 
-from devices import acpi_pm
-from devices.acpi_pm import AcpiPm
-from vmm.bus import Bus
-from vmm.irq import IrqLine
-from vmm.tables import layout
+from akvm.devices import acpi_pm
+from akvm.devices.acpi_pm import AcpiPm
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
+from akvm.tables import layout
 
 STS, EN, CNT, TMR = (layout.PM1A_EVT_BLK, layout.PM1A_EVT_BLK + 2,
                      layout.PM1A_CNT_BLK, layout.PM_TMR_BLK)

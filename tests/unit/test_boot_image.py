@@ -1,17 +1,17 @@
-"""vmm.boot.image: guest RAM at power-on, built by a forked child or in this process."""
+"""akvm.boot.image: guest RAM at power-on, built by a forked child or in this process."""
 import os
 import pathlib
 import time
 
 import pytest
 
-from vmm.boot import image as boot_image
+from akvm.boot import image as boot_image
 from hypothesis import given, strategies as st
 
-from vmm.boot.image import PIPE_LIMIT, BootImage, BootImageError, DeviceFacts, RamWrites
-from vmm.config import MachineConfig, Module
-from vmm.memory import FOUR_GIB, PCI_HOLE_START, GuestMemory
-from vmm.tables import layout
+from akvm.boot.image import PIPE_LIMIT, BootImage, BootImageError, DeviceFacts, RamWrites
+from akvm.config import MachineConfig, Module
+from akvm.base.memory import FOUR_GIB, PCI_HOLE_START, GuestMemory
+from akvm.tables import layout
 
 MiB = 1 << 20
 RAM = 32 * MiB

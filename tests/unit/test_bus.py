@@ -1,7 +1,7 @@
 """The port-I/O / MMIO bus: dispatch by range, overlap refusal, unclaimed accesses."""
 import pytest
 
-from vmm.bus import Bus, BusError
+from akvm.base.bus import Bus, BusError
 
 
 class Recorder:

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from devices.chardev import (
+from akvm.devices.chardev import (
     ChardevError, Chardev, EscapeFilter, FileChardev, StdioChardev, parse_serial,
 )
-from devices.chardev_unix import OFFLINE_BACKLOG, UnixSocketChardev
+from akvm.devices.chardev_unix import OFFLINE_BACKLOG, UnixSocketChardev
 
 CTRL_A = b"\x01"
 

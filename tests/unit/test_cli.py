@@ -10,7 +10,7 @@ from tests.conftest import needs_kvm
 
 
 def akvm(*args, stdin=subprocess.DEVNULL, timeout=30, **popen):
-    return subprocess.run([sys.executable, "-m", "vmm", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "akvm", *args], capture_output=True, text=True,
                           stdin=stdin, timeout=timeout, **popen)
 
 
@@ -123,7 +123,7 @@ def test_kernel_does_not_fit_in_ram(tiny_kernel_at_64m):
 def test_no_dev_kvm(tiny_kernel, tmp_path):
     """Without /dev/kvm (hidden by a private mount namespace) akvm says so in one line."""
     unshare = ["unshare", "--mount", "sh", "-c",
-               f"mount -t tmpfs none /dev && exec {sys.executable} -m vmm run --kernel {tiny_kernel}"]
+               f"mount -t tmpfs none /dev && exec {sys.executable} -m akvm run --kernel {tiny_kernel}"]
     r = subprocess.run(unshare, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30,
                        cwd=str(__import__("pathlib").Path(__file__).parents[2]))
     if r.returncode != 2 and "unshare" in r.stderr:
@@ -132,7 +132,7 @@ def test_no_dev_kvm(tiny_kernel, tmp_path):
 
 
 def test_parse_device_options():
-    from vmm.config import ConfigError, parse_device
+    from akvm.config import ConfigError, parse_device
     spec = parse_device("virtio-blk,file=disk.img,readonly=on")
     assert spec.kind == "virtio-blk" and spec.take("file") == "disk.img"
     assert spec.take_bool("readonly") is True

@@ -3,8 +3,8 @@ import calendar
 
 import pytest
 
-from devices.cmos import Cmos
-from vmm.bus import Bus
+from akvm.devices.cmos import Cmos
+from akvm.base.bus import Bus
 
 MiB = 1 << 20
 GiB = 1 << 30

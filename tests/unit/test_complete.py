@@ -1,4 +1,4 @@
-"""vmm.complete and vmm.paging: finishing the instructions KVM gives up on (kvm_pvm hosts).
+"""akvm.vcpu.complete and akvm.vcpu.paging: finishing the instructions KVM gives up on (kvm_pvm hosts).
 
 Unit tests build guest page tables and XSAVE areas in a bytearray-backed
 GuestMemory and run the completer against FakeVcpu, which only stores what
@@ -20,11 +20,11 @@ import pytest
 from iced_x86 import Mnemonic
 
 from tests.conftest import needs_binutils, needs_kvm
-from vmm import kvm
-from vmm.complete import (AVX, SSE, X87, XCOMP_BV_COMPACTED, Completer, XsaveComponent,
+from akvm.base import kvm
+from akvm.vcpu.complete import (AVX, SSE, X87, XCOMP_BV_COMPACTED, Completer, XsaveComponent,
                           XsaveLayout, area_size, normalize_kvm_state, restore_area, save_area)
-from vmm.memory import GuestMemory
-from vmm.paging import (CR0_NE, CR0_PE, CR0_PG, CR0_TS, CR0_WP, CR4_LA57, CR4_OSXSAVE, CR4_PAE,
+from akvm.base.memory import GuestMemory
+from akvm.vcpu.paging import (CR0_NE, CR0_PE, CR0_PG, CR0_TS, CR0_WP, CR4_LA57, CR4_OSXSAVE, CR4_PAE,
                         CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE, GP, PF,
                         Access, GuestFault, PagingState, read_linear, translate, translate_range)
 
@@ -1091,9 +1091,9 @@ def completion_guest(tmp_path_factory):
 @needs_kvm
 @needs_binutils
 def test_guest_sees_completed_instructions_under_kvm(completion_guest, tmp_path):
-    from vmm.config import MachineConfig
-    from vmm.exitcode import ExitCode
-    from vmm.machine import Machine
+    from akvm.config import MachineConfig
+    from akvm.base.exitcode import ExitCode
+    from akvm.machine import Machine
 
     elf, sym = completion_guest
     out = tmp_path / "serial.txt"

@@ -3,15 +3,15 @@ identity, liveness, factorial, interrupts (INTx and MSI), DMA both ways straight
 and through the VT-d unit (translated, faulting, stale)."""
 import pytest
 
-from devices.edu import DMA_BUFFER, Edu
-from devices.pci import PciRoot
-from devices.pci.config import COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE
-from iommu.dmaspace import DirectDma, TranslatedDma
-from iommu.translate import FR_WRITE
-from iommu.vtd import FRCD, FSTS
+from akvm.devices.edu import DMA_BUFFER, Edu
+from akvm.devices.pci import PciRoot
+from akvm.devices.pci.config import COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE
+from akvm.iommu.dmaspace import DirectDma, TranslatedDma
+from akvm.iommu.translate import FR_WRITE
+from akvm.iommu.vtd import FRCD, FSTS
 from tests.unit.vtd_tables import R, Rig
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
 
 MMIO_WINDOW = (0xC000_0000, 0xE000_0000)
 START, TO_RAM, IRQ = 1, 2, 4

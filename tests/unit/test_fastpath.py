@@ -1,12 +1,13 @@
-"""The C fast path against its Python twins: Bus for unclaimed accesses, DebugPort for port 0x80."""
+"""The C run loop's table against its Python twins: Bus for unclaimed accesses,
+DebugPort for port 0x80 (a handler registered like any device's)."""
 import ctypes
 
 from hypothesis import given, settings, strategies as st
 
-from devices.debugport import DebugPort
-from vmm import kvm
-from vmm.bus import Bus
-from vmm.fastpath import FastPath
+from akvm.devices.debugport import DebugPort, DebugPortShortcut
+from akvm.base import kvm
+from akvm.base.bus import Bus
+from akvm.base.runloop import PIO, FastPath
 
 PAGE = 4096
 DATA_OFFSET = 1024
@@ -89,6 +90,8 @@ def test_ranges_follow_bus_changes():
 def test_debug_port_like_debugport():
     pio, mmio = machine_buses()
     fp, page, twin = FastPath(pio, mmio), RunPage(), DebugPort()
+    twin.register(pio)                              # as the machine has it
+    shortcut = DebugPortShortcut(fp)
     for v in (0x12, 0x34, 0xFF):
         page.io(0x80, 1, out=True, value=v)
         assert fp.complete(page.address)
@@ -96,7 +99,32 @@ def test_debug_port_like_debugport():
     page.io(0x80, 1, out=False)
     assert fp.complete(page.address)
     assert page.io_data(1)[0] == twin.read(0, 1) == 0xFF
-    assert fp.stats()["debug_writes"] == twin.writes == 3
+    assert shortcut.stats()["writes"] == twin.writes == 3
+    page.io(0x80, 2, out=True, value=0x1234)        # not a byte: DebugPort's
+    assert not fp.complete(page.address)
+
+
+def test_removed_handler_gets_no_more_exits():
+    pio, mmio = machine_buses()
+    fp, page = FastPath(pio, mmio), RunPage()
+    shortcut = DebugPortShortcut(fp, port=0x3F8)    # inside a claimed range: the handler first
+    page.io(0x3F8, 1, out=True, value=7)
+    assert fp.complete(page.address) and shortcut.stats()["writes"] == 1
+    fp.remove(shortcut.hid)
+    assert not fp.complete(page.address)            # back to the claimed range's device
+    assert shortcut.stats()["writes"] == 1
+
+
+def test_handler_table_is_bounded():
+    fp = FastPath(*machine_buses())
+    for port in range(0x100, 0x100 + 32):
+        DebugPortShortcut(fp, port=port)
+    try:
+        DebugPortShortcut(fp, port=0x200)
+    except OSError as e:
+        assert "akvm_fastpath_add" in str(e)
+    else:
+        raise AssertionError("a 33rd handler was accepted")
 
 
 exits = st.one_of(
@@ -110,6 +138,7 @@ exits = st.one_of(
 def test_random_exits_match_python_bus(seq):
     pio, mmio = machine_buses()
     fp, page = FastPath(pio, mmio), RunPage()
+    DebugPortShortcut(fp)
     expected_unclaimed = {"pio": [0, 0], "mmio": [0, 0]}
     for kind, addr, size, write in seq:
         bus = pio if kind == "io" else mmio

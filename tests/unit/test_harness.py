@@ -1,7 +1,7 @@
 """The harness's parsing of the guest's self-test output."""
 import pytest
 
-from vmm.testing import GuestError, parse_selftest, qemu_command
+from akvm.testing import GuestError, parse_selftest, qemu_command
 
 
 def test_parse_pass_and_fail():

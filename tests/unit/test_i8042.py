@@ -1,12 +1,12 @@
 """PS/2 controller stub, 0xCF9 reset register and the port-0x80 debug port."""
 import pytest
 
-from devices.debugport import DEBUG_PORT, DebugPort
-from devices.i8042 import (
+from akvm.devices.debugport import DEBUG_PORT, DebugPort
+from akvm.devices.i8042 import (
     CONFIG_AUX_DISABLED, CONFIG_KBD_DISABLED, CONFIG_SYS, DEFAULT_CONFIG,
     STATUS_A2, STATUS_OBF, STATUS_SYS, I8042, ResetControl,
 )
-from vmm.bus import Bus
+from akvm.base.bus import Bus
 
 
 class Resets:

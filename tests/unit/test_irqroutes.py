@@ -1,10 +1,10 @@
-"""The GSI routing table and MSI irqfds (vmm.irqroutes), against a Vm that records ioctls."""
+"""The GSI routing table and MSI irqfds (akvm.base.irqroutes), against a Vm that records ioctls."""
 import os
 
 import pytest
 
-from vmm import kvm
-from vmm.irqroutes import FIRST_MSI_GSI, GsiRoutes, irqchip_routes
+from akvm.base import kvm
+from akvm.base.irqroutes import FIRST_MSI_GSI, GsiRoutes, irqchip_routes
 
 
 def decode(entry):
@@ -17,7 +17,7 @@ def decode(entry):
 
 
 class RecordingVm:
-    """What GsiRoutes needs of vmm.kvm.Vm; every call recorded, failures on demand."""
+    """What GsiRoutes needs of akvm.base.kvm.Vm; every call recorded, failures on demand."""
 
     def __init__(self):
         self.tables = []             # each KVM_SET_GSI_ROUTING, decoded

@@ -1,11 +1,11 @@
-"""Pin every ctypes structure in vmm.kvm to <linux/kvm.h>: sizes, field offsets, ioctl numbers."""
+"""Pin every ctypes structure in akvm.base.kvm to <linux/kvm.h>: sizes, field offsets, ioctl numbers."""
 import ctypes
 import shutil
 import subprocess
 
 import pytest
 
-from vmm import kvm
+from akvm.base import kvm
 
 # ctypes name -> C type; every field of the ctypes structure is checked against the C one.
 STRUCTS = {

@@ -6,7 +6,7 @@ import signal
 import pytest
 from hypothesis import given, strategies as st
 
-from vmm.memory import FOUR_GIB, PCI_HOLE_START, GuestMemory, GuestMemoryError
+from akvm.base.memory import FOUR_GIB, PCI_HOLE_START, GuestMemory, GuestMemoryError
 
 
 def test_layout_splits_at_pci_hole():
@@ -76,7 +76,7 @@ def test_zero_clears_exactly_the_range(make, start, length):
 
 
 def test_a_forked_child_does_not_inherit_guest_ram():
-    """vmm.boot.image forks: the child must neither copy the guest's page tables
+    """akvm.boot.image forks: the child must neither copy the guest's page tables
     nor turn the guest's pages copy-on-write."""
     mem = GuestMemory.anonymous(2 << 20)
     mem.write(0x1000, b"guest")

@@ -2,10 +2,10 @@
 and checked against the MADT built into the same memory."""
 import pytest
 
-from vmm.memory import GuestMemory
-from vmm.tables import layout
-from vmm.tables.acpi import build_acpi
-from vmm.tables.mptable import MpTableError, PciInterrupt, build_mptable
+from akvm.base.memory import GuestMemory
+from akvm.tables import layout
+from akvm.tables.acpi import build_acpi
+from akvm.tables.mptable import MpTableError, PciInterrupt, build_mptable
 
 ENTRY_SIZES = {0: 20, 1: 8, 2: 8, 3: 8, 4: 8}
 

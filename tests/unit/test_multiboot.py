@@ -8,9 +8,9 @@ import pytest
 from construct import Array, CString, Int32ul, Int64ul, Padding, Struct
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from vmm.boot.multiboot import (BootError, BootModule, load, load_file, parse)
-from vmm.tables.layout import MemoryRegion
-from vmm.memory import GuestMemory
+from akvm.boot.multiboot import (BootError, BootModule, load, load_file, parse)
+from akvm.tables.layout import MemoryRegion
+from akvm.base.memory import GuestMemory
 
 MAGIC = 0x1BADB002
 MiB = 1 << 20

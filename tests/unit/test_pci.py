@@ -8,16 +8,16 @@ import threading
 
 import pytest
 
-from devices.pci import BarKind, PciDevice, PciError, PciHostBridge, PciRoot
-from devices.pci.config import (
+from akvm.devices.pci import BarKind, PciDevice, PciError, PciHostBridge, PciRoot
+from akvm.devices.pci.config import (
     BAR0, CAP_ID_MSI, CAP_ID_MSIX, CAP_PTR, COMMAND, COMMAND_BUS_MASTER,
     COMMAND_INTERRUPT_DISABLE, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, ConfigSpace,
     HEADER_TYPE, INTERRUPT_LINE, INTERRUPT_PIN, STATUS, STATUS_CAPABILITIES_LIST,
     STATUS_INTERRUPT_STATUS, STATUS_RECEIVED_MASTER_ABORT, STATUS_SIGNALED_TARGET_ABORT,
 )
-from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
 
 MMIO_WINDOW = (0xC000_0000, 0xE000_0000)
 ECAM_BASE = 0xE000_0000

@@ -1,4 +1,4 @@
-"""PCI configuration in C (vmm/native/pciconf.c) against its Python twin, PciRoot.
+"""PCI configuration in C (devices/pci/pciconf.c) against its Python twin, PciRoot.
 
 The same configuration accesses (the 0xCF8 latch, CONFIG_DATA byte lanes,
 ECAM, present and absent functions) go to a PciRoot alone and to one with
@@ -6,10 +6,11 @@ the C shortcut in front, as a vCPU's exit loop does; every read must agree.
 """
 from hypothesis import given, settings, strategies as st
 
-from devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA
+from akvm.devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA
 from tests.unit.test_fastpath import RunPage
 from tests.unit.test_pci import ECAM_BASE, ECAM_SIZE, Pc, TestDevice
-from vmm.fastpath import FastPath, PciConfShortcut
+from akvm.base.runloop import FastPath
+from akvm.devices.pci.pciconf import PciConfShortcut
 
 PRESENT = [(0, 0, 0), (0, 3, 0), (0, 5, 2)]
 BDFS = st.one_of(st.sampled_from(PRESENT + [(0, 3, 1), (0, 31, 7), (1, 0, 0), (255, 31, 7)]),

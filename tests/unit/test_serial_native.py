@@ -1,4 +1,4 @@
-"""COM1 in C (vmm/native/serial.c) against its Python twin, devices.uart.
+"""COM1 in C (devices/serial.c) against its Python twin, akvm.devices.uart.
 
 The same port accesses go to a UART alone and to a UART with the C
 shortcut in front of it (what a vCPU's exit loop does); whatever the
@@ -6,12 +6,13 @@ guest reads, the console receives and the interrupt line does must agree.
 """
 from hypothesis import given, settings, strategies as st
 
-from devices.uart import IER, IER_ETBEI, LCR, LCR_DLAB, LSR, MCR, MCR_LOOP, THR, Uart16550
+from akvm.devices.uart import IER, IER_ETBEI, LCR, LCR_DLAB, LSR, MCR, MCR_LOOP, THR, Uart16550
 from tests.unit.test_fastpath import RunPage
 from tests.unit.test_uart import Sink
-from vmm.bus import Bus
-from vmm.fastpath import FastPath, SerialShortcut
-from vmm.irq import IrqLine
+from akvm.base.bus import Bus
+from akvm.base.runloop import FastPath
+from akvm.devices.serial import SerialShortcut
+from akvm.base.irq import IrqLine
 
 COM1 = 0x3F8
 
@@ -131,7 +132,7 @@ def test_bytes_keep_their_order_across_both_paths():
 def test_a_vcpu_taking_the_interrupt_at_once_sees_the_data():
     """The line rises on the input thread; a vCPU may read LSR through C before
     receive() returns, so C must already know the receiver is not empty."""
-    from devices.uart import IER_ERBFI, MCR_OUT2
+    from akvm.devices.uart import IER_ERBFI, MCR_OUT2
     c = Twin(True)
     seen = []
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from devices.uart import (
+from akvm.devices.uart import (
     DLL, DLM, FCR, IER, IIR, LCR, LSR, MCR, MSR, RBR, SCR, THR,
     FCR_FIFO_ENABLE, FCR_RX_RESET, FCR_TX_RESET, IER_EDSSI, IER_ELSI, IER_ERBFI, IER_ETBEI,
     IIR_CTI, IIR_FIFO_ENABLED, IIR_MSI, IIR_NO_INT, IIR_RDI, IIR_RLSI, IIR_THRI,
@@ -13,8 +13,8 @@ from devices.uart import (
     MSR_CTS, MSR_DCD, MSR_DCTS, MSR_DDCD, MSR_DDSR, MSR_DSR, MSR_RI, MSR_TERI,
     Uart16550,
 )
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
 
 
 class Sink:

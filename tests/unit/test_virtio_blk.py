@@ -1,6 +1,6 @@
 """virtio-blk on real image files: every request type, read-only images, bad requests,
 and data safety (a flush reaches fdatasync before it completes; write-through without
-FLUSH). Each case runs through the C path (vmm/native/blkq.c, direct DMA) and the Python
+FLUSH). Each case runs through the C path (devices/virtio/blkq.c, direct DMA) and the Python
 one (`native` "c" / "python")."""
 import os
 import struct
@@ -8,15 +8,15 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from devices.virtio.blk import (
+from akvm.devices.virtio.blk import (
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlk,
 )
-from devices.virtio.device import VIRTIO_STATUS_DEVICE_NEEDS_RESET, bit
-from devices.virtio.image import ImageError, RawImage
-from devices.virtio.dma import DirectDma
+from akvm.devices.virtio.device import VIRTIO_STATUS_DEVICE_NEEDS_RESET, bit
+from akvm.devices.virtio.image import ImageError, RawImage
+from akvm.devices.virtio.dma import DirectDma
 from tests.unit.virtio_driver import DATA, MEM_SIZE, Allocator, bring_up, new_memory
 
 SECTORS = 64
@@ -446,7 +446,7 @@ def test_hostile_rings_never_hurt_the_vmm(tmp_path_factory, native, descs, heads
 def test_vectored_io_across_many_buffers_and_short_transfers(tmp_path):
     """preadv/pwritev straight into guest-memory views: more iovecs than one call takes,
     and a read that ends early at the end of the file."""
-    from devices.virtio.image import IOV_MAX, RawImage
+    from akvm.devices.virtio.image import IOV_MAX, RawImage
     path = tmp_path / "img"
     data = os.urandom(8 * (IOV_MAX + 5))
     path.write_bytes(data)
@@ -464,8 +464,8 @@ def test_vectored_io_across_many_buffers_and_short_transfers(tmp_path):
 
 
 def test_dma_views_are_refused_outside_ram():
-    from iommu.dmaspace import DirectDma, DmaError
-    from vmm.memory import GuestMemory
+    from akvm.iommu.dmaspace import DirectDma, DmaError
+    from akvm.base.memory import GuestMemory
     dma = DirectDma(GuestMemory.from_bytearray(0x2000))
     [v] = dma.views(0x1000, 0x100, True)
     v[:2] = b"hi"

@@ -1,4 +1,4 @@
-"""virtio-blk's C path (vmm/native/blkq.c) against its Python twin: two devices, one
+"""virtio-blk's C path (devices/virtio/blkq.c) against its Python twin: two devices, one
 serving its queue in C and one forced to Python, get the same random request sequences
 (reads, writes, flushes, get-id, discards, unknown types; bad sectors, partial sectors,
 short headers, missing status bytes, buffers outside RAM, broken chains; any framing,
@@ -11,13 +11,13 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
-from devices.virtio import blkq
-from devices.virtio.blk import (
+from akvm.devices.virtio import blkq
+from akvm.devices.virtio.blk import (
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES, VirtioBlk,
 )
-from devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit
-from devices.virtio.image import RawImage
+from akvm.devices.virtio.device import VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, bit
+from akvm.devices.virtio.image import RawImage
 from tests.unit.virtio_driver import (
     DATA, MEM_SIZE, RING_STRIDE, RINGS, Allocator, bring_up, new_memory, wait_for,
 )

@@ -5,12 +5,12 @@ import struct
 
 import pytest
 
-from devices.chardev import FileChardev
-from devices.chardev_unix import UnixSocketChardev
-from devices.virtio.console import RECEIVEQ, TRANSMITQ, VirtioConsole
-from devices.virtio.net import HDR, VirtioNet, parse_mac
-from devices.virtio.netback import LoopbackBackend, NetBackendError, SocketBackend, TapBackend
-from devices.virtio.rng import MAX_REQUEST, VirtioRng
+from akvm.devices.chardev import FileChardev
+from akvm.devices.chardev_unix import UnixSocketChardev
+from akvm.devices.virtio.console import RECEIVEQ, TRANSMITQ, VirtioConsole
+from akvm.devices.virtio.net import HDR, VirtioNet, parse_mac
+from akvm.devices.virtio.netback import LoopbackBackend, NetBackendError, SocketBackend, TapBackend
+from akvm.devices.virtio.rng import MAX_REQUEST, VirtioRng
 from tests.unit.virtio_driver import DATA, bring_up, new_memory, wait_for
 
 

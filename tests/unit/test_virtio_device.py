@@ -6,15 +6,15 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from devices.virtio.device import (
+from akvm.devices.virtio.device import (
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK, Abandoned, VirtioDevice, bit,
 )
-from devices.virtio.dma import DmaError, DirectDma
-from devices.virtio.queue import VIRTQ_DESC_F_NEXT
+from akvm.devices.virtio.dma import DmaError, DirectDma
+from akvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT
 from tests.unit.virtio_driver import DATA, MEM_SIZE, Recorder, bring_up, new_memory, wait_for
-from vmm.memory import GuestMemory
+from akvm.base.memory import GuestMemory
 
 ACK_DRIVER = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER
 

@@ -1,25 +1,25 @@
 """virtio-mmio version 2, driven through an MMIO bus like a guest driver drives it."""
 import pytest
 
-from devices.virtio.blk import VirtioBlk
-from devices.virtio.device import (
+from akvm.devices.virtio.blk import VirtioBlk
+from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK,
 )
-from devices.virtio.dma import DirectDma
-from devices.virtio.image import RawImage
-from devices.virtio.mmio import (
+from akvm.devices.virtio.dma import DirectDma
+from akvm.devices.virtio.image import RawImage
+from akvm.devices.virtio.mmio import (
     CONFIG, CONFIG_GENERATION, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID, DRIVER_FEATURES,
     DRIVER_FEATURES_SEL, INTERRUPT_ACK, INTERRUPT_STATUS, MAGIC_VALUE, QUEUE_DESC_HIGH,
     QUEUE_DESC_LOW, QUEUE_DEVICE_HIGH, QUEUE_DEVICE_LOW, QUEUE_DRIVER_HIGH, QUEUE_DRIVER_LOW,
     QUEUE_NOTIFY, QUEUE_NUM, QUEUE_NUM_MAX, QUEUE_READY, QUEUE_SEL, SHM_LEN_LOW, STATUS, VENDOR_ID,
     VERSION, VIRTIO_MMIO_SIZE, VirtioMmio, cmdline_string,
 )
-from devices.virtio.queue import VIRTQ_DESC_F_NEXT
-from devices.virtio.rng import VirtioRng
+from akvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT
+from akvm.devices.virtio.rng import VirtioRng
 from tests.unit.virtio_driver import DATA, RINGS, QueueDriver, new_memory
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
 
 BASE = 0xF000_0000
 

@@ -1,14 +1,14 @@
-"""akvm_vq_walk (vmm/native/virtq.c) against its Python twin, Virtqueue.walk_python:
+"""akvm_vq_walk (devices/virtio/virtq.c) against its Python twin, Virtqueue.walk_python:
 the same descriptor tables give the same chain, or both refuse them."""
 import struct
 
 from hypothesis import given, settings, strategies as st
 
-from devices.virtio.dma import DirectDma
-from devices.virtio.queue import (
+from akvm.devices.virtio.dma import DirectDma
+from akvm.devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, NativeWalker, RingError, Virtqueue,
 )
-from vmm.memory import GuestMemory
+from akvm.base.memory import GuestMemory
 
 SIZE = 16
 LOW, HIGH = 0x20000, 0x1_0000_0000          # two slots with a hole between, as above 3 GiB

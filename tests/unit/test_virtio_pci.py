@@ -5,28 +5,28 @@ import os
 
 import pytest
 
-from devices.pci import PciHostBridge, PciRoot
-from devices.pci.config import (
+from akvm.devices.pci import PciHostBridge, PciRoot
+from akvm.devices.pci.config import (
     CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE,
 )
-from devices.pci.device import MSIX_CTRL_ENABLE
-from devices.virtio.device import (
+from akvm.devices.pci.device import MSIX_CTRL_ENABLE
+from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK,
 )
-from devices.virtio.dma import DirectDma
-from devices.virtio.pci import (
+from akvm.devices.virtio.dma import DirectDma
+from akvm.devices.virtio.pci import (
     CONFIG_GENERATION, CONFIG_MSIX_VECTOR, DEVICE_FEATURE, DEVICE_FEATURE_SELECT, DEVICE_STATUS,
     DRIVER_FEATURE, DRIVER_FEATURE_SELECT, NUM_QUEUES, QUEUE_DESC, QUEUE_DEVICE, QUEUE_DRIVER,
     QUEUE_ENABLE, QUEUE_MSIX_VECTOR, QUEUE_NOTIFY_OFF, QUEUE_SELECT, QUEUE_SIZE,
     VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG,
     VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_PCI_CFG, VirtioPci,
 )
-from devices.virtio.queue import VIRTQ_DESC_F_NEXT
-from devices.virtio.rng import VirtioRng
+from akvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT
+from akvm.devices.virtio.rng import VirtioRng
 from tests.unit.virtio_driver import DATA, RINGS, QueueDriver, new_memory
-from vmm.bus import Bus
-from vmm.irq import IrqLine
+from akvm.base.bus import Bus
+from akvm.base.irq import IrqLine
 
 ECAM = 0xE000_0000
 WINDOW = (0xC000_0000, 0xE000_0000)
@@ -158,8 +158,8 @@ def test_capabilities(m):
 
 
 def test_device_cfg_capability_when_there_is_configuration():
-    from devices.virtio.console import VirtioConsole
-    from devices.chardev import NullChardev
+    from akvm.devices.virtio.console import VirtioConsole
+    from akvm.devices.chardev import NullChardev
     machine = Machine(VirtioConsole(NullChardev()))
     region = machine.region(VIRTIO_PCI_CAP_DEVICE_CFG)
     assert machine.mmio.read(region + 4, 4) == 1            # max_nr_ports
@@ -284,7 +284,7 @@ def test_failed_ioeventfd_falls_back_to_the_exit_path():
 @pytest.fixture
 def irqfd_machine():
     from tests.unit.test_irqroutes import RecordingVm
-    from vmm.irqroutes import GsiRoutes
+    from akvm.base.irqroutes import GsiRoutes
     vm = RecordingVm()
     routes = GsiRoutes(vm)
     machine = Machine(VirtioRng(), irqfd=routes.msi_irqfd)

@@ -4,9 +4,9 @@ granularities of invalidation (global, domain, page with address masks, device w
 function masks), driven through the register interface as a guest would."""
 import pytest
 
-from iommu.cache import ContextCache, Iotlb, IotlbEntry
-from iommu.translate import FR_CONTEXT_NOT_PRESENT, FR_READ, ContextEntry, Leaf, TranslationFault
-from iommu.vtd import CCMD
+from akvm.iommu.cache import ContextCache, Iotlb, IotlbEntry
+from akvm.iommu.translate import FR_CONTEXT_NOT_PRESENT, FR_READ, ContextEntry, Leaf, TranslationFault
+from akvm.iommu.vtd import CCMD
 from tests.unit.vtd_tables import GiB, MiB, PAGE, R, SID, SID2, W, Rig, sid_of
 
 

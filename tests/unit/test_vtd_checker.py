@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from iommu.dmaspace import DmaError
-from iommu.vtd import CCMD
+from akvm.iommu.dmaspace import DmaError
+from akvm.iommu.vtd import CCMD
 from tests.unit.vtd_tables import MiB, R, SID, W, Rig
 
 

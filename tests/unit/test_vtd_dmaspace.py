@@ -5,12 +5,12 @@ import subprocess
 
 import pytest
 
-from iommu.dmaspace import DirectDma, DmaError, TranslatedDma
+from akvm.iommu.dmaspace import DirectDma, DmaError, TranslatedDma
 from tests.unit.vtd_tables import SID, Rig
-from vmm.memory import GuestMemory
-from vmm.tables import layout
-from vmm.tables.acpi import SdtHeader, build_acpi
-from vmm.tables.dmar import build_dmar
+from akvm.base.memory import GuestMemory
+from akvm.tables import layout
+from akvm.tables.acpi import SdtHeader, build_acpi
+from akvm.tables.dmar import build_dmar
 
 
 @pytest.fixture

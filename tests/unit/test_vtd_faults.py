@@ -2,10 +2,10 @@
 FSTS.PPF/PFO/FRI, write-1-to-clear, the fault event MSI (masked, pending, unmasked), FPD."""
 import pytest
 
-from iommu.dmaspace import DmaError
-from iommu.faults import FSTS_IQE, FSTS_PFO, FSTS_PPF
-from iommu.translate import FR_CONTEXT_NOT_PRESENT, FR_READ, FR_WRITE
-from iommu.vtd import FEADDR, FECTL, FEDATA, FEUADDR, FRCD, FSTS
+from akvm.iommu.dmaspace import DmaError
+from akvm.iommu.faults import FSTS_IQE, FSTS_PFO, FSTS_PPF
+from akvm.iommu.translate import FR_CONTEXT_NOT_PRESENT, FR_READ, FR_WRITE
+from akvm.iommu.vtd import FEADDR, FECTL, FEDATA, FEUADDR, FRCD, FSTS
 from tests.unit.vtd_tables import R, SID, SID2, Rig
 
 MSI_ADDR, MSI_DATA = 0xFEE0_0000, 0x41
@@ -144,8 +144,8 @@ def test_queue_error_raises_the_fault_event_too(rig):
 def test_an_msi_the_host_refuses_is_counted_not_raised():
     def refuse(address, data):
         raise OSError(22, "Invalid argument")
-    from iommu.vtd import VtdIommu
-    from vmm.memory import GuestMemory
+    from akvm.iommu.vtd import VtdIommu
+    from akvm.base.memory import GuestMemory
     unit = VtdIommu(GuestMemory.from_bytearray(1 << 20), refuse)
     unit.write(FECTL, 4, 0)
     unit.faults.record(SID, FR_READ, 0x1000, False)

@@ -1,10 +1,10 @@
-"""The IOTLB's table in C (vmm/native/iotlb.c, iommu.cache.Iotlb) against its
+"""The IOTLB's table in C (iommu/iotlb.c, akvm.iommu.cache.Iotlb) against its
 Python twin (PyIotlb): the same inserts, lookups and invalidations of every
 granularity must give the same hits, evictions, contents, LRU order and
 per-domain statistics."""
 from hypothesis import given, settings, strategies as st
 
-from iommu.cache import Iotlb, PyIotlb
+from akvm.iommu.cache import Iotlb, PyIotlb
 
 DIDS = st.integers(1, 4)
 # Addresses that collide a lot: a few 1 GiB regions, 2 MiB and 4 KiB steps in them.

@@ -1,16 +1,16 @@
-"""akvm_sl_walk (vmm/native/slwalk.c) against its Python twin, iommu.translate.walk_python:
+"""akvm_sl_walk (iommu/slwalk.c) against its Python twin, akvm.iommu.translate.walk_python:
 hypothesis builds second-level tables, well-formed and not (reserved bits, not-present
 entries, pointers outside RAM or wrapping, large pages at every level, 3 and 4 levels),
 and both walks must give the same Leaf or the same fault."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from iommu import translate
-from iommu.translate import (FR_PAGING_ACCESS, FR_PAGING_RESERVED, FR_READ, FR_WRITE,
+from akvm.iommu import translate
+from akvm.iommu.translate import (FR_PAGING_ACCESS, FR_PAGING_RESERVED, FR_READ, FR_WRITE,
                              ContextEntry, Leaf, TranslationFault, WalkParams, walk,
                              walk_native, walk_python)
 from tests.unit.vtd_tables import GiB, MiB, PAGE, PS, R, SID, W, X, Rig
-from vmm.memory import GuestMemory
+from akvm.base.memory import GuestMemory
 
 pytestmark = pytest.mark.skipif(translate._lib is None, reason="native module not built")
 

@@ -5,8 +5,8 @@ and batches."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from iommu.faults import FSTS_IQE
-from iommu.vtd import (FECTL, FSTS, GCMD, GCMD_QIE, GCMD_TE, ICS, IEADDR, IECTL, IEDATA, IQA,
+from akvm.iommu.faults import FSTS_IQE
+from akvm.iommu.vtd import (FECTL, FSTS, GCMD, GCMD_QIE, GCMD_TE, ICS, IEADDR, IECTL, IEDATA, IQA,
                        IQH, IQT)
 from tests.unit.vtd_tables import SID, SID2, DoorbellRig, Rig
 
@@ -291,7 +291,7 @@ descriptor = st.one_of(
                 max_size=30),
        st.lists(st.lists(descriptor, max_size=12), min_size=1, max_size=4))
 def test_c_queue_and_python_queue_agree(cached, batches):
-    """vmm/native/qi.c does IOTLB and plain wait descriptors and leaves the rest to
+    """iommu/qi.c does IOTLB and plain wait descriptors and leaves the rest to
     Python: with and without it, and with the IQT doorbell in C (vtddoor.c), the
     same batches leave the same unit behind."""
     rigs = [_queue_rig(True), _queue_rig(False), _queue_rig(True, doorbell=True)]

@@ -5,12 +5,12 @@ queued invalidation, options parsing, and hostile register traffic."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from iommu.vtd import (
+from akvm.iommu.vtd import (
     CAP, CCMD, ECAP, FEADDR, FECTL, FEDATA, FEUADDR, FRCD, FSTS, GCMD, GCMD_CFI, GCMD_EAFL,
     GCMD_IRE, GCMD_QIE, GCMD_SFL, GCMD_SIRTP, GCMD_SRTP, GCMD_TE, GCMD_WBF, GSTS, GSTS_QIES,
     GSTS_RTPS, GSTS_TES, IECTL, IOTLB, IQA, IQH, IQT, IVA, RTADDR, VER, VtdConfig,
 )
-from vmm.config import ConfigError, parse_device
+from akvm.config import ConfigError, parse_device
 from tests.unit.vtd_tables import R, SID, W, DoorbellRig, Rig
 
 
@@ -220,7 +220,7 @@ def test_register_commands_are_refused_while_qi_is_enabled(rig):
 
 
 def test_fault_status_write_one_to_clear(rig):
-    from iommu.faults import FSTS_IQE, FSTS_PFO
+    from akvm.iommu.faults import FSTS_IQE, FSTS_PFO
     rig.iommu.faults.status |= FSTS_PFO | FSTS_IQE
     rig.w32(FSTS, FSTS_PFO | 1 << 1 | 0xFF00)            # PPF and FRI are read-only
     assert rig.r32(FSTS) == FSTS_IQE
@@ -244,12 +244,12 @@ def test_random_register_traffic_never_raises(accesses, sid, iova):
     try:
         rig.dma(sid).read(iova, 16)
     except Exception as e:                                # only DmaError may come out
-        from iommu.dmaspace import DmaError
+        from akvm.iommu.dmaspace import DmaError
         assert isinstance(e, DmaError), repr(e)
     assert rig.iommu.internal_errors == 0
 
 
-# --- the IVA and IOTLB registers in C (vmm/native/vtddoor.c) ----------------------------
+# --- the IVA and IOTLB registers in C (iommu/vtddoor.c) ----------------------------
 
 register_op = st.one_of(
     st.tuples(st.just("iva"), st.integers(0, (1 << 64) - 1)),
@@ -268,7 +268,7 @@ register_op = st.one_of(
 @given(st.lists(register_op, max_size=40), st.sampled_from([{}, {"psi": False}]))
 def test_c_and_python_iotlb_registers_agree(ops, config):
     """Register-based IOTLB invalidation as Akaros does it (IVA, the IOTLB register, polling
-    IVT), by iommu.invalidation alone and with vmm/native/vtddoor.c in front: the same
+    IVT), by akvm.iommu.invalidation alone and with iommu/vtddoor.c in front: the same
     reads, and the same unit afterwards."""
     rigs = [Rig(size=2 << 20, **config), DoorbellRig(size=2 << 20, **config)]
     for r in rigs:

@@ -10,15 +10,15 @@ from __future__ import annotations
 import struct
 import time
 
-from devices.virtio.device import (
+from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK,
     VIRTIO_STATUS_FEATURES_OK, VirtioDevice,
 )
-from devices.virtio.dma import DirectDma
-from devices.virtio.queue import (
+from akvm.devices.virtio.dma import DirectDma
+from akvm.devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 )
-from vmm.memory import GuestMemory
+from akvm.base.memory import GuestMemory
 
 MEM_SIZE = 4 << 20
 RINGS = 0x10000            # queue i's rings at RINGS + i * RING_STRIDE

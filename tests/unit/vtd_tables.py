@@ -3,13 +3,13 @@ guest driver would build for it (root, context, second-level), written byte by b
 into that RAM the way the guest would write them."""
 from __future__ import annotations
 
-from iommu.dmaspace import TranslatedDma
-from iommu.vtd import (CCMD, GCMD, GCMD_QIE, GCMD_SRTP, GCMD_TE, IOTLB, IQA, IQT, IVA, RTADDR,
+from akvm.iommu.dmaspace import TranslatedDma
+from akvm.iommu.vtd import (CCMD, GCMD, GCMD_QIE, GCMD_SRTP, GCMD_TE, IOTLB, IQA, IQT, IVA, RTADDR,
                        VtdConfig, VtdIommu)
 from tests.unit.test_fastpath import RunPage
-from vmm.bus import Bus
-from vmm.fastpath import FastPath
-from vmm.memory import GuestMemory
+from akvm.base.bus import Bus
+from akvm.base.runloop import MMIO, FastPath
+from akvm.base.memory import GuestMemory
 
 PAGE = 0x1000
 MiB = 1 << 20
@@ -147,14 +147,14 @@ VTD_BASE = 0xFED9_0000
 
 class DoorbellRig(Rig):
     """64-bit register accesses as a vCPU's exit loop makes them: C first (IQT,
-    IVA and IOTLB, by vmm/native/vtddoor.c), then the bus."""
+    IVA and IOTLB, by iommu/vtddoor.c), then the bus."""
 
     def __init__(self, **kw):
         super().__init__(base=VTD_BASE, **kw)
         self.bus = Bus("mmio")
         self.bus.register(VTD_BASE, 0x1000, self.iommu, "vtd")
         self.fast = FastPath(Bus("pio"), self.bus)
-        self.fast.attach_vtd(self.iommu.doorbell)
+        self.fast.add(MMIO, VTD_BASE, 0x1000, "akvm_vtd_door_complete", self.iommu.doorbell)
         self.run_page = RunPage()
         self.in_c = 0                   # accesses C completed
 

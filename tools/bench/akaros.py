@@ -5,7 +5,7 @@ QEMU cannot complete the xrstor64 that Akaros runs on every core on this
 host, so the figure both can reach is "Number of Cores Detected" (printed
 just before QEMU dies there); akvm's time to the monitor prompt is shown
 beside it. QEMU gets `-cpu qemu64,vendor=GenuineIntel`: with an AMD vendor
-KVM rejects Akaros's page tables (see vmm.cpu.configure_cpuid).
+KVM rejects Akaros's page tables (see akvm.vcpu.cpu.configure_cpuid).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def run(memory: str = "1G", cpus: int = 2) -> list[Row]:
     if not os.path.isfile(kernel):
         print("akaros: skipped (set AKVM_AKAROS_KERNEL to an upstream Akaros kernel)", file=sys.stderr)
         return []
-    akvm = [sys.executable, "-m", "vmm", "run", "--kernel", kernel, "--memory", memory,
+    akvm = [sys.executable, "-m", "akvm", "run", "--kernel", kernel, "--memory", memory,
             "--cpus", str(cpus), "--serial", "stdio"]
     samples = {"akvm_cores": [], "akvm_ready": [], "qemu_cores": []}
 

@@ -9,8 +9,8 @@ import time
 import pexpect
 
 from tools.bench.common import Row, alternate, have_qemu
-from vmm import guest_kernel
-from vmm.testing import GUEST_PROMPT, qemu_command
+from akvm import guest_kernel
+from akvm.testing import GUEST_PROMPT, qemu_command
 
 RUNS = 5
 
@@ -40,7 +40,7 @@ def byte_compile() -> None:
 def run(cpus: int = 2, memory: str = "512M") -> list[Row]:
     kernel = guest_kernel.build()
     byte_compile()
-    akvm = [sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), "--cpus", str(cpus),
+    akvm = [sys.executable, "-m", "akvm", "run", "--kernel", str(kernel), "--cpus", str(cpus),
             "--memory", memory]
     samplers = {"akvm": lambda: _time_to_prompt(akvm, True)}
     if have_qemu():

@@ -43,7 +43,7 @@ def run(n: int = N) -> list[Row]:
         for mode, what in (("p", "port writes"), ("m", "MMIO writes")):
             cmdline = f"{mode} {n}"
             samplers = {
-                "akvm": lambda: _timed([sys.executable, "-m", "vmm", "run", "--kernel", elf,
+                "akvm": lambda: _timed([sys.executable, "-m", "akvm", "run", "--kernel", elf,
                                         "--cmdline", cmdline, "--serial", "none"]),
                 "bare": lambda: _timed([bare, flat, cmdline]),
             }

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 
 from tools.bench.common import Row, have_qemu
-from vmm.testing import Guest
+from akvm.testing import Guest
 
 NAMES = ("pio", "mmio", "cpuid", "ipi", "iommu", "edu", "user-shootdown", "user-edu",
          "user-iommu")

@@ -12,8 +12,8 @@ import sys
 import pexpect
 
 from tools.bench.common import Row, alternate, have_qemu
-from vmm import guest_kernel
-from vmm.testing import GUEST_PROMPT, qemu_command
+from akvm import guest_kernel
+from akvm.testing import GUEST_PROMPT, qemu_command
 
 RUNS = 3
 MEMORY_MIB = 512
@@ -50,7 +50,7 @@ def _measure(cmd: list[str], quit_keys: bool) -> float:
 
 def run() -> list[Row]:
     kernel = guest_kernel.build()
-    akvm = [sys.executable, "-m", "vmm", "run", "--kernel", str(kernel), "--memory", f"{MEMORY_MIB}M"]
+    akvm = [sys.executable, "-m", "akvm", "run", "--kernel", str(kernel), "--memory", f"{MEMORY_MIB}M"]
     samplers = {"akvm": lambda: _measure(akvm, True)}
     if have_qemu():
         samplers["qemu"] = lambda: _measure(qemu_command(kernel, 1, f"{MEMORY_MIB}M"), False)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from tools.bench.common import Row, alternate, have_qemu
-from vmm.testing import Guest
+from akvm.testing import Guest
 
 RUNS = 3
 IMAGE_MIB = 64

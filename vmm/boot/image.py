@@ -24,9 +24,9 @@ import signal
 import threading
 from typing import BinaryIO, NamedTuple
 
-from vmm.boot.files import BadFile, open_regular
-from vmm.config import ConfigError, MachineConfig
-from vmm.memory import GuestMemory, ram_ranges
+from akvm.boot.files import BadFile, open_regular
+from akvm.config import ConfigError, MachineConfig
+from akvm.base.memory import GuestMemory, ram_ranges
 
 
 class BootImageError(ConfigError):
@@ -92,17 +92,17 @@ def replay(ops, memory: GuestMemory) -> None:
 
 
 def _import_loaders() -> None:
-    import vmm.boot.multiboot  # noqa: F401
-    import vmm.tables.acpi  # noqa: F401
-    import vmm.tables.mptable  # noqa: F401
+    import akvm.boot.multiboot  # noqa: F401
+    import akvm.tables.acpi  # noqa: F401
+    import akvm.tables.mptable  # noqa: F401
 
 
 class _Loader:
     """The work itself: the kernel when constructed, the tables when finished."""
 
     def __init__(self, job: Job):
-        from vmm.boot import multiboot
-        from vmm.tables import layout
+        from akvm.boot import multiboot
+        from akvm.tables import layout
         self.job = job
         self.kernel_ram = RamWrites(job.memory)
         modules = [multiboot.BootModule(path, args) for path, args in job.modules]
@@ -115,12 +115,12 @@ class _Loader:
         self.entry = EntryState(boot.entry, boot.eax, boot.ebx)
 
     def finish(self, facts: DeviceFacts) -> tuple[list, EntryState]:
-        from vmm.tables.acpi import build_acpi
-        from vmm.tables.mptable import PciInterrupt, build_mptable
+        from akvm.tables.acpi import build_acpi
+        from akvm.tables.mptable import PciInterrupt, build_mptable
         tables = RamWrites(self.job.memory)
         extra = []
         if facts.dmar_width is not None:
-            from vmm.tables.dmar import build_dmar
+            from akvm.tables.dmar import build_dmar
             extra.append(build_dmar(facts.dmar_width))
         build_acpi(tables, self.job.cpus, extra_tables=extra)
         build_mptable(tables, self.job.cpus,

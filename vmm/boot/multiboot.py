@@ -13,9 +13,9 @@ from typing import NamedTuple, Sequence
 from construct import Int16ul, Int32ul, Int64ul, Default, Struct
 from elftools.elf.structs import ELFStructs
 
-from vmm.boot.files import BadFile, open_regular
-from vmm.memory import GuestMemory
-from vmm.tables.layout import MemoryRegion
+from akvm.boot.files import BadFile, open_regular
+from akvm.base.memory import GuestMemory
+from akvm.tables.layout import MemoryRegion
 
 HEADER_MAGIC = 0x1BADB002
 MAGIC_BYTES = HEADER_MAGIC.to_bytes(4, "little")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from construct import (Array, Bytes, Const, Default, Int8ul, Int16ul, Int32ul,
                        Int64ul, Padding, Struct)
 
-from vmm.tables import layout
+from akvm.tables import layout
 
 OEM_ID = b"AKVM  "
 OEM_REVISION = 1

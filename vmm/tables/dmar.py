@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from construct import Bytes, Int8ul, Int16ul, Int64ul, Padding, Struct
 
-from vmm.tables import layout
-from vmm.tables.acpi import sdt
+from akvm.tables import layout
+from akvm.tables.acpi import sdt
 
 DMAR_REVISION = 1
 DMAR_INTR_REMAP = 1 << 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmm.memory import FOUR_GIB, PCI_HOLE_START
+from akvm.base.memory import FOUR_GIB, PCI_HOLE_START
 
 KiB = 1024
 MiB = 1024 * KiB

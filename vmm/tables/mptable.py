@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Padding, Struct
 
-from vmm.tables import layout
-from vmm.tables.acpi import SCI_INTI_FLAGS, checksum_fix
+from akvm.tables import layout
+from akvm.tables.acpi import SCI_INTI_FLAGS, checksum_fix
 
 SPEC_REV = 4                       # MP 1.4
 PCI_BUS_ID = 0

@@ -2,7 +2,7 @@
 
 `Guest` boots a kernel under akvm (or QEMU, for cross-checks) behind a
 pseudo-terminal with pexpect, and keeps the whole serial log so that a
-failing test can show it. The pytest plugin (vmm.testing.plugin) wraps it
+failing test can show it. The pytest plugin (akvm.testing.plugin) wraps it
 in fixtures.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pexpect
 
-from vmm import guest_kernel
+from akvm import guest_kernel
 
 GUEST_PROMPT = r"guest\(Core 0\)> "
 _SUMMARY = re.compile(rb"^(\d+) passed, (\d+) failed\s*$", re.M)
@@ -92,7 +92,7 @@ class Guest:
             if shutil.which("qemu-system-x86_64") is None:
                 raise GuestError("qemu-system-x86_64 is not installed")
             return qemu_command(self.kernel, self.cpus, self.memory, self.cmdline, self.args)
-        cmd = [sys.executable, "-m", "vmm", "run", "--kernel", str(self.kernel),
+        cmd = [sys.executable, "-m", "akvm", "run", "--kernel", str(self.kernel),
                "--cpus", str(self.cpus), "--memory", self.memory, *self.args]
         if self.cmdline:
             cmd += ["--cmdline", self.cmdline]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from vmm.testing import Guest
+from akvm.testing import Guest
 
 _GUESTS = pytest.StashKey[list]()
 

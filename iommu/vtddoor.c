@@ -5,14 +5,14 @@
  * batch. While Python has armed it (queued invalidation on, no queue
  * error), that write is carried out here: qi.c runs the descriptors it
  * owns, and when it reaches the tail the exit is complete. Otherwise the
- * exit goes on to iommu.vtd as before, which finds the queue where C left
+ * exit goes on to akvm.iommu.vtd as before, which finds the queue where C left
  * it. Without queued invalidation a driver writes IVA and the IOTLB
  * register, then polls IVT (Akaros: a domain flush on every TLB shootdown
  * of a process with a device): those are done here too, as
- * iommu.invalidation.Invalidator.iotlb_register does them.
+ * akvm.iommu.invalidation.Invalidator.iotlb_register does them.
  *
  * The mutex here is the unit's lock: Python takes it around every register
- * access and translation (iommu.doorbell.QueueDoorbell), catching up with
+ * access and translation (akvm.iommu.doorbell.QueueDoorbell), catching up with
  * what C did when it takes it and publishing its state before it lets go.
  * The doorbell only tries it: a busy unit means the Python path. */
 #include <linux/kvm.h>
@@ -20,15 +20,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "akvm_native.h"
-
-#define IQ_INDEX_MASK 0x7FFF0ULL	/* IQT[18:4]; the rest reads as zero */
-#define IVA_WRITABLE (~0xF80ULL)	/* ADDR, IH, AM */
-#define IVA_AM 0x3FULL
-#define IOTLB_IVT (1ULL << 63)
-#define IOTLB_IAIG_SHIFT 57
-#define IOTLB_IAIG (3ULL << IOTLB_IAIG_SHIFT)
-#define IOTLB_WRITABLE (IOTLB_IVT | 3ULL << 60 | 3ULL << 48 | 0xFFFFULL << 32)
+#include "vtddoor.h"
+#include "vtdspec.h"
 
 struct akvm_vtd_door {
 	pthread_mutex_t lock;		/* the unit's lock (recursive) */
@@ -122,7 +115,7 @@ static int iotlb_register(struct akvm_vtd_door *d, unsigned long long value)
 	unsigned int n;
 	int done = akvm_iotlb_request(d->tlb, (unsigned int)(value >> 60) & 3,
 				      (unsigned int)(value >> 32) & 0xFFFF, d->q.iva & ~0xFFFULL,
-				      (unsigned int)(d->q.iva & IVA_AM), d->psi, d->mamv,
+				      (unsigned int)(d->q.iva & VTD_IVA_AM_MASK), d->psi, d->mamv,
 				      d->removed + d->sum.removed, d->capacity - d->sum.removed, &n);
 
 	if (done < 0)
@@ -131,7 +124,8 @@ static int iotlb_register(struct akvm_vtd_door *d, unsigned long long value)
 		d->sum.removed += n;
 		d->q.reg_iotlb[done]++;
 	}
-	d->q.iotlb = (value & ~(IOTLB_IVT | IOTLB_IAIG)) | (unsigned long long)done << IOTLB_IAIG_SHIFT;
+	d->q.iotlb = (value & ~(VTD_IOTLB_IVT | VTD_IOTLB_IAIG_MASK)) |
+		   (unsigned long long)done << VTD_IOTLB_IAIG_SHIFT;
 	d->dirty = 1;
 	return 1;
 }
@@ -150,12 +144,12 @@ static int registers(struct akvm_vtd_door *d, struct kvm_run *run)
 	}
 	memcpy(&value, run->mmio.data, 8);
 	if (addr == d->iva_gpa) {
-		d->q.iva = value & IVA_WRITABLE;
+		d->q.iva = value & VTD_IVA_WRITABLE;
 		d->dirty = 1;
 		return 1;
 	}
-	value = (value & IOTLB_WRITABLE) | (d->q.iotlb & IOTLB_IAIG);
-	if (value & IOTLB_IVT)
+	value = (value & VTD_IOTLB_WRITABLE) | (d->q.iotlb & VTD_IOTLB_IAIG_MASK);
+	if (value & VTD_IOTLB_IVT)
 		return iotlb_register(d, value);
 	d->q.iotlb = value;
 	d->dirty = 1;
@@ -172,7 +166,7 @@ static int doorbell(struct akvm_vtd_door *d, struct kvm_run *run)
 	    (run->mmio.len != 8 && run->mmio.len != 4) || !d->q.armed)
 		return 0;
 	memcpy(&value, run->mmio.data, run->mmio.len);
-	value &= IQ_INDEX_MASK;
+	value &= VTD_IQ_INDEX_MASK;
 	tail = (unsigned int)(value >> 4);
 	if (tail >= d->q.entries)
 		return 0;		/* the queue error is Python's */
@@ -191,8 +185,9 @@ static int doorbell(struct akvm_vtd_door *d, struct kvm_run *run)
 	return 1;
 }
 
-int akvm_vtd_door_complete(struct akvm_vtd_door *d, void *kvm_run)
+int akvm_vtd_door_complete(void *opaque, void *kvm_run)
 {
+	struct akvm_vtd_door *d = opaque;
 	struct kvm_run *run = kvm_run;
 	unsigned long long addr = run->mmio.phys_addr;
 	int done;

@@ -17,19 +17,19 @@ from __future__ import annotations
 
 import sys
 
-from devices.chardev import ChardevError, parse_serial
-from devices.virtio import (
+from akvm.devices.chardev import ChardevError, parse_serial
+from akvm.devices.virtio import (
     DirectDma, ImageError, LoopbackBackend, NetBackendError, RawImage, SocketBackend,
     TapBackend, VirtioBlk, VirtioConsole, VirtioMmio, VirtioNet, VirtioPci, VirtioRng,
     cmdline_string,
 )
-from devices.virtio.mmio import VIRTIO_MMIO_SIZE
-from devices.virtio.net import parse_mac
-from vmm import kvm
-from vmm.config import ConfigError
-from vmm.exitcode import ExitCode
-from vmm.irq import KvmIrqLine
-from vmm.tables import layout
+from akvm.devices.virtio.mmio import VIRTIO_MMIO_SIZE
+from akvm.devices.virtio.net import parse_mac
+from akvm.base import kvm
+from akvm.config import ConfigError
+from akvm.base.exitcode import ExitCode
+from akvm.base.irq import KvmIrqLine
+from akvm.tables import layout
 
 DEFAULT_MAC_PREFIX = "02:41:4b:56:4d"          # locally administered, "AKVM"
 

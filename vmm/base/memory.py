@@ -50,7 +50,7 @@ class GuestMemory:
         mem = cls()
         for gpa, length in ram_ranges(size):
             buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            # A forked child (vmm.boot.image) gets none of it: no page tables
+            # A forked child (akvm.boot.image) gets none of it: no page tables
             # to copy, no copy-on-write under the guest's feet.
             buf.madvise(mmap.MADV_DONTFORK)
             mem.add_slot(gpa, buf)

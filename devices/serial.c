@@ -5,7 +5,7 @@
  * loopback, no transmit-empty interrupt), a byte written to THR needs no
  * device model: it goes into a buffer here and an eventfd wakes the thread
  * that hands it to the console, in order with the bytes Python transmits.
- * LSR is answered from the value devices.uart last published, which is only
+ * LSR is answered from the value akvm.devices.uart last published, which is only
  * non-zero while the receiver is empty and error-free (reading LSR then has
  * no side effect). Everything else goes back to the Python model. */
 #include <errno.h>
@@ -16,7 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "akvm_native.h"
+#include "serial.h"
 
 #define UART_THR 0
 #define UART_LSR 5
@@ -80,8 +80,9 @@ void akvm_serial_stats(struct akvm_serial *s, struct akvm_serial_stats *out)
 	pthread_mutex_unlock(&s->lock);
 }
 
-int akvm_serial_complete(struct akvm_serial *s, void *kvm_run)
+int akvm_serial_complete(void *opaque, void *kvm_run)
 {
+	struct akvm_serial *s = opaque;
 	struct kvm_run *run = kvm_run;
 	unsigned int port = run->io.port, count = run->io.count;
 	unsigned char *data = (unsigned char *)run + run->io.data_offset;

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 
-from vmm import kvm
+from akvm.base import kvm
 
 log = logging.getLogger("akvm.irq")
 
@@ -64,7 +64,7 @@ class GsiRoutes:
     """A VM's routing table: the irqchip routes and the MSI routes handed out.
 
     `vm` needs set_gsi_routing(entries) and, for irqfds, irqfd(fd, gsi,
-    deassign=False) (vmm.kvm.Vm; tests give a recorder). Safe from any thread.
+    deassign=False) (akvm.base.kvm.Vm; tests give a recorder). Safe from any thread.
     """
 
     def __init__(self, vm, max_routes: int = DEFAULT_MAX_ROUTES):

@@ -1,16 +1,14 @@
 /* Walking a split virtqueue's descriptor chain (virtio 1.2, 2.7.5 and 2.7.5.3)
  * in guest memory given as host-mapped slots: the C twin of
- * devices.virtio.queue.Virtqueue.walk_python(), which tests compare it with.
+ * akvm.devices.virtio.queue.Virtqueue.walk_python(), which tests compare it with.
  * Every descriptor read is bounds-checked against the slots; anything that
  * breaks the ring's rules ends the walk with a negative AKVM_VQ_E_* code. */
+#include <linux/virtio_ring.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "akvm_native.h"
+#include "virtq.h"
 
-#define VIRTQ_DESC_F_NEXT	1
-#define VIRTQ_DESC_F_WRITE	2
-#define VIRTQ_DESC_F_INDIRECT	4
 #define DESC_SIZE		16
 #define MAX_QUEUE_SIZE		32768
 #define MAX_CHAIN_BYTES		0xFFFFFFFFull
@@ -26,14 +24,12 @@ struct desc {
 static int mem_read(const struct akvm_mem_slot *slots, unsigned int nslots,
 		    uint64_t gpa, void *out, uint64_t n)
 {
-	for (unsigned int i = 0; i < nslots; i++) {
-		const struct akvm_mem_slot *s = &slots[i];
-		if (gpa >= s->gpa && gpa - s->gpa <= s->size && n <= s->size - (gpa - s->gpa)) {
-			memcpy(out, s->host + (gpa - s->gpa), n);
-			return 0;
-		}
-	}
-	return -1;
+	const unsigned char *p = akvm_ram(slots, nslots, gpa, n);
+
+	if (!p)
+		return -1;
+	memcpy(out, p, n);
+	return 0;
 }
 
 int akvm_vq_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
@@ -58,12 +54,12 @@ int akvm_vq_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 		if (table > UINT64_MAX - offset ||
 		    mem_read(slots, nslots, table + offset, &d, sizeof(d)))
 			return AKVM_VQ_E_MEMORY;
-		if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+		if (d.flags & VRING_DESC_F_INDIRECT) {
 			if (!indirect_ok)
 				return AKVM_VQ_E_INDIRECT_FEATURE;
 			if (in_indirect)
 				return AKVM_VQ_E_INDIRECT_NESTED;
-			if (d.flags & VIRTQ_DESC_F_NEXT)
+			if (d.flags & VRING_DESC_F_NEXT)
 				return AKVM_VQ_E_INDIRECT_NEXT;
 			if (d.len == 0 || d.len % DESC_SIZE || d.len / DESC_SIZE > MAX_QUEUE_SIZE)
 				return AKVM_VQ_E_INDIRECT_SIZE;
@@ -78,7 +74,7 @@ int akvm_vq_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 		}
 		if (d.len && d.addr > UINT64_MAX - d.len + 1)
 			return AKVM_VQ_E_WRAPS;
-		if (d.flags & VIRTQ_DESC_F_WRITE) {
+		if (d.flags & VRING_DESC_F_WRITE) {
 			wlen += d.len;
 			if (d.len)
 				any_writable = 1;
@@ -94,10 +90,10 @@ int akvm_vq_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 				return AKVM_VQ_E_TOO_MANY;
 			out[n].addr = d.addr;
 			out[n].len = d.len;
-			out[n].write = !!(d.flags & VIRTQ_DESC_F_WRITE);
+			out[n].write = !!(d.flags & VRING_DESC_F_WRITE);
 			n++;
 		}
-		if (!(d.flags & VIRTQ_DESC_F_NEXT))
+		if (!(d.flags & VRING_DESC_F_NEXT))
 			break;
 		index = d.next;
 	}

@@ -6,32 +6,17 @@
  * descriptors that only write a status, and stops at the first descriptor
  * it does not own: context-cache, device-TLB, interrupt-entry-cache, a wait
  * that asks for an interrupt, anything malformed or unreadable. Python
- * (iommu.invalidation) carries out that one, with its error handling, and
+ * (akvm.iommu.invalidation) carries out that one, with its error handling, and
  * calls here again; it is also the twin this file is tested against. */
 #include <string.h>
 
-#include "akvm_native.h"
-
-#define DESC_IOTLB 0x2
-#define DESC_WAIT 0x5
-#define WAIT_IF (1ULL << 4)
-#define WAIT_SW (1ULL << 5)
-#define AM_MASK 0x3FULL
+#include "qi.h"
+#include "vtdspec.h"
 
 static unsigned long long bits(unsigned int hi, unsigned int lo)
 {
 	unsigned long long top = hi == 63 ? ~0ULL : (1ULL << (hi + 1)) - 1;
 	return top & ~((1ULL << lo) - 1);
-}
-
-static unsigned char *host(const struct akvm_mem_slot *slots, unsigned int nslots,
-			   unsigned long long gpa, unsigned long long len)
-{
-	for (unsigned int i = 0; i < nslots; i++)
-		if (gpa >= slots[i].gpa && gpa - slots[i].gpa <= slots[i].size &&
-		    len <= slots[i].size - (gpa - slots[i].gpa))
-			return slots[i].host + (gpa - slots[i].gpa);
-	return NULL;
 }
 
 /* 1 when done, 0 when Python must do it. */
@@ -45,7 +30,7 @@ static int iotlb(struct akvm_iotlb *tlb, unsigned long long lo, unsigned long lo
 	if (lo & (bits(15, 8) | bits(63, 32)) || hi & bits(11, 7))
 		return 0;
 	done = akvm_iotlb_request(tlb, (lo >> 4) & 3, (lo >> 16) & 0xFFFF, hi & ~0xFFFULL,
-				  hi & AM_MASK, psi, mamv, removed, room, &n);
+				  hi & VTD_IVA_AM_MASK, psi, mamv, removed, room, &n);
 	if (done <= 0)
 		return 0;	/* invalid (IQE), or more entries than room: Python's */
 	out->removed += n;
@@ -59,10 +44,10 @@ static int wait(const struct akvm_mem_slot *slots, unsigned int nslots,
 	unsigned char *status;
 	unsigned int value = (unsigned int)(lo >> 32);
 
-	if (lo & bits(31, 7) || hi & bits(1, 0) || lo & WAIT_IF)
+	if (lo & bits(31, 7) || hi & bits(1, 0) || lo & VTD_WAIT_IF)
 		return 0;
-	if (lo & WAIT_SW) {
-		status = host(slots, nslots, hi & ~3ULL, 4);
+	if (lo & VTD_WAIT_SW) {
+		status = akvm_ram(slots, nslots, hi & ~3ULL, 4);
 		if (!status)
 			return 0;
 		memcpy(status, &value, 4);
@@ -80,7 +65,7 @@ void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
 {
 	memset(out, 0, sizeof(*out));
 	while (head != tail) {
-		const unsigned char *d = host(slots, nslots, base + 16ULL * head, 16);
+		const unsigned char *d = akvm_ram(slots, nslots, base + 16ULL * head, 16);
 		unsigned long long lo, hi;
 		int done = 0;
 
@@ -88,10 +73,10 @@ void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
 			break;
 		memcpy(&lo, d, 8);
 		memcpy(&hi, d + 8, 8);
-		if ((lo & 0xF) == DESC_IOTLB && !(lo & bits(11, 9)))
+		if ((lo & 0xF) == VTD_DESC_IOTLB && !(lo & bits(11, 9)))
 			done = iotlb(tlb, lo, hi, psi, mamv, removed + out->removed,
 				     max_removed - out->removed, out);
-		else if ((lo & 0xF) == DESC_WAIT && !(lo & bits(11, 9)))
+		else if ((lo & 0xF) == VTD_DESC_WAIT && !(lo & bits(11, 9)))
 			done = wait(slots, nslots, lo, hi, out);
 		if (!done)
 			break;

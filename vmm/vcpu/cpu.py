@@ -12,9 +12,9 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
-from vmm import kvm
-from vmm.exitcode import ExitCode
-from vmm.native import ffi, lib
+from akvm.base import kvm
+from akvm.base.exitcode import ExitCode
+from akvm.base.native import ffi, lib
 
 log = logging.getLogger("akvm.cpu")
 
@@ -25,7 +25,7 @@ KICK_SIGNAL = signal.SIGRTMIN + 3
 @dataclass
 class VcpuStats:
     exits: dict[str, int] = field(default_factory=dict)   # handled in Python, by kind
-    fast_exits: object = None     # unsigned long long[1]: completed in C (vmm/native)
+    fast_exits: object = None     # unsigned long long[1]: completed in C (runloop.c)
 
     def count(self, reason: str) -> None:
         self.exits[reason] = self.exits.get(reason, 0) + 1
@@ -130,10 +130,10 @@ class VcpuThread(threading.Thread):
         self.mmio_bus = mmio_bus
         self.stop = stop                  # stop(ExitCode, message)
         self.completer = completer        # finishes instructions KVM gave up on, or None
-        self.completion_report: str | None = None   # why the completer could not (vmm.complete)
+        self.completion_report: str | None = None   # why the completer could not (akvm.vcpu.complete)
         self.stats = VcpuStats(fast_exits=ffi.new("unsigned long long[1]"))
         self.stopping = False
-        self.fastpath = fastpath          # vmm.fastpath.FastPath: exits completed in C
+        self.fastpath = fastpath          # akvm.base.runloop.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
 
     def kick(self) -> None:

@@ -1,5 +1,5 @@
 /* The VT-d second-level page walk (VT-d 3.x 3.7, 9.8) over guest RAM given
- * as host-mapped slots: the C twin of iommu.translate.walk_python(), which
+ * as host-mapped slots: the C twin of akvm.iommu.translate.walk_python(), which
  * tests/unit/test_vtd_native.py compares it with. Python keeps the policy
  * (caches, invalidation, fault recording); this only walks the tables.
  *
@@ -8,17 +8,9 @@
  * a host access. Fault numbers are the spec's (and translate.py's). */
 #include <stdint.h>
 
-#include "akvm_native.h"
+#include "slwalk.h"
+#include "vtdspec.h"
 
-#define FR_ADDRESS_BEYOND_MGAW	0x4
-#define FR_WRITE		0x5
-#define FR_READ			0x6
-#define FR_PAGING_ACCESS	0x7
-#define FR_PAGING_RESERVED	0xC
-
-#define SL_R		(1ull << 0)
-#define SL_W		(1ull << 1)
-#define SL_PS		(1ull << 7)
 #define ADDR_MASK	((1ull << 52) - 1)	/* address bits end at 51 */
 #define PAGE_SHIFT	12
 #define LEVEL_STRIDE	9
@@ -27,18 +19,15 @@
 static int sl_read(const struct akvm_mem_slot *slots, unsigned int nslots,
 		   uint64_t gpa, uint64_t *out)
 {
-	for (unsigned int i = 0; i < nslots; i++) {
-		const struct akvm_mem_slot *s = &slots[i];
-		if (gpa >= s->gpa && gpa - s->gpa <= s->size && s->size - (gpa - s->gpa) >= 8) {
-			const unsigned char *p = s->host + (gpa - s->gpa);
-			uint64_t v = 0;
-			for (int b = 7; b >= 0; b--)
-				v = v << 8 | p[b];
-			*out = v;
-			return 0;
-		}
-	}
-	return -1;
+	const unsigned char *p = akvm_ram(slots, nslots, gpa, 8);
+	uint64_t v = 0;
+
+	if (!p)
+		return -1;
+	for (int b = 7; b >= 0; b--)
+		v = v << 8 | p[b];
+	*out = v;
+	return 0;
 }
 
 int akvm_sl_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
@@ -54,7 +43,7 @@ int akvm_sl_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 		return AKVM_SL_E_ARGS;
 	out->level = levels;
 	if (width < 64 && address >> width)
-		return FR_ADDRESS_BEYOND_MGAW;
+		return VTD_FR_ADDRESS_BEYOND_MGAW;
 	for (unsigned int level = levels; level >= 1; level--) {
 		unsigned int shift = PAGE_SHIFT + LEVEL_STRIDE * (level - 1);
 		uint64_t offset = ((address >> shift) & 0x1FF) * 8;
@@ -64,22 +53,22 @@ int akvm_sl_walk(const struct akvm_mem_slot *slots, unsigned int nslots,
 		out->level = level;
 		out->pte = gpa;
 		if (table > UINT64_MAX - offset || sl_read(slots, nslots, gpa, &entry))
-			return FR_PAGING_ACCESS;
+			return VTD_FR_PAGING_ACCESS;
 		out->entry = entry;
-		if (!(entry & (SL_R | SL_W)))		/* not present */
-			return write ? FR_WRITE : FR_READ;
-		if ((entry & SL_PS) && level > 1) {
+		if (!(entry & (VTD_SL_R | VTD_SL_W)))		/* not present */
+			return write ? VTD_FR_WRITE : VTD_FR_READ;
+		if ((entry & VTD_SL_PS) && level > 1) {
 			if ((level == 2 && (large_pages & 1)) || (level == 3 && (large_pages & 2))) {
 				leaf = 1;		/* 2 MiB or 1 GiB page */
 				reserved |= ((1ull << shift) - 1) & ~0xFFFull;
 			} else {
-				reserved |= SL_PS;	/* PS where no large page exists */
+				reserved |= VTD_SL_PS;	/* PS where no large page exists */
 			}
 		}
 		if (entry & reserved)
-			return FR_PAGING_RESERVED;
-		readable &= !!(entry & SL_R);	/* permissions AND over the levels */
-		writable &= !!(entry & SL_W);
+			return VTD_FR_PAGING_RESERVED;
+		readable &= !!(entry & VTD_SL_R);	/* permissions AND over the levels */
+		writable &= !!(entry & VTD_SL_W);
 		table = entry & ADDR_MASK & ~0xFFFull;
 		if (leaf) {
 			out->iova = address & ~((1ull << shift) - 1);

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vmm.memory import GuestMemory, GuestMemoryError
+from akvm.base.memory import GuestMemory, GuestMemoryError
 
 # Exception vectors used by the completion code.
 DE, DB, BP, OF, UD, NM, NP, SS, GP, PF, MF = 0, 1, 3, 4, 6, 7, 11, 12, 13, 14, 16

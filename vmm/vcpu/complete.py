@@ -8,7 +8,7 @@ VcpuThread calls a Completer only on such an exit, so on VMX/SVM hosts,
 where KVM runs these instructions itself, none of this is ever entered.
 
 A completion: read RIP and the control registers, translate CS:RIP through
-the guest's page tables (vmm.paging), read up to 15 bytes, decode them with
+the guest's page tables (akvm.vcpu.paging), read up to 15 bytes, decode them with
 iced-x86 in the current bitness, and dispatch on the mnemonic:
 
 - xsave/xsaveopt/xsavec/xsaves (and the *64 forms): state from KVM_GET_XSAVE
@@ -57,8 +57,8 @@ import iced_x86
 from iced_x86 import Decoder, DecoderError, Formatter, FormatterSyntax, InstructionInfoFactory, \
     Mnemonic, Register, RegisterInfo
 
-from vmm.memory import GuestMemory, GuestMemoryError
-from vmm.paging import (BP, CR0_MP, CR0_NE, CR0_PE, CR0_TS, CR4_OSXSAVE, CR4_TSD, DB, GP, MF,
+from akvm.base.memory import GuestMemory, GuestMemoryError
+from akvm.vcpu.paging import (BP, CR0_MP, CR0_NE, CR0_PE, CR0_TS, CR4_OSXSAVE, CR4_TSD, DB, GP, MF,
                         NM, NP, OF, SS, UD, VECTOR_NAMES, Access, GuestFault, PagingState,
                         canonical, read_linear, translate_range)
 

@@ -518,7 +518,7 @@ class Vcpu(_Fd):
                               vm.system.check_extension(KVM_CAP_XSAVE2))
 
     def run(self) -> int:
-        """KVM_RUN from Python (the C loop in vmm.native is the fast path)."""
+        """KVM_RUN from Python (the C loop in akvm.base.native is the fast path)."""
         self.ioctl(KVM_RUN)
         return self.kvm_run.exit_reason
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import weakref
 
-from vmm.native._akvm import ffi, lib  # noqa: F401
+from akvm.base._native import ffi, lib  # noqa: F401
 
 # GuestMemory -> (slot count, cffi array of its slots' host mappings, or None)
 _slot_arrays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -1,5 +1,5 @@
 /* virtio-blk's request queue served in C (virtio 1.2, 2.7 and 5.2.6) for a
- * queue whose DMA is direct: the twin of devices.virtio.blk's Python path,
+ * queue whose DMA is direct: the twin of akvm.devices.virtio.blk's Python path,
  * VirtioDevice.serve() with VirtioBlk.handle().
  *
  * One call is one round of VirtioDevice.serve(): available buffer
@@ -30,21 +30,13 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "akvm_native.h"
+#include <linux/virtio_blk.h>
+#include <linux/virtio_ring.h>
 
-#define VIRTQ_AVAIL_F_NO_INTERRUPT	1
-#define VIRTQ_USED_F_NO_NOTIFY		1
+#include "blkq.h"
+#include "virtq.h"
 
-#define VIRTIO_BLK_T_IN			0
-#define VIRTIO_BLK_T_OUT		1
-#define VIRTIO_BLK_T_FLUSH		4
-#define VIRTIO_BLK_T_GET_ID		8
-#define VIRTIO_BLK_T_DISCARD		11
-#define VIRTIO_BLK_T_WRITE_ZEROES	13
-
-#define VIRTIO_BLK_S_OK			0
-#define VIRTIO_BLK_S_IOERR		1
-#define VIRTIO_BLK_S_UNSUPP		2
+_Static_assert(AKVM_BLKQ_ID_BYTES == VIRTIO_BLK_ID_BYTES, "GET_ID's answer");
 
 #define SECTOR_SIZE	512
 #define HEADER_SIZE	16	/* le32 type, le32 reserved, le64 sector */
@@ -66,13 +58,7 @@ static unsigned char *host(const struct akvm_blkq *q, uint64_t gpa, uint64_t off
 {
 	if (gpa > UINT64_MAX - off)
 		return NULL;
-	gpa += off;
-	for (unsigned int i = 0; i < q->nslots; i++) {
-		const struct akvm_mem_slot *s = &q->slots[i];
-		if (gpa >= s->gpa && gpa - s->gpa <= s->size && n <= s->size - (gpa - s->gpa))
-			return s->host + (gpa - s->gpa);
-	}
-	return NULL;
+	return akvm_ram(q->slots, q->nslots, gpa + off, n);
 }
 
 /* A 16-bit ring word (2-byte aligned by the layout rules: accesses are whole). */
@@ -296,7 +282,7 @@ static int set_notify(const struct akvm_blkq *q, const struct akvm_blkq_run *run
 	if (!(w = notify_word(q)))
 		return -1;
 	__atomic_store_n(w, q->c.event_idx ? (uint16_t)run->last_avail
-					   : enabled ? 0 : VIRTQ_USED_F_NO_NOTIFY, __ATOMIC_RELAXED);
+					   : enabled ? 0 : VRING_USED_F_NO_NOTIFY, __ATOMIC_RELAXED);
 	if (enabled)
 		__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	return 0;
@@ -328,7 +314,7 @@ static int needs_interrupt(struct akvm_blkq *q, struct akvm_blkq_run *run)
 	__atomic_thread_fence(__ATOMIC_SEQ_CST);
 	uint16_t value = __atomic_load_n(w, __ATOMIC_RELAXED);
 	if (!q->c.event_idx)
-		return !(value & VIRTQ_AVAIL_F_NO_INTERRUPT);
+		return !(value & VRING_AVAIL_F_NO_INTERRUPT);
 	int old = run->signalled_used;
 	uint16_t now = (uint16_t)run->used_idx;
 	run->signalled_used = now;

@@ -1,16 +1,16 @@
 /* The IOTLB's table: (domain, page size, page number) -> slot, bounded, LRU.
  *
- * iommu.cache.Iotlb keeps what a slot holds (the translation or cached
+ * akvm.iommu.cache.Iotlb keeps what a slot holds (the translation or cached
  * fault, for the checker and reports); this file owns which slots exist:
  * lookups over the three page sizes, insertion with least-recently-used
  * eviction, and the invalidation granularities of VT-d 6.5 (global,
  * domain, page-selective with an address mask covering large pages).
- * iommu.cache.PyIotlb is the Python twin. */
+ * akvm.iommu.cache.PyIotlb is the Python twin. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "akvm_native.h"
+#include "iotlb.h"
 
 #define NIL (-1)
 static const unsigned int shifts[3] = { 12, 21, 30 };

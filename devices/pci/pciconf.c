@@ -5,7 +5,7 @@
  * and as many CONFIG_DATA reads, nearly all for functions that do not
  * exist. Here the mechanism #1 latch (0xCF8, dword accesses) lives in C,
  * and accesses through 0xCFC-0xCFF or the ECAM window that reach no
- * function (per the bitmap devices.pci publishes) read all ones and drop
+ * function (per the bitmap akvm.devices.pci publishes) read all ones and drop
  * writes, as PciRoot does. Accesses to a present function go to Python,
  * which reads the latch from here. */
 #include <linux/kvm.h>
@@ -13,10 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "akvm_native.h"
+#include "pciconf.h"
 
-#define CONFIG_ADDRESS 0xCF8
-#define CONFIG_DATA 0xCFC
 #define ENABLE 0x80000000u
 #define LATCH_BITS (ENABLE | 0x00FFFFFCu)	/* 30:24 and 1:0 read as zero */
 #define EXT_CONFIG_SPACE 4096
@@ -105,7 +103,7 @@ static int complete_io(struct akvm_pci_conf *c, struct kvm_run *run)
 	unsigned char *data = (unsigned char *)run + run->io.data_offset;
 	int write = run->io.direction == KVM_EXIT_IO_OUT;
 
-	if (port == CONFIG_ADDRESS && size == 4) {
+	if (port == AKVM_PCI_CONFIG_ADDRESS && size == 4) {
 		if (write) {
 			unsigned int v;
 			memcpy(&v, data + 4 * (count - 1), 4);	/* REP OUTSD: the last one stays */
@@ -117,7 +115,7 @@ static int complete_io(struct akvm_pci_conf *c, struct kvm_run *run)
 		c->stats.latch_accesses += count;
 		return 1;
 	}
-	if (port < CONFIG_DATA || port + size > CONFIG_DATA + 4)
+	if (port < AKVM_PCI_CONFIG_DATA || port + size > AKVM_PCI_CONFIG_DATA + 4)
 		return 0;
 	if (c->latch & ENABLE && is_present(c, (c->latch >> 8) & 0xFFFF))
 		return 0;
@@ -142,8 +140,9 @@ static int complete_mmio(struct akvm_pci_conf *c, struct kvm_run *run)
 	return 1;
 }
 
-int akvm_pci_conf_complete(struct akvm_pci_conf *c, void *kvm_run)
+int akvm_pci_conf_complete(void *opaque, void *kvm_run)
 {
+	struct akvm_pci_conf *c = opaque;
 	struct kvm_run *run = kvm_run;
 	int done = 0;
 

@@ -1,0 +1,33 @@
+#ifndef AKVM_IOTLB_H
+#define AKVM_IOTLB_H
+
+/* The IOTLB's table (iotlb.c): which (domain, page size, page number)
+ * entries exist, in which slot (0..capacity-1), in LRU order; the caller
+ * keeps what each slot holds. akvm.iommu.cache.PyIotlb is the Python twin.
+ * lookup() tries 4 KiB, 2 MiB then 1 GiB pages and returns a slot or -1;
+ * insert() returns the slot (and in *evicted the one it evicted, or -1);
+ * invalidate() writes the slots it emptied to removed[] and returns their
+ * number (-ENOSPC when max is too small); order() lists slots LRU first. */
+#define AKVM_IOTLB_GLOBAL 1
+#define AKVM_IOTLB_DOMAIN 2
+#define AKVM_IOTLB_PAGE 3
+struct akvm_iotlb;
+struct akvm_iotlb *akvm_iotlb_new(unsigned int capacity);
+void akvm_iotlb_free(struct akvm_iotlb *t);
+int akvm_iotlb_lookup(struct akvm_iotlb *t, unsigned int did, unsigned long long iova);
+int akvm_iotlb_insert(struct akvm_iotlb *t, unsigned int did, unsigned long long iova,
+		      unsigned int shift, int *evicted);
+int akvm_iotlb_invalidate(struct akvm_iotlb *t, int granularity, unsigned int did,
+			  unsigned long long address, unsigned int address_mask,
+			  int *removed, unsigned int max);
+/* One invalidation request as the unit carries it out (akvm.iommu.invalidation.
+ * Invalidator.iotlb's twin): without PSI a page request is done for the
+ * domain, an address mask above MAMV is invalid. Returns the granularity
+ * done, 0 when invalid, -1 when it would empty more than max slots; the
+ * slots emptied are removed[0 .. *emptied). */
+int akvm_iotlb_request(struct akvm_iotlb *t, unsigned int granularity, unsigned int did,
+		       unsigned long long address, unsigned int address_mask, int psi,
+		       unsigned int mamv, int *removed, unsigned int max, unsigned int *emptied);
+int akvm_iotlb_order(const struct akvm_iotlb *t, int *out, unsigned int max);
+
+#endif
