@@ -40,7 +40,6 @@ from akvm.iommu.translate import (
     FAULT_REASONS, FR_ADDRESS_BEYOND_MGAW, FR_READ, FR_WRITE, SAGAW_BIT, ContextEntry,
     TranslationFault, WalkParams, context_entry, walk,
 )
-from akvm.config import ConfigError, DeviceSpec
 from akvm.base.memory import GuestMemory
 from akvm.base.native import native_slots
 
@@ -134,33 +133,6 @@ class VtdConfig:
     iotlb_entries: int = 512
     context_entries: int = 256
     check: str = "off"           # the coherence checker: off, on, stop
-
-    @classmethod
-    def from_spec(cls, spec: DeviceSpec) -> "VtdConfig":
-        def number(key: str, default: int, low: int, high: int) -> int:
-            text = spec.take(key)
-            if text is None:
-                return default
-            try:
-                value = int(text, 0)
-            except ValueError:
-                raise ConfigError(f"{spec.kind}: {key}={text}: expected a number") from None
-            if not low <= value <= high:
-                raise ConfigError(f"{spec.kind}: {key}={value}: expected {low} to {high}")
-            return value
-
-        aw = number("aw", 48, 0, 64)
-        if aw not in (39, 48):
-            raise ConfigError(f"{spec.kind}: aw={aw}: expected 39 or 48")
-        check = spec.take("check", "off")
-        if check not in ("off", "on", "stop"):
-            raise ConfigError(f"{spec.kind}: check={check}: expected on, stop or off")
-        config = cls(aw=aw, cm=spec.take_bool("cm", False), qi=spec.take_bool("qi", True),
-                     pt=spec.take_bool("pt", True), psi=spec.take_bool("psi", True),
-                     fault_records=number("frcd", 8, 1, 256),
-                     iotlb_entries=number("iotlb", 512, 1, 1 << 20), check=check)
-        spec.check_consumed()
-        return config
 
     @property
     def sagaw(self) -> int:

@@ -1,11 +1,6 @@
-"""--device virtio-*: options -> a device model on its transport, in a Machine.
+"""The --device builders: a parsed DeviceSpec (akvm.devicetable) -> a device in a Machine.
 
-    virtio-blk,file=PATH[,readonly=on][,serial=ID]
-    virtio-net,tap=NAME | socket=PATH | loopback=on [,mac=02:..]
-    virtio-console[,chardev=stdio|file:PATH|unix:PATH|none]
-    virtio-rng
-
-each with [,transport=pci|mmio] (default pci). On PCI the device is a
+A virtio device goes on the transport its spec names. On PCI it is a
 modern virtio-pci function (1af4:1040+id); on MMIO it takes the next
 virtio-mmio slot (layout.VIRTIO_MMIO_BASE, one page and one IOAPIC pin
 each) and akvm prints the `virtio_mmio.device=` string the guest needs.
@@ -56,12 +51,8 @@ def _name(machine, kind: str) -> str:
 
 def add_virtio(machine, device, spec) -> None:
     """Put `device` on the transport the spec asks for; the machine serves it from run()."""
-    transport = spec.take("transport", "pci")
-    if transport not in ("pci", "mmio"):
-        device.close()
-        raise ConfigError(f"{spec.kind}: transport={transport}: expected pci or mmio")
     machine.virtio_devices.append(device)
-    if transport == "pci":
+    if spec.values["transport"] == "pci":
         machine.pci.add(VirtioPci(device, ioeventfd=_ioeventfd(machine),
                                   irqfd=machine.msi_irqfds()))
         return
@@ -79,12 +70,13 @@ def add_virtio(machine, device, spec) -> None:
           f"'{cmdline_string(base, gsi)}' to the kernel command line", file=sys.stderr)
 
 
+def build_edu(machine, spec) -> None:
+    from akvm.devices.edu import Edu
+    machine.pci.add(Edu(dma_bits=spec.values["dma_bits"]))
+
+
 def build_blk(machine, spec) -> None:
-    path = spec.take("file")
-    if not path:
-        raise ConfigError(f"{spec.kind}: file=PATH is required (e.g. virtio-blk,file=disk.img)")
-    readonly = spec.take_bool("readonly")
-    serial = spec.take("serial")
+    path, readonly, serial = (spec.values[k] for k in ("file", "readonly", "serial"))
     try:
         image = RawImage(path, readonly)
     except ImageError as e:
@@ -97,7 +89,7 @@ def build_rng(machine, spec) -> None:
 
 
 def build_console(machine, spec) -> None:
-    backend = spec.take("chardev", "stdio")
+    backend = spec.values["chardev"]
     if backend == "stdio" and machine.config.serial == "stdio":
         raise ConfigError(f"{spec.kind}: chardev=stdio: stdio is already the serial console; "
                           "give chardev=file:PATH|unix:PATH|none, or --serial other than stdio")
@@ -112,14 +104,13 @@ def build_console(machine, spec) -> None:
 
 
 def build_net(machine, spec) -> None:
-    tap, path = spec.take("tap"), spec.take("socket")
-    loopback = "loopback" in spec.options and spec.take_bool("loopback")
+    tap, path, loopback = (spec.values[k] for k in ("tap", "socket", "loopback"))
     given = [k for k, on in (("tap", tap is not None), ("socket", path is not None),
                              ("loopback", loopback)) if on]
     if len(given) != 1:
         raise ConfigError(f"{spec.kind}: give exactly one backend: tap=NAME, socket=PATH "
                           f"or loopback=on (got {', '.join(given) or 'none'})")
-    mac_text = spec.take("mac", f"{DEFAULT_MAC_PREFIX}:{_count(machine, spec.kind) + 1:02x}")
+    mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{_count(machine, spec.kind) + 1:02x}"
     try:
         mac = parse_mac(mac_text)
     except ValueError as e:

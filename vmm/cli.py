@@ -12,8 +12,8 @@ import sys
 
 from akvm import __version__
 from akvm.boot.image import BootImage
-from akvm.config import (ConfigError, MachineConfig, parse_cpus, parse_device, parse_memory,
-                        parse_module)
+from akvm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
+from akvm.devicetable import help_text, parse_device, parse_iommu
 from akvm.base.exitcode import ExitCode
 
 EPILOG = """\
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"akvm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    run = sub.add_parser("run", help="boot a kernel", epilog=EPILOG,
+    run = sub.add_parser("run", help="boot a kernel", epilog=f"{help_text()}\n\n{EPILOG}",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--kernel", metavar="PATH",
                      help="Multiboot kernel (ELF32/ELF64, or with the a.out kludge); "
@@ -46,15 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                      help="a Multiboot module, with its command line after the comma; repeatable")
     run.add_argument("--device", action="append", default=[], metavar="KIND[,KEY=VALUE...]",
-                     help="add a device, e.g. edu or virtio-blk,file=disk.img; repeatable")
+                     help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
-                     help="emulate an Intel VT-d IOMMU in front of the PCI devices")
+                     help="an IOMMU in front of the PCI devices (options below)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
 
 
 def config_from_args(args) -> MachineConfig:
+    devices = [parse_device(d) for d in args.device]
+    iommu = parse_iommu(args.iommu) if args.iommu else None
     kernel = args.kernel
     if kernel is None:
         from akvm import guest_kernel   # imported here: it needs subprocess, --kernel does not
@@ -65,8 +67,7 @@ def config_from_args(args) -> MachineConfig:
     return MachineConfig(kernel=kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
                          cpus=parse_cpus(args.cpus), serial=args.serial,
                          modules=[parse_module(m) for m in args.module],
-                         devices=[parse_device(d) for d in args.device],
-                         iommu=parse_device(args.iommu, "--iommu") if args.iommu else None,
+                         devices=devices, iommu=iommu,
                          stats=args.stats)
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
+
+from akvm.base.errors import ConfigError
 
 MIN_MEMORY = 2 << 20            # room for the boot information and a tiny kernel
 MAX_CPUS = 255                  # xAPIC ids in the MADT's type-0 entries are 8 bits
-
-
-class ConfigError(ValueError):
-    """Bad user input: the message is printed as is, and akvm exits with status 2."""
 
 
 @dataclass
@@ -23,45 +22,12 @@ class Module:
 
 @dataclass
 class DeviceSpec:
-    """`KIND[,KEY=VALUE]...` from --device or --iommu; options are checked by the device's builder."""
+    """A parsed `KIND[,KEY=VALUE]...` (akvm.devicetable.parse_device): every option
+    of the kind in `values`, typed, with its default when not given."""
     kind: str
-    options: dict[str, str] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
     text: str = ""
-
-    def take(self, key: str, default: str | None = None) -> str | None:
-        """Consume one option; leftover keys are reported by check_consumed()."""
-        return self.options.pop(key, default)
-
-    def take_bool(self, key: str, default: bool = False) -> bool:
-        value = self.take(key)
-        if value is None:
-            return default
-        if value.lower() in ("on", "yes", "true", "1"):
-            return True
-        if value.lower() in ("off", "no", "false", "0"):
-            return False
-        raise ConfigError(f"{self.kind}: {key}={value}: expected on or off")
-
-    def check_consumed(self) -> None:
-        if self.options:
-            key = next(iter(self.options))
-            raise ConfigError(f"{self.kind}: unknown option '{key}' in '{self.text}'")
-
-
-def parse_device(text: str, option: str = "--device") -> DeviceSpec:
-    """'virtio-blk,file=disk.img,readonly=on' -> DeviceSpec('virtio-blk', {...})."""
-    kind, *items = text.split(",")
-    if not kind or not re.fullmatch(r"[a-z0-9][a-z0-9-]*", kind):
-        raise ConfigError(f"{option}: expected KIND[,KEY=VALUE]..., got '{text}'")
-    options: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not key or not eq:
-            raise ConfigError(f"{option} {kind}: expected KEY=VALUE, got '{item}'")
-        if key in options:
-            raise ConfigError(f"{option} {kind}: '{key}' given twice")
-        options[key] = value
-    return DeviceSpec(kind, options, text)
+    given: frozenset[str] = frozenset()     # the keys the user wrote
 
 
 @dataclass

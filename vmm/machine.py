@@ -24,6 +24,7 @@ from akvm.base import kvm
 from akvm.boot.image import BootImage, DeviceFacts
 from akvm.base.bus import Bus
 from akvm.config import ConfigError, MachineConfig, format_memory
+from akvm.devicetable import DEVICES, IOMMUS
 from akvm.base.runloop import MMIO, FastPath
 from akvm.devices.pci.pciconf import PciConfShortcut
 from akvm.devices.serial import SerialShortcut
@@ -46,30 +47,25 @@ class UserError(ConfigError):
     """Bad user input found while building the machine (exit status 2)."""
 
 
-def _build_edu(machine: "Machine", spec) -> None:
-    from akvm.devices.edu import Edu
-    text = spec.take("dma_bits", "28")
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise ConfigError(f"edu: dma_bits={text}: expected 1 to 64")
-    machine.pci.add(Edu(dma_bits=int(text)))
-
-
-# --device KIND -> its builder(machine, spec), as "module:function". A builder takes
-# its options from the spec with spec.take(...), adds its device, and raises
-# ConfigError on bad values. Modules are imported only for the kinds asked for:
-# a machine without devices starts without loading their code.
-DEVICE_BUILDERS: dict[str, str] = {
-    "edu": "akvm.machine:_build_edu",
-    "virtio-blk": "akvm.builders:build_blk",
-    "virtio-console": "akvm.builders:build_console",
-    "virtio-net": "akvm.builders:build_net",
-    "virtio-rng": "akvm.builders:build_rng",
-}
-
-
-def device_builder(kind: str):
-    module, _, name = DEVICE_BUILDERS[kind].partition(":")
+def builder(kind):
+    """The function a devicetable.Kind names, imported now."""
+    module, _, name = kind.builder.partition(":")
     return getattr(importlib.import_module(module), name)
+
+
+def build_vtd(machine: "Machine", spec) -> None:
+    """--iommu vtd[,...]: the remapping unit's registers at VTD_BASE (the DMAR says so)."""
+    from akvm.iommu.vtd import VtdConfig, VtdIommu
+    v = spec.values
+    config = VtdConfig(aw=v["aw"], cm=v["cm"], qi=v["qi"], pt=v["pt"], psi=v["psi"],
+                       fault_records=v["frcd"], iotlb_entries=v["iotlb"], check=v["check"])
+    iommu = VtdIommu(machine.memory, machine.vm.signal_msi, config,
+                     on_stale=machine.iommu_stale, base=layout.VTD_BASE)
+    machine.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, iommu, "vtd")
+    if iommu.doorbell is not None:
+        machine.fastpath.add(MMIO, layout.VTD_BASE, layout.VTD_SIZE, "akvm_vtd_door_complete",
+                             iommu.doorbell)
+    machine.iommu = iommu
 
 
 def open_kvm() -> kvm.System:
@@ -218,22 +214,10 @@ class Machine:
                      "acpi-pm")
 
     def _add_iommu(self) -> None:
-        """--iommu vtd[,...]: the remapping unit's registers at VTD_BASE (the DMAR says so)."""
-        spec = self.config.iommu
-        if spec is None:
-            return
-        if spec.kind != "vtd":
-            raise ConfigError(f"--iommu {spec.kind}: no such IOMMU (known: vtd)")
-        from akvm.iommu.vtd import VtdConfig, VtdIommu
-        self.iommu = VtdIommu(self.memory, lambda address, data: self.vm.signal_msi(address, data),
-                              VtdConfig.from_spec(spec), on_stale=self._iommu_stale,
-                              base=layout.VTD_BASE)
-        self.mmio_bus.register(layout.VTD_BASE, layout.VTD_SIZE, self.iommu, "vtd")
-        if self.iommu.doorbell is not None:
-            self.fastpath.add(MMIO, layout.VTD_BASE, layout.VTD_SIZE, "akvm_vtd_door_complete",
-                              self.iommu.doorbell)
+        if self.config.iommu is not None:
+            builder(IOMMUS[self.config.iommu.kind])(self, self.config.iommu)
 
-    def _iommu_stale(self, message: str) -> None:
+    def iommu_stale(self, message: str) -> None:
         """check=stop: the coherence checker found a stale translation in use."""
         self.stop(ExitCode.GUEST_ERROR, f"stopped by the IOMMU checker (check=stop): {message}")
 
@@ -279,11 +263,7 @@ class Machine:
 
     def _add_user_devices(self) -> None:
         for spec in self.config.devices:
-            if spec.kind not in DEVICE_BUILDERS:
-                known = ", ".join(sorted(DEVICE_BUILDERS))
-                raise ConfigError(f"--device {spec.kind}: no such device (known: {known})")
-            device_builder(spec.kind)(self, spec)
-            spec.check_consumed()
+            builder(DEVICES[spec.kind])(self, spec)
 
     def _load(self, image: BootImage) -> None:
         """vCPUs created (while the boot image is still being built), guest RAM

@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tests.conftest import needs_kvm
-from akvm.config import ConfigError, DeviceSpec, MachineConfig
+from akvm.config import ConfigError, MachineConfig
+from akvm.devicetable import parse_device
 from akvm.base.exitcode import ExitCode
 from akvm.machine import Machine, UserError
 
@@ -160,7 +161,7 @@ def test_a_build_that_fails_closes_what_it_opened(tmp_path, tiny_kernel):
     bad.write_bytes(bytes(4096))
     configs = [MachineConfig(kernel=str(bad), serial="none"),
                MachineConfig(kernel=str(tiny_kernel), serial="none",
-                             devices=[DeviceSpec("nosuch", {})])]
+                             devices=[parse_device(f"virtio-blk,file={tmp_path}/missing.img")])]
     before = sorted(os.listdir("/proc/self/fd"))
     for config in configs * 2:
         with pytest.raises((UserError, ConfigError)):

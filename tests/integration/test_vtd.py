@@ -81,11 +81,12 @@ def test_upstream_akaros_enables_translation(akvm_guest_factory):
 def test_mp_table_routes_the_edu_intx():
     """Akaros takes PCI interrupt routing from the MP table: the edu's INTA# must be there."""
     from tests.unit.test_mptable import parse
-    from akvm.config import DeviceSpec, MachineConfig
+    from akvm.config import MachineConfig
+    from akvm.devicetable import parse_device
     from akvm.machine import Machine
     from akvm import guest_kernel
     m = Machine.build(MachineConfig(kernel=str(guest_kernel.build()), serial="none",
-                                    devices=[DeviceSpec("edu", {}, "edu")]))
+                                    devices=[parse_device("edu")]))
     try:
         routes = m.pci.intx_routes()
         assert routes, "edu has an INTx pin"

@@ -132,17 +132,31 @@ def test_no_dev_kvm(tiny_kernel, tmp_path):
 
 
 def test_parse_device_options():
-    from akvm.config import ConfigError, parse_device
+    from akvm.config import ConfigError
+    from akvm.devicetable import parse_device
     spec = parse_device("virtio-blk,file=disk.img,readonly=on")
-    assert spec.kind == "virtio-blk" and spec.take("file") == "disk.img"
-    assert spec.take_bool("readonly") is True
-    spec.check_consumed()
-    left = parse_device("edu,bogus=1")
-    with pytest.raises(ConfigError, match="unknown option 'bogus'"):
-        left.check_consumed()
-    for bad in ("", ",x=1", "Edu", "edu,x", "edu,x=1,x=2"):
+    assert spec.kind == "virtio-blk"
+    assert spec.values == {"file": "disk.img", "readonly": True, "serial": None, "transport": "pci"}
+    assert spec.given == {"file", "readonly"}
+    assert parse_device("edu").values == {"dma_bits": 28}
+    with pytest.raises(ConfigError, match=r"unknown option 'bogus'.*known: dma_bits"):
+        parse_device("edu,bogus=1")
+    with pytest.raises(ConfigError, match="file=PATH is required"):
+        parse_device("virtio-blk")
+    with pytest.raises(ConfigError, match="dma_bits=0: expected 1 to 64"):
+        parse_device("edu,dma_bits=0")
+    for bad in ("", ",x=1", "Edu", "edu,x", "edu,dma_bits=1,dma_bits=2", "nosuch"):
         with pytest.raises(ConfigError):
             parse_device(bad)
+
+
+def test_help_lists_every_kind_and_option():
+    from akvm.devicetable import DEVICES, IOMMUS
+    out = akvm("run", "--help").stdout
+    for kind in [*DEVICES.values(), *IOMMUS.values()]:
+        assert f"  {kind.name}: {kind.help}" in out
+        for option in kind.options:
+            assert f"{option.key}={option.metavar}" in out
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -10,7 +10,8 @@ from akvm.iommu.vtd import (
     GCMD_IRE, GCMD_QIE, GCMD_SFL, GCMD_SIRTP, GCMD_SRTP, GCMD_TE, GCMD_WBF, GSTS, GSTS_QIES,
     GSTS_RTPS, GSTS_TES, IECTL, IOTLB, IQA, IQH, IQT, IVA, RTADDR, VER, VtdConfig,
 )
-from akvm.config import ConfigError, parse_device
+from akvm.config import ConfigError
+from akvm.devicetable import parse_iommu
 from tests.unit.vtd_tables import R, SID, W, DoorbellRig, Rig
 
 
@@ -59,17 +60,20 @@ def test_options_vary_the_capabilities():
 
 
 def test_options_from_the_command_line():
-    spec = parse_device("vtd,aw=39,cm=on,qi=off,pt=on,psi=off,frcd=4,iotlb=64,check=stop",
-                        "--iommu")
-    c = VtdConfig.from_spec(spec)
-    assert (c.aw, c.cm, c.qi, c.pt, c.psi, c.fault_records, c.iotlb_entries, c.check) == \
-        (39, True, False, True, False, 4, 64, "stop")
-    assert VtdConfig.from_spec(parse_device("vtd", "--iommu")) == VtdConfig()
-    for bad, words in [("vtd,aw=40", "aw=40"), ("vtd,aw=x", "expected a number"),
+    spec = parse_iommu("vtd,aw=39,cm=on,qi=off,pt=on,psi=off,frcd=4,iotlb=64,check=stop")
+    assert spec.values == {"aw": 39, "cm": True, "qi": False, "pt": True, "psi": False,
+                           "frcd": 4, "iotlb": 64, "check": "stop"}
+    defaults = parse_iommu("vtd").values
+    c = VtdConfig()     # the table's defaults are the unit's
+    assert (defaults["aw"], defaults["cm"], defaults["qi"], defaults["pt"], defaults["psi"],
+            defaults["frcd"], defaults["iotlb"], defaults["check"]) == \
+        (c.aw, c.cm, c.qi, c.pt, c.psi, c.fault_records, c.iotlb_entries, c.check)
+    for bad, words in [("vtd,aw=40", "aw=40: expected 39 or 48"), ("vtd,frcd=x", "expected a number"),
                        ("vtd,check=maybe", "check=maybe"), ("vtd,frcd=0", "frcd=0"),
-                       ("vtd,cm=perhaps", "cm=perhaps"), ("vtd,bogus=1", "unknown option")]:
+                       ("vtd,cm=perhaps", "cm=perhaps"), ("vtd,bogus=1", "unknown option"),
+                       ("amd", "no such IOMMU")]:
         with pytest.raises(ConfigError, match=words):
-            VtdConfig.from_spec(parse_device(bad, "--iommu"))
+            parse_iommu(bad)
 
 
 @pytest.mark.parametrize("offset,size", [(VER, 4), (CAP, 8), (ECAP, 8), (GSTS, 4), (IQH, 8)])

@@ -25,7 +25,7 @@ import threading
 from typing import BinaryIO, NamedTuple
 
 from akvm.boot.files import BadFile, open_regular
-from akvm.config import ConfigError, MachineConfig
+from akvm.base.errors import ConfigError
 from akvm.base.memory import GuestMemory, ram_ranges
 
 
@@ -55,7 +55,8 @@ class Job(NamedTuple):
     modules: tuple              # (path, args) for each multiboot module
 
     @classmethod
-    def of(cls, config: MachineConfig) -> "Job":
+    def of(cls, config) -> "Job":
+        """From a MachineConfig."""
         return cls(config.kernel, config.cmdline, config.memory, config.cpus,
                    tuple((m.path, m.args) for m in config.modules))
 
@@ -170,8 +171,8 @@ class BootImage:
             image._fork()
         return image
 
-    def start(self, config: MachineConfig) -> None:
-        """Give the builder its job; a kernel that cannot be opened is reported now.
+    def start(self, config) -> None:
+        """Give the builder the job a MachineConfig describes; a kernel that cannot be opened is reported now.
         A kernel and modules of more than PIPE_LIMIT bytes are loaded here: through
         the pipe they would cost more than the builder saves."""
         size = _check_readable(config.kernel)

@@ -1,0 +1,181 @@
+"""Every --device and --iommu kind, its options and its builder: the one table.
+
+Parsing (`parse_device`), the "known:" lists in errors and the device list
+in `akvm run --help` all come from here. A builder ("module:function",
+imported only when its kind is asked for) gets the parsed DeviceSpec, whose
+`values` hold every option of the kind, typed, defaults filled in; it checks
+only what needs the machine (files, sockets, slots).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from akvm.config import ConfigError, DeviceSpec
+
+REQUIRED = object()         # an Option default: the option must be given
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[str], Any]         # raises ValueError with the reason
+    default: Any = None                 # REQUIRED, None (absent), or the value when absent
+    metavar: str = "VALUE"
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    builder: str                        # "module:function", called as function(machine, spec)
+    help: str
+    options: tuple[Option, ...] = field(default_factory=tuple)
+
+    def option(self, key: str) -> Option | None:
+        return next((o for o in self.options if o.key == key), None)
+
+
+# --- value parsers: each raises ValueError("expected ...") --------------------
+
+def text(value: str) -> str:
+    if not value:
+        raise ValueError("expected a value")
+    return value
+
+
+def flag(value: str) -> bool:
+    if value.lower() in ("on", "yes", "true", "1"):
+        return True
+    if value.lower() in ("off", "no", "false", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value, 0)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not low <= n <= high:
+            raise ValueError(f"expected {low} to {high}")
+        return n
+    return parse
+
+
+def choice(*values: str, convert: Callable[[str], Any] = str) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        if value not in values:
+            raise ValueError("expected " + " or ".join(values))
+        return convert(value)
+    return parse
+
+
+# --- the table -----------------------------------------------------------------
+
+TRANSPORT = Option("transport", choice("pci", "mmio"), "pci", "pci|mmio",
+                   "PCI function, or the next virtio-mmio slot")
+VIRTIO = "akvm.builders"
+
+DEVICES: dict[str, Kind] = {k.name: k for k in (
+    Kind("edu", f"{VIRTIO}:build_edu", "QEMU's educational DMA device (1234:11e8), PCI", (
+        Option("dma_bits", integer(1, 64), 28, "N", "bus address bits the device drives"),
+    )),
+    Kind("virtio-blk", f"{VIRTIO}:build_blk", "a raw disk image", (
+        Option("file", text, REQUIRED, "PATH", "the image"),
+        Option("readonly", flag, False, "on|off"),
+        Option("serial", text, None, "ID", "GET_ID's answer, 20 bytes at most"),
+        TRANSPORT,
+    )),
+    Kind("virtio-console", f"{VIRTIO}:build_console", "port 0 on a character backend", (
+        Option("chardev", text, "stdio", "stdio|file:PATH|unix:PATH|none"),
+        TRANSPORT,
+    )),
+    Kind("virtio-net", f"{VIRTIO}:build_net", "a NIC on one backend: tap, socket or loopback", (
+        Option("tap", text, None, "NAME", "a TAP device"),
+        Option("socket", text, None, "PATH", "a SOCK_SEQPACKET link to another akvm"),
+        Option("loopback", flag, False, "on|off", "frames come back to the guest"),
+        Option("mac", text, None, "02:..", "the MAC address"),
+        TRANSPORT,
+    )),
+    Kind("virtio-rng", f"{VIRTIO}:build_rng", "entropy from getrandom(2)", (TRANSPORT,)),
+)}
+
+IOMMUS: dict[str, Kind] = {k.name: k for k in (
+    Kind("vtd", "akvm.machine:build_vtd", "Intel VT-d DMA remapping", (
+        Option("aw", choice("39", "48", convert=int), 48, "39|48", "address width"),
+        Option("cm", flag, False, "on|off", "caching mode"),
+        Option("qi", flag, True, "on|off", "queued invalidation"),
+        Option("pt", flag, True, "on|off", "pass-through context entries"),
+        Option("psi", flag, True, "on|off", "page-selective invalidation"),
+        Option("frcd", integer(1, 256), 8, "N", "fault recording registers"),
+        Option("iotlb", integer(1, 1 << 20), 512, "N", "IOTLB entries"),
+        Option("check", choice("off", "on", "stop"), "off", "off|on|stop",
+               "the IOTLB coherence checker"),
+    )),
+)}
+
+_KIND = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def parse_device(text_: str, table: dict[str, Kind] = DEVICES, option: str = "--device",
+                 noun: str = "device") -> DeviceSpec:
+    """'virtio-blk,file=disk.img,readonly=on' -> DeviceSpec('virtio-blk', {...}) with
+    every option of the kind typed and defaulted; bad input raises ConfigError."""
+    name, *items = text_.split(",")
+    if not name or not _KIND.fullmatch(name):
+        raise ConfigError(f"{option}: expected KIND[,KEY=VALUE]..., got '{text_}'")
+    kind = table.get(name)
+    if kind is None:
+        raise ConfigError(f"{option} {name}: no such {noun} (known: {', '.join(sorted(table))})")
+    given: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not key or not eq:
+            raise ConfigError(f"{option} {name}: expected KEY=VALUE, got '{item}'")
+        if kind.option(key) is None:
+            known = ", ".join(o.key for o in kind.options) or "none"
+            raise ConfigError(f"{name}: unknown option '{key}' in '{text_}' (known: {known})")
+        if key in given:
+            raise ConfigError(f"{option} {name}: '{key}' given twice")
+        given[key] = value
+    values: dict[str, Any] = {}
+    for opt in kind.options:
+        if opt.key in given:
+            try:
+                values[opt.key] = opt.parse(given[opt.key])
+            except ValueError as e:
+                raise ConfigError(f"{name}: {opt.key}={given[opt.key]}: {e}") from None
+        elif opt.default is REQUIRED:
+            raise ConfigError(f"{name}: {opt.key}={opt.metavar} is required "
+                              f"(e.g. {name},{opt.key}={opt.metavar})")
+        else:
+            values[opt.key] = opt.default
+    return DeviceSpec(name, values, text_, given=frozenset(given))
+
+
+def parse_iommu(text_: str) -> DeviceSpec:
+    return parse_device(text_, IOMMUS, "--iommu", "IOMMU")
+
+
+def help_text() -> str:
+    """The kinds and their options, for `akvm run --help`."""
+    lines = []
+    for title, table in (("--device KIND[,KEY=VALUE...]", DEVICES),
+                         ("--iommu KIND[,KEY=VALUE...]", IOMMUS)):
+        lines.append(f"{title}:" if not lines else f"\n{title}:")
+        for kind in table.values():
+            lines.append(f"  {kind.name}: {kind.help}")
+            for o in kind.options:
+                default = ("required" if o.default is REQUIRED else
+                           "" if o.default is None else
+                           f"default {_format(o.default)}")
+                notes = "; ".join(n for n in (o.help, default) if n)
+                lines.append(f"      {o.key}={o.metavar}" + (f"  ({notes})" if notes else ""))
+    return "\n".join(lines)
+
+
+def _format(value: Any) -> str:
+    return ("on" if value else "off") if isinstance(value, bool) else str(value)
