@@ -23,6 +23,7 @@ from akvm.devices.uart import Uart16550
 from akvm.base import kvm
 from akvm.boot.image import BootImage, DeviceFacts
 from akvm.base.bus import Bus
+from akvm.base.dma import DirectDma
 from akvm.config import ConfigError, MachineConfig, format_memory
 from akvm.devicetable import DEVICES, IOMMUS
 from akvm.base.runloop import MMIO, FastPath
@@ -223,9 +224,9 @@ class Machine:
 
     def _dma_space(self, requester_id: int):
         """Each PCI function's DMA: through the IOMMU when there is one."""
-        from akvm.iommu.dmaspace import DirectDma, TranslatedDma
         if self.iommu is None:
             return DirectDma(self.memory)
+        from akvm.iommu.dmaspace import TranslatedDma
         return TranslatedDma(self.iommu, requester_id)
 
     def _add_pci(self) -> None:

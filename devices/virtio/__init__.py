@@ -22,7 +22,7 @@ factory (PciDevice.use_irqfds) for the MSI-X vectors.
 from akvm.devices.virtio.blk import VirtioBlk
 from akvm.devices.virtio.console import VirtioConsole
 from akvm.devices.virtio.device import VirtioDevice
-from akvm.devices.virtio.dma import DirectDma, DmaError
+from akvm.base.dma import DirectDma, DmaError
 from akvm.devices.virtio.image import ImageError, RawImage
 from akvm.devices.virtio.mmio import VirtioMmio, cmdline_string
 from akvm.devices.virtio.net import VirtioNet

@@ -26,7 +26,7 @@ import os
 import struct
 
 from akvm.devices.virtio import blkq
-from akvm.devices.virtio.dma import DmaError
+from akvm.base.dma import DmaError
 from akvm.devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
 from akvm.devices.virtio.image import RawImage
 from akvm.devices.virtio.queue import NativeWalker, Virtqueue

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 
-from akvm.devices.virtio.dma import DmaError
+from akvm.base.dma import DmaError
 from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
 from akvm.devices.virtio.worker import Worker, drain_eventfd, new_eventfd
 from akvm.devices.virtio.spec import (

@@ -29,7 +29,7 @@ import logging
 from akvm.devices.pci import BarKind, PciDevice
 from akvm.devices.pci.config import CAP_ID_VENDOR
 from akvm.devices.virtio.device import VirtioDevice
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from akvm.devices.virtio.spec import (
     VIRTIO_MSI_NO_VECTOR, VIRTIO_PCI_CAP_COMMON_CFG, VIRTIO_PCI_CAP_DEVICE_CFG, VIRTIO_PCI_CAP_ISR_CFG, VIRTIO_PCI_CAP_NOTIFY_CFG, VIRTIO_PCI_CAP_PCI_CFG,
 )

@@ -31,7 +31,7 @@ import struct
 import threading
 from dataclasses import dataclass, field
 
-from akvm.devices.virtio.dma import DirectDma, DmaError
+from akvm.base.dma import DirectDma, DmaError
 from akvm.devices.virtio.spec import (
     VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY,
 )

@@ -6,7 +6,8 @@ import pytest
 from akvm.devices.edu import DMA_BUFFER, Edu
 from akvm.devices.pci import PciRoot
 from akvm.devices.pci.config import COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE
-from akvm.iommu.dmaspace import DirectDma, TranslatedDma
+from akvm.base.dma import DirectDma
+from akvm.iommu.dmaspace import TranslatedDma
 from akvm.iommu.translate import FR_WRITE
 from akvm.iommu.vtd import FRCD, FSTS
 from tests.unit.vtd_tables import R, Rig

@@ -16,7 +16,7 @@ from akvm.devices.virtio.blk import (
 )
 from akvm.devices.virtio.device import VIRTIO_STATUS_DEVICE_NEEDS_RESET, bit
 from akvm.devices.virtio.image import ImageError, RawImage
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from tests.unit.virtio_driver import DATA, MEM_SIZE, Allocator, bring_up, new_memory
 
 SECTORS = 64
@@ -464,7 +464,7 @@ def test_vectored_io_across_many_buffers_and_short_transfers(tmp_path):
 
 
 def test_dma_views_are_refused_outside_ram():
-    from akvm.iommu.dmaspace import DirectDma, DmaError
+    from akvm.base.dma import DirectDma, DmaError
     from akvm.base.memory import GuestMemory
     dma = DirectDma(GuestMemory.from_bytearray(0x2000))
     [v] = dma.views(0x1000, 0x100, True)

@@ -11,7 +11,7 @@ from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK, Abandoned, VirtioDevice, bit,
 )
-from akvm.devices.virtio.dma import DmaError, DirectDma
+from akvm.base.dma import DmaError, DirectDma
 from akvm.devices.virtio.queue import VIRTQ_DESC_F_NEXT
 from tests.unit.virtio_driver import DATA, MEM_SIZE, Recorder, bring_up, new_memory, wait_for
 from akvm.base.memory import GuestMemory

@@ -6,7 +6,7 @@ from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
     VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FEATURES_OK,
 )
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from akvm.devices.virtio.image import RawImage
 from akvm.devices.virtio.mmio import (
     CONFIG, CONFIG_GENERATION, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID, DRIVER_FEATURES,

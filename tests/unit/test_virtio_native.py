@@ -4,7 +4,7 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from akvm.devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, NativeWalker, RingError, Virtqueue,
 )

@@ -6,7 +6,7 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from akvm.devices.virtio.queue import (
     MAX_CHAIN_BYTES, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
     VIRTQ_DESC_F_WRITE, VIRTQ_USED_F_NO_NOTIFY, NativeWalker, RingError, Virtqueue,
@@ -318,7 +318,7 @@ def test_buffers_outside_ram_fail_only_when_touched():
     mem, drv, vq = make()
     drv.add([(MEM_SIZE + 0x1000, 64, True)])
     chain = vq.pop()                           # walking does not touch buffers
-    from akvm.devices.virtio.dma import DmaError
+    from akvm.base.dma import DmaError
     with pytest.raises(DmaError):
         chain.scatter(DirectDma(mem), 0, b"x" * 64)
 

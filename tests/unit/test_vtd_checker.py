@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from akvm.iommu.dmaspace import DmaError
+from akvm.base.dma import DmaError
 from akvm.iommu.vtd import CCMD
 from tests.unit.vtd_tables import MiB, R, SID, W, Rig
 

@@ -5,7 +5,8 @@ import subprocess
 
 import pytest
 
-from akvm.iommu.dmaspace import DirectDma, DmaError, TranslatedDma
+from akvm.base.dma import DirectDma, DmaError
+from akvm.iommu.dmaspace import TranslatedDma
 from tests.unit.vtd_tables import SID, Rig
 from akvm.base.memory import GuestMemory
 from akvm.tables import layout

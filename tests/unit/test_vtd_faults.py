@@ -2,7 +2,7 @@
 FSTS.PPF/PFO/FRI, write-1-to-clear, the fault event MSI (masked, pending, unmasked), FPD."""
 import pytest
 
-from akvm.iommu.dmaspace import DmaError
+from akvm.base.dma import DmaError
 from akvm.iommu.faults import FSTS_IQE, FSTS_PFO, FSTS_PPF
 from akvm.iommu.translate import FR_CONTEXT_NOT_PRESENT, FR_READ, FR_WRITE
 from akvm.iommu.vtd import FEADDR, FECTL, FEDATA, FEUADDR, FRCD, FSTS

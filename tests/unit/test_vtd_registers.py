@@ -248,7 +248,7 @@ def test_random_register_traffic_never_raises(accesses, sid, iova):
     try:
         rig.dma(sid).read(iova, 16)
     except Exception as e:                                # only DmaError may come out
-        from akvm.iommu.dmaspace import DmaError
+        from akvm.base.dma import DmaError
         assert isinstance(e, DmaError), repr(e)
     assert rig.iommu.internal_errors == 0
 

@@ -6,7 +6,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from akvm.iommu.dmaspace import DmaError
+from akvm.base.dma import DmaError
 from akvm.iommu.translate import (
     FR_ADDRESS_BEYOND_MGAW, FR_CONTEXT_ACCESS, FR_CONTEXT_INVALID, FR_CONTEXT_NOT_PRESENT,
     FR_CONTEXT_RESERVED, FR_PAGING_ACCESS, FR_PAGING_RESERVED, FR_READ, FR_ROOT_ACCESS,

@@ -14,7 +14,7 @@ from akvm.devices.virtio.device import (
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK,
     VIRTIO_STATUS_FEATURES_OK, VirtioDevice,
 )
-from akvm.devices.virtio.dma import DirectDma
+from akvm.base.dma import DirectDma
 from akvm.devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 )
