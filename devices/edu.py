@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 
 from akvm.devices.pci import BarKind, PciDevice
-from akvm.iommu.dmaspace import DmaError
+from akvm.base.dma import DmaError
 
 log = logging.getLogger("akvm.edu")
 

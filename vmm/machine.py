@@ -123,6 +123,16 @@ class Machine:
         self.virtio_devices: list = []      # served by their own threads from run() on
         self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
+        # Made by build(), in this order; None until then (a failed build closes what exists).
+        self.system: kvm.System | None = None
+        self.vm: kvm.Vm | None = None
+        self.memory: GuestMemory | None = None
+        self.uart: Uart16550 | None = None
+        self.serial_shortcut: SerialShortcut | None = None
+        self.debug_port: DebugPortShortcut | None = None
+        self.pci: PciRoot | None = None
+        self.pci_conf_shortcut: PciConfShortcut | None = None
+        self.completer: LazyCompleter | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.result: tuple[ExitCode, str] | None = None
@@ -159,7 +169,7 @@ class Machine:
         """Give back what a build that failed half-way opened of KVM."""
         for t in self.vcpus:
             t.vcpu.close()
-        for fd in (getattr(self, "vm", None), getattr(self, "system", None)):
+        for fd in (self.vm, self.system):
             if fd is not None:
                 fd.close()
 
@@ -324,9 +334,8 @@ class Machine:
 
     def _close_serial(self) -> None:
         """Stop the C transmit path, send what it still holds, close the console."""
-        shortcut = getattr(self, "serial_shortcut", None)
-        if shortcut is not None:
-            shortcut.close()
+        if self.serial_shortcut is not None:
+            self.serial_shortcut.close()
             self.uart.flush_shortcut()
         if self.serial is not None:
             self.serial.close()

@@ -1,13 +1,23 @@
-"""Port-I/O and MMIO buses: an address range maps to one device.
+"""Port-I/O and MMIO buses: an address range maps to one BusDevice.
 
-A device is any object with read(offset, size) -> int and
-write(offset, size, value). Offsets are relative to the range's base.
+Offsets are relative to the range's base. What a device does with an
+access is its business; the bus only finds it.
 """
 from __future__ import annotations
 
 import bisect
 import threading
 from dataclasses import dataclass
+from typing import Protocol
+
+
+class BusDevice(Protocol):
+    """What a bus dispatches to: a vCPU's access of `size` bytes (1, 2, 4 or 8)
+    at `offset` into the device's range. Reads return the value, zero-extended."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
 
 
 class BusError(ValueError):
@@ -18,7 +28,7 @@ class BusError(ValueError):
 class Range:
     base: int
     size: int
-    device: object
+    device: BusDevice
     name: str
 
     @property
@@ -40,7 +50,7 @@ class Bus:
         self.accesses = 0
         self.listeners: list = []    # called with the bus after every change of its ranges
 
-    def register(self, base: int, size: int, device, name: str | None = None) -> Range:
+    def register(self, base: int, size: int, device: BusDevice, name: str | None = None) -> Range:
         if size <= 0:
             raise BusError(f"{self.name}: empty range at {base:#x}")
         rng = Range(base, size, device, name or type(device).__name__)
