@@ -1,9 +1,12 @@
 """Character backends for the serial console: where UART output goes, where input comes from.
 
 Every backend has the same three calls:
-  write(data)               guest output; never raises for a vanished reader
+  write(data)               guest output; never blocks, never raises: a reader that
+                            stalls gets OUTPUT_LIMIT bytes buffered, then output is
+                            dropped and counted (`dropped`, in --stats)
   start(sink, on_quit=None) begin delivering host input as sink(bytes)
-  close()                   stop input, restore the terminal, release files
+  close()                   stop input, restore the terminal, release files; a
+                            stalled reader gets CLOSE_FLUSH_S to catch up, no more
 
 parse_serial() turns a --serial argument into a backend.
 """
@@ -19,6 +22,8 @@ import termios
 import threading
 from typing import Callable
 
+from akvm.base.outqueue import OutputQueue
+
 Sink = Callable[[bytes], None]
 
 CTRL_A = 0x01
@@ -29,22 +34,23 @@ HELP_TEXT = (
     "C-a C-a  send C-a to the guest\r\n"
 )
 READ_CHUNK = 4096
+CLOSE_FLUSH_S = 0.5     # what close() gives a slow reader to catch up: shutdown stays bounded
+JOIN_S = 0.5            # how long close() waits for a backend's own thread
 
 
 class ChardevError(Exception):
     """A serial backend that cannot be set up (bad spec, unusable path)."""
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything, waiting out a non-blocking fd instead of dropping bytes."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[n:]
+def fd_writer(fd: int):
+    """send() for an OutputQueue over fd: blocking writes, a non-blocking fd waited out."""
+    def send(data) -> int:
+        while True:
+            try:
+                return os.write(fd, data)
+            except BlockingIOError:
+                select.select([], [fd], [])
+    return send
 
 
 class _Reader:
@@ -81,7 +87,7 @@ class _Reader:
             return
         os.write(self._wake_w, b"x")
         if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=JOIN_S)
         os.close(self._wake_w)
         os.close(self._wake_r)
         self._wake_w = self._wake_r = -1
@@ -92,6 +98,11 @@ class Chardev:
 
     def write(self, data: bytes) -> None:
         pass
+
+    @property
+    def dropped(self) -> int:
+        """Output bytes lost to a stalled or vanished reader."""
+        return 0
 
     def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
         pass
@@ -176,21 +187,18 @@ class StdioChardev(Chardev):
         self.escapes = self.is_tty if escapes is None else escapes
         self._saved_attrs = None
         self._reader: _Reader | None = None
-        self._out_lock = threading.Lock()
-        self._out_dead = False
+        # A reader that went away (EPIPE, EIO) ends output: it is dropped from then on.
+        self._out = OutputQueue(fd_writer(stdout_fd), "stdio-output")
+        self._err = OutputQueue(fd_writer(stderr_fd), "stdio-help")
         self._sink: Sink | None = None
         self._filter: EscapeFilter | None = None
 
     def write(self, data: bytes) -> None:
-        with self._out_lock:
-            if self._out_dead:
-                return
-            try:
-                _write_all(self.stdout_fd, data)
-            except OSError as e:
-                if e.errno not in (errno.EPIPE, errno.EIO, errno.EBADF):
-                    raise
-                self._out_dead = True   # nobody is reading: drop output from now on
+        self._out.put(data)
+
+    @property
+    def dropped(self) -> int:
+        return self._out.dropped
 
     def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
         if self._reader is not None:
@@ -213,15 +221,14 @@ class StdioChardev(Chardev):
             self._sink(data)
 
     def _print_help(self) -> None:
-        try:
-            _write_all(self.stderr_fd, HELP_TEXT.encode())
-        except OSError:
-            pass
+        self._err.put(HELP_TEXT.encode())
 
     def _restore_terminal(self) -> None:
+        # TCSANOW: TCSADRAIN would wait for a reader that may never drain the terminal.
+        # Output processing (OPOST) is the same in both modes, so nothing renders differently.
         if self._saved_attrs is not None:
             try:
-                termios.tcsetattr(self.stdin_fd, termios.TCSADRAIN, self._saved_attrs)
+                termios.tcsetattr(self.stdin_fd, termios.TCSANOW, self._saved_attrs)
             except (termios.error, OSError):
                 pass
             self._saved_attrs = None
@@ -234,6 +241,8 @@ class StdioChardev(Chardev):
     def close(self) -> None:
         if self._reader is not None:
             self._reader.stop()
+        self._out.close(CLOSE_FLUSH_S)
+        self._err.close(0)
         self._restore_terminal()
         atexit.unregister(self._restore_terminal)
 
@@ -248,18 +257,21 @@ class FileChardev(Chardev):
             self._fd = os.open(path, flags, 0o644)
         except OSError as e:
             raise ChardevError(f"--serial: cannot open {path}: {e.strerror or e}") from None
-        self._lock = threading.Lock()
+        # A full disk (ENOSPC) or an unwritable file ends output: dropped and counted.
+        self._out = OutputQueue(fd_writer(self._fd), f"file-output:{path}")
 
     def write(self, data: bytes) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                _write_all(self._fd, data)
+        self._out.put(data)
+
+    @property
+    def dropped(self) -> int:
+        return self._out.dropped
 
     def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
+        if self._fd >= 0:
+            if self._out.close(CLOSE_FLUSH_S):
+                os.close(self._fd)  # else its thread may still be in write(): the fd stays
+            self._fd = -1
 
 
 SERIAL_USAGE = "--serial: expected stdio, file:PATH, unix:PATH or none"

@@ -11,7 +11,8 @@ import stat
 import threading
 from typing import Callable
 
-from akvm.devices.chardev import READ_CHUNK, Chardev, ChardevError, Sink
+from akvm.base.outqueue import OutputQueue
+from akvm.devices.chardev import CLOSE_FLUSH_S, JOIN_S, READ_CHUNK, Chardev, ChardevError, Sink
 
 OFFLINE_BACKLOG = 64 * 1024
 
@@ -19,9 +20,10 @@ OFFLINE_BACKLOG = 64 * 1024
 class UnixSocketChardev(Chardev):
     """A listening UNIX stream socket; one client at a time is the console.
 
-    Output goes to the connected client; while there is none, the last
-    OFFLINE_BACKLOG bytes are kept and sent to the next client, so a console
-    attached after boot still sees the banner.
+    Output goes to the connected client through an OutputQueue, so a client
+    that stops reading never blocks the guest or the shutdown; while there is
+    none, the last OFFLINE_BACKLOG bytes are kept and sent to the next client,
+    so a console attached after boot still sees the banner.
     Further clients wait in the listen backlog until the current one leaves.
     A stale socket file is replaced; a live one (something accepts) or a
     path that is not a socket is refused.
@@ -39,6 +41,8 @@ class UnixSocketChardev(Chardev):
             raise ChardevError(f"--serial: cannot listen on {path}: {e.strerror or e}") from None
         self._inode = os.stat(path).st_ino
         self._client: socket.socket | None = None
+        self._out: OutputQueue | None = None    # the client's output
+        self._dropped = 0                       # by earlier clients' queues
         self._lock = threading.Lock()
         self._connected = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
@@ -88,12 +92,10 @@ class UnixSocketChardev(Chardev):
                 continue
             with self._lock:
                 self._client = client
+                self._out = OutputQueue(client.send, f"serial-unix-output:{self.path}")
                 self.clients += 1
-                pending, self._pending = bytes(self._pending), bytearray()
-                try:
-                    client.sendall(pending)
-                except OSError:
-                    pass
+                self._out.put(self._pending)
+                self._pending = bytearray()
             self._connected.set()
             stopping = self._pump_client(client, sink)
             self._drop_client(client)
@@ -117,9 +119,17 @@ class UnixSocketChardev(Chardev):
     def _drop_client(self, client: socket.socket) -> None:
         with self._lock:
             if self._client is client:
-                self._client = None
-                self._connected.clear()
+                self._detach()
             client.close()
+
+    def _detach(self) -> None:
+        """Forget the client: its queue's output is dropped. Caller holds _lock."""
+        if self._out is not None:
+            self._out.close(0)
+            self._dropped += self._out.dropped
+            self._out = None
+        self._client = None
+        self._connected.clear()
 
     def wait_for_client(self, timeout: float | None = None) -> bool:
         """Block until a client is connected (for tests and scripted consoles)."""
@@ -127,33 +137,36 @@ class UnixSocketChardev(Chardev):
 
     def write(self, data: bytes) -> None:
         with self._lock:
-            client = self._client
-            if client is None:
+            if self._out is None:
                 self._pending += data
                 del self._pending[:-OFFLINE_BACKLOG]
-                return
-            try:
-                client.sendall(data)
-            except OSError:
-                self._client = None     # gone; the serve thread notices EOF and closes it
-                self._connected.clear()
+            else:
+                self._out.put(data)    # a vanished client: dropped; the serve thread notices EOF
+
+    @property
+    def dropped(self) -> int:
+        with self._lock:
+            return self._dropped + (self._out.dropped if self._out is not None else 0)
 
     def close(self) -> None:
         if self._wake_w < 0:
             return
         os.write(self._wake_w, b"x")
-        client = self._client
+        with self._lock:
+            out, client = self._out, self._client
+        if out is not None:
+            out.close(CLOSE_FLUSH_S)
         if client is not None:
             try:
-                client.shutdown(socket.SHUT_RDWR)   # unblocks a write() stuck in sendall
+                client.shutdown(socket.SHUT_RDWR)   # unblocks its queue's thread in send()
             except OSError:
                 pass
         if self._thread is not None and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=2)
+            self._thread.join(timeout=JOIN_S)
         with self._lock:
             if self._client is not None:
                 self._client.close()
-                self._client = None
+                self._detach()
         self._listener.close()
         os.close(self._wake_w)
         os.close(self._wake_r)

@@ -18,6 +18,7 @@ from akvm.base.runloop import PIO, FastPath
 
 UART_PORTS = 8
 COALESCE_S = 0.0003    # console output may lag the guest by this much
+JOIN_S = 0.5           # close() waits this long for the thread (its console never blocks it)
 
 
 class SerialShortcut:
@@ -68,7 +69,9 @@ class SerialShortcut:
         self._closed = True
         os.eventfd_write(self.efd, 1)
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=JOIN_S)
+            if self._thread.is_alive():
+                return          # the eventfd stays open for it
         os.close(self.efd)
 
     def stats(self) -> dict:

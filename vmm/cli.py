@@ -11,10 +11,14 @@ import logging
 import sys
 
 from akvm import __version__
+from akvm.base.outqueue import TextOutput
 from akvm.boot.image import BootImage
 from akvm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
 from akvm.devicetable import help_text, parse_device, parse_iommu
 from akvm.base.exitcode import ExitCode
+
+# How long akvm's closing lines may wait for a stalled stderr before the process exits.
+STDERR_FLUSH_S = 0.25
 
 EPILOG = """\
 serial console: Ctrl-A x quits, Ctrl-A h shows the escape keys.
@@ -74,19 +78,29 @@ def config_from_args(args) -> MachineConfig:
 def main(argv: list[str] | None, image: BootImage) -> int:
     """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
+    # Messages while the VM runs, and its closing lines, go through a queue: a terminal
+    # or pipe nobody reads never blocks a vCPU that logs, nor the exit.
+    err = TextOutput(sys.stderr.fileno(), "stderr-output")
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+                        format="akvm: %(name)s: %(message)s", stream=err)
+    try:
+        return _run(args, image, err)
+    finally:
+        err.queue.close(STDERR_FLUSH_S)
+
+
+def _run(args, image: BootImage, err: TextOutput) -> int:
     try:
         config = config_from_args(args)
         image.start(config)
         from akvm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
-        print(f"akvm: error: {e}", file=sys.stderr)
+        print(f"akvm: error: {e}", file=err)
         return ExitCode.USAGE
     code, message = machine.run()
-    print(f"akvm: {message}", file=sys.stderr)
+    print(f"akvm: {message}", file=err)
     if config.stats:
-        print(machine.format_stats(), file=sys.stderr)
+        print(machine.format_stats(), file=err)
     return code
 

@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 
 from akvm.devices.acpi_pm import AcpiPm
 from akvm.devices.chardev import ChardevError, parse_serial
@@ -39,6 +40,9 @@ from akvm.tables import layout
 log = logging.getLogger("akvm.machine")
 
 COM1_PORT, COM1_IRQ = 0x3F8, 4
+# After the VM stops, how long run() waits for the vCPU threads (kicked out of KVM_RUN,
+# they end at once); each console and device thread has its own bound as well.
+VCPU_JOIN_S = 0.5
 # Addresses KVM needs on Intel VMX hosts (real-mode TSS, identity page table); unused elsewhere.
 TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
@@ -299,7 +303,9 @@ class Machine:
         self.stop(ExitCode.RESET, "guest reset the machine")
 
     def stop(self, code: ExitCode, message: str) -> None:
-        """End the run; the first reason given wins. Safe from any thread."""
+        """End the run; the first reason given wins. Safe from any thread, returns at
+        once: run() then tears the machine down, each step with a time bound, so a
+        stalled console or device never holds the process."""
         with self._stop_lock:
             if self.result is not None:
                 return
@@ -308,15 +314,19 @@ class Machine:
             t.kick()
         self._stopped.set()
 
+    def quit(self, reason: str) -> None:
+        """The user ends the run (Ctrl-A x, SIGTERM, SIGHUP, Ctrl-C, a control
+        command): exit status 0 with `reason` as the closing line. As stop()."""
+        self.stop(ExitCode.POWEROFF, reason)
+
     def run(self) -> tuple[ExitCode, str]:
         lib.akvm_install_kick_signal(KICK_SIGNAL)
-        self.serial.start(self.uart.receive,
-                          on_quit=lambda: self.stop(ExitCode.POWEROFF, "quit (Ctrl-A x)"))
+        self.serial.start(self.uart.receive, on_quit=lambda: self.quit("quit (Ctrl-A x)"))
         self.serial_shortcut.start(self.uart.flush_shortcut)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
-                signal.signal(sig, lambda signo, _: self.stop(
-                    ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
+                signal.signal(sig, lambda signo, _: self.quit(
+                    f"stopped by {signal.Signals(signo).name}"))
         for device in self.virtio_devices:
             device.start()
         for t in self.vcpus:
@@ -325,11 +335,12 @@ class Machine:
             while not self._stopped.wait(0.5):
                 pass
         except KeyboardInterrupt:
-            self.stop(ExitCode.POWEROFF, "interrupted")
+            self.quit("interrupted")
+        deadline = time.monotonic() + VCPU_JOIN_S
         for t in self.vcpus:
-            t.join(timeout=2.0)
-        self._close_serial()
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         self._close_virtio()
+        self._close_serial()
         return self.result
 
     def _close_serial(self) -> None:
@@ -367,7 +378,8 @@ class Machine:
                      f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
         sc = self.serial_shortcut.stats()
         lines.append(f"  com1: {self.uart.tx_bytes} bytes out ({sc['tx_bytes']} through C), "
-                     f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C")
+                     f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C, "
+                     f"{self.serial.dropped} bytes dropped by a stalled console")
         lines.append(f"  {self.completer.format_stats()}")
         for device in self.virtio_devices:
             sent, by_irqfd = device.transport.interrupt_counts()

@@ -98,5 +98,6 @@ class VirtioConsole(VirtioDevice):
             self.tx_bytes += 1
 
     def format_stats(self) -> str:
-        return (f"{self.name}: {self.tx_bytes} bytes out, {self.rx_bytes} bytes in, "
-                f"{self.rx_dropped} dropped, {self.errors} errors")
+        return (f"{self.name}: {self.tx_bytes} bytes out ({self.chardev.dropped} dropped by "
+                f"a stalled backend), {self.rx_bytes} bytes in, {self.rx_dropped} dropped, "
+                f"{self.errors} errors")

@@ -137,10 +137,10 @@ class VirtioDevice:
         self.worker.start()
 
     def close(self) -> None:
-        if self.worker is not None:
-            self.worker.stop()
-        for fd in self.kick_fds:
-            os.close(fd)
+        """Stop the thread (bounded: Worker.stop) and release what the device holds."""
+        if self.worker is None or self.worker.stop():
+            for fd in self.kick_fds:
+                os.close(fd)
         self.kick_fds = []
         self.on_close()
 

@@ -17,6 +17,8 @@ from typing import Callable
 
 log = logging.getLogger("akvm.virtio")
 
+JOIN_S = 0.5            # how long stop() waits for the thread to finish what it is doing
+
 
 def new_eventfd() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -70,16 +72,21 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = JOIN_S) -> bool:
+        """Stop the thread; False when it is still busy after `timeout` s (in backend
+        I/O that does not end: its descriptors then stay open for it)."""
         if self._wake < 0:
-            return
+            return True
         self._stopping = True
         os.eventfd_write(self._wake, 1)
         if self._thread is not None and not self.on_thread:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout)
+            if self._thread.is_alive():
+                return False
         self._selector.close()
         os.close(self._wake)
         self._wake = -1
+        return True
 
     def _run_calls(self) -> None:
         drain_eventfd(self._wake)

@@ -7,6 +7,8 @@
  *   s  start the second CPU with INIT-SIPI-SIPI; it prints, then power off
  *   e  echo serial input until 'q', then power off
  *   c  check that PIT channel 0 is already counting (a BIOS leaves it so)
+ *   f  flood COM1 forever, 4 KiB per `rep outsb` (one exit each)
+ *   F  flood COM1 with 384 KiB, then power off
  */
 	.set MB_MAGIC, 0x1BADB002
 	.set MB_FLAGS, 0x3
@@ -14,6 +16,9 @@
 	.set PM1A_CNT, 0x604
 	.set TRAMPOLINE, 0x8000
 	.set AP_FLAG, 0x9F000
+	.set FLOOD_BUF, 0x300000
+	.set FLOOD_CHUNK, 4096
+	.set FLOOD_CHUNKS, 96		/* 'F': 384 KiB */
 	.set LAPIC_SVR, 0xFEE000F0
 	.set LAPIC_ICR_LO, 0xFEE00300
 	.set LAPIC_ICR_HI, 0xFEE00310
@@ -47,6 +52,10 @@ _start:
 	je echo
 	cmp $'c', %al
 	je pit
+	cmp $'f', %al
+	je flood
+	cmp $'F', %al
+	je flood
 	jmp poweroff
 
 poweroff:
@@ -79,6 +88,26 @@ echo:
 	call putc
 	mov $COM1 + 5, %dx
 	jmp 1b
+
+/* flood: fill FLOOD_BUF with lines of '.', then send it with rep outsb,
+ * forever ('f') or FLOOD_CHUNKS times ('F', then power off). %al holds the mode. */
+flood:
+	mov %al, %bl
+	mov $FLOOD_BUF, %edi
+	mov $FLOOD_CHUNK, %ecx
+	mov $'.', %al
+	rep stosb
+	movb $'\n', FLOOD_BUF + 63
+	mov $FLOOD_CHUNKS, %ebp
+1:	mov $FLOOD_BUF, %esi
+	mov $FLOOD_CHUNK, %ecx
+	mov $COM1, %dx
+	rep outsb
+	cmp $'f', %bl
+	je 1b
+	dec %ebp
+	jnz 1b
+	jmp poweroff
 
 pit:
 	call pit_read
