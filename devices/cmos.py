@@ -7,6 +7,11 @@ host UTC plus an offset the guest can change by writing the time registers.
 The memory-size bytes follow the IBM AT / SeaBIOS conventions.
 
 No interrupts are generated (IRQ 8 is not wired): status C always reads 0.
+
+While status B's SET bit is on the guest may write anything into the time
+registers (a month 0x13, a day 0, bad BCD digits), as on the chip: reads
+give those back, cut to a byte, and the day of the week of a date that is
+not one reads as the guest last wrote it. Nothing a guest writes raises.
 """
 from __future__ import annotations
 
@@ -128,7 +133,9 @@ class Cmos:
         self.offset = when - int(self.clock())
 
     def _encode(self, value: int) -> int:
-        return value if self.ram[RTC_STATUS_B] & STATUS_B_DM else to_bcd(value)
+        """A register's byte: binary, or two BCD digits (a field set out of range
+        while SET was on keeps its low byte, or its last two decimal digits)."""
+        return value & 0xFF if self.ram[RTC_STATUS_B] & STATUS_B_DM else to_bcd(value % 100)
 
     def _decode(self, value: int) -> int:
         return value if self.ram[RTC_STATUS_B] & STATUS_B_DM else from_bcd(value)
@@ -153,10 +160,8 @@ class Cmos:
             return self._encode(f["minute"])
         if reg == RTC_HOURS:
             return self._encode_hour(f["hour"])
-        if reg == RTC_DAY_OF_WEEK:      # 1 = Sunday
-            import calendar     # (as in _set_offset)
-            weekday = calendar.weekday(f["year"], f["month"], f["day"])  # 0 = Monday
-            return self._encode((weekday + 1) % 7 + 1)
+        if reg == RTC_DAY_OF_WEEK:
+            return self._day_of_week(f)
         if reg == RTC_DAY_OF_MONTH:
             return self._encode(f["day"])
         if reg == RTC_MONTH:
@@ -164,6 +169,15 @@ class Cmos:
         if reg == RTC_YEAR:
             return self._encode(f["year"] % 100)
         return self._encode(f["year"] // 100)       # RTC_CENTURY
+
+    def _day_of_week(self, f: dict[str, int]) -> int:
+        """1 = Sunday; for a date that is not one (set under SET), the register's byte."""
+        import calendar     # (as in _set_offset)
+        try:
+            weekday = calendar.weekday(f["year"], f["month"], f["day"])  # 0 = Monday
+        except ValueError:
+            return self.ram[RTC_DAY_OF_WEEK]
+        return self._encode((weekday + 1) % 7 + 1)
 
     def _write_time(self, reg: int, value: int) -> None:
         f = self._fields()
@@ -182,7 +196,8 @@ class Cmos:
         elif reg == RTC_CENTURY:
             f["year"] = self._decode(value) * 100 + f["year"] % 100
         else:
-            return                      # day of week follows from the date
+            self.ram[RTC_DAY_OF_WEEK] = value   # it follows from the date, while there is one
+            return
         if self._frozen is not None:
             self._frozen = f
         else:
@@ -219,6 +234,7 @@ class Cmos:
         was_set = self.ram[RTC_STATUS_B] & STATUS_B_SET
         if value & STATUS_B_SET and not was_set:
             self._frozen = self._now_fields()       # the guest is about to set the time
+            self.ram[RTC_DAY_OF_WEEK] = self._day_of_week(self._frozen)
         self.ram[RTC_STATUS_B] = value
         if was_set and not value & STATUS_B_SET:
             frozen, self._frozen = self._frozen, None

@@ -1,8 +1,26 @@
-"""Shared fixtures: skip markers for tests that need /dev/kvm, gcc/binutils or QEMU."""
+"""Shared fixtures: skip markers for tests that need /dev/kvm, gcc/binutils or QEMU;
+hypothesis profiles.
+
+Profiles (HYPOTHESIS_PROFILE, default `ci` when CI is set, else hypothesis's own):
+  ci     derandomized (the same examples every run), no deadline: CI is reproducible
+  long   20 times each test's examples, random: a soak before a release, or after
+         a change to a C path (the campaigns in tools/fuzz go further)
+Tests give their example counts through examples(n), which the profile scales.
+"""
 import os
 import shutil
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("long", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default"))
+
+
+def examples(n: int) -> int:
+    """A test's example count under the loaded profile (`long`: 20 times n)."""
+    return n * settings().max_examples // 100
 
 
 def kvm_usable() -> str | None:

@@ -343,6 +343,12 @@ class Machine:
         self._close_serial()
         return self.result
 
+    def close(self) -> None:
+        """Release a machine that was built and never ran (tests, tools/fuzz)."""
+        self._close_virtio()
+        self._close_serial()
+        self._close_vm()
+
     def _close_serial(self) -> None:
         """Stop the C transmit path, send what it still holds, close the console."""
         if self.serial_shortcut is not None:
@@ -372,7 +378,8 @@ class Machine:
         for i, bus in enumerate((self.pio_bus, self.mmio_bus)):
             lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
                          f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
-                         f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
+                         f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes, "
+                         f"{bus.device_errors} device errors")
         pc = self.pci_conf_shortcut.stats()
         lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
                      f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")

@@ -18,7 +18,7 @@ class Recorder:
 def test_dispatch_passes_offset_relative_to_base():
     bus, dev = Bus("pio"), Recorder()
     bus.register(0x3F8, 8, dev)
-    assert bus.read(0x3FA, 1) == 0x1002
+    assert bus.read(0x3FA, 2) == 0x1002
     bus.write(0x3FF, 1, 0x55)
     assert dev.writes == [(7, 1, 0x55)]
 
@@ -67,3 +67,59 @@ def test_unregister_frees_the_range():
 def test_empty_range_refused():
     with pytest.raises(BusError):
         Bus("pio").register(0x80, 0, Recorder())
+
+
+class Broken:
+    """A device model with a bug on register 2."""
+
+    def __init__(self):
+        self.writes = []
+
+    def read(self, offset, size):
+        if offset == 2:
+            raise ValueError("month must be in 1..12")
+        return 0x1234_5678_9ABC
+
+    def write(self, offset, size, value):
+        if offset == 2:
+            raise KeyError(value)
+        self.writes.append(offset)
+
+
+def test_a_device_error_is_answered_counted_and_logged_once(caplog):
+    bus, dev = Bus("pio"), Broken()
+    bus.register(0x70, 4, dev, "cmos")
+    for _ in range(3):
+        assert bus.read(0x72, 1) == 0xFF            # all ones for the access's size
+        assert bus.read(0x72, 4) == 0xFFFF_FFFF
+        bus.write(0x72, 1, 7)                       # dropped
+    bus.write(0x71, 1, 7)
+    assert dev.writes == [1]                        # the device goes on working
+    assert bus.device_errors == 9
+    errors = [r for r in caplog.records if r.name == "akvm.bus"]
+    assert len(errors) == 2                         # one per register and kind
+    assert "cmos" in errors[0].getMessage() and "offset 0x2" in errors[0].getMessage()
+
+
+def test_a_read_is_cut_to_its_size():
+    bus = Bus("mmio")
+    bus.register(0x1000, 8, Broken())
+    assert bus.read(0x1000, 1) == 0xBC
+    assert bus.read(0x1000, 4) == 0x5678_9ABC
+
+
+def test_a_guest_cannot_flood_the_log(caplog):
+    from akvm.base.bus import LOGGED_LIMIT
+
+    class Always:
+        def read(self, offset, size):
+            raise RuntimeError(offset)
+
+        def write(self, offset, size, value):
+            raise RuntimeError(offset)
+    bus = Bus("mmio")
+    bus.register(0, 1 << 20, Always())
+    for offset in range(0, 1 << 20, 4096):
+        bus.read(offset, 4)
+    assert bus.device_errors == 256
+    assert len([r for r in caplog.records if r.name == "akvm.bus"]) == LOGGED_LIMIT + 1

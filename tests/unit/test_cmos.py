@@ -184,3 +184,40 @@ def test_wide_access(clock):
     cmos, _ = make(clock)
     cmos.write(0, 2, 0x5A << 8 | 0x41)         # outw 0x70: index 0x41, data 0x5A
     assert cmos.read(1, 1) == 0x5A
+
+
+def cmos_rd(cmos, reg):
+    """Straight to the model, without the bus that would hide an exception."""
+    cmos.write(0, 1, reg)
+    return cmos.read(1, 1)
+
+
+def cmos_wr(cmos, reg, value):
+    cmos.write(0, 1, reg)
+    cmos.write(1, 1, value)
+
+
+def test_a_month_13_under_set_then_the_day_of_week(clock):
+    """The seven instructions that stopped the VM: SET, month 0x13, read day of week."""
+    cmos, _ = make(clock)
+    cmos_wr(cmos, 0x0B, 0x82)
+    cmos_wr(cmos, 0x08, 0x13)
+    assert cmos_rd(cmos, 0x06) == 0x05         # no such date: as last set (Thursday, 5)
+    cmos_wr(cmos, 0x06, 0x03)
+    assert cmos_rd(cmos, 0x06) == 0x03
+    assert cmos_rd(cmos, 0x08) == 0x13
+    cmos_wr(cmos, 0x0B, 0x02)                  # SET off: the nonsense date is not taken
+    assert cmos_rd(cmos, 0x08) == 0x02 and cmos_rd(cmos, 0x06) == 0x05
+
+
+@pytest.mark.parametrize("mode", [0x82, 0x86, 0x80, 0x84])    # BCD/binary, 24/12-hour
+def test_every_byte_in_every_time_register_reads_back_a_byte(clock, mode):
+    cmos, _ = make(clock)
+    for reg in (0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32):
+        for value in range(256):
+            cmos_wr(cmos, 0x0B, mode)
+            cmos_wr(cmos, reg, value)
+            for r in (0x00, 0x02, 0x04, 0x06, 0x07, 0x08, 0x09, 0x32):
+                assert 0 <= cmos_rd(cmos, r) <= 0xFF
+            cmos_wr(cmos, 0x0B, mode & ~0x80)   # and what SET off makes of it
+            assert 0 <= cmos_rd(cmos, 0x06) <= 0xFF and 0 <= cmos_rd(cmos, reg) <= 0xFF

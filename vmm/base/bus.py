@@ -1,11 +1,16 @@
 """Port-I/O and MMIO buses: an address range maps to one BusDevice.
 
 Offsets are relative to the range's base. What a device does with an
-access is its business; the bus only finds it.
+access is its business; the bus only finds it, and keeps a device model's
+bug from becoming the guest's weapon: an exception out of a device is
+logged once per device and register, the read answers all ones, the write
+is dropped, and both are counted (`device_errors`); the VM runs on. A read
+is cut to the access's size, whatever the device returned.
 """
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Protocol
@@ -18,6 +23,11 @@ class BusDevice(Protocol):
     def read(self, offset: int, size: int) -> int: ...
 
     def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+log = logging.getLogger("akvm.bus")
+
+LOGGED_LIMIT = 64       # registers whose device errors are logged; a guest cannot flood the log
 
 
 class BusError(ValueError):
@@ -48,6 +58,8 @@ class Bus:
         self.unclaimed_reads = 0
         self.unclaimed_writes = 0
         self.accesses = 0
+        self.device_errors = 0      # accesses a device model raised on (answered, dropped)
+        self._logged: set[tuple[str, int, str]] = set()
         self.listeners: list = []    # called with the bus after every change of its ranges
 
     def register(self, base: int, size: int, device: BusDevice, name: str | None = None) -> Range:
@@ -88,11 +100,16 @@ class Bus:
 
     def read(self, addr: int, size: int) -> int:
         self.accesses += 1
+        ones = (1 << (8 * size)) - 1
         rng = self.find(addr)
         if rng is None:
             self.unclaimed_reads += 1
-            return (1 << (8 * size)) - 1
-        return rng.device.read(addr - rng.base, size)
+            return ones
+        try:
+            return rng.device.read(addr - rng.base, size) & ones
+        except Exception as e:     # a device model's bug: the guest gets all ones
+            self._device_error(rng, addr - rng.base, "read", e)
+            return ones
 
     def write(self, addr: int, size: int, value: int) -> None:
         self.accesses += 1
@@ -100,7 +117,25 @@ class Bus:
         if rng is None:
             self.unclaimed_writes += 1
             return
-        rng.device.write(addr - rng.base, size, value)
+        try:
+            rng.device.write(addr - rng.base, size, value)
+        except Exception as e:     # a device model's bug: the write is dropped
+            self._device_error(rng, addr - rng.base, "write", e)
+
+    def _device_error(self, rng: Range, offset: int, kind: str, e: Exception) -> None:
+        self.device_errors += 1
+        key = (rng.name, offset, kind)
+        if key in self._logged or len(self._logged) > LOGGED_LIMIT:
+            return
+        self._logged.add(key)
+        if len(self._logged) > LOGGED_LIMIT:
+            log.error("%s bus: more device errors than %d registers: no more are logged "
+                      "(--stats counts them)", self.name, LOGGED_LIMIT)
+            return
+        log.error("%s bus: %s: internal error on a %s at offset %#x (%r); the access is %s, "
+                  "the VM runs on (logged once for this register)", self.name, rng.name, kind,
+                  offset, e, "answered with all ones" if kind == "read" else "dropped",
+                  exc_info=e)
 
     def ranges(self) -> list[Range]:
         return list(self._table[1])

@@ -1,0 +1,1 @@
+"""Long fuzzing campaigns: `python -m tools.fuzz [NAME...] [--ops N]` (see __main__)."""
