@@ -56,3 +56,26 @@ def tiny_kernel_at_64m(tmp_path_factory):
         pytest.skip("needs GNU as and ld to build test kernels")
     from tests.kernels import build_tiny
     return build_tiny(tmp_path_factory.mktemp("tiny64m"), 0x4000000)
+
+
+@pytest.fixture(scope="session")
+def io_shim(tmp_path_factory):
+    """tests/shim/ioshim.c as an LD_PRELOAD library: a disk with a volatile write
+    cache (held writes, lost when the process dies) and slow reads, for one file."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build the I/O shim")
+    import pathlib
+    import subprocess
+    out = tmp_path_factory.mktemp("shim") / "ioshim.so"
+    src = pathlib.Path(__file__).parent / "shim" / "ioshim.c"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", str(out),
+                    str(src), "-ldl", "-lpthread"], check=True)
+    return out
+
+
+def shim_env(shim, path, **settings) -> dict:
+    """The environment that puts `shim` (io_shim) in front of the file at `path`."""
+    st = os.stat(path)
+    env = dict(os.environ, LD_PRELOAD=str(shim), AKVM_SHIM_FILE=f"{st.st_dev}:{st.st_ino}")
+    env.update({f"AKVM_SHIM_{k.upper()}": str(v) for k, v in settings.items()})
+    return env

@@ -98,7 +98,9 @@ class VirtioBlk(VirtioDevice):
 
     def serve(self, vq: Virtqueue) -> None:
         """Rounds of the queue in C; a request C stops at is done here, then C goes on.
-        Translated DMA, or a ring word C cannot reach: VirtioDevice.serve()."""
+        Translated DMA, or a ring word C cannot reach: VirtioDevice.serve(). Behind an
+        IOMMU, C takes one request per call: whether DMA is passed through is asked
+        again before each (the guest may turn translation on between two)."""
         while True:
             with self.lock:
                 if not self.usable(vq):
@@ -106,9 +108,14 @@ class VirtioBlk(VirtioDevice):
                 native, epoch = self._native_for(vq), self.epoch
                 if native is not None:
                     native.load(vq)
+                    native.run.limit = 0 if vq.native is not None else 1
             if native is None:
                 return super().serve(vq)
-            code = native.serve()
+            try:
+                with self.image.using():    # the fd C uses stays open until C returns
+                    code = native.serve()
+            except OSError:                 # the image is closed: the VM is ending
+                return
             with self.lock:
                 self._count(native.run)
                 if epoch != self.epoch:
@@ -198,8 +205,9 @@ class VirtioBlk(VirtioDevice):
     def _read(self, req: Request, sector: int, length: int) -> int:
         if not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR
-        if self.image.preadv(req.views(True, 0, length), sector * SECTOR_SIZE) != length:
-            return VIRTIO_BLK_S_IOERR
+        with req.mapped(True, 0, length) as views:
+            if self.image.preadv(views, sector * SECTOR_SIZE) != length:
+                return VIRTIO_BLK_S_IOERR
         self.reads += 1
         self.bytes_read += length
         return VIRTIO_BLK_S_OK
@@ -208,8 +216,9 @@ class VirtioBlk(VirtioDevice):
         length = req.readable_len - _HEADER.size
         if self.image.readonly or not self._in_range(sector, length):
             return VIRTIO_BLK_S_IOERR
-        if self.image.pwritev(req.views(False, _HEADER.size, length), sector * SECTOR_SIZE) != length:
-            return VIRTIO_BLK_S_IOERR
+        with req.mapped(False, _HEADER.size, length) as views:
+            if self.image.pwritev(views, sector * SECTOR_SIZE) != length:
+                return VIRTIO_BLK_S_IOERR
         self._write_through()
         self.writes += 1
         self.bytes_written += length

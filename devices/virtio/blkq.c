@@ -19,9 +19,11 @@
  * errno for Python to log): retrying a failed fdatasync could report lost
  * writes as durable.
  *
- * `lock` plays the device lock's part: held except across file I/O, and
- * taken by akvm_blkq_stop() (a reset), after which nothing here touches
- * guest memory. */
+ * `lock` plays the device lock's part: held except across file I/O, whose
+ * calls are counted in `io`. akvm_blkq_stop() (a reset) takes it and waits
+ * until no call is in flight: when it returns, nothing here touches guest
+ * memory again (a read that was moving data into it has finished, and no
+ * status or used entry follows). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -45,6 +47,8 @@ _Static_assert(AKVM_BLKQ_ID_BYTES == VIRTIO_BLK_ID_BYTES, "GET_ID's answer");
 
 struct akvm_blkq {
 	pthread_mutex_t lock;
+	pthread_cond_t idle;		/* signalled when io drops to 0 */
+	unsigned int io;		/* file I/O calls in flight (lock dropped) */
 	int stopped;
 	struct akvm_blkq_config c;
 	const struct akvm_mem_slot *slots;
@@ -108,13 +112,27 @@ static int stream(struct akvm_blkq *q, int nsegs, int write, uint64_t offset, ui
 	return k;
 }
 
+/* Drop `lock` for file I/O; akvm_blkq_stop() waits for the matching io_end(). */
+static void io_begin(struct akvm_blkq *q)
+{
+	q->io++;
+	pthread_mutex_unlock(&q->lock);
+}
+
+static void io_end(struct akvm_blkq *q)
+{
+	pthread_mutex_lock(&q->lock);
+	if (--q->io == 0)
+		pthread_cond_broadcast(&q->idle);
+}
+
 /* preadv/pwritev of all of iov at offset, resuming after short transfers, with
  * `lock` released (image.py's _vectored()). Bytes moved, or -errno. */
 static int64_t transfer(struct akvm_blkq *q, int write, struct iovec *iov, int n, uint64_t offset)
 {
 	int64_t done = 0;
 
-	pthread_mutex_unlock(&q->lock);
+	io_begin(q);
 	while (n) {
 		ssize_t r = write ? pwritev(q->c.fd, iov, n, (off_t)(offset + done))
 				  : preadv(q->c.fd, iov, n, (off_t)(offset + done));
@@ -132,7 +150,7 @@ static int64_t transfer(struct akvm_blkq *q, int write, struct iovec *iov, int n
 			iov->iov_len -= (size_t)r;
 		}
 	}
-	pthread_mutex_lock(&q->lock);
+	io_end(q);
 	return done;
 }
 
@@ -141,12 +159,12 @@ static int sync_image(struct akvm_blkq *q)
 {
 	int r;
 
-	pthread_mutex_unlock(&q->lock);
+	io_begin(q);
 	do
 		r = fdatasync(q->c.fd);
 	while (r < 0 && errno == EINTR);
 	r = r < 0 ? -errno : 0;
-	pthread_mutex_lock(&q->lock);
+	io_end(q);
 	return r;
 }
 
@@ -298,9 +316,12 @@ static int round_locked(struct akvm_blkq *q, struct akvm_blkq_run *run)
 		return AKVM_BLKQ_STOPPED;
 	if (set_notify(q, run, 0) || (n = pending(q, run)) < 0)
 		return AKVM_BLKQ_RING;
-	for (; n; n--)
+	for (; n; n--) {
+		if (run->limit && run->completed == run->limit)
+			return AKVM_BLKQ_AGAIN;	/* notifications stay off: Python calls again */
 		if ((code = serve_one(q, run)) != TAKEN)
 			return code;
+	}
 	if (set_notify(q, run, 1) || (n = pending(q, run)) < 0)
 		return AKVM_BLKQ_RING;
 	return n ? AKVM_BLKQ_AGAIN : AKVM_BLKQ_DONE;
@@ -330,6 +351,7 @@ struct akvm_blkq *akvm_blkq_new(const struct akvm_blkq_config *config,
 	if (!q)
 		return NULL;
 	pthread_mutex_init(&q->lock, NULL);
+	pthread_cond_init(&q->idle, NULL);
 	q->c = *config;
 	q->slots = slots;
 	q->nslots = nslots;
@@ -340,6 +362,7 @@ void akvm_blkq_free(struct akvm_blkq *q)
 {
 	if (!q)
 		return;
+	pthread_cond_destroy(&q->idle);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
 }
@@ -348,6 +371,8 @@ void akvm_blkq_stop(struct akvm_blkq *q)
 {
 	pthread_mutex_lock(&q->lock);
 	q->stopped = 1;
+	while (q->io)
+		pthread_cond_wait(&q->idle, &q->lock);
 	pthread_mutex_unlock(&q->lock);
 }
 

@@ -10,7 +10,8 @@
  * notifications on. It stops, leaving the request unpopped, at one for
  * Python: any other type, or anything Python reports or refuses. The
  * queue's state travels in akvm_blkq_run, in and out. akvm_blkq_stop()
- * (a reset) returns once the queue will not touch guest memory again. */
+ * (a reset) returns once the queue will not touch guest memory again: it
+ * waits for file I/O in flight (a read into guest RAM) to finish. */
 #define AKVM_BLKQ_MAX_SEGS 1024		/* buffers per chain (IOV_MAX); more: Python */
 #define AKVM_BLKQ_ID_BYTES 20
 struct akvm_blkq_config {
@@ -26,6 +27,7 @@ struct akvm_blkq_config {
 struct akvm_blkq_run {
 	unsigned int last_avail, used_idx;	/* in and out, as in Virtqueue */
 	int signalled_used;			/* in and out; -1: none yet */
+	unsigned int limit;			/* in: requests per call at most (0: all); more: AGAIN */
 	unsigned int completed;			/* out: requests put on the used ring */
 	int notify;				/* out: the driver wants an interrupt */
 	int error;				/* out: errno of the last failed I/O */

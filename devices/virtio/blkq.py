@@ -59,5 +59,6 @@ class NativeBlkQueue:
         vq.signalled_used = None if run.signalled_used < 0 else run.signalled_used
 
     def stop(self) -> None:
-        """No guest memory access from now on (a reset; waits for one ring update at most)."""
+        """No guest memory access from now on (a reset): waits for the file I/O in
+        flight, which may be moving data into guest RAM, to finish."""
         lib.akvm_blkq_stop(self.handle)

@@ -16,10 +16,13 @@ it is held for memory copies only, never across backend I/O, so a vCPU
 writing a register waits at most for one copy. A reset bumps `epoch`: a
 request taken before it is abandoned (Abandoned) at its next memory
 access, so a reset device never writes into memory the driver reclaimed.
+Backend I/O straight into guest memory (Request.mapped) is counted, and a
+reset waits for it: when reset() returns, no request touches guest RAM.
 Interrupts are sent with the lock released (the transport takes its own).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -76,11 +79,22 @@ class Request:
             self.device.check_epoch(self.epoch)
             return self.chain.scatter(self.vq.dma, offset, data)
 
-    def views(self, write: bool, offset: int, n: int) -> list[memoryview]:
-        """The writable (or readable) buffers at offset as views of guest memory."""
-        with self.device.lock:
-            self.device.check_epoch(self.epoch)
-            return self.chain.views(self.vq.dma, write, offset, n)
+    @contextlib.contextmanager
+    def mapped(self, write: bool, offset: int, n: int):
+        """The writable (or readable) buffers at offset as views of guest memory, for
+        I/O with the lock released; a reset waits until the block is left."""
+        device = self.device
+        with device.lock:
+            device.check_epoch(self.epoch)
+            views = self.chain.views(self.vq.dma, write, offset, n)
+            device.mapped_io += 1
+        try:
+            yield views
+        finally:
+            with device.lock:
+                device.mapped_io -= 1
+                if not device.mapped_io:
+                    device.io_idle.notify_all()
 
     def complete(self, written: int) -> None:
         """Return the chain on the used ring, `written` bytes filled, and notify the driver."""
@@ -105,6 +119,8 @@ class VirtioDevice:
         self.config_generation = 0
         self.config = bytearray(config_size)
         self.lock = threading.RLock()
+        self.io_idle = threading.Condition(self.lock)    # mapped_io dropped to 0
+        self.mapped_io = 0                 # Request.mapped() blocks in progress
         self.epoch = 0
         self.transport = None              # signal_queue(vq), signal_config()
         self.direct_dma = None
@@ -237,7 +253,8 @@ class VirtioDevice:
             self.needs_reset(str(error))
 
     def reset(self) -> None:
-        """Device reset: back to the state after power-on; requests in flight are abandoned."""
+        """Device reset: back to the state after power-on; requests in flight are abandoned,
+        and I/O already moving data to or from guest memory is waited for."""
         with self.lock:
             self.epoch += 1
             self.status = 0
@@ -246,6 +263,8 @@ class VirtioDevice:
             for vq in self.queues:
                 vq.reset()
             self.on_reset()
+            while self.mapped_io:
+                self.io_idle.wait()
 
     def check_epoch(self, epoch: int) -> None:
         if epoch != self.epoch or self.status & VIRTIO_STATUS_DEVICE_NEEDS_RESET:

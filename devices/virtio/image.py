@@ -3,13 +3,20 @@
 Opened with an advisory lock (shared when read-only, exclusive otherwise),
 so two VMs cannot write one image. The size is whatever the file (or block
 device) holds now.
+
+The descriptor is never closed under a call that uses it: every call (and
+the C queue, through using()) holds it in use, and close() leaves the last
+user to close it. Were it closed early, its number could be reused by
+another file that the call would then write into.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
+import threading
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -59,31 +66,55 @@ class RawImage:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise ImageError("in use by another process (it is locked)") from None
             raise ImageError(f"cannot lock: {e.strerror or e}") from None
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @contextlib.contextmanager
+    def using(self):
+        """The descriptor, held open until the block ends; OSError(EBADF) once closed."""
+        with self._lock:
+            if self._closing:
+                raise OSError(errno.EBADF, "the image is closed")
+            self._users += 1
+        try:
+            yield self.fd
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._closing and not self._users:
+                    self._close_fd()
 
     @property
     def size(self) -> int:
-        return os.lseek(self.fd, 0, os.SEEK_END)
+        with self.using() as fd:
+            return os.lseek(fd, 0, os.SEEK_END)
 
     def preadv(self, buffers: list[memoryview], offset: int) -> int:
         """Fill buffers (views of guest memory) from offset without a copy; bytes read."""
-        return _vectored(os.preadv, self.fd, buffers, offset)
+        with self.using() as fd:
+            return _vectored(os.preadv, fd, buffers, offset)
 
     def pwritev(self, buffers: list[memoryview], offset: int) -> int:
         """Write buffers (views of guest memory) at offset without a copy; bytes written."""
-        return _vectored(os.pwritev, self.fd, buffers, offset)
+        with self.using() as fd:
+            return _vectored(os.pwritev, fd, buffers, offset)
 
     def pwrite(self, data, offset: int) -> None:
         view = memoryview(data)
-        while view:
-            done = os.pwrite(self.fd, view, offset)
-            view, offset = view[done:], offset + done
+        with self.using() as fd:
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view, offset = view[done:], offset + done
 
     def fdatasync(self) -> None:
-        os.fdatasync(self.fd)
+        with self.using() as fd:
+            os.fdatasync(fd)
 
     def _fallocate(self, mode: int, offset: int, length: int) -> bool:
-        if _libc.fallocate(self.fd, mode, offset, length) == 0:
-            return True
+        with self.using() as fd:
+            if _libc.fallocate(fd, mode, offset, length) == 0:
+                return True
         err = ctypes.get_errno()
         if err in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             return False
@@ -104,6 +135,14 @@ class RawImage:
             offset, length = offset + n, length - n
 
     def close(self) -> None:
+        """Close now, or when the last call using the descriptor returns."""
+        with self._lock:
+            self._closing = True
+            if not self._users:
+                self._close_fd()
+
+    def _close_fd(self) -> None:
+        """Caller holds _lock."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

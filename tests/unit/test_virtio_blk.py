@@ -472,3 +472,60 @@ def test_dma_views_are_refused_outside_ram():
     assert dma.read(0x1000, 2) == b"hi"
     with pytest.raises(DmaError):
         dma.views(0x1F00, 0x200, True)
+
+
+def test_the_pass_through_decision_is_made_for_each_request(image_path):
+    """Behind the IOMMU, C serves a queue while the device's context passes DMA through.
+    The guest makes the context translating (and invalidates it) right after the first
+    of two available reads was decided: the second must go through the new translation,
+    to the frame its data page now maps to, not straight to the guest-physical page."""
+    from akvm.iommu.vtd import CCMD
+    from tests.unit.vtd_tables import PAGE, SID, Rig
+    rig = Rig()
+    rig.enable()
+    rig.set_context(SID, tt=2, did=3)                   # pass-through
+    table = rig.page()
+    alloc = Allocator(start=8 << 20, end=9 << 20)
+    reads = [(alloc(16), alloc(PAGE, align=PAGE), alloc(1)) for _ in range(2)]
+    frame = rig.data_page(0x77)                         # where the second read must land
+    for page in range(0, 1 << 20, PAGE):                # rings and buffers: identity, but...
+        rig.map(table, page, page)
+    for page in range(8 << 20, 9 << 20, PAGE):
+        rig.map(table, page, page)
+    rig.map(table, reads[1][1], frame)                  # ...the second read's data page
+    dma = rig.dma()
+    dev = VirtioBlk(RawImage(str(image_path)))
+    (q,) = bring_up(dev, rig.mem, dma=dma)
+    for sector, (hdr, data, status) in enumerate(reads):
+        rig.mem.write(hdr, struct.pack("<IIQ", VIRTIO_BLK_T_IN, 0, sector))
+        rig.mem.write(data, b"\xee" * PAGE)
+        q.add([(hdr, 16, False), (data, 512, True), (status, 1, True)])
+    asked = dma.untranslated
+
+    def untranslated():
+        answer = asked()
+        if answer:                                      # a vCPU, just after this decision
+            rig.set_context(SID, tt=0, did=3, table=table)
+            rig.w64(CCMD, 1 << 63 | 1 << 61)            # global context-cache invalidation
+        return answer
+    dma.untranslated = untranslated
+    dev.kick(0)
+    image = image_path.read_bytes()
+    assert [s for s, _ in q.take_used()] == [0, 3]
+    assert rig.mem.read(reads[0][1], 512) == image[:512]           # passed through
+    assert rig.mem.read(frame, 512) == image[512:1024]             # translated
+    assert rig.mem.read(reads[1][1], 512) == b"\xee" * 512         # not the physical page
+    dev.close()
+
+
+def test_the_image_fd_outlives_a_call_in_progress(image_path):
+    """close() during a call that uses the descriptor (the device thread in preadv, C in
+    a round) leaves it open until that call ends: its number is not reused meanwhile."""
+    image = RawImage(str(image_path))
+    with image.using() as fd:
+        image.close()
+        assert os.pread(fd, 4, 0) == bytes(range(4))    # still the image
+        with pytest.raises(OSError):
+            image.preadv([bytearray(4)], 0)             # no new calls
+    with pytest.raises(OSError):
+        os.fstat(fd)
