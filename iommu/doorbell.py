@@ -24,12 +24,14 @@ class QueueDoorbell:
         slots = native_slots(iommu.memory)
         table, removed = iommu.iotlb.native
         self.handle = ffi.gc(lib.akvm_vtd_door_new(
-            iqt_gpa, iva_gpa, slots, len(iommu.memory.slots), table, removed,
+            iqt_gpa, iva_gpa, slots, len(slots), table, removed,
             iommu.iotlb.capacity, int(iommu.config.psi), iommu.config.mamv),
             lib.akvm_vtd_door_free)
         if self.handle == ffi.NULL:
             raise MemoryError("akvm_vtd_door_new")
-        self._slots = slots          # C points into it: keep it alive as long as C
+        # C points into these: the door owns them for as long as C may use them.
+        self._slots = slots
+        self._tlb = (table, removed)
         self._queue = ffi.new("struct akvm_vtd_queue *")
         self._done = ffi.new("struct akvm_qi_result *")
         self._depth = 0             # changed only by the thread holding the mutex
@@ -69,6 +71,10 @@ class QueueDoorbell:
 
     def _publish(self) -> None:
         iommu = self.iommu
+        slots = native_slots(iommu.memory)
+        if slots is not None and slots is not self._slots:
+            lib.akvm_vtd_door_set_slots(self.handle, slots, len(slots))   # RAM changed
+            self._slots = slots
         armed = iommu.qi_enabled and not iommu.faults.status & FSTS_IQE
         # Register commands are refused while queued invalidation is on: Python's.
         regs_armed = not iommu.qi_enabled

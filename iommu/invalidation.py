@@ -239,9 +239,10 @@ class Invalidator:
             return head
         table, removed = iommu.iotlb.native
         out = self._native_result
-        lib.akvm_qi_process(slots, len(slots), table, base, entries, head, tail,
-                            int(iommu.config.psi), iommu.config.mamv, removed,
-                            iommu.iotlb.capacity, out)
+        if lib.akvm_qi_process(slots, len(slots), table, base, entries, head, tail,
+                               int(iommu.config.psi), iommu.config.mamv, removed,
+                               iommu.iotlb.capacity, out) < 0:
+            return head                 # not a queue (checked above): Python's
         self.count_native(out)
         if out.descriptors:
             iommu.iqh = out.head << 4

@@ -8,6 +8,7 @@
  * that asks for an interrupt, anything malformed or unreadable. Python
  * (akvm.iommu.invalidation) carries out that one, with its error handling, and
  * calls here again; it is also the twin this file is tested against. */
+#include <errno.h>
 #include <string.h>
 
 #include "qi.h"
@@ -58,12 +59,17 @@ static int wait(const struct akvm_mem_slot *slots, unsigned int nslots,
 	return 1;
 }
 
-void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
-		     struct akvm_iotlb *tlb, unsigned long long base, unsigned int entries,
-		     unsigned int head, unsigned int tail, int psi, unsigned int mamv,
-		     int *removed, unsigned int max_removed, struct akvm_qi_result *out)
+int akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
+		    struct akvm_iotlb *tlb, unsigned long long base, unsigned int entries,
+		    unsigned int head, unsigned int tail, int psi, unsigned int mamv,
+		    int *removed, unsigned int max_removed, struct akvm_qi_result *out)
 {
 	memset(out, 0, sizeof(*out));
+	out->head = head;
+	/* Walking from a head outside the queue would run memory past its end,
+	 * a tail outside it would never be reached, and no entries divide by 0. */
+	if (!entries || head >= entries || tail >= entries)
+		return -EINVAL;
 	while (head != tail) {
 		const unsigned char *d = akvm_ram(slots, nslots, base + 16ULL * head, 16);
 		unsigned long long lo, hi;
@@ -84,4 +90,5 @@ void akvm_qi_process(const struct akvm_mem_slot *slots, unsigned int nslots,
 		head = (head + 1) % entries;
 	}
 	out->head = head;
+	return 0;
 }

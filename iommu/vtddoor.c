@@ -88,6 +88,15 @@ void akvm_vtd_door_publish(struct akvm_vtd_door *d, const struct akvm_vtd_queue 
 	d->q = *q;
 }
 
+void akvm_vtd_door_set_slots(struct akvm_vtd_door *d, const struct akvm_mem_slot *slots,
+			     unsigned int nslots)
+{
+	pthread_mutex_lock(&d->lock);
+	d->slots = slots;
+	d->nslots = nslots;
+	pthread_mutex_unlock(&d->lock);
+}
+
 void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
 			struct akvm_qi_result *sum)
 {
@@ -168,11 +177,11 @@ static int doorbell(struct akvm_vtd_door *d, struct kvm_run *run)
 	memcpy(&value, run->mmio.data, run->mmio.len);
 	value &= VTD_IQ_INDEX_MASK;
 	tail = (unsigned int)(value >> 4);
-	if (tail >= d->q.entries)
-		return 0;		/* the queue error is Python's */
-	akvm_qi_process(d->slots, d->nslots, d->tlb, d->q.base, d->q.entries, d->q.head, tail,
-			d->psi, d->mamv, d->removed + d->sum.removed,
-			d->capacity - d->sum.removed, &r);
+	/* A tail, or a head (IQA shrunk under it), outside the queue is IQE: Python's. */
+	if (akvm_qi_process(d->slots, d->nslots, d->tlb, d->q.base, d->q.entries, d->q.head, tail,
+			    d->psi, d->mamv, d->removed + d->sum.removed,
+			    d->capacity - d->sum.removed, &r) < 0)
+		return 0;
 	if (r.descriptors) {
 		add(&d->sum, &r);
 		d->q.head = r.head;

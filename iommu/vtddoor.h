@@ -34,6 +34,10 @@ void akvm_vtd_door_free(struct akvm_vtd_door *d);
 int akvm_vtd_door_lock(struct akvm_vtd_door *d);
 void akvm_vtd_door_unlock(struct akvm_vtd_door *d);
 void akvm_vtd_door_publish(struct akvm_vtd_door *d, const struct akvm_vtd_queue *q);
+/* The RAM view from now on (guest RAM's slots changed); the caller keeps the
+ * array alive as long as the door may use it. */
+void akvm_vtd_door_set_slots(struct akvm_vtd_door *d, const struct akvm_mem_slot *slots,
+			     unsigned int nslots);
 void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
 			struct akvm_qi_result *sum);
 /* An akvm_exit_fn (runloop.h) for the register page; opaque is the akvm_vtd_door. */

@@ -335,3 +335,88 @@ def test_the_doorbell_leaves_a_stopped_or_disabled_queue_to_python():
     r.w32(GCMD, GCMD_TE)                                 # QIE off: IQH back to 0
     r.w64(IQT, 0)
     assert r.in_c == 0 and head(r) == 0
+
+
+def _shrunk_queue_rig(native: bool, doorbell: bool = False) -> Rig:
+    """A 512-entry queue whose head has passed 300, then IQA written for 256 entries
+    while queued invalidation stays on: IQH now lies past the end of the queue."""
+    r = _queue_rig(native, doorbell)
+    r.w32(GCMD, GCMD_TE)                                  # QIE off to program a bigger queue
+    r.queue = r.page(2)
+    r.w64(IQT, 0)
+    r.w64(IQA, r.queue | 1)                               # QS 1: 512 entries
+    r.w32(GCMD, GCMD_TE | GCMD_QIE)
+    r.tail = 0
+    r.submit(*[wait(r.status, i) for i in range(300)])
+    r.w64(IQA, r.queue)                                   # QS 0: 256 entries, head 300
+    for i in range(512):                                  # what C would run if it walked on
+        r.mem.write_u64(r.queue + 16 * i, wait(r.status, 0xBAD)[0])
+        r.mem.write_u64(r.queue + 16 * i + 8, r.status)
+    r.in_c = 0
+    return r
+
+
+@pytest.mark.parametrize("tail", [10, 255, 300, 0x7FFF])
+def test_a_head_or_tail_outside_the_queue_is_a_queue_error_in_c_and_python(tail):
+    """IQH past the end after IQA shrinks, and IQT beyond the queue: Python, C and the
+    C doorbell all stop with IQE and run nothing (C used to run the descriptors beyond
+    the queue's end, then wrap)."""
+    rigs = [_shrunk_queue_rig(True), _shrunk_queue_rig(False), _shrunk_queue_rig(True, True)]
+    for r in rigs:
+        r.w64(IQT, tail << 4)
+    states = [_state(r) for r in rigs]
+    assert states[0] == states[1] == states[2]
+    assert rigs[0].r32(FSTS) & FSTS_IQE and head(rigs[0]) == 300
+    assert rigs[0].mem.read_u32(rigs[0].status) == 299   # the last wait before the shrink
+    assert rigs[2].in_c == 0
+
+
+QI_CHILD = r'''
+import sys
+from akvm.base.memory import GuestMemory
+from akvm.base.native import ffi, lib, native_slots
+from akvm.iommu.cache import Iotlb
+entries, head, tail = (int(a) for a in sys.argv[1:4])
+mem = GuestMemory.from_bytearray(1 << 20)
+slots = native_slots(mem)
+tlb = Iotlb(16)
+table, removed = tlb.native
+out = ffi.new("struct akvm_qi_result *")
+rc = lib.akvm_qi_process(slots, len(slots), table, 0x1000, entries, head, tail, 1, 18,
+                         removed, 16, out)
+print(rc, out.head, out.descriptors)
+'''
+
+
+@pytest.mark.parametrize("entries,head,tail", [(0, 0, 1), (256, 0, 256), (256, 300, 10),
+                                               (256, 0, 0xFFFF_FFFF)])
+def test_akvm_qi_process_refuses_a_queue_that_makes_no_sense(entries, head, tail):
+    """No entries (a division by zero), a tail it can never reach (a loop forever with
+    the unit's lock held), a head outside the queue: refused, nothing run. In a child
+    process, which the old code killed with SIGFPE or hung."""
+    import errno
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", QI_CHILD, str(entries), str(head), str(tail)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(-errno.EINVAL), str(head), "0"]
+
+
+def test_the_doorbell_follows_guest_ram_when_its_slots_change():
+    """RAM added after the doorbell was made (hotplug, a restored snapshot): a queue
+    there is still run in C, through the door's new slot array, which it owns."""
+    import gc
+    r = _queue_rig(True, doorbell=True)
+    extra = 64 << 20
+    r.mem.add_slot(extra, bytearray(1 << 20))
+    r.w32(GCMD, GCMD_TE)
+    r.queue, r.tail = extra, 0
+    r.w64(IQT, 0)
+    r.w64(IQA, extra)                                     # Python takes the lock, republishes
+    r.w32(GCMD, GCMD_TE | GCMD_QIE)
+    gc.collect()                                          # the old array is gone, if unowned
+    r.in_c = 0
+    r.submit(wait(extra + 0x8000, 0x51))
+    assert r.in_c == 1
+    assert r.mem.read_u32(extra + 0x8000) == 0x51
