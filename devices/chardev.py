@@ -22,6 +22,7 @@ import termios
 import threading
 from typing import Callable
 
+from akvm.base.hostfiles import open_output
 from akvm.base.outqueue import OutputQueue
 
 Sink = Callable[[bytes], None]
@@ -248,13 +249,13 @@ class StdioChardev(Chardev):
 
 
 class FileChardev(Chardev):
-    """Output to a file (truncated, or appended with append=True); there is no input."""
+    """Output to a file (truncated, or appended with append=True); there is no input.
+    A symbolic link at the path is refused (akvm.base.hostfiles.open_output)."""
 
     def __init__(self, path: str, append: bool = False):
         self.path = path
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
         try:
-            self._fd = os.open(path, flags, 0o644)
+            self._fd = open_output(path, append)
         except OSError as e:
             raise ChardevError(f"--serial: cannot open {path}: {e.strerror or e}") from None
         # A full disk (ENOSPC) or an unwritable file ends output: dropped and counted.

@@ -11,6 +11,7 @@ import stat
 import threading
 from typing import Callable
 
+from akvm.base.hostfiles import bind_private
 from akvm.base.outqueue import OutputQueue
 from akvm.devices.chardev import CLOSE_FLUSH_S, JOIN_S, READ_CHUNK, Chardev, ChardevError, Sink
 
@@ -34,7 +35,7 @@ class UnixSocketChardev(Chardev):
         self._remove_stale(path)
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._listener.bind(path)
+            bind_private(self._listener, path)        # 0600: only the owner connects
             self._listener.listen(1)
         except OSError as e:
             self._listener.close()

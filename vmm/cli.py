@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
+    run.add_argument("--sandbox", choices=("on", "off"), default="on",
+                     help="once the VM is built, allow only the system calls a run needs "
+                          "(seccomp; default on; off to rule it out when debugging)")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
 
@@ -90,6 +93,9 @@ def main(argv: list[str] | None, image: BootImage) -> int:
 
 
 def _run(args, image: BootImage, err: TextOutput) -> int:
+    if args.sandbox == "on":
+        from akvm.base import sandbox
+        sandbox.prepare()
     try:
         config = config_from_args(args)
         image.start(config)
@@ -98,6 +104,14 @@ def _run(args, image: BootImage, err: TextOutput) -> int:
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
         print(f"akvm: error: {e}", file=err)
         return ExitCode.USAGE
+    if args.sandbox == "on":
+        try:
+            sandbox.apply()
+        except (OSError, ImportError, RuntimeError) as e:
+            print(f"akvm: error: --sandbox: cannot load the system-call filter ({e}); "
+                  "--sandbox off runs without it", file=err)
+            machine.close()
+            return ExitCode.USAGE
     code, message = machine.run()
     print(f"akvm: {message}", file=err)
     if config.stats:

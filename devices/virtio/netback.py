@@ -25,6 +25,8 @@ import socket
 import stat
 import struct
 
+from akvm.base.hostfiles import bind_private
+
 log = logging.getLogger("akvm.virtio")
 
 MAX_FRAME = 65536 + 14
@@ -140,7 +142,7 @@ class SocketBackend(FdBackend):
         if conn is None:
             self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                self.listener.bind(path)
+                bind_private(self.listener, path)     # 0600: only the owner connects
                 self.listener.listen(1)
             except OSError as e:
                 self.listener.close()

@@ -394,3 +394,33 @@ def test_unix_socket_offline_backlog_is_bounded(tmp_path):
     assert len(got) == OFFLINE_BACKLOG and got.startswith(b"x")
     c.close()
     dev.close()
+
+
+# -- least privilege ---------------------------------------------------------
+
+def test_file_chardev_does_not_follow_a_symlink(tmp_path):
+    """A link planted where the log goes must not make akvm (root) truncate its target."""
+    victim = tmp_path / "shadow"
+    victim.write_bytes(b"precious")
+    link = tmp_path / "serial.log"
+    link.symlink_to(victim)
+    with pytest.raises(ChardevError, match="symbolic link"):
+        parse_serial(f"file:{link}")
+    assert victim.read_bytes() == b"precious"
+
+
+def test_unix_sockets_are_private_whatever_the_umask(tmp_path):
+    import stat
+    from akvm.devices.virtio.netback import SocketBackend
+    old = os.umask(0o000)
+    try:
+        console = UnixSocketChardev(str(tmp_path / "con.sock"))
+        net = SocketBackend(str(tmp_path / "net.sock"))
+    finally:
+        os.umask(old)
+    try:
+        for path in ("con.sock", "net.sock"):
+            assert stat.S_IMODE(os.stat(tmp_path / path).st_mode) == 0o600, path
+    finally:
+        console.close()
+        net.close()

@@ -1,7 +1,9 @@
 """Userspace exit round trip: whole runs of N port (or MMIO) writes, start-up included.
 
-The same guest (tools/bench/exits.S) under akvm, under a bare C KVM_RUN
-loop that does nothing but re-enter (bare_kvm.c: the floor), and under QEMU.
+The same guest (tools/bench/exits.S) under akvm, under akvm without its
+seccomp filter (--sandbox off: what the filter costs), under a bare C
+KVM_RUN loop that does nothing but re-enter (bare_kvm.c: the floor), and
+under QEMU.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def run(n: int = N) -> list[Row]:
             samplers = {
                 "akvm": lambda: _timed([sys.executable, "-m", "akvm", "run", "--kernel", elf,
                                         "--cmdline", cmdline, "--serial", "none"]),
+                "unfiltered": lambda: _timed([sys.executable, "-m", "akvm", "run", "--kernel", elf,
+                                              "--cmdline", cmdline, "--serial", "none",
+                                              "--sandbox", "off"]),
                 "bare": lambda: _timed([bare, flat, cmdline]),
             }
             if have_qemu():
@@ -54,6 +59,8 @@ def run(n: int = N) -> list[Row]:
             med = alternate(RUNS, **samplers)
             rows.append(Row(f"{n} {what}, whole run", "s", med["akvm"], "bare C KVM_RUN loop",
                             med["bare"], f"median of {RUNS}; the floor"))
+            rows.append(Row(f"{n} {what}, whole run", "s", med["akvm"], "akvm --sandbox off",
+                            med["unfiltered"], f"median of {RUNS}; the seccomp filter's cost"))
             if "qemu" in med:
                 rows.append(Row(f"{n} {what}, whole run", "s", med["akvm"], "QEMU", med["qemu"],
                                 f"median of {RUNS}; QEMU includes SeaBIOS"))

@@ -1,0 +1,33 @@
+"""Host files and sockets akvm creates for the user, made without surprises.
+
+akvm often runs as root. A path the user names for output may be a symbolic
+link someone planted (to /etc/shadow, say): output files are opened without
+following a link in the last component (O_NOFOLLOW). A listening UNIX socket
+is created 0600 whatever the umask, so only its owner can connect to a
+guest's console or network link.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import socket
+
+
+def open_output(path: str, append: bool = False, mode: int = 0o644) -> int:
+    """A descriptor for writing `path` (created; truncated unless `append`). Raises
+    OSError; a symbolic link reads as 'is a symbolic link'."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW |
+             (os.O_APPEND if append else os.O_TRUNC))
+    try:
+        return os.open(path, flags, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "it is a symbolic link (not followed)", path) from None
+        raise
+
+
+def bind_private(sock: socket.socket, path: str) -> None:
+    """bind() a UNIX socket at `path` with mode 0600: the socket's mode, set before
+    bind, is what the file gets (less the umask), with no window where it is wider."""
+    os.fchmod(sock.fileno(), 0o600)
+    sock.bind(path)
