@@ -76,6 +76,7 @@ def io_shim(tmp_path_factory):
 def shim_env(shim, path, **settings) -> dict:
     """The environment that puts `shim` (io_shim) in front of the file at `path`."""
     st = os.stat(path)
-    env = dict(os.environ, LD_PRELOAD=str(shim), AKVM_SHIM_FILE=f"{st.st_dev}:{st.st_ino}")
+    preload = " ".join(p for p in (os.environ.get("LD_PRELOAD"), str(shim)) if p)  # ASan first
+    env = dict(os.environ, LD_PRELOAD=preload, AKVM_SHIM_FILE=f"{st.st_dev}:{st.st_ino}")
     env.update({f"AKVM_SHIM_{k.upper()}": str(v) for k, v in settings.items()})
     return env

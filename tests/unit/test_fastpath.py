@@ -4,6 +4,8 @@ import ctypes
 
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.debugport import DebugPort, DebugPortShortcut
 from akvm.base import kvm
 from akvm.base.bus import Bus
@@ -133,7 +135,7 @@ exits = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(exits, max_size=30))
 def test_random_exits_match_python_bus(seq):
     pio, mmio = machine_buses()

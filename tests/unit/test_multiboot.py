@@ -8,6 +8,8 @@ import pytest
 from construct import Array, CString, Int32ul, Int64ul, Padding, Struct
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.boot.multiboot import (BootError, BootModule, load, load_file, parse)
 from akvm.tables.layout import MemoryRegion
 from akvm.base.memory import GuestMemory
@@ -434,13 +436,13 @@ VALID = [aout_image(bss_end=0x101000), elf_image(), elf_image(32, [(0x100000, 0x
                                                               entry=0x100000)]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=512), st.booleans())
 def test_random_bytes_only_raise_boot_error(data, with_header):
     parse_and_load(mb_header(0x3) + data if with_header else data)
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(VALID), st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)),
                                         max_size=8), st.integers(0, 400))
 def test_mutated_images_only_raise_boot_error(image, edits, cut):

@@ -6,6 +6,8 @@ the C shortcut in front, as a vCPU's exit loop does; every read must agree.
 """
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA
 from tests.unit.test_fastpath import RunPage
 from tests.unit.test_pci import ECAM_BASE, ECAM_SIZE, Pc, TestDevice
@@ -61,7 +63,7 @@ ops = st.lists(st.one_of(
 ), max_size=50)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(ops)
 def test_c_path_and_python_path_agree(sequence):
     py, c = Twin(False), Twin(True)

@@ -6,6 +6,8 @@ guest reads, the console receives and the interrupt line does must agree.
 """
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.uart import IER, IER_ETBEI, LCR, LCR_DLAB, LSR, MCR, MCR_LOOP, THR, Uart16550
 from tests.unit.test_fastpath import RunPage
 from tests.unit.test_uart import Sink
@@ -61,7 +63,7 @@ ops = st.lists(st.one_of(
 ), max_size=60)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(ops)
 def test_c_path_and_python_path_agree(sequence):
     py, c = Twin(False), Twin(True)

@@ -8,6 +8,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.virtio.blk import (
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_WRITE_ZEROES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -359,7 +361,7 @@ def test_translated_dma_is_served_in_python_unless_passed_through(image_path, pa
 # --- hypothesis: the disk behaves like a byte array ----------------------------------------
 
 @both_paths
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["read", "write", "zero", "flush"]),
                           st.integers(0, SECTORS + 2), st.integers(0, 4), st.binary(min_size=1,
                                                                                     max_size=1)),
@@ -409,7 +411,7 @@ hostile_desc = st.tuples(
 
 
 @both_paths
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(descs=st.lists(hostile_desc, min_size=16, max_size=16),
        heads=st.lists(st.integers(0, 20), min_size=4, max_size=4),
        avail_idx=st.integers(0, 0xFFFF),

@@ -11,6 +11,8 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.virtio import blkq
 from akvm.devices.virtio.blk import (
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
@@ -114,7 +116,7 @@ class Rig:
                 vq.last_avail, vq.used_idx, vq.signalled_used)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(batches=st.lists(st.tuples(st.lists(request(), min_size=1, max_size=5),
                                   st.integers(0, 1), st.integers(0, 12)),
                         min_size=1, max_size=6),

@@ -6,6 +6,8 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.devices.virtio.device import (
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1,
     VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER,
@@ -321,7 +323,7 @@ def test_without_access_platform_the_direct_dma_is_used():
 
 # --- hypothesis: any sequence of driver register writes ----------------------------------
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["status", "features", "enable", "kick", "reset"]),
                           st.integers(0, 0xFFFF_FFFF)), max_size=30))
 def test_any_register_sequence_keeps_the_device_consistent(ops):

@@ -4,6 +4,8 @@ import struct
 
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.base.dma import DirectDma
 from akvm.devices.virtio.queue import (
     VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, NativeWalker, RingError, Virtqueue,
@@ -50,7 +52,7 @@ descriptor = st.tuples(addr,
                        st.one_of(st.integers(0, SIZE + 1), st.integers(0, 0xFFFF)))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=examples(1000), deadline=None)
 @given(table=st.lists(descriptor, min_size=SIZE, max_size=SIZE),
        indirect=st.lists(descriptor, max_size=8),
        head=st.integers(0, SIZE + 2),

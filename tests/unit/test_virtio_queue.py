@@ -6,6 +6,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.base.dma import DirectDma
 from akvm.devices.virtio.queue import (
     MAX_CHAIN_BYTES, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT,
@@ -333,7 +335,7 @@ descriptor = st.tuples(
 )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(table=st.lists(descriptor, min_size=SIZE, max_size=SIZE),
        indirect=st.lists(descriptor, min_size=0, max_size=12),
        heads=st.lists(st.integers(0, 0xFFFF), min_size=SIZE, max_size=SIZE),

@@ -4,6 +4,8 @@ granularity must give the same hits, evictions, contents, LRU order and
 per-domain statistics."""
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.iommu.cache import Iotlb, PyIotlb
 
 DIDS = st.integers(1, 4)
@@ -24,7 +26,7 @@ def snapshot(tlb):
     return len(tlb), tlb.entries(), {d: vars(s) for d, s in tlb.domains.items()}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(1, 12), ops)
 def test_c_table_and_python_table_agree(capacity, sequence):
     py, c = PyIotlb(capacity), Iotlb(capacity)

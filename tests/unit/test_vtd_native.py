@@ -5,6 +5,8 @@ and both walks must give the same Leaf or the same fault."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.iommu import translate
 from akvm.iommu.translate import (FR_PAGING_ACCESS, FR_PAGING_RESERVED, FR_READ, FR_WRITE,
                              ContextEntry, Leaf, TranslationFault, WalkParams, walk,
@@ -53,7 +55,7 @@ address = st.one_of(st.integers(0, (1 << 48) - 1), st.integers(0, (1 << 39) - 1)
                                                               (1 << 48) - 1, 1 << 48, U64 - 1]))
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=examples(2000), deadline=None)
 @given(levels_aw=st.sampled_from([(3, 39), (4, 48), (3, 39), (4, 48), (5, 57), (1, 21), (2, 30)]),
        width=st.one_of(st.none(), st.integers(0, 70)),
        root=slptptr, entries=st.lists(entry, min_size=6, max_size=6), address=address,

@@ -5,6 +5,8 @@ and batches."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.iommu.faults import FSTS_IQE
 from akvm.iommu.vtd import (FECTL, FSTS, GCMD, GCMD_QIE, GCMD_TE, ICS, IEADDR, IECTL, IEDATA, IQA,
                        IQH, IQT)
@@ -235,7 +237,7 @@ def test_tail_written_while_disabled_is_processed_on_enable():
     assert rig.mem.read_u32(status) == 9 and rig.r64(IQH) == 1 << 4
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1)),
                 min_size=1, max_size=20),
        st.lists(st.sampled_from([0x1, 0x2, 0x3, 0x4, 0x5]), min_size=20, max_size=20))
@@ -286,7 +288,7 @@ descriptor = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 3), st.integers(0, 40), st.sampled_from([12, 12, 21])),
                 max_size=30),
        st.lists(st.lists(descriptor, max_size=12), min_size=1, max_size=4))

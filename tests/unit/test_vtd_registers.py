@@ -5,6 +5,8 @@ queued invalidation, options parsing, and hostile register traffic."""
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.iommu.vtd import (
     CAP, CCMD, ECAP, FEADDR, FECTL, FEDATA, FEUADDR, FRCD, FSTS, GCMD, GCMD_CFI, GCMD_EAFL,
     GCMD_IRE, GCMD_QIE, GCMD_SFL, GCMD_SIRTP, GCMD_SRTP, GCMD_TE, GCMD_WBF, GSTS, GSTS_QIES,
@@ -238,7 +240,7 @@ _offsets = st.one_of(st.sampled_from([GCMD, RTADDR, CCMD, FSTS, FECTL, IQT, IQA,
 _access = st.tuples(_offsets, st.sampled_from([1, 2, 4, 8]), st.integers(0, (1 << 64) - 1))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(_access, max_size=40), st.integers(0, 0xFFFF), st.integers(0, (1 << 64) - 1))
 def test_random_register_traffic_never_raises(accesses, sid, iova):
     rig = Rig(size=4 << 20)
@@ -268,7 +270,7 @@ register_op = st.one_of(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(register_op, max_size=40), st.sampled_from([{}, {"psi": False}]))
 def test_c_and_python_iotlb_registers_agree(ops, config):
     """Register-based IOTLB invalidation as Akaros does it (IVA, the IOTLB register, polling

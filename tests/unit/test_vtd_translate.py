@@ -6,6 +6,8 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.conftest import examples
+
 from akvm.base.dma import DmaError
 from akvm.iommu.translate import (
     FR_ADDRESS_BEYOND_MGAW, FR_CONTEXT_ACCESS, FR_CONTEXT_INVALID, FR_CONTEXT_NOT_PRESENT,
@@ -279,7 +281,7 @@ def test_dma_write_that_would_fault_writes_nothing(rig):
 # --- hostile tables -----------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.integers(0, 1 << 64), st.integers(0, 0xFFFF), st.integers(0, (1 << 64) - 1),
        st.booleans(), st.sampled_from([39, 48]))
 def test_random_tables_only_ever_fault(seed, sid, iova, write, aw):
