@@ -488,8 +488,9 @@ class VtdIommu:
                                   stale_context_hits=self.checker.stale_context_hits)
         return out
 
-    def format_stats(self) -> list[str]:
-        s = self.stats()
+    def format_stats(self, s: dict | None = None) -> list[str]:
+        """The lines --stats prints, from stats() (or a dict it returned)."""
+        s = s or self.stats()
         cc = s["context_cache"]
         lines = [f"iommu: {'enabled' if self.enabled else 'disabled'}, "
                  f"{s['translations']} translations, {s['passthrough']} untranslated",
