@@ -26,6 +26,14 @@ exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
 4 triple fault, 5 guest error (see README.md)."""
 
 
+class LogFormatter(logging.Formatter):
+    """`akvm: iommu: message`: the component's logger name without the package's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("akvm.")
+        return f"akvm: {name}: {super().format(record)}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, as for every other bad input
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
@@ -53,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
+    run.add_argument("--control", metavar="unix:PATH",
+                     help="a control socket: JSON commands in QMP's shape (see README)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
     run.add_argument("--sandbox", choices=("on", "off"), default="on",
                      help="once the VM is built, allow only the system calls a run needs "
@@ -84,8 +94,10 @@ def main(argv: list[str] | None, image: BootImage) -> int:
     # Messages while the VM runs, and its closing lines, go through a queue: a terminal
     # or pipe nobody reads never blocks a vCPU that logs, nor the exit.
     err = TextOutput(sys.stderr.fileno(), "stderr-output")
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=err)
+                        handlers=[handler])
     try:
         return _run(args, image, err)
     finally:
@@ -96,12 +108,18 @@ def _run(args, image: BootImage, err: TextOutput) -> int:
     if args.sandbox == "on":
         from akvm.base import sandbox
         sandbox.prepare()
+    control = None
     try:
         config = config_from_args(args)
         image.start(config)
+        if args.control:
+            from akvm.control import ControlServer, parse_control
+            control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
+        if control is not None:
+            control.close()
         print(f"akvm: error: {e}", file=err)
         return ExitCode.USAGE
     if args.sandbox == "on":
@@ -110,9 +128,17 @@ def _run(args, image: BootImage, err: TextOutput) -> int:
         except (OSError, ImportError, RuntimeError) as e:
             print(f"akvm: error: --sandbox: cannot load the system-call filter ({e}); "
                   "--sandbox off runs without it", file=err)
+            if control is not None:
+                control.close()
             machine.close()
             return ExitCode.USAGE
-    code, message = machine.run()
+    if control is not None:
+        control.start(machine)
+    try:
+        code, message = machine.run()
+    finally:
+        if control is not None:
+            control.close()
     print(f"akvm: {message}", file=err)
     if config.stats:
         print(machine.format_stats(), file=err)

@@ -97,7 +97,12 @@ class VirtioConsole(VirtioDevice):
             self.chardev.write(bytes((value & 0xFF,)))
             self.tx_bytes += 1
 
-    def format_stats(self) -> str:
-        return (f"{self.name}: {self.tx_bytes} bytes out ({self.chardev.dropped} dropped by "
-                f"a stalled backend), {self.rx_bytes} bytes in, {self.rx_dropped} dropped, "
-                f"{self.errors} errors")
+    def stats(self) -> dict:
+        return {**super().stats(), "tx_bytes": self.tx_bytes, "rx_bytes": self.rx_bytes,
+                "rx_dropped": self.rx_dropped, "tx_dropped": self.chardev.dropped}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_bytes']} bytes out ({s['tx_dropped']} dropped by a "
+                f"stalled backend), {s['rx_bytes']} bytes in, {s['rx_dropped']} dropped, "
+                f"{s['errors']} errors")

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from tests.conftest import examples
 
-from akvm.iommu.cache import Iotlb, PyIotlb
+from akvm.iommu.cache import Iotlb
+from tests.unit.pyiotlb import PyIotlb
 
 DIDS = st.integers(1, 4)
 # Addresses that collide a lot: a few 1 GiB regions, 2 MiB and 4 KiB steps in them.
