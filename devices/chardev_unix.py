@@ -98,10 +98,9 @@ class UnixSocketChardev(Chardev):
                 self._out.put(self._pending)
                 self._pending = bytearray()
             self._connected.set()
-            stopping = self._pump_client(client, sink)
+            if self._pump_client(client, sink):
+                return          # close(): it lets the client's output drain, then drops it
             self._drop_client(client)
-            if stopping:
-                return
 
     def _pump_client(self, client: socket.socket, sink: Sink) -> bool:
         """Deliver the client's bytes until it leaves; True if close() interrupted."""

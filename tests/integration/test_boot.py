@@ -146,10 +146,14 @@ def test_serial_on_a_unix_socket(tiny_kernel, tmp_path):
             s.settimeout(30)
             got = b""
             while b"cmdline=e\n" not in got:
-                got += s.recv(100)
+                data = s.recv(100)
+                assert data, got                    # EOF: akvm went away
+                got += data
             s.sendall(b"hi q")
             while not got.endswith(b"hi "):
-                got += s.recv(100)
+                data = s.recv(100)
+                assert data, got
+                got += data
         assert proc.wait(timeout=30) == ExitCode.POWEROFF
     assert got.startswith(b"tiny: hello")
 

@@ -76,3 +76,22 @@ def test_a_socket_client_that_never_reads_blocks_neither_writes_nor_close(tmp_pa
     assert time.monotonic() - started < CLOSE_FLUSH_S + 1.0
     assert dev.dropped > 4 * 1024 * 1024 - OUTPUT_LIMIT - 1024 * 1024   # socket buffers < 1 MiB
     client.close()
+
+
+def test_output_written_just_before_close_reaches_a_reading_client(tmp_path):
+    """close() lets the client's queue drain (a reader that reads gets everything)."""
+    for i in range(30):
+        path = tmp_path / f"con{i}.sock"
+        dev = UnixSocketChardev(str(path))
+        dev.start(lambda data: None)
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(str(path))
+        assert dev.wait_for_client(5)
+        dev.write(b"last words")
+        dev.close()
+        client.settimeout(5)
+        got = b""
+        while data := client.recv(100):
+            got += data
+        client.close()
+        assert got == b"last words", i

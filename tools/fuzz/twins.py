@@ -100,7 +100,8 @@ def slwalk(ops: int, seed: int | None):
 def iotlb(ops: int, seed: int | None):
     """IOTLB: iotlb.c's table against PyIotlb: inserts, lookups, invalidations of every
     granularity, colliding addresses, tables of 1 to 12 entries"""
-    from akvm.iommu.cache import Iotlb, PyIotlb
+    from akvm.iommu.cache import Iotlb
+    from tests.unit.pyiotlb import PyIotlb
     from tests.unit.test_vtd_iotlb_native import snapshot
     rng = random.Random(seed)
     findings: list[str] = []
