@@ -107,6 +107,10 @@ def apply() -> None:
     f = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
     f.set_attr(seccomp.Attr.CTL_TSYNC, 1)
     f.set_attr(seccomp.Attr.CTL_NNP, 1)
+    # Every exit C completes is one ioctl (KVM_RUN): test it first, the rest by a
+    # binary search, so the filter costs an exit a few BPF instructions.
+    f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
+    f.syscall_priority("ioctl", 255)
     for names in ALLOWED.values():
         for name in names:
             f.add_rule(seccomp.ALLOW, name)
