@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import _thread
 import atexit
-import errno
 import os
 import select
 import sys
