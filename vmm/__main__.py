@@ -7,7 +7,9 @@ from akvm.boot.image import BootImage
 def main(argv: list[str] | None = None) -> int:
     # Before the command line's own imports: the builder's (pyelftools,
     # construct) are the longest part of a start, and run on another CPU.
-    image = BootImage.prepare()
+    args = sys.argv[1:] if argv is None else argv
+    # A restore boots nothing: no builder to fork.
+    image = BootImage.prepare(fork=False if "--restore" in args else None)
     try:
         from akvm.cli import main as cli_main
         return cli_main(argv, image)

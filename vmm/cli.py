@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", "-m", default="512M", metavar="SIZE",
                      help="guest RAM, e.g. 512M or 2G (default 512M)")
     run.add_argument("--cpus", default="1", metavar="N", help="number of vCPUs (default 1)")
-    run.add_argument("--serial", default="stdio", metavar="BACKEND",
+    run.add_argument("--serial", metavar="BACKEND",
                      help="COM1 backend: stdio, file:PATH, unix:PATH or none (default stdio)")
     run.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                      help="a Multiboot module, with its command line after the comma; repeatable")
@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control", metavar="unix:PATH",
                      help="a control socket: JSON commands in QMP's shape (see README)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
+    run.add_argument("--restore", metavar="DIR",
+                     help="resume the machine a snapshot saved (snapshot-save on --control); "
+                          "its configuration is the snapshot's: only --serial, --control and "
+                          "--stats may be given with it")
+    run.add_argument("--restore-force", action="store_true",
+                     help="restore even when a disk image changed since the snapshot")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
 
@@ -67,10 +73,30 @@ def config_from_args(args) -> MachineConfig:
         except guest_kernel.GuestBuildError as e:
             raise ConfigError(str(e)) from None
     return MachineConfig(kernel=kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
-                         cpus=parse_cpus(args.cpus), serial=args.serial,
+                         cpus=parse_cpus(args.cpus), serial=args.serial or "stdio",
                          modules=[parse_module(m) for m in args.module],
                          devices=devices, iommu=iommu,
                          stats=args.stats)
+
+
+# What --restore takes from the snapshot instead: (attribute, option) of each.
+_SNAPSHOT_OPTIONS = (("kernel", "--kernel"), ("cmdline", "--cmdline"), ("memory", "--memory"),
+                     ("cpus", "--cpus"), ("module", "--module"), ("device", "--device"),
+                     ("iommu", "--iommu"))
+
+
+def restored_config(args):
+    """--restore DIR: the snapshot and the configuration it was saved with."""
+    from akvm.snapshot import load
+    defaults = build_parser().parse_args(["run"])
+    for attr, option in _SNAPSHOT_OPTIONS:
+        if getattr(args, attr) != getattr(defaults, attr):
+            raise ConfigError(f"{option}: a restored machine has the snapshot's configuration "
+                              "(only --serial, --control and --stats may go with --restore)")
+    snap = load(args.restore)
+    config = snap.config(serial=args.serial, stats=args.stats)
+    snap.check_disks(force=args.restore_force)
+    return snap, config
 
 
 def main(argv: list[str] | None, image: BootImage) -> int:
@@ -80,13 +106,18 @@ def main(argv: list[str] | None, image: BootImage) -> int:
                         format="akvm: %(name)s: %(message)s", stream=sys.stderr)
     control = None
     try:
-        config = config_from_args(args)
-        image.start(config)
+        if args.restore:
+            snap, config = restored_config(args)
+        else:
+            if args.restore_force:
+                raise ConfigError("--restore-force goes with --restore")
+            config = config_from_args(args)
+            image.start(config)
         if args.control:
             from akvm.control import ControlServer, parse_control
             control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
-        machine = Machine.build(config, image)
+        machine = Machine.restore(snap, config) if args.restore else Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
         if control is not None:
             control.close()

@@ -104,3 +104,30 @@ def test_pause_parks_every_vcpu_between_instructions(loop_kernel, tmp_path):
         machine.stop(ExitCode.POWEROFF, "test over")
         runner.join(10)
     assert not runner.is_alive()
+
+
+def test_a_device_without_snapshot_support_fails_the_snapshot(loop_kernel, tmp_path):
+    """The counter above is registered straight on the bus, with no snapshot(): saving
+    says which device it is, and the machine runs on."""
+    from akvm.base.exitcode import ExitCode
+    from akvm.config import MachineConfig
+    from akvm.machine import Machine
+    from akvm.snapshot import SnapshotError
+
+    elf, _ = loop_kernel
+    machine = Machine.build(MachineConfig(kernel=str(elf), serial="none", memory=16 << 20))
+    counter = Counter()
+    machine.pio_bus.register(PORT, 1, counter, "counter")
+    runner = threading.Thread(target=machine.run)
+    runner.start()
+    try:
+        with pytest.raises(SnapshotError, match=r"cannot save counter \(Counter\) on the pio "
+                                                r"bus at 0x99: it has no snapshot support"):
+            machine.save_snapshot(str(tmp_path / "snap"))
+        assert not machine.paused
+        reads = counter.reads
+        time.sleep(0.2)
+        assert counter.reads > reads
+    finally:
+        machine.stop(ExitCode.POWEROFF, "test over")
+        runner.join(10)
