@@ -1,12 +1,12 @@
 """Snapshots: a whole machine in a directory, and back.
 
-    DIR/manifest.json   one header line {"format", "version", "sha256", "bytes"},
+    DIR/manifest.json   one header line {"format", "version", "crc32", "bytes"},
                         then the state as JSON: the configuration, each vCPU, the
                         VM's in-kernel devices, every device model, the disks used,
                         and where guest RAM is in the RAM file
     DIR/ram-TOKEN       guest RAM, sparse: only pages that hold data take disk
 
-The manifest's checksum covers the state, so a corrupt or truncated manifest
+The manifest's checksum (CRC-32: it guards against damage, not tampering) covers the state, so a corrupt or truncated manifest
 is refused; the RAM file's size is checked, its contents are not read at
 restore (that would make restoring cost as much as the RAM the guest used):
 the file's data extents are mapped copy-on-write over anonymous memory
@@ -21,11 +21,10 @@ find a disk other than the one it wrote.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
 import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -91,7 +90,7 @@ def write(path: str, state: dict, memory) -> dict:
     Returns a summary for the user."""
     start = time.monotonic()
     folder = Path(path)
-    ram_name = f"ram-{secrets.token_hex(6)}"
+    ram_name = f"ram-{os.urandom(6).hex()}"
     offsets, pos = [], 0
     for slot in memory.slots:
         offsets.append(pos)
@@ -111,8 +110,8 @@ def write(path: str, state: dict, memory) -> dict:
                                   for s, off, extents in zip(memory.slots, offsets,
                                                              saved["extents"])]}
         body = json.dumps(state, separators=(",", ":")).encode()
-        header = json.dumps({"format": FORMAT, "version": VERSION,
-                             "sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)})
+        header = json.dumps({"format": FORMAT, "version": VERSION, "crc32": zlib.crc32(body),
+                             "bytes": len(body)})
         tmp = folder / f"{MANIFEST}.{ram_name}"
         with open(tmp, "wb") as f:
             f.write(header.encode() + b"\n" + body)
@@ -225,7 +224,7 @@ def load(path: str) -> Snapshot:
     if len(body) != header.get("bytes"):
         raise SnapshotError(f"{where}: {MANIFEST} is truncated ({len(body)} of "
                             f"{header.get('bytes')} bytes)")
-    if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+    if zlib.crc32(body) != header.get("crc32"):
         raise SnapshotError(f"{where}: {MANIFEST} is corrupt (checksum mismatch)")
     try:
         state = json.loads(body)

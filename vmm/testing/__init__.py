@@ -190,6 +190,7 @@ class Guest:
         its prompt was printed before the snapshot)."""
         cmd = self.command_line()
         self.child = pexpect.spawn(cmd[0], cmd[1:], timeout=self.timeout, dimensions=(50, 200))
+        self.child.delaybeforesend = None   # (pexpect's default: 50 ms before every send)
         self.child.logfile_read = self.log
         if wait_prompt:
             if self.restore:
