@@ -9,7 +9,8 @@ def main(argv: list[str] | None = None) -> int:
     # construct) are the longest part of a start, and run on another CPU.
     args = sys.argv[1:] if argv is None else argv
     # A restore boots nothing: no builder to fork.
-    image = BootImage.prepare(fork=False if "--restore" in args else None)
+    restore = any(a == "--restore" or a.startswith("--restore=") for a in args)
+    image = BootImage.prepare(fork=False if restore else None)
     try:
         from akvm.cli import main as cli_main
         return cli_main(argv, image)

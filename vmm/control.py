@@ -300,6 +300,9 @@ class ControlServer:
                 reply = {"return": self.execute(request["execute"], arguments)}
             except CommandError as e:
                 reply = _error(str(e), e.cls)
+            except Exception as e:               # a bug in akvm: the socket stays up
+                log.exception("control: %s failed", request["execute"])
+                reply = _error(f"internal error: {e!r}")
         if "id" in request:
             reply["id"] = request["id"]
         return reply
