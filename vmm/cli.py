@@ -22,6 +22,14 @@ exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
 4 triple fault, 5 guest error (see README.md)."""
 
 
+class LogFormatter(logging.Formatter):
+    """`akvm: iommu: message`: the component's logger name without the package's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("akvm.")
+        return f"akvm: {name}: {super().format(record)}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, as for every other bad input
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
@@ -102,8 +110,10 @@ def restored_config(args):
 def main(argv: list[str] | None, image: BootImage) -> int:
     """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
     control = None
     try:
         if args.restore:

@@ -1,6 +1,6 @@
 """Finish in userspace the instructions KVM gave up on.
 
-On kvm_pvm hosts (see ../shared/reference/akaros-guest.md) some guest
+On kvm_pvm hosts (docs/HOST.md) some guest
 instructions end KVM_RUN with KVM_EXIT_INTERNAL_ERROR, suberror 1
 (emulation failure): the XSAVE family, INT3, INT n, INTO, INT1, FWAIT and
 RDTSCP. The vCPU can be resumed once the instruction has been carried out.
