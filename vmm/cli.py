@@ -114,10 +114,13 @@ def main(argv: list[str] | None, image: BootImage) -> int:
     handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         handlers=[handler])
-    control = None
+    control = early = None
     try:
         if args.restore:
             snap, config = restored_config(args)
+            from akvm.snapshot import EarlyVm
+            early = EarlyVm(snap)      # KVM's part, while the rest of akvm is imported
+            early.start()
         else:
             if args.restore_force:
                 raise ConfigError("--restore-force goes with --restore")
@@ -127,7 +130,8 @@ def main(argv: list[str] | None, image: BootImage) -> int:
             from akvm.control import ControlServer, parse_control
             control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
-        machine = Machine.restore(snap, config) if args.restore else Machine.build(config, image)
+        machine = (Machine.restore(snap, config, early) if args.restore
+                   else Machine.build(config, image))
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
         if control is not None:
             control.close()

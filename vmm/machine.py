@@ -192,19 +192,23 @@ class Machine:
             if fd is not None:
                 fd.close()
 
-    def _create_vm(self, memory: GuestMemory | None = None) -> None:
-        """The VM with `memory` (a snapshot's), or fresh anonymous RAM."""
-        self.vm = self.system.create_vm()
-        # RAM first: once the VM has its in-kernel irqchip, adding a memory
-        # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
-        try:
-            self.memory = memory or GuestMemory.anonymous(self.config.memory)
-            for slot in self.memory.slots:
-                self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
-                                               self.memory.host_address(slot))
-        except OSError as e:
-            raise UserError(f"--memory {format_memory(self.config.memory)}: the host cannot "
-                            f"give that much guest RAM ({e.strerror or e})") from None
+    def _create_vm(self, memory: GuestMemory | None = None, vm: kvm.Vm | None = None) -> None:
+        """The VM with `memory` (a snapshot's), or fresh anonymous RAM; `vm`: one made
+        already, with `memory` as its slots (akvm.snapshot.EarlyVm)."""
+        if vm is not None:
+            self.vm, self.memory = vm, memory
+        else:
+            self.vm = self.system.create_vm()
+            # RAM first: once the VM has its in-kernel irqchip, adding a memory
+            # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
+            try:
+                self.memory = memory or GuestMemory.anonymous(self.config.memory)
+                for slot in self.memory.slots:
+                    self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
+                                                   self.memory.host_address(slot))
+            except OSError as e:
+                raise UserError(f"--memory {format_memory(self.config.memory)}: the host "
+                                f"cannot give that much guest RAM ({e.strerror or e})") from None
         if self.system.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
             self.vm.set_tss_addr(TSS_ADDR)
         if self.system.check_extension(kvm.KVM_CAP_SET_IDENTITY_MAP_ADDR):
@@ -328,9 +332,10 @@ class Machine:
     # --- snapshots (akvm.snapshot) ---------------------------------------------
 
     @classmethod
-    def restore(cls, snap, config: MachineConfig) -> "Machine":
+    def restore(cls, snap, config: MachineConfig, early=None) -> "Machine":
         """A machine as a snapshot (akvm.snapshot.load) saved it, built from `config`
-        (snap.config(), with this run's console) and ready to run()."""
+        (snap.config(), with this run's console) and ready to run(); `early`: an
+        akvm.snapshot.EarlyVm started for it."""
         from akvm.snapshot import SnapshotError
         from akvm.vcpu import state as vcpu_state
         m = cls(config)
@@ -339,15 +344,20 @@ class Machine:
                 m.serial = parse_serial(config.serial)
             except ChardevError as e:
                 raise UserError(str(e)) from None
-            m.system = open_kvm()
-            fd, slots = snap.open_ram()
-            try:
-                memory = GuestMemory.from_ram_file(fd, slots)
-            except OSError as e:
-                raise SnapshotError(f"snapshot {snap.path}: {e.strerror or e}") from None
-            finally:
-                os.close(fd)
-            m._create_vm(memory)
+            made = early.take() if early is not None else None
+            if made is not None:
+                m.system, vm, memory = made
+                m._create_vm(memory, vm)
+            else:
+                m.system = open_kvm()
+                fd, slots = snap.open_ram()
+                try:
+                    memory = GuestMemory.from_ram_file(fd, slots)
+                except OSError as e:
+                    raise SnapshotError(f"snapshot {snap.path}: {e.strerror or e}") from None
+                finally:
+                    os.close(fd)
+                m._create_vm(memory)
             m._add_devices()
             saved = snap.state
             try:

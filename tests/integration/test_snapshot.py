@@ -190,3 +190,19 @@ def test_options_that_the_snapshot_decides(small_snapshot):
     assert_one_line_error(akvm("run", "--restore", str(snap), "--memory", "1G"), "--memory")
     assert_one_line_error(akvm("run", "--restore", str(snap), "--device", "edu"), "--device")
     assert_one_line_error(akvm("run", "--restore-force"), "--restore-force goes with --restore")
+
+
+def test_a_well_formed_manifest_with_a_bad_state(small_snapshot, tmp_path):
+    """Checksum right, contents wrong (an edited file, a bug): still one line, status 2."""
+    import zlib
+
+    def edit(d):
+        header, _, body = (d / "manifest.json").read_bytes().partition(b"\n")
+        state = json.loads(body)
+        del state["devices"]["com1"]["lcr"]
+        body = json.dumps(state).encode()
+        h = json.loads(header)
+        h.update(crc32=zlib.crc32(body), bytes=len(body))
+        (d / "manifest.json").write_bytes(json.dumps(h).encode() + b"\n" + body)
+    assert_one_line_error(broken(small_snapshot, tmp_path, edit), "cannot restore it",
+                          "com1", "lcr")
