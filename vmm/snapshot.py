@@ -80,7 +80,8 @@ def disks_of(config: MachineConfig) -> list[dict]:
 def make_dir(path: str) -> None:
     """The snapshot's directory, made before the machine pauses: a bad path costs nothing."""
     try:
-        Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(path):
+            Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SnapshotError(f"snapshot {path}: {e.strerror or e}") from None
 
