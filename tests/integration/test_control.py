@@ -85,7 +85,7 @@ def test_query_stats_is_what_stats_prints(controlled):
     assert stats["vcpus"][0]["exits"] and stats["buses"]["pio"]["accesses_in_python"] > 0
     guest.close()
     # --stats at exit prints the same counters, rendered from the same dict.
-    assert f"  vcpu1 exits:" in guest.serial_log and "pci config in C:" in guest.serial_log
+    assert "  vcpu1 exits:" in guest.serial_log and "pci config in C:" in guest.serial_log
 
 
 def test_a_client_that_never_reads_blocks_nothing(controlled):

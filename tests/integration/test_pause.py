@@ -4,7 +4,6 @@ The guest reads a port in a loop, so almost every moment is inside an exit
 akvm is completing; a pause must never leave an IN half done (the device
 read, the value not yet in AL, RIP still on the IN).
 """
-import shutil
 import subprocess
 import threading
 import time

@@ -7,14 +7,12 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from akvm.base.bus import Bus
 from akvm.base.dma import DirectDma
 from akvm.base.irq import IrqLine
 from akvm.devices.acpi_pm import AcpiPm
 from akvm.devices.cmos import Cmos
 from akvm.devices.debugport import DebugPort
 from akvm.devices.i8042 import I8042, ResetControl
-from akvm.devices.pci import PciRoot
 from akvm.devices.state import SnapshotUnsupported, pack, unpack
 from akvm.devices.uart import Uart16550
 from akvm.devices.virtio.mmio import VirtioMmio
@@ -23,7 +21,7 @@ from akvm.devices.virtio.spec import VIRTIO_STATUS_DRIVER_OK
 
 from tests.unit.test_edu import Pc
 from tests.unit.test_virtio_pci import Machine as PciMachine, pending
-from tests.unit.virtio_driver import DATA, QueueDriver, bring_up, new_memory
+from tests.unit.virtio_driver import DATA, bring_up, new_memory
 from tests.unit.vtd_tables import SID, DoorbellRig, Rig
 
 settings_fast = settings(max_examples=60, deadline=None)
