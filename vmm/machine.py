@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 
 from akvm.devices.acpi_pm import AcpiPm
 from akvm.devices.chardev import ChardevError, parse_serial
@@ -307,6 +308,23 @@ class Machine:
         for t in self.vcpus:
             t.kick()
         self._stopped.set()
+
+    def pause(self, owner: str = "pause", timeout: float = 5.0) -> bool:
+        """Park every vCPU at an instruction boundary, its last exit completed
+        (akvm.vcpu.cpu: registers, events and RAM are then consistent); True
+        when all are parked within `timeout`. Owners are counted apart: the
+        vCPUs run again when every owner that paused them resumed them.
+        Device threads (serial, virtio) keep running. Before run(), the
+        vCPUs start parked."""
+        for t in self.vcpus:
+            t.pause(owner)
+        deadline = time.monotonic() + timeout
+        return all(t.wait_paused(max(0.0, deadline - time.monotonic())) for t in self.vcpus)
+
+    def resume(self, owner: str = "pause") -> None:
+        """Undo pause(owner)."""
+        for t in self.vcpus:
+            t.resume(owner)
 
     def run(self) -> tuple[ExitCode, str]:
         lib.akvm_install_kick_signal(KICK_SIGNAL)

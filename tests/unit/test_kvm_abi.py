@@ -36,6 +36,8 @@ STRUCTS = {
     "kvm_irq_routing": "struct kvm_irq_routing",
     "kvm_enable_cap": "struct kvm_enable_cap",
     "kvm_run": "struct kvm_run",
+    "kvm_guest_debug": "struct kvm_guest_debug",
+    "kvm_debug_exit_arch": "struct kvm_debug_exit_arch",
 }
 # C spellings of fields that sit inside anonymous unions or are named differently.
 FIELD_ALIASES = {
@@ -51,10 +53,12 @@ IOCTLS = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GE
           "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU",
           "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_SET_CPUID2", "KVM_GET_CPUID2",
           "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
-          "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_TSC_KHZ"]
+          "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_TSC_KHZ",
+          "KVM_SET_GUEST_DEBUG"]
 CONSTANTS = [n for n in dir(kvm) if n.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_",
                                                    "KVM_SYSTEM_EVENT_", "KVM_IRQ_ROUTING_",
-                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_"))]
+                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_",
+                                                   "KVM_GUESTDBG_"))]
 
 
 def _c_program() -> str:

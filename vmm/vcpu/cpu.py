@@ -4,22 +4,44 @@ A vCPU thread loops on KVM_RUN (in C, without the GIL) and hands each exit
 to the port-I/O or MMIO bus. Exits that end the VM (triple fault, reset,
 poweroff, an error KVM cannot recover from) are reported to the Machine
 through its `stop` callback with an ExitCode.
+
+Pausing: `pause(owner)` parks the thread at an instruction boundary and
+`resume(owner)` lets it go once no owner holds it (Machine.pause() does
+every vCPU). Parked means out of KVM_RUN with the last exit completed:
+KVM finishes an IN's or an MMIO read's data (and a string I/O's next
+iteration) only when KVM_RUN is entered again, so the thread enters it
+once with immediate_exit set, which completes that and returns at once.
+The registers, the vCPU's events and guest RAM are then consistent and
+may be read or changed from any thread.
+
+Guest debugging (akvm.vcpu.debug): with a `debugger` attached, a debug
+exit, the debugger's own int3 (an emulation failure where ring 0 is
+emulated) or a write to a watched page ends in a DebugStop: the thread
+parks, held by "debug", and tells the debugger. While `stepping`, every
+exit ends the step, as the instruction that caused it has executed.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 
 from akvm.base import kvm
 from akvm.base.exitcode import ExitCode
 from akvm.base.native import ffi, lib
+from akvm.vcpu.debug import STEP, DebugStop
 
 log = logging.getLogger("akvm.cpu")
 
 # A real-time signal nothing else uses: sent to a vCPU thread to end KVM_RUN.
 KICK_SIGNAL = signal.SIGRTMIN + 3
+
+# What _run_once returns for an exit the C fast path completed (not a KVM exit reason).
+EXIT_DONE_IN_C = 1 << 16
+# The pause owner for a vCPU stopped by the debugger.
+DEBUG_HOLD = "debug"
 
 
 @dataclass
@@ -135,16 +157,73 @@ class VcpuThread(threading.Thread):
         self.stopping = False
         self.fastpath = fastpath          # akvm.base.runloop.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
+        self._gate = threading.Condition()
+        self._holds: set[str] = set()     # who keeps this vCPU out of KVM_RUN (pause owners)
+        self.parked = threading.Event()   # set while parked at an instruction boundary
+        self.debugger = None              # akvm.vcpu.debug.GuestDebug while one is attached
+        self.stepping = False             # the debugger asked for one instruction
+        self.debug_event: DebugStop | None = None   # why the debugger must hear of this exit
 
     def kick(self) -> None:
         """Make the thread leave KVM_RUN and exit its loop."""
-        self.stopping = True
-        self.vcpu.kvm_run.immediate_exit = 1
+        with self._gate:      # so that a parked thread leaving cannot clear immediate_exit
+            self.stopping = True
+            self.vcpu.kvm_run.immediate_exit = 1
+            self._gate.notify_all()
+        self._signal()
+
+    def _signal(self) -> None:
         if self.is_alive() and self.ident is not None:
             try:
                 signal.pthread_kill(self.ident, KICK_SIGNAL)
             except ProcessLookupError:
                 pass
+
+    # --- pausing -------------------------------------------------------------
+
+    def pause(self, owner: str = "pause") -> None:
+        """Ask the thread to park at the next instruction boundary; returns at once
+        (wait_paused() waits). A thread not started yet parks before its first KVM_RUN."""
+        with self._gate:
+            self._holds.add(owner)
+            self.vcpu.kvm_run.immediate_exit = 1
+        self._signal()
+
+    def resume(self, owner: str = "pause") -> None:
+        """Drop `owner`'s hold; the vCPU runs again when nobody else holds it."""
+        with self._gate:
+            self._holds.discard(owner)
+            self._gate.notify_all()
+
+    def wait_paused(self, timeout: float | None = None) -> bool:
+        """True once the thread is parked, or is not running at all (not started, ended)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.parked.is_set():
+            if self.ident is None or not self.is_alive():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self.parked.wait(0.05 if left is None else min(left, 0.05))
+        return True
+
+    def _park(self, event: DebugStop | None = None) -> None:
+        """Wait here, out of KVM_RUN, until no owner holds the thread."""
+        run = self.vcpu.kvm_run
+        run.immediate_exit = 1
+        try:
+            self.vcpu.run()       # completes the last exit's I/O; returns -EINTR at once
+        except kvm.KvmError:
+            pass
+        self.parked.set()
+        if event is not None and self.debugger is not None:
+            self.debugger.stopped(self, event)
+        with self._gate:
+            while self._holds and not self.stopping:
+                self._gate.wait()
+            self.parked.clear()
+            if not self.stopping:
+                run.immediate_exit = 0
 
     def run(self) -> None:
         try:
@@ -157,7 +236,13 @@ class VcpuThread(threading.Thread):
         run = self.vcpu.kvm_run
         fd, fast = self.vcpu.fd, self.fastpath.handle
         while not self.stopping:
-            reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
+            if self._holds:
+                self._park()
+                continue
+            if self.stepping:
+                reason = self._run_once()
+            else:
+                reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
             if reason < 0:
                 if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
                     continue
@@ -169,8 +254,31 @@ class VcpuThread(threading.Thread):
             elif reason == kvm.KVM_EXIT_MMIO:
                 self.stats.count("mmio")
                 self._mmio(run.exit.mmio)
-            elif not self._other_exit(reason, run):
+            elif reason != EXIT_DONE_IN_C and not self._other_exit(reason, run):
                 return
+            if self.stepping and self.debug_event is None and reason != kvm.KVM_EXIT_DEBUG:
+                self.debug_event = STEP       # an instruction that exits has executed
+            if self.debug_event is not None:
+                self._debug_stop()
+
+    def _run_once(self) -> int:
+        """One KVM_RUN, its exit completed in C when C can (the C loop would run on)."""
+        try:
+            reason = self.vcpu.run()
+        except kvm.KvmError as e:
+            return -e.errno
+        if reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO) and \
+                self.fastpath.complete(self.vcpu.run_address):
+            self.stats.fast_exits[0] += 1
+            return EXIT_DONE_IN_C
+        return reason
+
+    def _debug_stop(self) -> None:
+        event, self.debug_event = self.debug_event, None
+        self.stepping = False
+        with self._gate:
+            self._holds.add(DEBUG_HOLD)
+        self._park(event)
 
     def _io(self, io: kvm.kvm_run_io) -> None:
         size, port = io.size, io.port
@@ -200,6 +308,10 @@ class VcpuThread(threading.Thread):
         self.stats.count(name)
         if reason in (kvm.KVM_EXIT_HLT, kvm.KVM_EXIT_IRQ_WINDOW_OPEN, kvm.KVM_EXIT_INTR):
             return True
+        if reason == kvm.KVM_EXIT_DEBUG:
+            if self.debugger is not None:
+                self.debug_event = self.debugger.debug_exit(self, run.exit.debug)
+            return True
         if reason == kvm.KVM_EXIT_SHUTDOWN:
             self.fatal("triple fault", ExitCode.TRIPLE_FAULT)
             return False
@@ -214,6 +326,10 @@ class VcpuThread(threading.Thread):
             return False
         if reason == kvm.KVM_EXIT_INTERNAL_ERROR:
             internal = run.exit.internal
+            if internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION and self.debugger is not None:
+                self.debug_event = self.debugger.breakpoint_at(self)
+                if self.debug_event is not None:
+                    return True
             if (internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION
                     and self.completer is not None and self.completer(self)):
                 return True
