@@ -12,7 +12,8 @@ import sys
 
 from akvm import __version__
 from akvm.boot.image import BootImage
-from akvm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
+from akvm.config import (GDB_DEFAULT, ConfigError, MachineConfig, parse_cpus, parse_gdb,
+                         parse_memory, parse_module)
 from akvm.devicetable import help_text, parse_device, parse_iommu
 from akvm.base.exitcode import ExitCode
 
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
+    run.add_argument("--gdb", nargs="?", const=GDB_DEFAULT, metavar="tcp:[HOST]:PORT",
+                     help="serve the GDB remote protocol (bare --gdb: tcp:127.0.0.1:1234; "
+                          "port 0: any free one); see README, Debugging the guest")
+    run.add_argument("--gdb-wait", action="store_true",
+                     help="no vCPU runs until GDB continues (implies --gdb)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
@@ -68,7 +74,9 @@ def config_from_args(args) -> MachineConfig:
                          cpus=parse_cpus(args.cpus), serial=args.serial,
                          modules=[parse_module(m) for m in args.module],
                          devices=devices, iommu=iommu,
-                         stats=args.stats)
+                         stats=args.stats,
+                         gdb=parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
+                         gdb_wait=args.gdb_wait)
 
 
 def main(argv: list[str] | None, image: BootImage) -> int:
@@ -76,15 +84,31 @@ def main(argv: list[str] | None, image: BootImage) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
                         format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+    listener = None
     try:
         config = config_from_args(args)
+        if config.gdb is not None:
+            from akvm.gdb.server import listen
+            listener = listen(*config.gdb)
         image.start(config)
         from akvm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
+        if listener is not None:
+            listener.close()
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
+    stub = None
+    if listener is not None:
+        from akvm.gdb.server import GdbServer
+        stub = GdbServer(machine, listener, wait=config.gdb_wait).start()
+        host, port = stub.address
+        print(f"akvm: gdb: listening on {host}:{port}"
+              f"{', waiting for it to start the guest' if config.gdb_wait else ''}",
+              file=sys.stderr, flush=True)
     code, message = machine.run()
+    if stub is not None:
+        stub.close()
     print(f"akvm: {message}", file=sys.stderr)
     if config.stats:
         print(machine.format_stats(), file=sys.stderr)
