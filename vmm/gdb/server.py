@@ -27,11 +27,16 @@ POLL_INTERVAL = 0.25      # how often the machine's end is noticed
 
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket (before the machine is built: a busy port is a usage error)."""
+    where = f"--gdb tcp:{host}:{port}"
     try:
-        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host
-                                    else socket.AF_INET, backlog=1)
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        raise ConfigError(f"{where}: {e.strerror}") from None
+    try:
+        return socket.create_server(address[:2], family=family, backlog=1)
     except OSError as e:
-        raise ConfigError(f"--gdb tcp:{host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
+        raise ConfigError(f"{where}: {os.strerror(e.errno) if e.errno else e}") from None
 
 
 class GdbServer:
