@@ -2,7 +2,7 @@
 (guest/build/kernel.elf64) and on Akaros (AKVM_AKAROS_KERNEL, with its 64-bit ELF in
 AKVM_AKAROS_ELF64), as a kernel developer uses QEMU's -s -S.
 
-gdb's command line is driven with pexpect (tests/gdb_driver.py), the guest's console
+gdb's command line is driven with pexpect (akvm.testing.gdb), the guest's console
 with akvm.testing.Guest. Each test boots its own guest (tens of milliseconds) with
 `--gdb tcp::0` and reads the port akvm picked from its console.
 """
@@ -19,7 +19,7 @@ from akvm import guest_kernel
 from akvm.base.exitcode import ExitCode
 from akvm.gdb.packets import PacketReader, Packet, frame
 from tests.conftest import needs_kvm
-from tests.gdb_driver import Gdb
+from akvm.testing.gdb import Gdb
 
 pytestmark = [needs_kvm, pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")]
 

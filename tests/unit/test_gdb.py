@@ -388,3 +388,33 @@ def test_x87_tag_word_round_trip():
     assert (tag >> 6) & 3 == 0 and tag & 3 == 1           # physical 3 valid, physical 0 zero
     assert all((tag >> (2 * p)) & 3 == 3 for p in (1, 2, 4, 5, 6, 7))
     assert registers.abridged_tag(tag) == 0b0000_1001
+
+
+def long_mode_tables(memory) -> PagingState:
+    """4-level tables in RAM: linear 0x5000 a supervisor page, 0x6000 a user page."""
+    p, w, u = 1, 2, 4
+    memory.write_u64(0x1000, 0x2000 | p | w | u)          # PML4[0]
+    memory.write_u64(0x2000, 0x3000 | p | w | u)          # PDPT[0]
+    memory.write_u64(0x3000, 0x4000 | p | w | u)          # PD[0]
+    memory.write_u64(0x4000 + 5 * 8, 0x5000 | p | w)      # PT[5]: supervisor
+    memory.write_u64(0x4000 + 6 * 8, 0x6000 | p | w | u)  # PT[6]: user
+    return PagingState(cr0=0x8000_0011, cr3=0x1000, cr4=0x20, efer=0x500)
+
+
+def test_breakpoints_through_page_tables_leave_them_untouched(monkeypatch):
+    import akvm.vcpu.debug as debug_module
+    debug = make_debug()
+    ps = long_mode_tables(debug.memory)
+    tables = debug.memory.read(0x1000, 0x4000)
+    debug.memory.write(0x5010, b"\x90\x90")
+    assert debug.read(ps, 0x5010, 2) == b"\x90\x90"
+    assert debug.insert_breakpoint(ps, 0x5010) == "int3"
+    assert debug.memory.read(0x5010, 1) == b"\xcc" and debug.read(ps, 0x500f, 3) == b"\x00\x90\x90"
+    assert debug.memory.read(0x1000, 0x4000) == tables       # no accessed or dirty bits set
+    assert debug.insert_breakpoint(ps, 0x7000) == "debug register"   # not mapped (yet)
+    # Where ring 3 never exits (kvm_pvm), an int3 on a user page would go to the guest.
+    monkeypatch.setattr(debug_module, "RING3_TRAPS_EXIT", False)
+    with pytest.raises(DebugError, match="user page"):
+        debug.insert_breakpoint(ps, 0x6000)
+    monkeypatch.setattr(debug_module, "RING3_TRAPS_EXIT", True)
+    assert debug.insert_breakpoint(ps, 0x6000) == "int3"

@@ -187,7 +187,9 @@ class VcpuThread(threading.Thread):
         with self._gate:
             self._holds.add(owner)
             self.vcpu.kvm_run.immediate_exit = 1
-        self._signal()
+            parked = self.parked.is_set()    # then it sees the hold before it leaves
+        if not parked:
+            self._signal()
 
     def resume(self, owner: str = "pause") -> None:
         """Drop `owner`'s hold; the vCPU runs again when nobody else holds it."""

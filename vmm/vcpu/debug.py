@@ -19,7 +19,10 @@ measured; README "Debugging the guest"):
   KVM_RUN as an emulation failure (with or without USE_SW_BP): one at a
   breakpoint is a stop, any other still goes to the completer, which
   delivers the guest's #BP. Where KVM intercepts #BP (USE_SW_BP on VMX
-  or SVM) the debug exit is handled the same way.
+  or SVM) the debug exit is handled the same way. A ring-3 int3 on
+  kvm_pvm goes straight to the guest (no exit at all), so a breakpoint on
+  a page user code can reach is refused there: the guest would get the
+  #BP.
 - A breakpoint on an address nothing maps yet (the guest still in 32-bit
   code, paging off) takes a debug register on that linear address: the
   execution breakpoint fires once code runs there, in any mode.
@@ -36,18 +39,22 @@ measured; README "Debugging the guest"):
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from dataclasses import dataclass
 
 from akvm.base import kvm
 from akvm.base.bus import Bus
 from akvm.base.memory import GuestMemory, GuestMemoryError
-from akvm.vcpu.paging import BP, DB, INSPECT, PAGE_SIZE, GuestFault, PagingState, translate
+from akvm.vcpu.paging import (BP, CR0_PG, DB, INSPECT, PAGE_SIZE, Access, GuestFault, PagingState,
+                              translate)
 
 INT3 = 0xCC
 NUM_DEBUG_REGISTERS = 4
 DR6_BS = 1 << 14                 # single-step
 MAX_WATCH_LENGTH = 16 * PAGE_SIZE
+# Where ring 3 runs natively under kvm_pvm, its int3 (and its debug traps) never exit.
+RING3_TRAPS_EXIT = not os.path.isdir("/sys/module/kvm_pvm")
 
 
 def dr7_enable(index: int) -> int:
@@ -217,6 +224,9 @@ class GuestDebug:
                 return "debug register"
             if not self.memory.contains(gpa):
                 raise DebugError(f"{linear:#x} -> {gpa:#x} is not RAM")
+            if not RING3_TRAPS_EXIT and self._user_page(ps, linear):
+                raise DebugError(f"{linear:#x} is in a user page: an int3 there would go to "
+                                 f"the guest (ring 3 never exits to akvm on kvm_pvm)")
             bp = self._sw.get(gpa)
             if bp is None:
                 bp = self._sw[gpa] = _SwBreak(self.memory.read(gpa, 1)[0], set())
@@ -224,6 +234,15 @@ class GuestDebug:
             bp.addresses.add(linear)
             self._sw_at[linear] = gpa
             return "int3"
+
+    def _user_page(self, ps: PagingState, linear: int) -> bool:
+        if not ps.cr0 & CR0_PG:
+            return False
+        try:
+            translate(self.memory, ps, linear, Access(user=True), set_accessed=False)
+            return True
+        except (GuestFault, GuestMemoryError):
+            return False
 
     def remove_breakpoint(self, linear: int) -> bool:
         with self._lock:

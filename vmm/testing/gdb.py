@@ -1,4 +1,13 @@
-"""Drive the real GDB (Debian's `gdb`) through its command line with pexpect, for the stub's tests."""
+"""Drive gdb through its command line with pexpect: akvm's GDB stub in tests and benchmarks.
+
+    with Guest(args=["--gdb", "tcp::1234"]) as guest:
+        gdb = Gdb("guest/build/kernel.elf64")
+        gdb.cmd("target remote :1234")
+        gdb.cmd("break cmd_cores")
+        gdb.start("continue")
+        guest.send("cores\r")
+        assert "Breakpoint 1, cmd_cores" in gdb.wait_stop()
+"""
 from __future__ import annotations
 
 import os
