@@ -59,8 +59,8 @@ class FakeTarget:
         self.regs = {}
         for tid in (1, 2):
             sregs = kvm.kvm_sregs(cr0=0x11)
-            self.regs[tid] = registers.VcpuRegisters(kvm.kvm_regs(rip=0x1000 * tid), sregs,
-                                                     kvm.kvm_fpu())
+            self.regs[tid] = registers.VcpuRegisters(regs=kvm.kvm_regs(rip=0x1000 * tid),
+                                                     sregs=sregs, fpu=kvm.kvm_fpu())
         self.resumed = []
         self.detached = self.killed = False
 

@@ -138,14 +138,34 @@ def abridged_tag(tag: int) -> int:
     return sum(1 << p for p in range(8) if (tag >> (2 * p)) & 3 != 3)
 
 
-@dataclass
 class VcpuRegisters:
-    """One vCPU's registers as KVM holds them; fpu read only when asked for."""
-    regs: kvm.kvm_regs
-    sregs: kvm.kvm_sregs
-    fpu: kvm.kvm_fpu | None = None
+    """One vCPU's registers as KVM holds them, each structure read when first wanted
+    (a stop reply needs only kvm_regs)."""
 
-    def get(self, number: int, read_fpu=None) -> bytes:
+    def __init__(self, vcpu=None, *, regs: kvm.kvm_regs | None = None,
+                 sregs: kvm.kvm_sregs | None = None, fpu: kvm.kvm_fpu | None = None):
+        self._vcpu = vcpu
+        self._regs, self._sregs, self._fpu = regs, sregs, fpu
+
+    @property
+    def regs(self) -> kvm.kvm_regs:
+        if self._regs is None:
+            self._regs = self._vcpu.get_regs()
+        return self._regs
+
+    @property
+    def sregs(self) -> kvm.kvm_sregs:
+        if self._sregs is None:
+            self._sregs = self._vcpu.get_sregs()
+        return self._sregs
+
+    @property
+    def fpu(self) -> kvm.kvm_fpu:
+        if self._fpu is None:
+            self._fpu = self._vcpu.get_fpu()
+        return self._fpu
+
+    def get(self, number: int) -> bytes:
         r = REGISTERS[number]
         name = r.name
         if name in GPRS or name == "rip":
@@ -158,7 +178,7 @@ class VcpuRegisters:
             return getattr(self.sregs, name[:2]).base.to_bytes(8, "little")
         if name in CONTROL:
             return getattr(self.sregs, name).to_bytes(8, "little")
-        fpu = self._fpu(read_fpu)
+        fpu = self.fpu
         if name.startswith("st"):
             return bytes(fpu.fpr[int(name[2:])])[:10]
         if name.startswith("xmm"):
@@ -169,7 +189,7 @@ class VcpuRegisters:
                  "mxcsr": fpu.mxcsr}[name]
         return value.to_bytes(4, "little")
 
-    def set(self, number: int, data: bytes, read_fpu=None) -> str:
+    def set(self, number: int, data: bytes) -> str:
         """Change one register; returns which KVM structure changed: regs, sregs or fpu."""
         r = REGISTERS[number]
         name = r.name
@@ -191,7 +211,7 @@ class VcpuRegisters:
         if name in CONTROL:
             setattr(self.sregs, name, value)
             return "sregs"
-        fpu = self._fpu(read_fpu)
+        fpu = self.fpu
         if name.startswith("st"):
             reg = fpu.fpr[int(name[2:])]
             for i, b in enumerate(data):
@@ -216,11 +236,6 @@ class VcpuRegisters:
             fpu.mxcsr = value
         # fiseg, foseg: KVM keeps no x87 selectors; a write is dropped
         return "fpu"
-
-    def _fpu(self, read_fpu) -> kvm.kvm_fpu:
-        if self.fpu is None:
-            self.fpu = read_fpu()
-        return self.fpu
 
 
 SIZES = [r.bits // 8 for r in REGISTERS]

@@ -106,17 +106,16 @@ class MachineTarget:
     def _registers(self, tid: int) -> registers.VcpuRegisters:
         r = self._cache.get(tid)
         if r is None:
-            vcpu = self._vcpu(tid).vcpu
-            r = self._cache[tid] = registers.VcpuRegisters(vcpu.get_regs(), vcpu.get_sregs())
+            r = self._cache[tid] = registers.VcpuRegisters(self._vcpu(tid).vcpu)
         return r
 
     def read_register(self, tid: int, number: int) -> bytes:
-        return self._registers(tid).get(number, self._vcpu(tid).vcpu.get_fpu)
+        return self._registers(tid).get(number)
 
     def write_register(self, tid: int, number: int, data: bytes) -> None:
         vcpu = self._vcpu(tid).vcpu
         r = self._registers(tid)
-        changed = r.set(number, data, vcpu.get_fpu)
+        changed = r.set(number, data)
         if changed == "regs":
             vcpu.set_regs(r.regs)
         elif changed == "sregs":
@@ -259,7 +258,7 @@ class MachineTarget:
         vCPUs held. Returns the stop to report now: the step, when a step was asked
         for or it ended on another breakpoint, or whatever else stopped it."""
         tid = index + 1
-        if not self._at_breakpoint(tid):
+        if not self.debug.has_breakpoints() or not self._at_breakpoint(tid):
             return None
         thread = self.vcpus[index]
         r = self._registers(tid)

@@ -9,8 +9,9 @@ Pausing: `pause(owner)` parks the thread at an instruction boundary and
 `resume(owner)` lets it go once no owner holds it (Machine.pause() does
 every vCPU). Parked means out of KVM_RUN with the last exit completed:
 KVM finishes an IN's or an MMIO read's data (and a string I/O's next
-iteration) only when KVM_RUN is entered again, so the thread enters it
-once with immediate_exit set, which completes that and returns at once.
+iteration) only when KVM_RUN is entered again, so after such an exit the
+thread enters it once with immediate_exit set, which completes that and
+returns at once.
 The registers, the vCPU's events and guest RAM are then consistent and
 may be read or changed from any thread.
 
@@ -163,6 +164,7 @@ class VcpuThread(threading.Thread):
         self.debugger = None              # akvm.vcpu.debug.GuestDebug while one is attached
         self.stepping = False             # the debugger asked for one instruction
         self.debug_event: DebugStop | None = None   # why the debugger must hear of this exit
+        self._io_pending = False          # the last exit was I/O or MMIO KVM still has to finish
 
     def kick(self) -> None:
         """Make the thread leave KVM_RUN and exit its loop."""
@@ -213,10 +215,12 @@ class VcpuThread(threading.Thread):
         """Wait here, out of KVM_RUN, until no owner holds the thread."""
         run = self.vcpu.kvm_run
         run.immediate_exit = 1
-        try:
-            self.vcpu.run()       # completes the last exit's I/O; returns -EINTR at once
-        except kvm.KvmError:
-            pass
+        if self._io_pending:
+            self._io_pending = False
+            try:
+                self.vcpu.run()   # completes the last exit's I/O; returns -EINTR at once
+            except kvm.KvmError:
+                pass
         self.parked.set()
         if event is not None and self.debugger is not None:
             self.debugger.stopped(self, event)
@@ -250,6 +254,7 @@ class VcpuThread(threading.Thread):
                     continue
                 self.fatal(f"KVM_RUN failed: errno {-reason}")
                 return
+            self._io_pending = reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO, EXIT_DONE_IN_C)
             if reason == kvm.KVM_EXIT_IO:
                 self.stats.count("io")
                 self._io(run.exit.io)

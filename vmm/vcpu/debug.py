@@ -299,6 +299,9 @@ class GuestDebug:
                 if bp is not None and self._sw.get(gpa) is bp:
                     self.memory.write(gpa, bytes([INT3]))
 
+    def has_breakpoints(self) -> bool:
+        return bool(self._sw) or any(slot is not None for slot in self._dr)
+
     def breakpoint_here(self, ps: PagingState, linear: int) -> bool:
         """Whether the instruction at `linear` is under one of our breakpoints."""
         with self._lock:
