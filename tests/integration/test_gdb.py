@@ -146,6 +146,15 @@ def test_threads_ctrl_c_and_continue(debugged):
     status = gdb.cmd("monitor status")
     assert "2 vCPUs" in status and "CPU 1: rip 0x" in status, status
     assert re.search(r"00100000  [0-9a-f]{2} ", gdb.cmd("monitor phys 0x100000 16")), gdb.log
+    # Stepping one vCPU while the other runs (gdb's vCont;s:1;c), then on.
+    gdb.cmd("break cmd_kerninfo")
+    assert "cmd_kerninfo" in hit(gdb, guest, "kerninfo")
+    assert "kerninfo ()" in gdb.cmd("step")
+    assert re.match(r"\d+\s", gdb.cmd("next"))
+    gdb.cmd("delete")
+    gdb.start("continue")
+    guest.expect("TSC frequency")
+    assert "2 cores online" in guest.command("cores")
 
 
 def test_detach_leaves_the_guest_running_without_breakpoints(debugged):

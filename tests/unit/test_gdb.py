@@ -418,3 +418,25 @@ def test_breakpoints_through_page_tables_leave_them_untouched(monkeypatch):
         debug.insert_breakpoint(ps, 0x6000)
     monkeypatch.setattr(debug_module, "RING3_TRAPS_EXIT", True)
     assert debug.insert_breakpoint(ps, 0x6000) == "int3"
+
+
+def test_watched_pages_above_4g_split_their_own_slot():
+    memory = GuestMemory.from_bytearray(RAM)
+    memory.add_slot(1 << 32, bytearray(RAM))
+    memory.host_address = lambda slot: 0x7F00_0000_0000 + slot.index * (1 << 30)
+    vm = FakeVm()
+    vm.slots[1] = (1 << 32, RAM, 0)
+    debug = GuestDebug(memory, vm, Bus("mmio"))
+    ps = PagingState(cr0=0x8000_0011, cr3=0x1000, cr4=0x20, efer=0x500)
+    long_mode_tables(memory)
+    memory.write_u64(0x4000 + 7 * 8, (1 << 32) + 0x3000 | 3)   # PT[7] -> 4 GiB + 0x3000
+    debug.insert_watchpoint(ps, 0x7008, 8)
+    debug.commit()
+    assert vm.slots[0] == (0, RAM, 0)                            # the low slot untouched
+    assert sorted(v for k, v in vm.slots.items() if k != 0) == [
+        (1 << 32, 0x3000, 0), ((1 << 32) + 0x3000, 0x1000, kvm.KVM_MEM_READONLY),
+        ((1 << 32) + 0x4000, RAM - 0x4000, 0)]
+    assert max(vm.slots) == 63                                   # split-off ids from the top
+    debug.remove_watchpoint(0x7008, 8)
+    debug.commit()
+    assert vm.slots == {0: (0, RAM, 0), 1: (1 << 32, RAM, 0)}

@@ -202,7 +202,7 @@ class VcpuRegisters:
         if name == "eflags":
             self.regs.rflags = (self.regs.rflags & ~0xFFFF_FFFF) | value
             return "regs"
-        if name in SEGMENTS:
+        if name in SEGMENTS:       # the selector only: the descriptor cache stays as it was
             getattr(self.sregs, name).selector = value & 0xFFFF
             return "sregs"
         if name in ("fs_base", "gs_base"):
