@@ -23,6 +23,14 @@ exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
 4 triple fault, 5 guest error (see README.md)."""
 
 
+class LogFormatter(logging.Formatter):
+    """`akvm: iommu: message`: the component's logger name without the package's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("akvm.")
+        return f"akvm: {name}: {super().format(record)}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, as for every other bad input
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
@@ -50,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
+    run.add_argument("--control", metavar="unix:PATH",
+                     help="a control socket: JSON commands in QMP's shape (see README)")
     run.add_argument("--gdb", nargs="?", const=GDB_DEFAULT, metavar="tcp:[HOST]:PORT",
                      help="serve the GDB remote protocol (bare --gdb: tcp:127.0.0.1:1234; "
                           "port 0: any free one); see README, Debugging the guest")
@@ -82,22 +92,30 @@ def config_from_args(args) -> MachineConfig:
 def main(argv: list[str] | None, image: BootImage) -> int:
     """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
-    listener = None
+                        handlers=[handler])
+    control = listener = None
     try:
         config = config_from_args(args)
         if config.gdb is not None:
             from akvm.gdb.server import listen
             listener = listen(*config.gdb)
         image.start(config)
+        if args.control:
+            from akvm.control import ControlServer, parse_control
+            control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
-        if listener is not None:
-            listener.close()
+        for server in (control, listener):
+            if server is not None:
+                server.close()
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
+    if control is not None:
+        control.start(machine)
     stub = None
     if listener is not None:
         from akvm.gdb.server import GdbServer
@@ -106,9 +124,12 @@ def main(argv: list[str] | None, image: BootImage) -> int:
         print(f"akvm: gdb: listening on {host}:{port}"
               f"{', waiting for it to start the guest' if config.gdb_wait else ''}",
               file=sys.stderr, flush=True)
-    code, message = machine.run()
-    if stub is not None:
-        stub.close()
+    try:
+        code, message = machine.run()
+    finally:
+        for server in (control, stub):
+            if server is not None:
+                server.close()
     print(f"akvm: {message}", file=sys.stderr)
     if config.stats:
         print(machine.format_stats(), file=sys.stderr)

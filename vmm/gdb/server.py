@@ -99,12 +99,12 @@ class GdbServer:
         except OSError:
             return
         if self._client is not None or self.target.ended() is not None:
-            log.warning("gdb: refused %s: a debugger is attached already", peer)
+            log.warning("refused %s: a debugger is attached already", peer)
             conn.close()
             return
         conn.settimeout(SEND_TIMEOUT)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        log.info("gdb: %s attached", peer)
+        log.info("%s attached", peer)
         self._client, self._reader, self._last_sent = conn, PacketReader(), b""
         self._session = Session(self.target, self.target.attach())
         poller.register(conn, select.POLLIN)
@@ -156,7 +156,7 @@ class GdbServer:
         try:
             self._client.sendall(data)
         except OSError as e:
-            log.warning("gdb: client lost (%s)", e)
+            log.warning("client lost (%s)", e)
             self._drop_client(detach=True)
 
     def _drop_client(self, detach: bool) -> None:
@@ -173,4 +173,4 @@ class GdbServer:
         client.close()
         if detach and not session.detached and not session.killed and self.target.ended() is None:
             self.target.detach()
-        log.info("gdb: client detached")
+        log.info("client detached")

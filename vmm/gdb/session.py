@@ -105,7 +105,7 @@ class Session:
         try:
             return self.dispatch(data)
         except Exception:      # a bug must not end the session: log it, answer E
-            log.exception("gdb: packet %r", data[:64])
+            log.exception("packet %r", data[:64])
             return E_BAD
 
     def dispatch(self, data: bytes) -> bytes | None:
@@ -115,10 +115,10 @@ class Session:
         try:
             return self._dispatch(data)
         except (PacketError, ValueError, UnicodeDecodeError) as e:
-            log.debug("gdb: bad packet %r: %s", data[:64], e)
+            log.debug("bad packet %r: %s", data[:64], e)
             return E_BAD
         except DebugError as e:
-            log.debug("gdb: %r: %s", data[:64], e)
+            log.debug("%r: %s", data[:64], e)
             return E_MEMORY
 
     def stopped(self, stop: Stop | Exited) -> bytes:

@@ -1,4 +1,4 @@
-"""The machine as a GDB target: vCPUs as threads, run control on Machine.pause()/resume().
+"""The machine as a GDB target: vCPUs as threads, run control by the vCPUs' pause holds.
 
 All-stop: a vCPU that stops for the debugger (akvm.vcpu.debug.DebugStop)
 parks itself, held by "debug"; the first such stop pauses the others and
@@ -61,7 +61,7 @@ class MachineTarget:
     def hold(self) -> None:
         """--gdb-wait: no vCPU runs until GDB says so (call before Machine.run)."""
         for t in self.vcpus:
-            t.pause(DEBUG_HOLD)
+            t.request_pause(DEBUG_HOLD)
         self.stopped = True
 
     def attach(self) -> Stop:
@@ -139,7 +139,7 @@ class MachineTarget:
             if kind != 1:
                 raise DebugError(f"an x86 breakpoint is 1 byte, not {kind}")
             how = self.debug.insert_breakpoint(self._paging(tid), addr)
-            log.debug("gdb: breakpoint at %#x (%s)", addr, how)
+            log.debug("breakpoint at %#x (%s)", addr, how)
         elif type_ == HW_BREAK:
             self.debug.insert_hw_breakpoint(addr)
         elif type_ == WRITE_WATCH:
@@ -172,8 +172,12 @@ class MachineTarget:
             pass              # the server has a wake-up to read already
 
     def _stop_all(self) -> None:
-        if not self.machine.pause(DEBUG_HOLD, PAUSE_TIMEOUT):
-            log.warning("gdb: a vCPU did not stop within %.0f s", PAUSE_TIMEOUT)
+        for t in self.vcpus:
+            t.request_pause(DEBUG_HOLD)
+        deadline = time.monotonic() + PAUSE_TIMEOUT
+        for t in self.vcpus:
+            if not t.wait_paused(max(0.0, deadline - time.monotonic())):
+                log.warning("vcpu%d did not stop within %.0f s", t.vcpu.index, PAUSE_TIMEOUT)
         self._cache.clear()
         self.stopped = True
 
@@ -277,7 +281,7 @@ class MachineTarget:
                 mine = [why for i, why in self._events if i == index]
                 self._events = [e for e in self._events if e[0] != index]
             if not mine:          # still on that instruction (a HLT waiting?): stop it there
-                thread.pause(DEBUG_HOLD)
+                thread.request_pause(DEBUG_HOLD)
                 thread.wait_paused(PAUSE_TIMEOUT)
             self.debug.apply(thread)
         self._cache.pop(tid, None)

@@ -5,28 +5,19 @@ to the port-I/O or MMIO bus. Exits that end the VM (triple fault, reset,
 poweroff, an error KVM cannot recover from) are reported to the Machine
 through its `stop` callback with an ExitCode.
 
-Pausing: `pause(owner)` parks the thread at an instruction boundary and
-`resume(owner)` lets it go once no owner holds it (Machine.pause() does
-every vCPU). Parked means out of KVM_RUN with the last exit completed:
-KVM finishes an IN's or an MMIO read's data (and a string I/O's next
-iteration) only when KVM_RUN is entered again, so after such an exit the
-thread enters it once with immediate_exit set, which completes that and
-returns at once.
-The registers, the vCPU's events and guest RAM are then consistent and
-may be read or changed from any thread.
-
 Guest debugging (akvm.vcpu.debug): with a `debugger` attached, a debug
 exit, the debugger's own int3 (an emulation failure where ring 0 is
 emulated) or a write to a watched page ends in a DebugStop: the thread
-parks, held by "debug", and tells the debugger. While `stepping`, every
-exit ends the step, as the instruction that caused it has executed.
+pauses itself, held by DEBUG_HOLD, and tells the debugger once parked.
+While `stepping`, every exit ends the step: the instruction that caused
+it has executed (on kvm_pvm an instruction that exits to akvm ends with
+that exit, not a debug exit).
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass, field
 
 from akvm.base import kvm
@@ -41,8 +32,8 @@ KICK_SIGNAL = signal.SIGRTMIN + 3
 
 # What _run_once returns for an exit the C fast path completed (not a KVM exit reason).
 EXIT_DONE_IN_C = 1 << 16
-# The pause owner for a vCPU stopped by the debugger.
-DEBUG_HOLD = "debug"
+# Who holds a paused vCPU: Machine.pause() (every vCPU), or a debugger (one at a time).
+PAUSE_HOLD, DEBUG_HOLD = "pause", "debug"
 
 
 @dataclass
@@ -119,6 +110,14 @@ def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> No
     vcpu.set_cpuid2(entries)
 
 
+def format_completions(s: dict) -> str:
+    """What akvm.vcpu.complete.Completer.stats() counted, as --stats prints it (here, so
+    that printing it does not load the completer)."""
+    done = ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())) or "none"
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(s["faults"].items()))
+    return f"completions: {done}" + (f"; faults injected: {faults}" if faults else "")
+
+
 # --- register dump -------------------------------------------------------
 
 def format_registers(regs: kvm.kvm_regs, sregs: kvm.kvm_sregs) -> str:
@@ -158,21 +157,16 @@ class VcpuThread(threading.Thread):
         self.stopping = False
         self.fastpath = fastpath          # akvm.base.runloop.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
-        self._gate = threading.Condition()
-        self._holds: set[str] = set()     # who keeps this vCPU out of KVM_RUN (pause owners)
-        self.parked = threading.Event()   # set while parked at an instruction boundary
-        self.debugger = None              # akvm.vcpu.debug.GuestDebug while one is attached
+        # Pausing (request_pause / wait_paused / resume): guarded by _pause. The vCPU
+        # runs while nobody holds it.
+        self._pause = threading.Condition()
+        self._holds: set[str] = set()
+        self.paused = False               # parked between two instructions, out of KVM_RUN
+        # Guest debugging: None unless a debugger (akvm.vcpu.debug.GuestDebug) is attached.
+        self.debugger = None
         self.stepping = False             # the debugger asked for one instruction
-        self.debug_event: DebugStop | None = None   # why the debugger must hear of this exit
-        self._io_pending = False          # the last exit was I/O or MMIO KVM still has to finish
-
-    def kick(self) -> None:
-        """Make the thread leave KVM_RUN and exit its loop."""
-        with self._gate:      # so that a parked thread leaving cannot clear immediate_exit
-            self.stopping = True
-            self.vcpu.kvm_run.immediate_exit = 1
-            self._gate.notify_all()
-        self._signal()
+        self.debug_event: DebugStop | None = None   # what this exit means to the debugger
+        self._stopped_for: DebugStop | None = None  # told to the debugger once parked
 
     def _signal(self) -> None:
         if self.is_alive() and self.ident is not None:
@@ -181,55 +175,65 @@ class VcpuThread(threading.Thread):
             except ProcessLookupError:
                 pass
 
-    # --- pausing -------------------------------------------------------------
+    def kick(self) -> None:
+        """Make the thread leave KVM_RUN and exit its loop (a paused thread too)."""
+        self.stopping = True
+        self.vcpu.kvm_run.immediate_exit = 1
+        with self._pause:
+            self._pause.notify_all()
+        self._signal()
 
-    def pause(self, owner: str = "pause") -> None:
-        """Ask the thread to park at the next instruction boundary; returns at once
-        (wait_paused() waits). A thread not started yet parks before its first KVM_RUN."""
-        with self._gate:
+    # --- pausing -------------------------------------------------------------
+    #
+    # A paused vCPU is parked in this thread, outside KVM_RUN, with every
+    # instruction it started finished: the exit that handed an access to
+    # akvm was completed by one more KVM_RUN with immediate_exit set (KVM
+    # then writes an IN's value to RAX or an MMIO read's to its register,
+    # and moves RIP past the instruction, without entering the guest). Its
+    # registers, and anything the guest can see, hold still until resume(),
+    # and other threads may use the vCPU's state ioctls meanwhile. Holders
+    # are counted apart (PAUSE_HOLD, DEBUG_HOLD): a snapshot's pause and
+    # resume leave a vCPU a debugger stopped where it is.
+
+    def request_pause(self, owner: str = PAUSE_HOLD) -> None:
+        """Ask the thread to park at the next instruction boundary; wait_paused() waits for it."""
+        with self._pause:
             self._holds.add(owner)
             self.vcpu.kvm_run.immediate_exit = 1
-            parked = self.parked.is_set()    # then it sees the hold before it leaves
-        if not parked:
+            paused = self.paused        # then it sees the hold before it leaves
+        if not paused:
             self._signal()
 
-    def resume(self, owner: str = "pause") -> None:
-        """Drop `owner`'s hold; the vCPU runs again when nobody else holds it."""
-        with self._gate:
-            self._holds.discard(owner)
-            self._gate.notify_all()
-
     def wait_paused(self, timeout: float | None = None) -> bool:
-        """True once the thread is parked, or is not running at all (not started, ended)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.parked.is_set():
-            if self.ident is None or not self.is_alive():
-                return True
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                return False
-            self.parked.wait(0.05 if left is None else min(left, 0.05))
-        return True
+        """Whether the thread is parked within `timeout` seconds, or runs no guest code:
+        not started (it parks before its first instruction) or ended."""
+        with self._pause:
+            return self._pause.wait_for(
+                lambda: self.paused or self.ident is None or self.stopping, timeout)
 
-    def _park(self, event: DebugStop | None = None) -> None:
-        """Wait here, out of KVM_RUN, until no owner holds the thread."""
-        run = self.vcpu.kvm_run
-        run.immediate_exit = 1
-        if self._io_pending:
-            self._io_pending = False
-            try:
-                self.vcpu.run()   # completes the last exit's I/O; returns -EINTR at once
-            except kvm.KvmError:
-                pass
-        self.parked.set()
-        if event is not None and self.debugger is not None:
-            self.debugger.stopped(self, event)
-        with self._gate:
-            while self._holds and not self.stopping:
-                self._gate.wait()
-            self.parked.clear()
+    def resume(self, owner: str = PAUSE_HOLD) -> None:
+        """Drop `owner`'s hold: the thread runs the guest again once nobody holds it."""
+        with self._pause:
+            self._holds.discard(owner)
+            if not self._holds and not self.paused and not self.stopping:
+                self.vcpu.kvm_run.immediate_exit = 0
+            self._pause.notify_all()
+
+    def _park(self) -> None:
+        """Called after KVM_RUN returned EINTR: park here while anyone holds the thread."""
+        with self._pause:
+            if not self._holds or self.stopping:
+                return
+            self.paused = True
+            stopped_for, self._stopped_for = self._stopped_for, None
+            self._pause.notify_all()
+        if stopped_for is not None and self.debugger is not None:
+            self.debugger.stopped(self, stopped_for)
+        with self._pause:
+            self._pause.wait_for(lambda: not self._holds or self.stopping)
+            self.paused = False
             if not self.stopping:
-                run.immediate_exit = 0
+                self.vcpu.kvm_run.immediate_exit = 0
 
     def run(self) -> None:
         try:
@@ -237,24 +241,25 @@ class VcpuThread(threading.Thread):
         except Exception as e:  # a bug in akvm must still end the VM cleanly
             log.exception("vcpu%d: internal error", self.vcpu.index)
             self.stop(ExitCode.GUEST_ERROR, f"vcpu{self.vcpu.index}: akvm internal error: {e}")
+        finally:
+            with self._pause:               # wait_paused() need not wait for a thread that ended
+                self.stopping = True
+                self._pause.notify_all()
 
     def _loop(self) -> None:
         run = self.vcpu.kvm_run
         fd, fast = self.vcpu.fd, self.fastpath.handle
         while not self.stopping:
-            if self._holds:
-                self._park()
-                continue
             if self.stepping:
                 reason = self._run_once()
             else:
                 reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
             if reason < 0:
-                if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
+                if -reason in (4, 11):   # EINTR, EAGAIN: a kick, a pause or a signal
+                    self._park()
                     continue
                 self.fatal(f"KVM_RUN failed: errno {-reason}")
                 return
-            self._io_pending = reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO, EXIT_DONE_IN_C)
             if reason == kvm.KVM_EXIT_IO:
                 self.stats.count("io")
                 self._io(run.exit.io)
@@ -281,11 +286,13 @@ class VcpuThread(threading.Thread):
         return reason
 
     def _debug_stop(self) -> None:
-        event, self.debug_event = self.debug_event, None
-        self.stepping = False
-        with self._gate:
+        """Pause this vCPU for the debugger: the next KVM_RUN (immediate_exit set)
+        completes the exit just handled and returns EINTR, then _park() tells it."""
+        with self._pause:
+            self._stopped_for, self.debug_event = self.debug_event, None
             self._holds.add(DEBUG_HOLD)
-        self._park(event)
+            self.vcpu.kvm_run.immediate_exit = 1
+        self.stepping = False
 
     def _io(self, io: kvm.kvm_run_io) -> None:
         size, port = io.size, io.port
