@@ -157,6 +157,23 @@ def test_threads_ctrl_c_and_continue(debugged):
     assert "2 cores online" in guest.command("cores")
 
 
+def test_a_stop_in_user_code_cannot_step_but_runs_on(debugged):
+    """kvm_pvm runs ring 3 natively: a step there would hand the guest a #DB, so it is
+    refused, and the process runs on unharmed."""
+    guest, gdb, _ = debugged()
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    guest.send("run ubench loop 4000000000\r")       # about 2 s of ring-3 dec/jnz
+    time.sleep(0.5)
+    assert "SIGINT" in gdb.interrupt()
+    assert gdb.value("$cs & 3") == "3", gdb.cmd("bt")
+    out = gdb.cmd("stepi")
+    assert "E03" in out, out
+    gdb.start("continue")
+    guest.expect("BENCH user-insn-loop-1k")
+    guest.expect(guest.prompt)
+
+
 def test_detach_leaves_the_guest_running_without_breakpoints(debugged):
     guest, gdb, _ = debugged()
     gdb.cmd("break cmd_cores")

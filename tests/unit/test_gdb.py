@@ -190,7 +190,7 @@ ARGS = st.one_of(st.binary(max_size=48),
 PACKETS = st.builds(lambda c, a: c + a, st.sampled_from(COMMANDS), ARGS)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(PACKETS, min_size=1, max_size=12))
 def test_dispatch_answers_any_packet_without_raising(packets):
     s, target = session()
@@ -416,8 +416,14 @@ def test_breakpoints_through_page_tables_leave_them_untouched(monkeypatch):
     monkeypatch.setattr(debug_module, "RING3_TRAPS_EXIT", False)
     with pytest.raises(DebugError, match="user page"):
         debug.insert_breakpoint(ps, 0x6000)
+    user = kvm.kvm_sregs(cr0=0x8000_0011)
+    user.cs.selector = 0x2B
+    with pytest.raises(DebugError, match="ring 3"):
+        debug.check_step(user)
+    debug.check_step(kvm.kvm_sregs(cr0=0x8000_0011))           # ring 0 steps
     monkeypatch.setattr(debug_module, "RING3_TRAPS_EXIT", True)
     assert debug.insert_breakpoint(ps, 0x6000) == "int3"
+    debug.check_step(user)
 
 
 def test_watched_pages_above_4g_split_their_own_slot():

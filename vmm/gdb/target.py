@@ -228,6 +228,9 @@ class MachineTarget:
         """Run vCPUs: actions by thread id ("c" or "s"), `default` for the others (None:
         they stay stopped). A queued stop that still holds is reported instead."""
         plan = {t.vcpu.index: actions.get(t.vcpu.index + 1, default) for t in self.vcpus}
+        for index, how in plan.items():
+            if how == "s":
+                self.debug.check_step(self._registers(index + 1).sregs)
         with self._lock:
             queued, self._events = self._events, []
         queued = [(i, why) for i, why in queued if self._still_valid(i, why, plan)]

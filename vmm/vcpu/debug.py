@@ -22,7 +22,7 @@ measured; README "Debugging the guest"):
   or SVM) the debug exit is handled the same way. A ring-3 int3 on
   kvm_pvm goes straight to the guest (no exit at all), so a breakpoint on
   a page user code can reach is refused there: the guest would get the
-  #BP.
+  #BP. So is a single step of ring-3 code: its #DB would be the guest's.
 - A breakpoint on an address nothing maps yet (the guest still in 32-bit
   code, paging off) takes a debug register on that linear address: the
   execution breakpoint fires once code runs there, in any mode.
@@ -299,6 +299,13 @@ class GuestDebug:
                 if bp is not None and self._sw.get(gpa) is bp:
                     self.memory.write(gpa, bytes([INT3]))
 
+    def check_step(self, sregs) -> None:
+        """DebugError where a single step cannot stop: in ring 3 on kvm_pvm, where the
+        step's #DB would be delivered to the guest instead."""
+        if not RING3_TRAPS_EXIT and sregs.cr0 & 1 and sregs.cs.selector & 3 == 3:
+            raise DebugError("cannot single-step ring 3 here: its #DB would go to the guest "
+                             "(kvm_pvm runs ring 3 natively)")
+
     def has_breakpoints(self) -> bool:
         return bool(self._sw) or any(slot is not None for slot in self._dr)
 
@@ -412,7 +419,9 @@ class GuestDebug:
             control &= self._control_mask
             key = (control, tuple(regs))
             index = thread.vcpu.index
-            if self._applied.get(index, (0, (0,) * 8)) != key:
+            # kvm_pvm sets the guest's TF when this is called and a guest POPF or IRET
+            # may clear it: a step always calls it again.
+            if step or self._applied.get(index, (0, (0,) * 8)) != key:
                 thread.vcpu.set_guest_debug(control, regs)
                 self._applied[index] = key
             thread.stepping = step
