@@ -163,7 +163,7 @@ def test_a_stop_in_user_code_cannot_step_but_runs_on(debugged):
     guest, gdb, _ = debugged()
     gdb.start("continue")
     gdb.child.expect("Continuing.")
-    guest.send("run ubench loop 4000000000\r")       # about 2 s of ring-3 dec/jnz
+    guest.send("run ubench loop 2000000000\r")       # about 1 s of ring-3 dec/jnz
     time.sleep(0.5)
     assert "SIGINT" in gdb.interrupt()
     assert gdb.value("$cs & 3") == "3", gdb.cmd("bt")

@@ -35,6 +35,7 @@ class Gdb:
                                    dimensions=(200, 300), encoding="utf-8", codec_errors="replace",
                                    env={**os.environ, "TERM": "dumb"})
         self.transcript = []
+        self.running = False          # a started command has not stopped yet
         self._expect_prompt()
         for setting in ("pagination off", "confirm off", "width 0", "height 0", "style enabled off"):
             self.cmd(f"set {setting}")
@@ -48,6 +49,7 @@ class Gdb:
                            f"transcript:\n{self.log}") from None
         out = self.child.before.replace("\r", "")
         self.transcript.append(out)
+        self.running = False
         return out
 
     @property
@@ -64,6 +66,7 @@ class Gdb:
         """A command that runs the target (continue, next...): returns at once."""
         self.child.sendline(line)
         self.transcript.append(f"{line}\n")
+        self.running = True
 
     def wait_stop(self, timeout: float | None = None) -> str:
         """The output up to the prompt after a started command stops."""
@@ -82,10 +85,12 @@ class Gdb:
 
     def close(self) -> None:
         """Quit; a gdb still waiting on a running target is killed (the stub then detaches)."""
-        if self.child.isalive():
+        if self.child.isalive() and not self.running:
             self.child.sendline("quit")
             try:
-                self.child.expect(pexpect.EOF, timeout=1)
+                self.child.expect(pexpect.EOF, timeout=5)
             except pexpect.TIMEOUT:
-                self.child.terminate(force=True)
+                pass
+        if self.child.isalive():
+            self.child.terminate(force=True)
         self.child.close()
