@@ -220,7 +220,8 @@ class VcpuThread(threading.Thread):
             self._pause.notify_all()
 
     def _park(self) -> None:
-        """Called after KVM_RUN returned EINTR: park here while anyone holds the thread."""
+        """Park here while anyone holds the thread: after KVM_RUN returned EINTR, or
+        from _debug_stop() when no exit is left to complete."""
         with self._pause:
             if not self._holds or self.stopping:
                 return
@@ -271,7 +272,7 @@ class VcpuThread(threading.Thread):
             if self.stepping and self.debug_event is None and reason != kvm.KVM_EXIT_DEBUG:
                 self.debug_event = STEP       # an instruction that exits has executed
             if self.debug_event is not None:
-                self._debug_stop()
+                self._debug_stop(reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO, EXIT_DONE_IN_C))
 
     def _run_once(self) -> int:
         """One KVM_RUN, its exit completed in C when C can (the C loop would run on)."""
@@ -285,14 +286,17 @@ class VcpuThread(threading.Thread):
             return EXIT_DONE_IN_C
         return reason
 
-    def _debug_stop(self) -> None:
-        """Pause this vCPU for the debugger: the next KVM_RUN (immediate_exit set)
-        completes the exit just handled and returns EINTR, then _park() tells it."""
+    def _debug_stop(self, io_pending: bool) -> None:
+        """Pause this vCPU for the debugger, and tell it once parked. After an I/O or
+        MMIO exit the next KVM_RUN (immediate_exit set) completes it and returns EINTR,
+        and the thread parks then; after any other exit it parks at once."""
         with self._pause:
             self._stopped_for, self.debug_event = self.debug_event, None
             self._holds.add(DEBUG_HOLD)
             self.vcpu.kvm_run.immediate_exit = 1
         self.stepping = False
+        if not io_pending:
+            self._park()
 
     def _io(self, io: kvm.kvm_run_io) -> None:
         size, port = io.size, io.port
