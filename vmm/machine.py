@@ -507,8 +507,9 @@ class Machine:
     def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
         """Stop every vCPU at an instruction boundary (VcpuThread.request_pause) and
         wait until all are parked; guest output so far is on the console. Pauses
-        nest: the vCPUs run again after as many resume() calls. Raises PauseError
-        when a vCPU does not stop within `timeout` or the run is over."""
+        nest: the vCPUs run again after as many resume() calls; a vCPU a debugger
+        stopped (akvm.gdb) stays stopped. Raises PauseError when a vCPU does not
+        stop within `timeout` or the run is over."""
         with self._pause_lock:
             if self.result is not None:
                 raise PauseError(f"the machine has stopped: {self.result[1]}")
