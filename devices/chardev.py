@@ -188,8 +188,8 @@ class StdioChardev(Chardev):
         self._saved_attrs = None
         self._reader: _Reader | None = None
         # A reader that went away (EPIPE, EIO) ends output: it is dropped from then on.
-        self._out = OutputQueue(fd_writer(stdout_fd), "stdio-output")
-        self._err = OutputQueue(fd_writer(stderr_fd), "stdio-help")
+        self._out = OutputQueue(fd_writer(stdout_fd), "stdio-output", fd=stdout_fd)
+        self._err = OutputQueue(fd_writer(stderr_fd), "stdio-help", fd=stderr_fd)
         self._sink: Sink | None = None
         self._filter: EscapeFilter | None = None
 
@@ -258,7 +258,7 @@ class FileChardev(Chardev):
         except OSError as e:
             raise ChardevError(f"--serial: cannot open {path}: {e.strerror or e}") from None
         # A full disk (ENOSPC) or an unwritable file ends output: dropped and counted.
-        self._out = OutputQueue(fd_writer(self._fd), f"file-output:{path}")
+        self._out = OutputQueue(fd_writer(self._fd), f"file-output:{path}", fd=self._fd)
 
     def write(self, data: bytes) -> None:
         self._out.put(data)

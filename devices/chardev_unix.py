@@ -93,7 +93,8 @@ class UnixSocketChardev(Chardev):
                 continue
             with self._lock:
                 self._client = client
-                self._out = OutputQueue(client.send, f"serial-unix-output:{self.path}")
+                self._out = OutputQueue(client.send, f"serial-unix-output:{self.path}",
+                                        fd=client.fileno())
                 self.clients += 1
                 self._out.put(self._pending)
                 self._pending = bytearray()

@@ -8,25 +8,39 @@ and counted, and a thread of the queue's own writes the buffer out with
 `send`, which may block for as long as the reader stalls. close() gives
 the reader a bounded time to catch up, then leaves the rest (counted as
 dropped) and the thread, a daemon blocked in the kernel at worst.
+
+While the reader keeps up, put() writes in the caller's thread (when nothing
+is queued and poll() says the descriptor takes PIPE_BUF bytes without
+blocking), so output keeps its order with other writers to the same terminal
+(akvm's log and the guest's console often share one) and its latency.
 """
 from __future__ import annotations
 
 import os
+import select
 import threading
 import time
 from typing import Callable
 
 OUTPUT_LIMIT = 256 * 1024   # bytes held for a slow reader; more is dropped
 CHUNK = 64 * 1024           # bytes handed to send() at a time
+PIPE_BUF = 4096             # a write this small to a writable pipe never blocks (POSIX)
 
 
 class OutputQueue:
     """`send(bytes) -> int` writes some of its argument (blocking is allowed) and
     raises OSError when the reader is gone for good; from then on output is
-    dropped (counted in `dropped`)."""
+    dropped (counted in `dropped`). `fd`, the descriptor send() writes to, if it
+    is one: put() then writes directly while that cannot block."""
 
-    def __init__(self, send: Callable[[bytes], int], name: str, limit: int = OUTPUT_LIMIT):
+    def __init__(self, send: Callable[[bytes], int], name: str, limit: int = OUTPUT_LIMIT,
+                 fd: int | None = None):
         self._send = send
+        self._fd = fd
+        self._poll = None
+        if fd is not None:
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLOUT)
         self.name = name
         self.limit = limit
         self._buf = bytearray()
@@ -44,6 +58,11 @@ class OutputQueue:
             if self._closed or self.dead:
                 self.dropped += len(data)
                 return
+            if not self._buf and not self._sending:
+                data = self._write_now(data)
+                if self.dead:
+                    self.dropped += len(data)
+                    return
             room = self.limit - len(self._buf) - self._sending
             if room < len(data):
                 self.dropped += len(data) - max(room, 0)
@@ -55,6 +74,21 @@ class OutputQueue:
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def _write_now(self, data):
+        """Write what the descriptor takes without blocking; returns the rest. Caller
+        holds _cond, and nothing is queued."""
+        if self._poll is None or len(data) > PIPE_BUF or not data:
+            return data
+        try:
+            if not self._poll.poll(0):
+                return data
+            return data[os.write(self._fd, data):]
+        except BlockingIOError:
+            return data
+        except OSError:
+            self.dead = True
+            return data
 
     @property
     def pending(self) -> int:
@@ -123,7 +157,7 @@ class TextOutput:
     logging and akvm's closing lines, which must not block on a stalled stderr."""
 
     def __init__(self, fd: int, name: str):
-        self.queue = OutputQueue(lambda data: os.write(fd, data), name)
+        self.queue = OutputQueue(lambda data: os.write(fd, data), name, fd=fd)
 
     def write(self, text: str) -> int:
         self.queue.put(text.encode(errors="replace"))

@@ -28,6 +28,7 @@ import os
 import socket
 import threading
 
+IMPORT_S = 10.0         # how long apply() waits for prepare()'s import of pyseccomp
 # CLONE_THREAD: a new thread of this process; clone without it is a new process.
 CLONE_THREAD = 0x0001_0000
 PR_SET_NAME, PR_GET_NAME = 15, 16
@@ -102,7 +103,7 @@ def apply() -> None:
     """Load the filter for every thread of the process (TSYNC), no_new_privs set.
     Raises OSError if the kernel refuses it, ImportError without pyseccomp or libseccomp."""
     if _loading is not None:
-        _loading.join()
+        _loading.join(timeout=IMPORT_S)     # if not done by then, the import below waits
     import pyseccomp as seccomp
     f = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
     f.set_attr(seccomp.Attr.CTL_TSYNC, 1)
