@@ -174,6 +174,20 @@ static uint64_t frame_alloc(void)
 	return pa;
 }
 
+uint64_t frames_contig(unsigned n)
+{
+	uint64_t pa = 0;
+	spin_lock(&frame_lock);
+	if (!frames_ready)
+		frame_init();
+	if (frame_end - frame_next >= (uint64_t)n * PAGE_SIZE) {
+		pa = frame_next;
+		frame_next += (uint64_t)n * PAGE_SIZE;
+	}
+	spin_unlock(&frame_lock);
+	return pa;
+}
+
 static void frame_free(uint64_t pa)
 {
 	spin_lock(&frame_lock);
