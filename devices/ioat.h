@@ -1,19 +1,22 @@
 /* The I/OAT (Crystal Beach DMA, version 3.3) channel's descriptor engine
  * (ioat.c): runs a channel's descriptor chain over the host mappings of
  * the RAM slots, for a channel whose DMA is direct or passed through by
- * the IOMMU. akvm.devices.ioat.run_python() is the Python twin, which also
- * serves translated DMA through the function's DmaSpace.
+ * the IOMMU, or translated by a C translator (dmaxlate.h) while it can.
+ * akvm.devices.ioat.run_python() is the Python twin, which serves what C
+ * leaves through the function's DmaSpace.
  *
  * The channel's state is one struct that both engines and the register
  * file (akvm.devices.ioat.IoatFunction) share. A descriptor is done in
  * steps: fetch (and check), copy (in chunks, so a stop request is seen
  * within one chunk), completion write, advance. C stops before any step
- * whose guest memory is out of its reach and returns AKVM_IOAT_PYTHON:
+ * whose guest memory is out of its reach (outside RAM, or a translation it
+ * does not have) and returns AKVM_IOAT_PYTHON:
  * Python does that step through the DmaSpace (which fails it, or records
  * the IOMMU fault) and the rest of the round. */
 #ifndef AKVM_IOAT_H
 #define AKVM_IOAT_H
 
+#include "dmaxlate.h"
 #include "guestram.h"
 
 /* Descriptors: 64 bytes, 64-byte aligned; the engine reads the first 32. */
@@ -63,10 +66,16 @@
 #define AKVM_IOAT_CHANERR_LENGTH_ERR 0x00800u		/* size 0, or over 2^XFERCAP */
 #define AKVM_IOAT_CHANERR_COMPLETION_ADDR_ERR 0x01000u	/* CHANCMP unreachable */
 
-/* Bytes copied between two looks at `stop`, and the work of one call. */
+/* Bytes copied between two looks at `stop` and at the round's budget; the
+ * budget of a round on the channel's thread, and of one run inline in the
+ * DMACOUNT write (a vCPU's: a chunk at most). */
 #define AKVM_IOAT_CHUNK 0x10000
 #define AKVM_IOAT_ROUND_BYTES 0x1000000
 #define AKVM_IOAT_ROUND_DESCRIPTORS 1024
+#define AKVM_IOAT_INLINE_BYTES AKVM_IOAT_CHUNK
+#define AKVM_IOAT_INLINE_DESCRIPTORS 64
+/* Pieces a transfer may be in (pages translated apart): 1 MiB of 4 KiB pages, unaligned. */
+#define AKVM_IOAT_MAX_PIECES 260
 
 /* What akvm_ioat_run() returns */
 #define AKVM_IOAT_DONE 0	/* the count reached DMACOUNT: state IDLE */
@@ -74,7 +83,7 @@
 #define AKVM_IOAT_ERROR 2	/* CHANERR set, state HALTED */
 #define AKVM_IOAT_STOPPED 3	/* `stop` was set: the caller decides the state */
 #define AKVM_IOAT_PYTHON 4	/* the next step's memory is out of reach: Python's */
-#define AKVM_IOAT_ROUND 5	/* a round's work done: call again */
+#define AKVM_IOAT_ROUND 5	/* the round's budget spent: call again */
 
 struct akvm_ioat_chan {
 	unsigned long long next;	/* the next descriptor to fetch */
@@ -95,8 +104,12 @@ struct akvm_ioat_chan {
 	unsigned long long descriptors, bytes;	/* counters */
 };
 
+/* One round: at most max_bytes copied (checked between chunks) and
+ * max_descriptors fetched. DMA through `x` when it is not NULL (translated:
+ * each descriptor's accesses with x's lock held), else straight to RAM. */
 int akvm_ioat_run(struct akvm_ioat_chan *ch, const struct akvm_mem_slot *slots,
-		  unsigned int nslots);
+		  unsigned int nslots, const struct akvm_dma_xlate *x,
+		  unsigned long long max_bytes, unsigned int max_descriptors);
 /* CHANERR |= set, then &= ~clear, atomically (the engine and a vCPU's W1C). */
 unsigned int akvm_ioat_chanerr(struct akvm_ioat_chan *ch, unsigned int set, unsigned int clear);
 

@@ -144,6 +144,8 @@ ACTIVE, IDLE, SUSPENDED, HALTED = (lib.AKVM_IOAT_ACTIVE, lib.AKVM_IOAT_IDLE,
 CHUNK = lib.AKVM_IOAT_CHUNK
 ROUND_BYTES = lib.AKVM_IOAT_ROUND_BYTES
 ROUND_DESCRIPTORS = lib.AKVM_IOAT_ROUND_DESCRIPTORS
+INLINE_BYTES = lib.AKVM_IOAT_INLINE_BYTES
+INLINE_DESCRIPTORS = lib.AKVM_IOAT_INLINE_DESCRIPTORS
 DONE, INTERRUPT, ERROR, STOPPED, PYTHON, ROUND = (
     lib.AKVM_IOAT_DONE, lib.AKVM_IOAT_INTERRUPT, lib.AKVM_IOAT_ERROR, lib.AKVM_IOAT_STOPPED,
     lib.AKVM_IOAT_PYTHON, lib.AKVM_IOAT_ROUND)
@@ -186,9 +188,11 @@ def new_channel(xfercap: int = DEFAULT_XFERCAP):
     return ch
 
 
-def run_native(ch, slots, nslots: int) -> int:
-    """The C engine (GIL released): DONE, INTERRUPT, ERROR, STOPPED, PYTHON or ROUND."""
-    return lib.akvm_ioat_run(ch, slots, nslots)
+def run_native(ch, slots, nslots: int, xlate=ffi.NULL, max_bytes: int = ROUND_BYTES,
+               max_descriptors: int = ROUND_DESCRIPTORS) -> int:
+    """The C engine (GIL released): DONE, INTERRUPT, ERROR, STOPPED, PYTHON or ROUND.
+    `xlate`: a struct akvm_dma_xlate * when the DMA is translated."""
+    return lib.akvm_ioat_run(ch, slots, nslots, xlate, max_bytes, max_descriptors)
 
 
 # --- the Python twin -------------------------------------------------------------------------
@@ -261,8 +265,9 @@ def _copy(dst: list[memoryview], src: list[memoryview], offset: int, n: int) -> 
         at += len(piece)
 
 
-def run_python(ch, dma) -> int:
-    """akvm_ioat_run() through a DmaSpace: the same steps, checks and results
+def run_python(ch, dma, max_bytes: int = ROUND_BYTES,
+               max_descriptors: int = ROUND_DESCRIPTORS) -> int:
+    """akvm_ioat_run() through a DmaSpace: the same steps, checks, budget and results
     (PYTHON excepted), the IOMMU translating and recording faults where there is one."""
     round_bytes = round_descriptors = 0
     while True:
@@ -272,7 +277,7 @@ def run_python(ch, dma) -> int:
             if ch.count == ch.dmacount & 0xFFFF:
                 ch.chansts = (ch.chansts & ADDR_MASK) | IDLE
                 return DONE
-            if round_bytes >= ROUND_BYTES or round_descriptors >= ROUND_DESCRIPTORS:
+            if round_bytes >= max_bytes or round_descriptors >= max_descriptors:
                 return ROUND
             r = _fetch(ch, dma)
             if r is not None:
@@ -290,6 +295,8 @@ def run_python(ch, dma) -> int:
             while ch.done < ch.size:
                 if ch.stop:
                     return STOPPED
+                if round_bytes >= max_bytes:
+                    return ROUND
                 n = min(CHUNK, ch.size - ch.done)
                 _copy(dst, src, ch.done, n)
                 ch.done += n
@@ -498,7 +505,11 @@ class IoatFunction(PciDevice):
             return
         if ch.loaded or ch.count != ch.dmacount:
             self._set_state(ACTIVE)
-            self._wake()
+            # A short burst right here (a chunk, a few descriptors) spares a handoff
+            # to the channel's thread; the rest is the thread's.
+            self._after(self._engine(INLINE_BYTES, INLINE_DESCRIPTORS))
+            if self._runnable():
+                self._wake()
 
     def _write_chancmd(self, value: int, lanes: int) -> None:
         ch = self.ch
@@ -545,7 +556,6 @@ class IoatFunction(PciDevice):
         return self.state == ACTIVE and not self.ch.stop and self.bus_master
 
     def _serve(self) -> None:
-        ch = self.ch
         while True:
             with self.cv:
                 while not self.closing and not self._runnable():
@@ -553,28 +563,37 @@ class IoatFunction(PciDevice):
                 if self.closing:
                     return
                 self.running = True
-            dma = self.dma
-            try:
-                slots = native_slots(dma.memory) if self.native and dma.untranslated() else None
-                if slots is not None:
-                    self.rounds_native += 1
-                    result = run_native(ch, slots, len(dma.memory.slots))
-                    if result == PYTHON:
-                        self.rounds_python += 1
-                        result = run_python(ch, dma)
-                else:
-                    self.rounds_python += 1
-                    result = run_python(ch, dma)
-            except Exception as e:          # a bug must not kill the thread or the VMM
-                self.engine_failures += 1
-                log.error("%s %s: engine failed: %r", self.address, self.name, e)
-                ch.loaded = 0
-                ch.chansts = (ch.chansts & ADDR_MASK) | HALTED
-                result = ERROR
+            result = self._engine(ROUND_BYTES, ROUND_DESCRIPTORS)
             with self.cv:
                 self.running = False
                 self.cv.notify_all()
                 self._after(result)
+
+    def _engine(self, max_bytes: int, max_descriptors: int) -> int:
+        """One round: C while the DMA reaches RAM directly or through a translator in C,
+        Python for what C leaves (one descriptor, then C again) and for the rest."""
+        ch, dma = self.ch, self.dma
+        try:
+            if self.native:
+                xlate = dma.fast_translator() or (ffi.NULL if dma.untranslated() else None)
+                slots = native_slots(dma.memory) if xlate is not None else None
+                if slots is not None:
+                    self.rounds_native += 1
+                    result = run_native(ch, slots, len(dma.memory.slots), xlate, max_bytes,
+                                        max_descriptors)
+                    if xlate:
+                        dma.fast_done()
+                    if result != PYTHON:
+                        return result
+                    max_descriptors = 1
+            self.rounds_python += 1
+            return run_python(ch, dma, max_bytes, max_descriptors)
+        except Exception as e:          # a bug must not kill the thread or the VMM
+            self.engine_failures += 1
+            log.error("%s %s: engine failed: %r", self.address, self.name, e)
+            ch.loaded = 0
+            ch.chansts = (ch.chansts & ADDR_MASK) | HALTED
+            return ERROR
 
     def _after(self, result: int) -> None:
         """What a round's result means for the registers (cv held)."""

@@ -154,6 +154,20 @@ static bool bench_user_edu(void)
 	return bench_prog(2, argv);
 }
 
+/* I/OAT copies from ring 3, through the process's domain and not (ioatdma bench). */
+static bool bench_user_ioat(void)
+{
+	const char *err = iommu_probe();
+	if (!err)
+		err = iommu_enable();
+	if (err) {
+		kprintf("BENCH user-ioat skipped: %s\n", err);
+		return true;
+	}
+	char *argv[] = { "ioatdma", "bench" };
+	return bench_prog(2, argv);
+}
+
 /* IOTLB invalidations timed from ring 3 (invbench): the kernel lends the
  * process the VT-d unit (iommu_lend, benchmark only). */
 static bool bench_user_iommu(void)
@@ -193,6 +207,7 @@ static const struct bench benches[] = {
 	{ "user-shootdown", bench_user_shootdown },
 	{ "user-edu", bench_user_edu },
 	{ "user-iommu", bench_user_iommu },
+	{ "user-ioat", bench_user_ioat },
 };
 
 int bench_main(int argc, char **argv)

@@ -151,39 +151,69 @@ static const char *test_ioat_copy(void)
 	return NULL;
 }
 
-/* DMACOUNT moves while the channel works on what it had: appends are taken. */
+/* DMACOUNT moves while the channel works on what it had: appends are taken.
+ * A chain of its own (not the ring): LONG copies of 1 MiB first, a second or
+ * so of work even when the host runs the engine flat out, so the channel is
+ * surely ACTIVE when the appends (4 KiB copies, linked after them) come. */
+#define LONG            1000
+#define APPENDS         8
+static struct ioat_desc *chain;
+static uint64_t chain_pa;
+
+/* The chain from CHAINADDR (the channel just started); its last descriptor's address. */
+static const char *long_chain(uint64_t *last)
+{
+	unsigned n = LONG + APPENDS;
+	if (!chain_pa && !(chain_pa = frames_contig((n * sizeof(*chain) + PAGE_SIZE - 1) / PAGE_SIZE)))
+		return FAIL("no contiguous frames for a chain of %u descriptors", n);
+	chain = PHYS_TO_VIRT(chain_pa);
+	for (unsigned k = 0; k < n; k++) {
+		struct ioat_desc *d = &chain[k];
+		bool append = k >= LONG;
+		d->size = append ? 4096 : MiB;
+		d->ctl = k == n - 1 ? DESC_COMPL_WRITE : 0;
+		d->src = src_pa + (append ? (k - LONG) * 4096 : 0);
+		d->dst = dst_pa + (append ? (k - LONG) * 4096 : MiB);
+		d->next = chain_pa + (k + 1) * sizeof(*d);
+	}
+	ioat_w32(c, IOAT_CHAINADDR, (uint32_t)chain_pa);
+	ioat_w32(c, IOAT_CHAINADDR + 4, chain_pa >> 32);
+	*last = chain_pa + (n - 1) * sizeof(*chain);
+	return NULL;
+}
+
+static const char *chain_done(uint64_t last)
+{
+	if (ioat_wait(c, 20 * WAIT_US) != CHANSTS_IDLE)
+		return FAIL("not IDLE at the end (CHANERR 0x%x)", ioat_r32(c, IOAT_CHANERR));
+	if (*c->compl != (last | CHANSTS_IDLE))
+		return FAIL("completion writeback 0x%lx, want 0x%lx", *c->compl, last | CHANSTS_IDLE);
+	if (!mem_eq64(dst, src, APPENDS * 4096 / 8) || !mem_eq64(dst + MiB, src, MiB / 8))
+		return FAIL("the copies are not right");
+	return NULL;
+}
+
 static const char *test_ioat_append(void)
 {
 	const char *err = need_ioat();
+	uint64_t last;
 	if (err)
 		return err;
-	for (int round = 0; round < 4; round++) {
-		TRY(ioat_start(c, CHANCTRL_RUN));
-		pattern(2 * MiB);
-		for (int k = 0; k < 24 << round && c->head < IOAT_RING - 16; k++)
-			ioat_put(c, MiB, 0, src_pa, dst_pa + MiB);
-		ioat_issue(c);
-		unsigned active = 0, appends = 8;
-		uint64_t last = 0;
-		for (unsigned k = 0; k < appends; k++) {
-			if (CHANSTS_STATE(ioat_r64(c, IOAT_CHANSTS)) == CHANSTS_ACTIVE)
-				active++;
-			last = ioat_put(c, 4096, k == appends - 1 ? DESC_COMPL_WRITE : 0,
-					src_pa + k * 4096, dst_pa + k * 4096);
-			ioat_issue(c);
-		}
-		if (ioat_wait(c, WAIT_US) != CHANSTS_IDLE)
-			return FAIL("not IDLE after the appends (CHANERR 0x%x)", ioat_r32(c, IOAT_CHANERR));
-		if (*c->compl != (last | CHANSTS_IDLE))
-			return FAIL("completion writeback 0x%lx, want 0x%lx", *c->compl, last | CHANSTS_IDLE);
-		if (!mem_eq64(dst, src, 8 * 4096 / 8) || !mem_eq64(dst + MiB, src, MiB / 8))
-			return FAIL("appended copies not right");
-		if (active) {
-			kprintf("ioat-append: %u of %u DMACOUNT writes while ACTIVE\n", active, appends);
-			return NULL;
-		}
+	TRY(ioat_start(c, CHANCTRL_RUN));
+	pattern(2 * MiB);
+	TRY(long_chain(&last));
+	ioat_w16(c, IOAT_DMACOUNT, LONG);
+	unsigned active = 0;
+	for (unsigned k = 1; k <= APPENDS; k++) {
+		if (CHANSTS_STATE(ioat_r64(c, IOAT_CHANSTS)) == CHANSTS_ACTIVE)
+			active++;
+		ioat_w16(c, IOAT_DMACOUNT, LONG + k);
 	}
-	return FAIL("the channel was never ACTIVE when DMACOUNT moved");
+	TRY(chain_done(last));
+	if (!active)
+		return FAIL("the channel was not ACTIVE when DMACOUNT moved");
+	kprintf("ioat-append: %u of %u DMACOUNT writes while ACTIVE\n", active, APPENDS);
+	return NULL;
 }
 
 /* ---- interrupts ---------------------------------------------------------------- */
@@ -231,18 +261,15 @@ static const char *test_ioat_intx(void) { return irq_test(2); }
 static const char *test_ioat_suspend(void)
 {
 	const char *err = need_ioat();
+	uint64_t last;
 	if (err)
 		return err;
 	TRY(ioat_start(c, CHANCTRL_RUN));
 	pattern(2 * MiB);
-	uint64_t last = 0;
-	for (int k = 0; k < 48; k++)
-		last = ioat_put(c, MiB, DESC_COMPL_WRITE, src_pa, dst_pa + MiB);
-	ioat_issue(c);
+	TRY(long_chain(&last));
+	ioat_w16(c, IOAT_DMACOUNT, LONG + APPENDS);
 	ioat_w8(c, IOAT_CHANCMD, CHANCMD_SUSPEND);
 	uint64_t sts = ioat_r64(c, IOAT_CHANSTS);
-	if (CHANSTS_STATE(sts) == CHANSTS_IDLE)
-		return SKIP("all 48 MiB were copied before the suspend");
 	if (CHANSTS_STATE(sts) != CHANSTS_SUSPENDED)
 		return FAIL("CHANSTS 0x%lx after SUSPEND", sts);
 	uint64_t w = *c->compl;
@@ -250,15 +277,11 @@ static const char *test_ioat_suspend(void)
 	if (*c->compl != w || ioat_r64(c, IOAT_CHANSTS) != sts)
 		return FAIL("the channel moved while suspended");
 	ioat_w8(c, IOAT_CHANCMD, CHANCMD_RESUME);
-	if (ioat_wait(c, WAIT_US) != CHANSTS_IDLE || *c->compl != (last | CHANSTS_IDLE))
-		return FAIL("not done after RESUME: CHANSTS 0x%lx", ioat_r64(c, IOAT_CHANSTS));
-	if (!mem_eq64(dst + MiB, src, MiB / 8))
-		return FAIL("data not right after suspend/resume");
+	TRY(chain_done(last));
 	/* A reset while it copies: HALTED at once, and nothing written afterwards. */
 	TRY(ioat_start(c, CHANCTRL_RUN));
-	for (int k = 0; k < 48; k++)
-		ioat_put(c, MiB, DESC_COMPL_WRITE, src_pa, dst_pa + MiB);
-	ioat_issue(c);
+	TRY(long_chain(&last));
+	ioat_w16(c, IOAT_DMACOUNT, LONG);
 	ioat_w8(c, IOAT_CHANCMD, CHANCMD_RESET);
 	sts = ioat_r64(c, IOAT_CHANSTS);
 	if (sts != CHANSTS_HALTED)

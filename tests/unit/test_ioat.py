@@ -454,3 +454,59 @@ def test_hostile_register_and_descriptor_traffic(ops, native):
         threading.excepthook = hook
     assert errors == []
     assert not pc.fns[0].engine_failures
+
+
+def test_translated_copies_run_in_c_from_the_iotlb():
+    """With the unit's lock and IOTLB in C (a doorbell), C serves IOTLB hits: the first
+    round is Python's (misses walk and fill the IOTLB), the next ones C's. An unmapped
+    page invalidated page-selectively faults again (Python records it); without the
+    invalidation the stale entry still serves, as on hardware; a context change stops
+    C at once."""
+    pc = Pc(functions=(0,), iommu=True, base=0xFED9_0000)
+    try:
+        rig, dev = pc.rig, pc.fns[0]
+        assert rig.iommu.doorbell is not None
+        rig.enable()
+        table = rig.page()
+        rig.set_context(dev.requester_id, table=table, did=9)
+        drv = pc.driver(0)
+        for page in (drv.ring, drv.completion & ~0xFFF):
+            rig.map(table, page, page)
+        iova, frames = 0x4000_0000, [DATA + MiB + i * 0x1000 for i in range(16)]
+        for i, frame in enumerate(frames):
+            rig.map(table, iova + i * 0x1000, frame if i < 8 else frames[i - 8] + 8 * 0x1000)
+        drv.start()
+        data = fill(pc.mem, frames[0], 8 * 0x1000, 3)
+
+        def copy(n=0x8000, dst=iova + 0x8000, src=iova):
+            last = drv.memcpy(src, dst, n)
+            drv.issue()
+            return drv.wait(), last
+
+        assert copy()[0] == ioat.IDLE and pc.mem.read(frames[8], 0x8000) == data
+        python, native = dev.rounds_python, dev.rounds_native
+        pc.mem.write(frames[8], bytes(0x8000))
+        state, last = copy()
+        assert state == ioat.IDLE and pc.mem.read(frames[8], 0x8000) == data
+        assert drv.written_back == last | ioat.IDLE
+        assert dev.rounds_python == python and dev.rounds_native > native
+        assert rig.iommu.stats()["iotlb"][9]["hits"] > 0        # C's hits, collected
+        # unmap the last destination page and invalidate it: the copy faults
+        leaf = rig.map(table, iova + 0xF000, 0, perms=0)
+        rig.flush_page(9, iova + 0xF000)
+        assert copy()[0] == ioat.HALTED and drv.chanerr == ioat.WRITE_DATA_ERR
+        assert rig.iommu.read(FRCD, 8) == iova + 0xF000
+        # the same without the invalidation: the stale IOTLB entry serves
+        drv.start()
+        rig.map(table, iova + 0xF000, frames[15])
+        assert copy()[0] == ioat.IDLE                       # back in the IOTLB
+        pc.mem.write(leaf, bytes(8))
+        python = dev.rounds_python
+        assert copy()[0] == ioat.IDLE and dev.rounds_python == python
+        # a new context (pass-through), invalidated: addresses are physical at once
+        rig.set_context(dev.requester_id, tt=2, did=1)
+        rig.w64(0x28, 1 << 63 | 1 << 61)                    # CCMD: global
+        assert copy(0x1000, DATA + 0x2000, frames[0])[0] == ioat.IDLE
+        assert pc.mem.read(DATA + 0x2000, 0x1000) == data[:0x1000]
+    finally:
+        pc.close()
