@@ -266,7 +266,7 @@ static int bench(struct chan *c)
 		int err = bench_copies(c, name, src, dst, 4096, 16);
 		snprintf(name, sizeof(name), "user-ioat-copy-1m-%s", how);
 		if (!err)
-			err = bench_copies(c, name, src, dst, len, 8);
+			err = bench_copies(c, name, src, dst, len, 32);
 		snprintf(name, sizeof(name), "user-ioat-desc-64b-%s", how);
 		if (!err)
 			err = bench_copies(c, name, src, dst, 64, RING - 1);

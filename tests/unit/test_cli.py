@@ -180,3 +180,10 @@ def test_ioat_functions_option():
 ])
 def test_bad_device(tiny_kernel, args, fragment):
     assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), *args), fragment)
+
+
+@needs_kvm
+def test_ioat_slot_taken(tiny_kernel):
+    """Two I/OAT slots at 4: one line naming the function, status 2."""
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--device", "ioat,functions=0",
+                               "--device", "ioat"), "00:04.0 is taken by ioat.0")
