@@ -641,8 +641,14 @@ class IoatFunction(PciDevice):
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 
-    def format_stats(self) -> str:
+    def stats(self) -> dict:
         ch = self.ch
-        return (f"ioat {self.address}: {ch.descriptors} descriptors, {ch.bytes} bytes, "
-                f"{self.errors} errors, {self.interrupts} interrupts; engine rounds "
-                f"{self.rounds_native} in C, {self.rounds_python} in Python")
+        return {"address": str(self.address), "descriptors": ch.descriptors, "bytes": ch.bytes,
+                "errors": self.errors, "interrupts": self.interrupts,
+                "rounds_in_c": self.rounds_native, "rounds_in_python": self.rounds_python}
+
+    def format_stats(self, d: dict | None = None) -> str:
+        d = d or self.stats()
+        return (f"ioat {d['address']}: {d['descriptors']} descriptors, {d['bytes']} bytes, "
+                f"{d['errors']} errors, {d['interrupts']} interrupts; engine rounds "
+                f"{d['rounds_in_c']} in C, {d['rounds_in_python']} in Python")

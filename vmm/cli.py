@@ -22,6 +22,14 @@ exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
 4 triple fault, 5 guest error (see README.md)."""
 
 
+class LogFormatter(logging.Formatter):
+    """`akvm: iommu: message`: the component's logger name without the package's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("akvm.")
+        return f"akvm: {name}: {super().format(record)}"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, as for every other bad input
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
@@ -49,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
+    run.add_argument("--control", metavar="unix:PATH",
+                     help="a control socket: JSON commands in QMP's shape (see README)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
@@ -74,17 +84,31 @@ def config_from_args(args) -> MachineConfig:
 def main(argv: list[str] | None, image: BootImage) -> int:
     """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
+    control = None
     try:
         config = config_from_args(args)
         image.start(config)
+        if args.control:
+            from akvm.control import ControlServer, parse_control
+            control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
         machine = Machine.build(config, image)
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
+        if control is not None:
+            control.close()
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    code, message = machine.run()
+    if control is not None:
+        control.start(machine)
+    try:
+        code, message = machine.run()
+    finally:
+        if control is not None:
+            control.close()
     print(f"akvm: {message}", file=sys.stderr)
     if config.stats:
         print(machine.format_stats(), file=sys.stderr)

@@ -12,6 +12,7 @@ import importlib
 import logging
 import signal
 import threading
+import time
 
 from akvm.devices.acpi_pm import AcpiPm
 from akvm.devices.chardev import ChardevError, parse_serial
@@ -29,7 +30,8 @@ from akvm.devicetable import DEVICES, IOMMUS
 from akvm.base.runloop import MMIO, FastPath
 from akvm.devices.pci.pciconf import PciConfShortcut
 from akvm.devices.serial import SerialShortcut
-from akvm.vcpu.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
+from akvm.vcpu.cpu import (KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode,
+                           format_completions)
 from akvm.base.exitcode import ExitCode
 from akvm.base.irq import KvmIrqLine
 from akvm.base.memory import GuestMemory, PCI_HOLE_START
@@ -44,8 +46,19 @@ TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
 
 
+# How long pause() waits for every vCPU to reach an instruction boundary.
+PAUSE_TIMEOUT = 5.0
+# The event each way a run can end is reported as (the control socket's events).
+END_EVENTS = {ExitCode.POWEROFF: "powered-off", ExitCode.RESET: "reset",
+              ExitCode.TRIPLE_FAULT: "guest-error", ExitCode.GUEST_ERROR: "guest-error"}
+
+
 class UserError(ConfigError):
     """Bad user input found while building the machine (exit status 2)."""
+
+
+class PauseError(RuntimeError):
+    """A vCPU did not stop in time, or the machine is no longer running."""
 
 
 def builder(kind):
@@ -100,16 +113,8 @@ class LazyCompleter:
                 self._completer = Completer.for_host(*self._args)
         return self._completer(thread)
 
-    @property
-    def counts(self) -> dict:
-        return self._completer.counts if self._completer else {}
-
-    @property
-    def faults(self) -> dict:
-        return self._completer.faults if self._completer else {}
-
-    def format_stats(self) -> str:
-        return self._completer.format_stats() if self._completer else "completions: none"
+    def stats(self) -> dict:
+        return self._completer.stats() if self._completer else {"counts": {}, "faults": {}}
 
 
 class Machine:
@@ -121,7 +126,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.iommu = None                   # akvm.iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
-        self.threaded_devices: list = []    # other devices with threads: close(), format_stats()
+        self.threaded_devices: list = []    # other devices with threads: close(), stats()
         self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         # Made by build(), in this order; None until then (a failed build closes what exists).
@@ -137,6 +142,11 @@ class Machine:
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.result: tuple[ExitCode, str] | None = None
+        self._pause_lock = threading.RLock()   # also held while a snapshot is taken
+        self._pauses = 0                        # pause() calls not yet resumed
+        # Called with (event name, data dict) on stop/resume and when the run ends
+        # (akvm.control sends them to its clients); from any thread, so they must not block.
+        self.listeners: list = []
 
     # --- building -----------------------------------------------------------
 
@@ -308,6 +318,54 @@ class Machine:
         for t in self.vcpus:
             t.kick()
         self._stopped.set()
+        self._emit(END_EVENTS.get(code, "guest-error"),
+                   {"status": int(code), "reason": message.split("\n", 1)[0]})
+
+    def _emit(self, event: str, data: dict) -> None:
+        for listener in list(self.listeners):
+            listener(event, data)
+
+    # --- pausing ------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._pauses > 0
+
+    def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
+        """Stop every vCPU at an instruction boundary (VcpuThread.request_pause) and
+        wait until all are parked; guest output so far is on the console. Pauses
+        nest: the vCPUs run again after as many resume() calls. Raises PauseError
+        when a vCPU does not stop within `timeout` or the run is over."""
+        with self._pause_lock:
+            if self.result is not None:
+                raise PauseError(f"the machine has stopped: {self.result[1]}")
+            self._pauses += 1
+            if self._pauses == 1:
+                for t in self.vcpus:
+                    t.request_pause()
+            deadline = time.monotonic() + timeout
+            for t in self.vcpus:
+                if not t.wait_paused(max(0.0, deadline - time.monotonic())):
+                    self.resume()
+                    raise PauseError(f"vcpu{t.vcpu.index} did not stop within {timeout} s")
+            if self.result is not None:
+                self.resume()
+                raise PauseError(f"the machine has stopped: {self.result[1]}")
+            if self._pauses == 1:
+                self.uart.flush_shortcut()
+                self._emit("stop", {})
+
+    def resume(self) -> None:
+        """Undo one pause(); the last one lets the vCPUs run."""
+        with self._pause_lock:
+            if self._pauses == 0:
+                return
+            self._pauses -= 1
+            if self._pauses == 0:
+                for t in self.vcpus:
+                    t.resume()
+                if self.result is None:
+                    self._emit("resume", {})
 
     def run(self) -> tuple[ExitCode, str]:
         lib.akvm_install_kick_signal(KICK_SIGNAL)
@@ -347,34 +405,67 @@ class Machine:
         if self.gsi_routes is not None:
             self.gsi_routes.close()
 
-    def format_stats(self) -> str:
-        lines = ["akvm statistics:"]
-        for t in self.vcpus:
-            exits = [f"{k} {v}" for k, v in sorted(t.stats.exits.items())]
-            if t.stats.fast_exits[0]:
-                exits.append(f"{t.stats.fast_exits[0]} completed in C")
-            exits = ", ".join(exits) or "none"
-            lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
+    def stats(self) -> dict:
+        """Every counter --stats prints, as plain data (the control socket's query-stats)."""
         fast = self.fastpath.stats()
-        debug = self.debug_port.stats()
-        lines.append(f"  completed in C: {fast['fast_exits']} exits, "
-                     f"debug port {debug['writes']} writes (last {debug['last']:#04x})")
+        buses = {}
         for i, bus in enumerate((self.pio_bus, self.mmio_bus)):
-            lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
-                         f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
-                         f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
-        pc = self.pci_conf_shortcut.stats()
-        lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
-                     f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
+            buses[bus.name] = {"accesses_in_python": bus.accesses,
+                               "unclaimed_reads": bus.unclaimed_reads + fast["unclaimed_reads"][i],
+                               "unclaimed_writes": bus.unclaimed_writes + fast["unclaimed_writes"][i]}
         sc = self.serial_shortcut.stats()
-        lines.append(f"  com1: {self.uart.tx_bytes} bytes out ({sc['tx_bytes']} through C), "
-                     f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C")
-        lines.append(f"  {self.completer.format_stats()}")
+        out = {
+            "vcpus": [{"index": t.vcpu.index, "exits": dict(t.stats.exits),
+                       "completed_in_c": t.stats.fast_exits[0]} for t in self.vcpus],
+            "completed_in_c": fast["fast_exits"],
+            "debug_port": self.debug_port.stats(),
+            "buses": buses,
+            "pci_config_in_c": self.pci_conf_shortcut.stats(),
+            "com1": {"tx_bytes": self.uart.tx_bytes, "tx_bytes_in_c": sc["tx_bytes"],
+                     "rx_bytes": self.uart.rx_bytes, "lsr_reads_in_c": sc["lsr_reads"]},
+            "completions": self.completer.stats(),
+            "virtio": [],
+        }
         for device in self.virtio_devices:
             sent, by_irqfd = device.transport.interrupt_counts()
-            lines.append(f"  {device.format_stats()}; {sent} interrupts, {by_irqfd} by irqfd; "
-                         f"{device.exit_kicks} notifications by exit")
-        lines += [f"  {device.format_stats()}" for device in self.threaded_devices]
+            out["virtio"].append({"name": device.name, **device.stats(), "interrupts": sent,
+                                  "interrupts_by_irqfd": by_irqfd,
+                                  "notifications_by_exit": device.exit_kicks})
+        out["devices"] = [{"name": device.name, **device.stats()}
+                          for device in self.threaded_devices]
         if self.iommu is not None:
-            lines += [f"  {line}" for line in self.iommu.format_stats()]
+            out["iommu"] = self.iommu.stats()
+        return out
+
+    def format_stats(self, s: dict | None = None) -> str:
+        """stats() (or a dict it returned) as --stats prints it."""
+        s = s or self.stats()
+        lines = ["akvm statistics:"]
+        for v in s["vcpus"]:
+            exits = [f"{k} {n}" for k, n in sorted(v["exits"].items())]
+            if v["completed_in_c"]:
+                exits.append(f"{v['completed_in_c']} completed in C")
+            lines.append(f"  vcpu{v['index']} exits: {', '.join(exits) or 'none'}")
+        debug = s["debug_port"]
+        lines.append(f"  completed in C: {s['completed_in_c']} exits, "
+                     f"debug port {debug['writes']} writes (last {debug['last']:#04x})")
+        for name, bus in s["buses"].items():
+            lines.append(f"  {name} bus: {bus['accesses_in_python']} accesses in Python, "
+                         f"{bus['unclaimed_reads']} unclaimed reads, "
+                         f"{bus['unclaimed_writes']} unclaimed writes")
+        pc = s["pci_config_in_c"]
+        lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
+                     f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
+        com1 = s["com1"]
+        lines.append(f"  com1: {com1['tx_bytes']} bytes out ({com1['tx_bytes_in_c']} through C), "
+                     f"{com1['rx_bytes']} bytes in, {com1['lsr_reads_in_c']} LSR reads in C")
+        lines.append(f"  {format_completions(s['completions'])}")
+        for device, d in zip(self.virtio_devices, s["virtio"]):
+            lines.append(f"  {device.format_stats(d)}; {d['interrupts']} interrupts, "
+                         f"{d['interrupts_by_irqfd']} by irqfd; "
+                         f"{d['notifications_by_exit']} notifications by exit")
+        lines += [f"  {device.format_stats(d)}"
+                  for device, d in zip(self.threaded_devices, s["devices"])]
+        if "iommu" in s:
+            lines += [f"  {line}" for line in self.iommu.format_stats(s["iommu"])]
         return "\n".join(lines)

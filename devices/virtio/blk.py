@@ -242,7 +242,13 @@ class VirtioBlk(VirtioDevice):
         self._write_through()
         return VIRTIO_BLK_S_OK
 
-    def format_stats(self) -> str:
-        return (f"{self.name}: {self.reads} reads, {self.writes} writes, {self.flushes} flushes, "
-                f"{self.errors} errors; {self.requests} requests, {self.bytes_read} bytes read, "
-                f"{self.bytes_written} written")
+    def stats(self) -> dict:
+        return {**super().stats(), "reads": self.reads, "writes": self.writes,
+                "flushes": self.flushes, "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['reads']} reads, {s['writes']} writes, {s['flushes']} flushes, "
+                f"{s['errors']} errors; {s['requests']} requests, {s['bytes_read']} bytes read, "
+                f"{s['bytes_written']} written")

@@ -97,6 +97,11 @@ class VirtioConsole(VirtioDevice):
             self.chardev.write(bytes((value & 0xFF,)))
             self.tx_bytes += 1
 
-    def format_stats(self) -> str:
-        return (f"{self.name}: {self.tx_bytes} bytes out, {self.rx_bytes} bytes in, "
-                f"{self.rx_dropped} dropped, {self.errors} errors")
+    def stats(self) -> dict:
+        return {**super().stats(), "tx_bytes": self.tx_bytes, "rx_bytes": self.rx_bytes,
+                "rx_dropped": self.rx_dropped}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_bytes']} bytes out, {s['rx_bytes']} bytes in, "
+                f"{s['rx_dropped']} dropped, {s['errors']} errors")

@@ -144,6 +144,14 @@ class VirtioDevice:
         self.kick_fds = []
         self.on_close()
 
+    def pause(self, timeout: float) -> bool:
+        """Hold the device's thread between requests (a snapshot): True once held."""
+        return self.worker is None or self.worker.pause(timeout)
+
+    def resume(self) -> None:
+        if self.worker is not None:
+            self.worker.resume()
+
     def schedule(self, fn) -> None:
         """Run fn on the device's thread; inline when it has none (unit tests)."""
         if self.worker is not None:
@@ -399,5 +407,10 @@ class VirtioDevice:
     def on_start(self) -> None: ...
     def on_close(self) -> None: ...
 
-    def format_stats(self) -> str:
-        return f"{self.name}: {self.requests} requests, {self.errors} errors"
+    def stats(self) -> dict:
+        """Counters for --stats and the control socket's query-stats."""
+        return {"requests": self.requests, "errors": self.errors}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return f"{self.name}: {s['requests']} requests, {s['errors']} errors"

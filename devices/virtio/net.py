@@ -104,7 +104,11 @@ class VirtioNet(VirtioDevice):
             self.rx_frames += 1
             req.complete(n)
 
-    def format_stats(self) -> str:
-        b = self.backend
-        return (f"{self.name}: {self.tx_frames} frames out, {self.rx_frames} in, "
-                f"{self.rx_dropped + b.dropped} dropped, {self.errors} errors")
+    def stats(self) -> dict:
+        return {**super().stats(), "tx_frames": self.tx_frames, "rx_frames": self.rx_frames,
+                "rx_dropped": self.rx_dropped + self.backend.dropped}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_frames']} frames out, {s['rx_frames']} in, "
+                f"{s['rx_dropped']} dropped, {s['errors']} errors")

@@ -24,5 +24,9 @@ class VirtioRng(VirtioDevice):
             self.bytes_out += n
         return n
 
-    def format_stats(self) -> str:
-        return f"{self.name}: {self.requests} requests, {self.bytes_out} bytes, {self.errors} errors"
+    def stats(self) -> dict:
+        return {**super().stats(), "bytes_out": self.bytes_out}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return f"{self.name}: {s['requests']} requests, {s['bytes_out']} bytes, {s['errors']} errors"

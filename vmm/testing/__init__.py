@@ -8,9 +8,12 @@ in fixtures.
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
+import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +72,63 @@ def qemu_command(kernel: Path, cpus: int, memory: str, cmdline: str = "",
     if cmdline:
         cmd += ["-append", cmdline]
     return cmd
+
+
+class ControlClient:
+    """A client of akvm's control socket (--control unix:PATH, akvm.control): send a
+    command, get its return value; events that arrive meanwhile collect in `events`."""
+
+    def __init__(self, path: Path | str, timeout: float = 30):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise GuestError(f"no control socket at {path}") from None
+                time.sleep(0.02)
+        self._file = self.sock.makefile("rb")
+        self.events: list[dict] = []
+        self.greeting = self._line()
+
+    def _line(self) -> dict:
+        line = self._file.readline()
+        if not line:
+            raise GuestError("the control socket closed")
+        return json.loads(line)
+
+    def execute(self, name: str, **arguments):
+        """The command's "return" value; GuestError with the desc of an "error" reply."""
+        self.sock.sendall(json.dumps({"execute": name, "arguments": arguments}).encode() + b"\n")
+        return self.reply()
+
+    def reply(self):
+        while True:
+            message = self._line()
+            if "event" in message:
+                self.events.append(message)
+                continue
+            if "error" in message:
+                raise GuestError(f"{message['error']['class']}: {message['error']['desc']}")
+            return message["return"]
+
+    def wait_event(self, name: str, timeout: float | None = None) -> dict:
+        """The first event called `name`, received or to come."""
+        if timeout is not None:
+            self.sock.settimeout(timeout)
+        while True:
+            for event in self.events:
+                if event["event"] == name:
+                    self.events.remove(event)
+                    return event
+            self.events.append(self._line())
+
+    def close(self) -> None:
+        self._file.close()
+        self.sock.close()
 
 
 class Guest:

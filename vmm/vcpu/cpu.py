@@ -96,6 +96,14 @@ def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> No
     vcpu.set_cpuid2(entries)
 
 
+def format_completions(s: dict) -> str:
+    """What akvm.vcpu.complete.Completer.stats() counted, as --stats prints it (here, so
+    that printing it does not load the completer)."""
+    done = ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())) or "none"
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(s["faults"].items()))
+    return f"completions: {done}" + (f"; faults injected: {faults}" if faults else "")
+
+
 # --- register dump -------------------------------------------------------
 
 def format_registers(regs: kvm.kvm_regs, sregs: kvm.kvm_sregs) -> str:
@@ -135,16 +143,69 @@ class VcpuThread(threading.Thread):
         self.stopping = False
         self.fastpath = fastpath          # akvm.base.runloop.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
+        # Pausing (request_pause / wait_paused / resume): guarded by _pause.
+        self._pause = threading.Condition()
+        self._pause_requested = False
+        self.paused = False               # parked between two instructions, out of KVM_RUN
 
-    def kick(self) -> None:
-        """Make the thread leave KVM_RUN and exit its loop."""
-        self.stopping = True
-        self.vcpu.kvm_run.immediate_exit = 1
+    def _signal(self) -> None:
         if self.is_alive() and self.ident is not None:
             try:
                 signal.pthread_kill(self.ident, KICK_SIGNAL)
             except ProcessLookupError:
                 pass
+
+    def kick(self) -> None:
+        """Make the thread leave KVM_RUN and exit its loop (a paused thread too)."""
+        self.stopping = True
+        self.vcpu.kvm_run.immediate_exit = 1
+        with self._pause:
+            self._pause.notify_all()
+        self._signal()
+
+    # --- pausing -------------------------------------------------------------
+    #
+    # A paused vCPU is parked in this thread, outside KVM_RUN, with every
+    # instruction it started finished: the exit that handed an access to
+    # akvm was completed by one more KVM_RUN with immediate_exit set (KVM
+    # then writes an IN's value to RAX or an MMIO read's to its register,
+    # and moves RIP past the instruction, without entering the guest). Its
+    # registers, and anything the guest can see, hold still until resume(),
+    # and other threads may use the vCPU's state ioctls meanwhile.
+
+    def request_pause(self) -> None:
+        """Ask the thread to park at the next instruction boundary; wait_paused() waits for it."""
+        with self._pause:
+            self._pause_requested = True
+            self.vcpu.kvm_run.immediate_exit = 1
+        self._signal()
+
+    def wait_paused(self, timeout: float | None = None) -> bool:
+        """Whether the thread is parked within `timeout` seconds, or runs no guest code:
+        not started (it parks before its first instruction) or ended."""
+        with self._pause:
+            return self._pause.wait_for(
+                lambda: self.paused or self.ident is None or self.stopping, timeout)
+
+    def resume(self) -> None:
+        """Let a paused (or pausing) thread go on running the guest."""
+        with self._pause:
+            self._pause_requested = False
+            if not self.paused and not self.stopping:
+                self.vcpu.kvm_run.immediate_exit = 0
+            self._pause.notify_all()
+
+    def _park(self) -> None:
+        """Called after KVM_RUN returned EINTR: park here while a pause is asked for."""
+        with self._pause:
+            if not self._pause_requested or self.stopping:
+                return
+            self.paused = True
+            self._pause.notify_all()
+            self._pause.wait_for(lambda: not self._pause_requested or self.stopping)
+            self.paused = False
+            if not self.stopping:
+                self.vcpu.kvm_run.immediate_exit = 0
 
     def run(self) -> None:
         try:
@@ -152,6 +213,10 @@ class VcpuThread(threading.Thread):
         except Exception as e:  # a bug in akvm must still end the VM cleanly
             log.exception("vcpu%d: internal error", self.vcpu.index)
             self.stop(ExitCode.GUEST_ERROR, f"vcpu{self.vcpu.index}: akvm internal error: {e}")
+        finally:
+            with self._pause:               # wait_paused() need not wait for a thread that ended
+                self.stopping = True
+                self._pause.notify_all()
 
     def _loop(self) -> None:
         run = self.vcpu.kvm_run
@@ -159,7 +224,8 @@ class VcpuThread(threading.Thread):
         while not self.stopping:
             reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
             if reason < 0:
-                if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
+                if -reason in (4, 11):   # EINTR, EAGAIN: a kick, a pause or a signal
+                    self._park()
                     continue
                 self.fatal(f"KVM_RUN failed: errno {-reason}")
                 return
