@@ -341,7 +341,7 @@ class IoatFunction(PciDevice):
         c.place_next_capability(CAP_MSIX)
         self.add_msix(1, bar=0, table_offset=MSIX_TABLE, pba_offset=MSIX_PBA)
         c.place_next_capability(CAP_PCIE)
-        self.pcie = self.add_pcie(PCIE_TYPE_RC_INTEGRATED_ENDPOINT)
+        self.add_pcie(PCIE_TYPE_RC_INTEGRATED_ENDPOINT)
         c.place_next_capability(CAP_PM)
         pm = c.add_capability(CAP_ID_PM, PM_CAP_LENGTH)
         c.set(pm + PM_PMC, 2, PM_PMC_VERSION_3)
@@ -634,7 +634,7 @@ class IoatFunction(PciDevice):
         """Stop the thread (after the chunk it is copying); no memory access afterwards."""
         with self.cv:
             self.closing = True
-            self.ch.stop = 1
+            self.ch.stop += 1
             self.cv.notify_all()
             while self.running:
                 self.cv.wait()
