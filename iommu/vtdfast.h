@@ -14,7 +14,7 @@
 /* What the last translations were, while the IOTLB's generation stays:
  * each page's first use goes to the IOTLB (a hash lookup, LRU updated), the
  * next ones come from here. */
-#define AKVM_VTD_FAST_RECENT 1024
+#define AKVM_VTD_FAST_RECENT 4096
 #define AKVM_VTD_FAST_RUN 16		/* pages one translation may span */
 struct akvm_vtd_fast_recent {
 	unsigned long long page;	/* iova >> 12, + 1 (0: empty) */
