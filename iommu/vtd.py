@@ -208,6 +208,35 @@ class VtdIommu:
     def qi_enabled(self) -> bool:
         return bool(self.gsts & GSTS_QIES)
 
+    # --- snapshots (akvm.devices.state's protocol) ------------------------------------
+    # Registers, the invalidation queue's registers and the fault records are saved;
+    # the context cache and the IOTLB come back empty, as after a global invalidation:
+    # every translation is walked again from the guest's tables.
+
+    _REGISTERS = ("gsts", "rtaddr", "root", "ccmd", "iotlb_reg", "iva", "iqa", "iqh", "iqt", "ics",
+                  "translations", "passthrough", "internal_errors")
+
+    def snapshot(self) -> dict:
+        with self.lock:                 # caught up with what C did
+            inv = self.invalidator
+            return {**{name: getattr(self, name) for name in self._REGISTERS},
+                    "fault_event": self.fault_event.snapshot(),
+                    "inv_event": self.inv_event.snapshot(), "faults": self.faults.snapshot(),
+                    "invalidations": [[*key, n] for key, n in sorted(inv.counts.items())],
+                    "refused": inv.refused, "queue_errors": inv.queue_errors}
+
+    def restore(self, state: dict) -> None:
+        with self.lock:                 # C gets the queue's state when it is let go
+            for name in self._REGISTERS:
+                setattr(self, name, int(state[name]))
+            self.fault_event.restore(state["fault_event"])
+            self.inv_event.restore(state["inv_event"])
+            self.faults.restore(state["faults"])
+            inv = self.invalidator
+            inv.counts.clear()
+            inv.counts.update({tuple(entry[:3]): int(entry[3]) for entry in state["invalidations"]})
+            inv.refused, inv.queue_errors = int(state["refused"]), int(state["queue_errors"])
+
     # --- translation ------------------------------------------------------------
 
     def translate(self, sid: int, address: int, write: bool) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
 from akvm.devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
 from akvm.devices.virtio.spec import (
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
@@ -53,6 +54,18 @@ class VirtioNet(VirtioDevice):
 
     def on_start(self) -> None:
         self.backend.start(self.worker, self.receive)
+
+    _COUNTERS = ("rx_frames", "tx_frames", "rx_dropped")
+
+    def device_snapshot(self) -> dict:
+        """The frame held for want of a receive buffer, and the counters; the backend is
+        made anew from the configuration (frames in flight on the host side are lost)."""
+        return {"held": None if self._held is None else pack(self._held),
+                **save_counters(self, self._COUNTERS)}
+
+    def device_restore(self, state: dict) -> None:
+        self._held = None if state["held"] is None else unpack(state["held"])
+        restore_counters(self, state, self._COUNTERS)
 
     def on_close(self) -> None:
         self.backend.close()

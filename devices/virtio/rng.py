@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from akvm.devices.state import restore_counters, save_counters
 from akvm.devices.virtio.device import VIRTIO_ID_ENTROPY, Request, VirtioDevice
 
 QUEUE_SIZE = 64
@@ -16,6 +17,12 @@ class VirtioRng(VirtioDevice):
     def __init__(self, name: str | None = None):
         super().__init__([QUEUE_SIZE], name=name)
         self.bytes_out = 0
+
+    def device_snapshot(self) -> dict:
+        return save_counters(self, ("bytes_out",))
+
+    def device_restore(self, state: dict) -> None:
+        restore_counters(self, state, ("bytes_out",))
 
     def handle(self, req: Request) -> int:
         n = min(req.writable_len, MAX_REQUEST)

@@ -62,16 +62,18 @@ def test_bad_input_gets_an_error_and_changes_nothing(controlled):
     guest, client, path = controlled
     replies = raw_lines(path, b"this is not json", b"[1, 2]", b'{"execute": "no-such"}',
                         b'{"execute": "stop", "arguments": 5}',
-                        b'{"execute": "query-status", "arguments": {"file": "x"}}',
-                        b'{"execute": "query-status", "id": "abc"}', b"\xff\xfe")
+                        b'{"execute": "snapshot-save", "arguments": {"file": "x"}}',
+                        b'{"execute": "query-status", "id": "abc"}', b"\xff\xfe",
+                        b'{"execute": "snapshot-save", "arguments": {"path": "/proc/no"}}')
     assert "JSON parse error" in replies[1]["error"]["desc"]
     assert replies[2]["error"]["class"] == "GenericError"
     assert replies[3]["error"] == {"class": "CommandNotFound",
                                    "desc": "The command no-such has not been found"}
     assert "arguments" in replies[4]["error"]["desc"]
-    assert "expected arguments none" in replies[5]["error"]["desc"]
+    assert "expected arguments ['path']" in replies[5]["error"]["desc"]
     assert replies[6] == {"return": {"status": "running", "running": True}, "id": "abc"}
     assert "error" in replies[7]
+    assert replies[8]["error"]["desc"].startswith("snapshot-save: snapshot /proc/no:")
     assert "cores online" in guest.command("cores")
 
 
@@ -83,7 +85,7 @@ def test_query_stats_is_what_stats_prints(controlled):
     assert stats["vcpus"][0]["exits"] and stats["buses"]["pio"]["accesses_in_python"] > 0
     guest.close()
     # --stats at exit prints the same counters, rendered from the same dict.
-    assert f"  vcpu1 exits:" in guest.serial_log and "pci config in C:" in guest.serial_log
+    assert "  vcpu1 exits:" in guest.serial_log and "pci config in C:" in guest.serial_log
 
 
 def test_a_client_that_never_reads_blocks_nothing(controlled):

@@ -36,6 +36,8 @@ STRUCTS = {
     "kvm_irq_routing": "struct kvm_irq_routing",
     "kvm_enable_cap": "struct kvm_enable_cap",
     "kvm_run": "struct kvm_run",
+    "kvm_guest_debug": "struct kvm_guest_debug",
+    "kvm_debug_exit_arch": "struct kvm_debug_exit_arch",
     "kvm_debugregs": "struct kvm_debugregs",
     "kvm_pic_state": "struct kvm_pic_state",
     "kvm_irqchip": "struct kvm_irqchip",
@@ -60,10 +62,11 @@ IOCTLS = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GE
           "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_TSC_KHZ",
           "KVM_SET_TSC_KHZ", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_IRQCHIP",
           "KVM_SET_IRQCHIP", "KVM_GET_CLOCK", "KVM_SET_CLOCK", "KVM_GET_MSR_INDEX_LIST",
-          "KVM_KVMCLOCK_CTRL", "KVM_CLOCK_TSC_STABLE"]
+          "KVM_KVMCLOCK_CTRL", "KVM_CLOCK_TSC_STABLE", "KVM_SET_GUEST_DEBUG"]
 CONSTANTS = [n for n in dir(kvm) if n.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_",
                                                    "KVM_SYSTEM_EVENT_", "KVM_IRQ_ROUTING_",
-                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_"))]
+                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_",
+                                                   "KVM_GUESTDBG_"))]
 
 
 def _c_program() -> str:

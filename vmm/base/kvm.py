@@ -156,6 +156,12 @@ class kvm_vcpu_events(_Struct):
                 ("exception_has_payload", c_u8), ("exception_payload", c_u64)]
 
 
+class kvm_guest_debug_arch(_Struct):
+    _fields_ = [("debugreg", c_u64 * 8)]
+
+
+class kvm_guest_debug(_Struct):
+    _fields_ = [("control", c_u32), ("pad", c_u32), ("arch", kvm_guest_debug_arch)]
 class kvm_debugregs(_Struct):
     _fields_ = [("db", c_u64 * 4), ("dr6", c_u64), ("dr7", c_u64), ("flags", c_u64),
                 ("reserved", c_u64 * 9)]
@@ -263,6 +269,10 @@ class kvm_run_fail_entry(_Struct):
     _fields_ = [("hardware_entry_failure_reason", c_u64), ("cpu", c_u32)]
 
 
+class kvm_debug_exit_arch(_Struct):
+    _fields_ = [("exception", c_u32), ("pad", c_u32), ("pc", c_u64), ("dr6", c_u64), ("dr7", c_u64)]
+
+
 class kvm_run_internal(_Struct):
     _fields_ = [("suberror", c_u32), ("ndata", c_u32), ("data", c_u64 * 16)]
 
@@ -274,6 +284,7 @@ class kvm_run_system_event(_Struct):
 class _run_exit(ctypes.Union):
     _fields_ = [("io", kvm_run_io), ("mmio", kvm_run_mmio), ("fail_entry", kvm_run_fail_entry),
                 ("internal", kvm_run_internal), ("system_event", kvm_run_system_event),
+                ("debug", kvm_debug_exit_arch),
                 ("padding", ctypes.c_char * 256)]
 
 
@@ -330,6 +341,7 @@ KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
 KVM_GET_XSAVE2 = _ior(0xCF, kvm_xsave)
 KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, kvm_guest_debug)
 KVM_SET_TSC_KHZ = _io(0xA2)
 KVM_GET_DEBUGREGS = _ior(0xA1, kvm_debugregs)
 KVM_SET_DEBUGREGS = _iow(0xA2, kvm_debugregs)
@@ -350,6 +362,7 @@ KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_MP_STATE = 14
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
@@ -363,6 +376,9 @@ KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_XSAVE2 = 208
+KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_READONLY_MEM = 81
+KVM_CAP_SET_GUEST_DEBUG2 = 195
 KVM_CAP_DEBUGREGS = 50
 KVM_CAP_ADJUST_CLOCK = 39
 KVM_CAP_TSC_CONTROL = 60
@@ -419,6 +435,13 @@ KVM_VCPUEVENT_VALID_SHADOW = 0x4
 
 KVM_MEM_READONLY = 1 << 1
 
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
+KVM_GUESTDBG_USE_SW_BP = 0x10000
+KVM_GUESTDBG_USE_HW_BP = 0x20000
+KVM_GUESTDBG_INJECT_DB = 0x40000
+KVM_GUESTDBG_INJECT_BP = 0x80000
+KVM_GUESTDBG_BLOCKIRQ = 0x100000
 KVM_CLOCK_TSC_STABLE = 2
 
 
@@ -607,6 +630,12 @@ class Vcpu(_Fd):
     def get_vcpu_events(self) -> kvm_vcpu_events: return self._get(KVM_GET_VCPU_EVENTS, kvm_vcpu_events)
     def set_vcpu_events(self, e: kvm_vcpu_events) -> None: self.ioctl(KVM_SET_VCPU_EVENTS, e)
 
+    def set_guest_debug(self, control: int, debugreg: list[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: KVM_GUESTDBG_* flags, and DR0-DR7 for USE_HW_BP."""
+        arg = kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg):
+            arg.arch.debugreg[i] = value
+        self.ioctl(KVM_SET_GUEST_DEBUG, arg)
     def get_debugregs(self) -> kvm_debugregs: return self._get(KVM_GET_DEBUGREGS, kvm_debugregs)
     def set_debugregs(self, d: kvm_debugregs) -> None: self.ioctl(KVM_SET_DEBUGREGS, d)
 
