@@ -372,6 +372,7 @@ class IoatFunction(PciDevice):
         self.errors = 0
         self.engine_failures = 0             # bugs caught (logged): the channel halted
         self.rounds_native = self.rounds_python = 0
+        self.held = 0                        # pause() calls not yet resumed (snapshots)
         self._registers = self._register_table()
 
     # --- the register file -------------------------------------------------------------
@@ -553,7 +554,7 @@ class IoatFunction(PciDevice):
         self.cv.notify_all()
 
     def _runnable(self) -> bool:
-        return self.state == ACTIVE and not self.ch.stop and self.bus_master
+        return self.state == ACTIVE and not self.ch.stop and not self.held and self.bus_master
 
     def _serve(self) -> None:
         while True:
@@ -640,6 +641,49 @@ class IoatFunction(PciDevice):
                 self.cv.wait()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+
+    # --- snapshots (akvm.devices.state) -----------------------------------------------
+
+    _CHANNEL = ("next", "chansts", "chancmp", "cur", "src", "dst", "link", "size", "ctl", "done",
+                "loaded", "from_chainaddr", "count", "dmacount", "chanerr", "chanctrl", "xfercap",
+                "descriptors", "bytes")
+    _REGISTERS = ("chainaddr", "chain_dirty", "genctrl", "intrctrl", "intrdelay", "chanerrmsk",
+                  "dcactrl", "armed", "attn", "pending", "interrupts", "errors",
+                  "engine_failures", "rounds_native", "rounds_python")
+
+    def pause(self, timeout: float) -> bool:
+        """Hold the channel's thread out of the engine (between two chunks) until resume():
+        True once it is out. Its copy in progress goes on from there."""
+        with self.cv:
+            self.held += 1
+            self.ch.stop += 1
+            out = self.cv.wait_for(lambda: not self.running, timeout)
+            self.ch.stop -= 1
+            return out
+
+    def resume(self) -> None:
+        with self.cv:
+            self.held -= 1
+            self.cv.notify_all()
+
+    def device_snapshot(self) -> dict:
+        with self.cv:
+            return {"channel": {name: int(getattr(self.ch, name)) for name in self._CHANNEL},
+                    **{name: int(getattr(self, name)) for name in self._REGISTERS}}
+
+    def device_restore(self, state: dict) -> None:
+        with self.cv:
+            for name in self._CHANNEL:
+                setattr(self.ch, name, int(state["channel"][name]))
+            for name in self._REGISTERS:
+                value = int(state[name])
+                setattr(self, name, bool(value) if isinstance(getattr(self, name), bool) else value)
+
+    def start(self) -> None:
+        """The machine runs: a copy a restored snapshot had going on goes on."""
+        with self.cv:
+            if self._runnable():
+                self._wake()
 
     def stats(self) -> dict:
         ch = self.ch

@@ -132,7 +132,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.iommu = None                   # akvm.iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
-        self.threaded_devices: list = []    # other devices with threads: close(), stats()
+        self.threaded_devices: list = []    # other devices with threads: start(), close(), stats()
         self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         # Made by build(), in this order; None until then (a failed build closes what exists).
@@ -551,7 +551,7 @@ class Machine:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signo, _: self.stop(
                     ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
-        for device in self.virtio_devices:
+        for device in self.virtio_devices + self.threaded_devices:
             device.start()
         for t in self.vcpus:
             t.start()

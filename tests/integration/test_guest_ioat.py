@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from akvm.testing import parse_selftest
 from tests.conftest import needs_kvm
 
 pytestmark = needs_kvm
@@ -54,3 +55,22 @@ def test_a_process_owners_copies_run_in_c_from_the_iotlb(akvm_guest_factory):
     assert m, guest.serial_log[-2000:]
     descriptors, _, errors, in_c, in_python = map(int, m.groups())
     assert errors == 1 and in_c > 0 and descriptors == 7, m.group(0)     # 1 + 5, 1 (+ 1 faulted)
+
+
+def test_a_snapshot_in_the_middle_of_the_ioat_selftests(akvm_guest_factory, tmp_path):
+    """Saved while the ioat-* self-tests run, resumed in a new akvm, which finishes them."""
+    first = akvm_guest_factory(cpus=2, timeout=TIMEOUT, args=IOAT, control=tmp_path / "c.sock")
+    first.send("selftest ioat-*\r")
+    first.expect("PASS ioat-copy")
+    client = first.control_client()
+    client.execute("stop")
+    first.snapshot(tmp_path / "snap")
+    client.execute("quit")
+    assert first.wait_exit() == 0
+    before = first.serial_log
+    second = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False)
+    second.expect(r"\d+ passed, \d+ failed", timeout=TIMEOUT)
+    text = before[before.index("selftest ioat"):] + second.serial_log
+    result = parse_selftest(text[:text.index(" failed") + len(" failed")])
+    assert result.failed == {}, result.failed
+    assert set(result.passed) == KERNEL_TESTS - {"ioat-vtd"}

@@ -510,3 +510,41 @@ def test_translated_copies_run_in_c_from_the_iotlb():
         assert pc.mem.read(DATA + 0x2000, 0x1000) == data[:0x1000]
     finally:
         pc.close()
+
+
+def test_a_snapshot_in_the_middle_of_a_chain_goes_on_after_restore():
+    """pause() holds the channel's thread between two chunks; the state, restored into a
+    function built afresh over a copy of RAM, finishes the chain exactly as the original."""
+    import json
+    pcs = [Pc(functions=(0,), size=16 * MiB) for _ in range(2)]
+    try:
+        pc, fresh = pcs
+        drv = pc.driver(0, entries=4)
+        drv.start()
+        drv.enable_msix(0x44)
+        fill(pc.mem, DATA, MiB, 6)
+        for i in range(4):
+            drv.put(MiB, ioat.CTL_COMPL_WRITE | (ioat.CTL_INT_EN if i == 3 else 0),
+                    DATA, DATA + (1 + i) * MiB)
+        drv.count = 400
+        drv.w(ioat.DMACOUNT, 400, 2)
+        dev = pc.fns[0]
+        time.sleep(0.005)
+        assert dev.pause(5.0)
+        state = json.loads(json.dumps(dev.snapshot()))
+        ram = bytes(pc.mem.slots[0].buf)
+        assert dev.ch.count < 400 and drv.state == ioat.ACTIVE        # in the middle
+        dev.resume()
+        assert drv.wait() == ioat.IDLE
+        fresh.mem.slots[0].buf[:] = ram
+        twin = fresh.fns[0]
+        twin.restore(state)
+        assert twin.state == ioat.ACTIVE and twin.ch.count == state["device"]["channel"]["count"]
+        twin.start()
+        assert fresh.driver(0, entries=4).wait() == ioat.IDLE
+        assert fresh.mem.slots[0].buf == pc.mem.slots[0].buf
+        assert twin.ch.chansts == dev.ch.chansts and twin.ch.count == 400
+        assert twin.pending == dev.pending and twin.attn == dev.attn
+    finally:
+        for p in pcs:
+            p.close()
