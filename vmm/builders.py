@@ -75,6 +75,20 @@ def build_edu(machine, spec) -> None:
     machine.pci.add(Edu(dma_bits=spec.values["dma_bits"]))
 
 
+def build_ioat(machine, spec) -> None:
+    from akvm.devices.ioat import IoatFunction
+    from akvm.devices.pci import PciError
+    slot = spec.values["slot"]
+    for function in spec.values["functions"]:
+        device = IoatFunction(function)
+        try:
+            machine.pci.add(device, slot=slot, function=function)
+        except PciError as e:
+            raise ConfigError(f"{spec.kind}: slot={slot}: {e} (give --device ioat before "
+                              "devices that take the lowest free slot, or another slot=N)") from None
+        machine.threaded_devices.append(device)
+
+
 def build_blk(machine, spec) -> None:
     path, readonly, serial = (spec.values[k] for k in ("file", "readonly", "serial"))
     try:

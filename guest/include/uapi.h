@@ -50,6 +50,7 @@
 #define ASSIGN_EDU      0xFFFF  /* an edu device no process owns (the first such) */
 #define ASSIGN_PCI_ID(vendor, device) (1ULL << 32 | (uint64_t)(vendor) << 16 | (device))
 #define ASSIGN_VIRTIO_BLK ASSIGN_PCI_ID(0x1AF4, 0x1042)   /* the first modern virtio-blk */
+#define ASSIGN_IOAT     ASSIGN_PCI_ID(0x8086, 0x2021)   /* an I/OAT channel no process owns */
 
 /* What assign() tells the owner of a modern virtio-pci device (its second
  * argument, required for one): the BARs that hold the virtio structures
