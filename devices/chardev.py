@@ -22,7 +22,7 @@ import threading
 from typing import Callable
 
 from akvm.base.hostfiles import open_output
-from akvm.base.outqueue import OutputQueue
+from akvm.base.outqueue import OutputQueue, nonblocking_writer
 
 Sink = Callable[[bytes], None]
 
@@ -188,8 +188,10 @@ class StdioChardev(Chardev):
         self._saved_attrs = None
         self._reader: _Reader | None = None
         # A reader that went away (EPIPE, EIO) ends output: it is dropped from then on.
-        self._out = OutputQueue(fd_writer(stdout_fd), "stdio-output", fd=stdout_fd)
-        self._err = OutputQueue(fd_writer(stderr_fd), "stdio-help", fd=stderr_fd)
+        self._out = OutputQueue(fd_writer(stdout_fd), "stdio-output",
+                                try_send=nonblocking_writer(stdout_fd))
+        self._err = OutputQueue(fd_writer(stderr_fd), "stdio-help",
+                                try_send=nonblocking_writer(stderr_fd))
         self._sink: Sink | None = None
         self._filter: EscapeFilter | None = None
 
@@ -258,7 +260,8 @@ class FileChardev(Chardev):
         except OSError as e:
             raise ChardevError(f"--serial: cannot open {path}: {e.strerror or e}") from None
         # A full disk (ENOSPC) or an unwritable file ends output: dropped and counted.
-        self._out = OutputQueue(fd_writer(self._fd), f"file-output:{path}", fd=self._fd)
+        self._out = OutputQueue(fd_writer(self._fd), f"file-output:{path}",
+                                try_send=nonblocking_writer(self._fd))
 
     def write(self, data: bytes) -> None:
         self._out.put(data)

@@ -93,8 +93,9 @@ class UnixSocketChardev(Chardev):
                 continue
             with self._lock:
                 self._client = client
-                self._out = OutputQueue(client.send, f"serial-unix-output:{self.path}",
-                                        fd=client.fileno())
+                self._out = OutputQueue(
+                    client.send, f"serial-unix-output:{self.path}",
+                    try_send=lambda data, c=client: c.send(data, socket.MSG_DONTWAIT))
                 self.clients += 1
                 self._out.put(self._pending)
                 self._pending = bytearray()

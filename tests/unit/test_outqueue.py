@@ -95,3 +95,18 @@ def test_output_written_just_before_close_reaches_a_reading_client(tmp_path):
             got += data
         client.close()
         assert got == b"last words", i
+
+
+def test_a_terminal_nobody_reads_never_blocks_the_writer():
+    """A pseudo-terminal fills up; writes that would block go to the queue (the direct
+    write is through a non-blocking description of the terminal of its own)."""
+    master, slave = os.openpty()
+    dev = StdioChardev(stdin_fd=slave, stdout_fd=slave, stderr_fd=slave)
+    assert returns_within(lambda: [dev.write(b"z" * 4096) for _ in range(256)], 5)   # 1 MiB
+    started = time.monotonic()
+    dev.close()
+    assert time.monotonic() - started < CLOSE_FLUSH_S + 0.5
+    assert dev.dropped > 0
+    assert os.get_blocking(slave)                   # the shared description is left alone
+    os.close(master)
+    os.close(slave)

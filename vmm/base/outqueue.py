@@ -9,38 +9,35 @@ and counted, and a thread of the queue's own writes the buffer out with
 the reader a bounded time to catch up, then leaves the rest (counted as
 dropped) and the thread, a daemon blocked in the kernel at worst.
 
-While the reader keeps up, put() writes in the caller's thread (when nothing
-is queued and poll() says the descriptor takes PIPE_BUF bytes without
-blocking), so output keeps its order with other writers to the same terminal
-(akvm's log and the guest's console often share one) and its latency.
+While the reader keeps up, put() writes in the caller's thread, through a
+write that cannot block (`try_send`: a non-blocking descriptor of its own
+for a terminal or a pipe, MSG_DONTWAIT for a socket), so output keeps its
+order with other writers to the same terminal (akvm's log and the guest's
+console often share one) and its latency; what that write does not take
+goes to the queue.
 """
 from __future__ import annotations
 
 import os
-import select
+import stat
 import threading
 import time
 from typing import Callable
 
 OUTPUT_LIMIT = 256 * 1024   # bytes held for a slow reader; more is dropped
 CHUNK = 64 * 1024           # bytes handed to send() at a time
-PIPE_BUF = 4096             # a write this small to a writable pipe never blocks (POSIX)
 
 
 class OutputQueue:
     """`send(bytes) -> int` writes some of its argument (blocking is allowed) and
     raises OSError when the reader is gone for good; from then on output is
-    dropped (counted in `dropped`). `fd`, the descriptor send() writes to, if it
-    is one: put() then writes directly while that cannot block."""
+    dropped (counted in `dropped`). `try_send(bytes) -> int`, if given, is the
+    same write that never blocks (BlockingIOError when nothing fits)."""
 
     def __init__(self, send: Callable[[bytes], int], name: str, limit: int = OUTPUT_LIMIT,
-                 fd: int | None = None):
+                 try_send: Callable[[bytes], int] | None = None):
         self._send = send
-        self._fd = fd
-        self._poll = None
-        if fd is not None:
-            self._poll = select.poll()
-            self._poll.register(fd, select.POLLOUT)
+        self._try_send = try_send
         self.name = name
         self.limit = limit
         self._buf = bytearray()
@@ -76,14 +73,12 @@ class OutputQueue:
             self._cond.notify_all()
 
     def _write_now(self, data):
-        """Write what the descriptor takes without blocking; returns the rest. Caller
+        """Write what the reader takes now, without blocking; returns the rest. Caller
         holds _cond, and nothing is queued."""
-        if self._poll is None or len(data) > PIPE_BUF or not data:
+        if self._try_send is None or not data:
             return data
         try:
-            if not self._poll.poll(0):
-                return data
-            return data[os.write(self._fd, data):]
+            return data[self._try_send(data):]
         except BlockingIOError:
             return data
         except OSError:
@@ -144,6 +139,9 @@ class OutputQueue:
             self._closed = True
         drained = self.flush(timeout)
         with self._cond:
+            if isinstance(self._try_send, _OwnNonBlocking):
+                self._try_send.close()          # put() no longer writes
+            self._try_send = None
             self._abandoned = not drained
             self.dropped += len(self._buf) + self._sending
             self._buf.clear()
@@ -152,12 +150,45 @@ class OutputQueue:
         return drained
 
 
+class _OwnNonBlocking:
+    """os.write on a descriptor of its own, opened O_NONBLOCK; close() gives it back."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __call__(self, data) -> int:
+        return os.write(self.fd, data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def nonblocking_writer(fd: int) -> Callable[[bytes], int] | None:
+    """A write to what `fd` is open on that never blocks, or None: a regular file's
+    writes do not wait for a reader; a terminal or a pipe is opened again (through
+    /proc/self/fd) as a description of its own with O_NONBLOCK, leaving `fd`'s
+    flags, which other processes may share, alone."""
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISREG(mode):
+            return lambda data: os.write(fd, data)
+        if not (os.isatty(fd) or stat.S_ISFIFO(mode)):
+            return None
+        return _OwnNonBlocking(os.open(f"/proc/self/fd/{fd}",
+                                       os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+    except OSError:
+        return None
+
+
 class TextOutput:
     """A text stream (write, flush) on an OutputQueue over file descriptor `fd`: for
     logging and akvm's closing lines, which must not block on a stalled stderr."""
 
     def __init__(self, fd: int, name: str):
-        self.queue = OutputQueue(lambda data: os.write(fd, data), name, fd=fd)
+        self.queue = OutputQueue(lambda data: os.write(fd, data), name,
+                                 try_send=nonblocking_writer(fd))
 
     def write(self, text: str) -> int:
         self.queue.put(text.encode(errors="replace"))
