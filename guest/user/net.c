@@ -1,0 +1,201 @@
+/*
+ * net [-d KIND] MODE ...: a NIC driven from ring 3 (nic.c) with a small
+ * IPv4 stack (netstack.c).  KIND: virtio-pci, virtio-mmio or e1000 (default:
+ * the first found).  Modes:
+ *
+ *   check [HOSTPORT [FWDPORT]]
+ *       DHCP lease, ARP for the gateway, three pings to it; then, with
+ *       HOSTPORT, a TCP exchange with the host's 127.0.0.1:HOSTPORT through
+ *       the gateway (a line out, a line back); with FWDPORT, listen on it
+ *       (a host forward's guest port), take one connection, answer the line
+ *       it sends with "echo: LINE".  Prints "net: ok" at the end.
+ *   peer MYIP PEERIP COUNT      static address MYIP; COUNT pings to PEERIP
+ *   answer MYIP SECONDS         static address MYIP; answer ARP and pings
+ *
+ * Every step prints one "net: ..." line; a failure prints "net: FAIL step:
+ * why" and exits with a status that names the step.
+ */
+#include "net.h"
+
+static const char *kind;
+
+static int fail(int status, const char *step, const char *why)
+{
+	printf("net: FAIL %s: %s\n", step, why);
+	return status;
+}
+
+static struct nic *open_nic(void)
+{
+	const char *err;
+	clock_init();
+	struct nic *n = nic_open(kind, &err);
+	if (!n) {
+		fail(2, "device", err);
+		return NULL;
+	}
+	char mac[18];
+	fmt_mac(mac, n->mac);
+	void *probe = dma_pages(1);
+	if (!probe) {
+		fail(2, "device", "no DMA memory");
+		return NULL;
+	}
+	printf("net: %s mac %s, DMA %s\n", n->name, mac,
+	       dma_of(probe) == iova_of(probe) ? "through the IOMMU" : "to physical addresses");
+	net_init(n);
+	return n;
+}
+
+/* A line from the connection (without its newline), waiting up to timeout. */
+static const char *read_line(char *buf, unsigned size, uint64_t timeout_us)
+{
+	unsigned n = 0;
+	uint64_t end = now_us() + timeout_us;
+	while (n + 1 < size) {
+		int r = tcp_read(buf + n, 1);
+		if (r < 0)
+			break;
+		if (r == 0) {
+			if (now_us() > end)
+				return "no line came";
+			net_poll();
+			continue;
+		}
+		if (buf[n] == '\n')
+			break;
+		n++;
+	}
+	buf[n] = 0;
+	return n ? NULL : "the connection ended without a line";
+}
+
+static const char *write_all(const char *s)
+{
+	unsigned len = strlen(s), done = 0;
+	uint64_t end = now_us() + 10000000;
+	while (done < len) {
+		done += tcp_write(s + done, len - done);
+		net_poll();
+		if (now_us() > end)
+			return "the peer took nothing for 10 s";
+		if (tcp_state() != TCP_ESTABLISHED && tcp_state() != TCP_CLOSE_WAIT)
+			return tcp_error() ? tcp_error() : "connection closed";
+	}
+	return NULL;
+}
+
+static int check(int argc, char **argv)
+{
+	struct nic *n = open_nic();
+	if (!n)
+		return 2;
+	char a[16], b[16], c[16], d[16], mac[18];
+	const char *err = dhcp();
+	if (err)
+		return fail(3, "dhcp", err);
+	fmt_ip(a, net_cfg.ip), fmt_ip(b, net_cfg.mask), fmt_ip(c, net_cfg.gateway), fmt_ip(d, net_cfg.dns);
+	printf("net: dhcp %s mask %s gateway %s dns %s lease %u s\n", a, b, c, d, net_cfg.lease_s);
+	uint8_t gw[6];
+	if ((err = arp_resolve(net_cfg.gateway, gw)))
+		return fail(4, "arp", err);
+	fmt_mac(mac, gw);
+	printf("net: arp %s is-at %s\n", c, mac);
+	int replies;
+	uint64_t rtt;
+	if ((err = ping(net_cfg.gateway, 3, 56, &replies, &rtt)))
+		return fail(5, "ping", err);
+	printf("net: ping %s: %d/3 replies, %lu us average\n", c, replies, rtt);
+
+	if (argc > 0) {
+		uint16_t port = atol(argv[0]);
+		if ((err = tcp_connect(net_cfg.gateway, port)))
+			return fail(6, "tcp connect", err);
+		char line[128], reply[128];
+		snprintf(line, sizeof(line), "hello from %s over %s\n", a, n->name);
+		if ((err = write_all(line)) || (err = read_line(reply, sizeof(reply), 10000000)))
+			return fail(7, "tcp exchange", err);
+		if ((err = tcp_close()))
+			return fail(8, "tcp close", err);
+		printf("net: tcp %s:%u: sent %u bytes, got '%s', closed\n", c, port,
+		       (unsigned)strlen(line), reply);
+	}
+	if (argc > 1) {
+		uint16_t port = atol(argv[1]);
+		tcp_listen(port);
+		printf("net: tcp listening on %s:%u\n", a, port);
+		if ((err = tcp_accept(60000000)))
+			return fail(9, "tcp accept", err);
+		uint16_t rport;
+		fmt_ip(b, tcp_peer(&rport));
+		char line[128], reply[160];
+		if ((err = read_line(line, sizeof(line), 10000000)))
+			return fail(10, "tcp receive", err);
+		snprintf(reply, sizeof(reply), "echo: %s\n", line);
+		if ((err = write_all(reply)))
+			return fail(10, "tcp answer", err);
+		if ((err = tcp_close()))
+			return fail(11, "tcp close", err);
+		printf("net: tcp accepted %s:%u, got '%s', answered, closed\n", b, rport, line);
+	}
+	printf("net: %lu frames out, %lu in, %lu dropped, %lu bad; ok\n", net_stats.tx_frames,
+	       net_stats.rx_frames, net_stats.rx_dropped, net_stats.rx_bad);
+	printf("net: ok\n");
+	return 0;
+}
+
+static bool static_address(const char *ip)
+{
+	if (!parse_ip(ip, &net_cfg.ip))
+		return false;
+	net_cfg.mask = 0xFFFFFF00;
+	return true;
+}
+
+static int peer(int argc, char **argv)
+{
+	uint32_t them;
+	if (argc < 3 || !static_address(argv[0]) || !parse_ip(argv[1], &them))
+		return fail(1, "usage", "peer MYIP PEERIP COUNT");
+	if (!open_nic())
+		return 2;
+	int count = atol(argv[2]), replies;
+	uint64_t rtt;
+	const char *err = ping(them, count, 56, &replies, &rtt);
+	if (err)
+		return fail(5, "ping", err);
+	printf("net: ping %s: %d/%d replies, %lu us average\n", argv[1], replies, count, rtt);
+	return replies == count ? 0 : 5;
+}
+
+static bool never(void) { return false; }
+
+static int answer(int argc, char **argv)
+{
+	if (argc < 2 || !static_address(argv[0]))
+		return fail(1, "usage", "answer MYIP SECONDS");
+	if (!open_nic())
+		return 2;
+	printf("net: answering on %s for %ld s\n", argv[0], atol(argv[1]));
+	net_wait(never, atol(argv[1]) * 1000000);
+	printf("net: %lu frames out, %lu in\n", net_stats.tx_frames, net_stats.rx_frames);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	argc--, argv++;
+	if (argc >= 2 && !strcmp(argv[0], "-d")) {
+		kind = argv[1];
+		argc -= 2, argv += 2;
+	}
+	if (argc < 1)
+		return fail(1, "usage", "net [-d KIND] check|peer|answer ...");
+	if (!strcmp(argv[0], "check"))
+		return check(argc - 1, argv + 1);
+	if (!strcmp(argv[0], "peer"))
+		return peer(argc - 1, argv + 1);
+	if (!strcmp(argv[0], "answer"))
+		return answer(argc - 1, argv + 1);
+	return fail(1, "usage", "net [-d KIND] check|peer|answer ...");
+}
