@@ -129,8 +129,12 @@ def net_backend(spec):
         raise ConfigError(f"{spec.kind}: {key}={value}: {e}") from None
 
 
-def nic_mac(machine, spec, count: int) -> bytes:
-    """mac= or the next default address (DEFAULT_MAC_PREFIX:NN)."""
+NIC_KINDS = ("virtio-net", "e1000")
+
+
+def nic_mac(machine, spec) -> bytes:
+    """mac= or the next default address (DEFAULT_MAC_PREFIX:NN, NN counting the NICs)."""
+    count = sum(1 for d in machine.virtio_devices + machine.workers if d.kind in NIC_KINDS)
     mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{count + 1:02x}"
     try:
         return parse_mac(mac_text)
@@ -139,10 +143,24 @@ def nic_mac(machine, spec, count: int) -> bytes:
 
 
 def build_net(machine, spec) -> None:
-    mac = nic_mac(machine, spec, _count(machine, spec.kind))
+    mac = nic_mac(machine, spec)
     backend = net_backend(spec)
     try:
         add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
     except BaseException:
         backend.close()
         raise
+
+
+def build_e1000(machine, spec) -> None:
+    """An Intel 82540EM on the PCI bus; it has a thread of its own (Machine.workers)."""
+    from akvm.devices.e1000 import E1000
+    mac = nic_mac(machine, spec)
+    backend = net_backend(spec)
+    device = E1000(backend, mac, name=f"e1000-{sum(1 for w in machine.workers if w.kind == 'e1000')}")
+    try:
+        machine.pci.add(device)
+    except BaseException:
+        backend.close()
+        raise
+    machine.workers.append(device)

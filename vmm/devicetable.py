@@ -100,6 +100,9 @@ NET_OPTIONS = (
 )
 
 DEVICES: dict[str, Kind] = {k.name: k for k in (
+    Kind("e1000", f"{VIRTIO}:build_e1000",
+         "Intel 82540EM Gigabit Ethernet (8086:100e), PCI, INTx; backends as virtio-net's",
+         NET_OPTIONS),
     Kind("edu", f"{VIRTIO}:build_edu", "QEMU's educational DMA device (1234:11e8), PCI", (
         Option("dma_bits", integer(1, 64), 28, "N", "bus address bits the device drives"),
     )),

@@ -121,6 +121,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.iommu = None                   # akvm.iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
+        self.workers: list = []             # other devices with a thread: start(), close(), format_stats()
         self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         # Made by build(), in this order; None until then (a failed build closes what exists).
@@ -317,7 +318,7 @@ class Machine:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signo, _: self.stop(
                     ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
-        for device in self.virtio_devices:
+        for device in self.virtio_devices + self.workers:
             device.start()
         for t in self.vcpus:
             t.start()
@@ -341,7 +342,7 @@ class Machine:
             self.serial.close()
 
     def _close_virtio(self) -> None:
-        for device in self.virtio_devices:
+        for device in self.virtio_devices + self.workers:
             device.close()
         if self.gsi_routes is not None:
             self.gsi_routes.close()
@@ -373,6 +374,7 @@ class Machine:
             sent, by_irqfd = device.transport.interrupt_counts()
             lines.append(f"  {device.format_stats()}; {sent} interrupts, {by_irqfd} by irqfd; "
                          f"{device.exit_kicks} notifications by exit")
+        lines += [f"  {device.format_stats()}" for device in self.workers]
         if self.iommu is not None:
             lines += [f"  {line}" for line in self.iommu.format_stats()]
         return "\n".join(lines)
