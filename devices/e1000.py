@@ -697,7 +697,8 @@ class E1000(PciDevice):
         hdrlen, mss, ipcss, tucss = c["hdrlen"], c["mss"], c["ipcss"], c["tucss"]
         tcp, ipv4 = c["tucmd"] & TUCMD_TCP, c["tucmd"] & TUCMD_IP
         if not (mss and tucss + (20 if tcp else 8) <= hdrlen <= len(packet) and
-                ipcss + 20 <= hdrlen and (len(packet) - hdrlen) / mss <= MAX_TSO_SEGMENTS):
+                ipcss + (20 if ipv4 else 40) <= hdrlen and
+                (len(packet) - hdrlen) / mss <= MAX_TSO_SEGMENTS):
             self.tx_dropped += 1
             self.errors += 1
             self.log_once("tso", f"TCP segmentation context (HDRLEN {hdrlen}, MSS {mss}) does not "
