@@ -10,7 +10,8 @@
  *       (a host forward's guest port), take one connection, answer the line
  *       it sends with "echo: LINE".  Prints "net: ok" at the end.
  *   peer MYIP PEERIP COUNT      static address MYIP; COUNT pings to PEERIP
- *   answer MYIP SECONDS         static address MYIP; answer ARP and pings
+ *   answer MYIP COUNT           static address MYIP; answer ARP, and pings until
+ *                               COUNT were answered (at most 60 s)
  *
  * Every step prints one "net: ..." line; a failure prints "net: FAIL step:
  * why" and exits with a status that names the step.
@@ -168,18 +169,25 @@ static int peer(int argc, char **argv)
 	return replies == count ? 0 : 5;
 }
 
+static unsigned long answers_wanted;
+
 static bool never(void) { return false; }
+
+static bool answered(void) { return net_stats.echo_answered >= answers_wanted; }
 
 static int answer(int argc, char **argv)
 {
 	if (argc < 2 || !static_address(argv[0]))
-		return fail(1, "usage", "answer MYIP SECONDS");
+		return fail(1, "usage", "answer MYIP COUNT");
 	if (!open_nic())
 		return 2;
-	printf("net: answering on %s for %ld s\n", argv[0], atol(argv[1]));
-	net_wait(never, atol(argv[1]) * 1000000);
-	printf("net: %lu frames out, %lu in\n", net_stats.tx_frames, net_stats.rx_frames);
-	return 0;
+	answers_wanted = atol(argv[1]);
+	printf("net: answering on %s\n", argv[0]);
+	bool all = net_wait(answered, 60000000);
+	net_wait(never, 200000);        /* the last answer out of the device before it is reset */
+	printf("net: answered %lu pings; %lu frames out, %lu in\n", net_stats.echo_answered,
+	       net_stats.tx_frames, net_stats.rx_frames);
+	return all ? 0 : fail(5, "answer", "not all the pings came");
 }
 
 int main(int argc, char **argv)

@@ -80,7 +80,7 @@ const char *tcp_error(void);                            /* why the connection en
 
 struct net_stats {
 	unsigned long rx_frames, rx_dropped, rx_bad, tx_frames, tx_full;
-	unsigned long tcp_retransmits, tcp_segs_in, tcp_segs_out;
+	unsigned long tcp_retransmits, tcp_segs_in, tcp_segs_out, echo_answered;
 };
 extern struct net_stats net_stats;
 

@@ -265,7 +265,8 @@ static void icmp_input(uint32_t src, const uint8_t *m, unsigned len)
 		r[0] = 0;
 		put16(r + 2, 0);
 		put16(r + 2, fold(sum16(r, len, 0)));
-		ip_send(src, IPPROTO_ICMP, f, len);
+		if (ip_send(src, IPPROTO_ICMP, f, len))
+			net_stats.echo_answered++;
 	} else if (m[0] == 0 && get16(m + 4) == pinger.id && get16(m + 6) == pinger.seq) {
 		pinger.got = true;
 		pinger.rtt_sum += now_us() - pinger.sent_at;

@@ -12,6 +12,8 @@
  * descriptor owns one 2 KiB buffer for good.  Completions are polled in
  * the used rings (VRING_AVAIL_F_NO_INTERRUPT); a queue is notified after a
  * batch, unless the device says it does not want it (VRING_USED_F_NO_NOTIFY).
+ *
+ * The Intel 82540EM (e1000): below.
  */
 #include "net.h"
 #include "../include/virtio_spec.h"
@@ -355,27 +357,222 @@ static const char *vnet_open(bool mmio, const char **where)
 	return NULL;
 }
 
+/* ---- Intel 82540EM (e1000) ----
+ *
+ * From Intel's 8254x Software Developer's Manual: reset (CTRL.RST), the MAC
+ * from the EEPROM through EERD (its 64 words must sum to 0xBABA), link up
+ * (CTRL.SLU, STATUS.LU), interrupts masked (IMC): the rings are polled.
+ * Legacy descriptors, 256 per ring (one page each), 2 KiB buffers
+ * (RCTL.BSIZE 00b), the FCS stripped (RCTL.SECRC); every transmit
+ * descriptor asks for its status (RS), so the driver sees DD in memory and
+ * never reads TDH.  TDT and RDT are written once per batch: each register
+ * access is an exit to the VMM.
+ */
+
+#define E_CTRL          0x0000
+#define E_STATUS        0x0008
+#define E_EERD          0x0014
+#define E_IMC           0x00D8
+#define E_RCTL          0x0100
+#define E_TCTL          0x0400
+#define E_TIPG          0x0410
+#define E_RDBAL         0x2800
+#define E_RDBAH         0x2804
+#define E_RDLEN         0x2808
+#define E_RDH           0x2810
+#define E_RDT           0x2818
+#define E_TDBAL         0x3800
+#define E_TDBAH         0x3804
+#define E_TDLEN         0x3808
+#define E_TDH           0x3810
+#define E_TDT           0x3818
+#define E_RAL0          0x5400
+#define E_RAH0          0x5404
+#define E_CTRL_SLU      (1u << 6)
+#define E_CTRL_RST      (1u << 26)
+#define E_STATUS_LU     (1u << 1)
+#define E_EERD_START    (1u << 0)
+#define E_EERD_DONE     (1u << 4)
+#define E_RCTL_EN       (1u << 1)
+#define E_RCTL_BAM      (1u << 15)
+#define E_RCTL_SECRC    (1u << 26)
+#define E_TCTL_EN       (1u << 1)
+#define E_TCTL_PSP      (1u << 3)
+#define E_TCTL_CT       (0x0Fu << 4)
+#define E_TCTL_COLD     (0x40u << 12)   /* full duplex */
+#define E_TIPG_COPPER   (10u | 8u << 10 | 6u << 20)
+#define E_TXD_EOP       (1u << 24)
+#define E_TXD_IFCS      (1u << 25)
+#define E_TXD_RS        (1u << 27)
+#define E_DD            1u
+#define E_EOP           2u
+#define E_RING          256
+#define E_EEPROM_SUM    0xBABA
+
+struct e1000 {
+	struct nic nic;
+	volatile uint8_t *regs;
+	volatile uint64_t *rx, *tx;     /* descriptors: two u64 each */
+	uint8_t *rxbuf[E_RING], *txbuf[E_RING];
+	unsigned rx_next, tx_tail, tx_clean, tx_pending, rx_returned;
+	int rx_held;
+};
+
+static struct e1000 e1k;
+
+static uint32_t er(struct e1000 *e, unsigned reg) { return R32(e->regs + reg); }
+static void ew(struct e1000 *e, unsigned reg, uint32_t v) { W32(e->regs + reg, v); }
+
+static bool e1000_send(struct nic *n, const void *frame, unsigned len)
+{
+	struct e1000 *e = (struct e1000 *)n;
+	while (e->tx_clean != e->tx_tail && (e->tx[2 * e->tx_clean + 1] >> 32) & E_DD)
+		e->tx_clean = (e->tx_clean + 1) % E_RING;
+	unsigned t = e->tx_tail;
+	if ((t + 1) % E_RING == e->tx_clean || len > ETH_FRAME_MAX) {
+		n->tx_full++;
+		return false;
+	}
+	memcpy(e->txbuf[t], frame, len);
+	e->tx[2 * t] = dma_of(e->txbuf[t]);
+	e->tx[2 * t + 1] = len | E_TXD_EOP | E_TXD_IFCS | E_TXD_RS;
+	e->tx_tail = (t + 1) % E_RING;
+	e->tx_pending++;
+	n->tx_frames++;
+	return true;
+}
+
+static void e1000_kick(struct nic *n)
+{
+	struct e1000 *e = (struct e1000 *)n;
+	mb();
+	if (e->rx_returned) {
+		ew(e, E_RDT, (e->rx_next + E_RING - 1) % E_RING);
+		e->rx_returned = 0;
+		n->kicks++;
+	}
+	if (e->tx_pending) {
+		ew(e, E_TDT, e->tx_tail);
+		e->tx_pending = 0;
+		n->kicks++;
+	}
+}
+
+static const uint8_t *e1000_recv(struct nic *n, unsigned *len)
+{
+	struct e1000 *e = (struct e1000 *)n;
+	for (;;) {
+		if (e->rx_held >= 0) {          /* its descriptor goes back at the next RDT write */
+			e->rx[2 * e->rx_held + 1] = 0;
+			e->rx_held = -1;
+			if (++e->rx_returned >= E_RING / 8)
+				e1000_kick(n);
+		}
+		unsigned i = e->rx_next;
+		uint64_t st = e->rx[2 * i + 1];
+		if (!((st >> 32) & E_DD))
+			return NULL;
+		barrier();
+		e->rx_held = i;
+		e->rx_next = (i + 1) % E_RING;
+		if (!((st >> 32) & E_EOP) || (st >> 40) & 0xFF)
+			continue;               /* a piece of a long frame, or an error: dropped */
+		n->rx_frames++;
+		*len = st & 0xFFFF;
+		return e->rxbuf[i];
+	}
+}
+
+static const char *e1000_open(const char **where)
+{
+	struct e1000 *e = &e1k;
+	e->regs = assign_dev(ASSIGN_E1000 | ASSIGN_PHYSICAL_OK, NULL);
+	if (e->regs == MAP_FAILED)
+		return "no such device (or it cannot be assigned)";
+	e->rx_held = -1;
+	ew(e, E_IMC, 0xFFFFFFFF);
+	ew(e, E_CTRL, er(e, E_CTRL) | E_CTRL_RST);
+	for (int i = 0; er(e, E_CTRL) & E_CTRL_RST; i++) {
+		if (i > 1000000)
+			return "CTRL.RST did not clear";
+		cpu_pause();
+	}
+	ew(e, E_IMC, 0xFFFFFFFF);
+	uint16_t words[64], sum = 0;
+	for (int i = 0; i < 64; i++) {
+		ew(e, E_EERD, i << 8 | E_EERD_START);
+		uint32_t v;
+		for (int t = 0; !((v = er(e, E_EERD)) & E_EERD_DONE); t++)
+			if (t > 100000)
+				return "EERD never said DONE";
+		words[i] = v >> 16;
+		sum += words[i];
+	}
+	if (sum != E_EEPROM_SUM)
+		return "EEPROM checksum is not 0xBABA";
+	for (int i = 0; i < 3; i++) {
+		e->nic.mac[2 * i] = (uint8_t)words[i];
+		e->nic.mac[2 * i + 1] = words[i] >> 8;
+	}
+	ew(e, E_CTRL, er(e, E_CTRL) | E_CTRL_SLU);
+	if (!(er(e, E_STATUS) & E_STATUS_LU))
+		return "link down";
+	uint8_t *rings = dma_pages(2), *rxb = dma_pages(E_RING / 2), *txb = dma_pages(E_RING / 2);
+	if (!rings || !rxb || !txb)
+		return "out of memory";
+	e->rx = (volatile uint64_t *)rings;
+	e->tx = (volatile uint64_t *)(rings + PAGE_SIZE);
+	for (int i = 0; i < E_RING; i++) {
+		e->rxbuf[i] = rxb + i * NIC_RX_BUF;
+		e->txbuf[i] = txb + i * NIC_RX_BUF;
+		e->rx[2 * i] = dma_of(e->rxbuf[i]);
+		e->rx[2 * i + 1] = 0;
+	}
+	ew(e, E_RAL0, words[0] | (uint32_t)words[1] << 16);
+	ew(e, E_RAH0, words[2] | 1u << 31);
+	ew(e, E_RDBAL, (uint32_t)dma_of(e->rx));
+	ew(e, E_RDBAH, dma_of(e->rx) >> 32);
+	ew(e, E_RDLEN, E_RING * 16);
+	ew(e, E_RDH, 0);
+	ew(e, E_RDT, E_RING - 1);
+	ew(e, E_RCTL, E_RCTL_EN | E_RCTL_BAM | E_RCTL_SECRC);
+	ew(e, E_TDBAL, (uint32_t)dma_of(e->tx));
+	ew(e, E_TDBAH, dma_of(e->tx) >> 32);
+	ew(e, E_TDLEN, E_RING * 16);
+	ew(e, E_TDH, 0);
+	ew(e, E_TDT, 0);
+	ew(e, E_TIPG, E_TIPG_COPPER);
+	ew(e, E_TCTL, E_TCTL_EN | E_TCTL_PSP | E_TCTL_CT | E_TCTL_COLD);
+	e->nic.send = e1000_send;
+	e->nic.recv = e1000_recv;
+	e->nic.kick = e1000_kick;
+	snprintf(e->nic.name, sizeof(e->nic.name), "e1000");
+	*where = e->nic.name;
+	return NULL;
+}
+
 /* ---- choosing ---- */
 
 struct nic *nic_open(const char *kind, const char **err)
 {
-	static const struct { const char *kind; bool mmio; } kinds[] = {
-		{ "virtio-pci", false }, { "virtio-mmio", true },
-	};
+	static const char *const kinds[] = { "virtio-pci", "virtio-mmio", "e1000" };
 	const char *where;
-	*err = "no NIC (virtio-net PCI or MMIO)";
+	bool tried = false;
+	*err = "no NIC (virtio-net on PCI or MMIO, or e1000)";
 	for (unsigned i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
-		if (kind && strcmp(kind, kinds[i].kind))
+		if (kind && strcmp(kind, kinds[i]))
 			continue;
-		const char *e = vnet_open(kinds[i].mmio, &where);
+		tried = true;
+		const char *e = i == 2 ? e1000_open(&where) : vnet_open(i == 1, &where);
 		if (!e)
-			return &vnet.nic;
-		if (kind || vnet.bar != MAP_FAILED) {
+			return i == 2 ? &e1k.nic : &vnet.nic;
+		bool assigned = i == 2 ? e1k.regs != MAP_FAILED : vnet.bar != MAP_FAILED;
+		if (kind || assigned) {
 			*err = e;
 			return NULL;
 		}
 	}
-	if (kind && *err == NULL)
-		*err = "unknown NIC kind";
+	if (!tried)
+		*err = "unknown NIC kind: virtio-pci, virtio-mmio or e1000";
 	return NULL;
 }

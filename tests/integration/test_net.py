@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.conftest import needs_kvm
+from tests.conftest import needs_kvm, needs_qemu
 
 pytestmark = needs_kvm
 
@@ -98,7 +98,8 @@ def check(guest, device, server, fwd_port, kind=None):
     assert "net: ping 10.0.2.2: 3/3 replies" in out
     assert f"got 'hello guest', closed" in out
     assert re.search(r"net: tcp accepted 10\.0\.2\.2:\d+, got 'from the host', answered", out)
-    assert server.lines[before:] == [f"hello from 10.0.2.15 over {device}\n"], server.lines
+    assert len(server.lines) == before + 1, server.lines
+    assert re.fullmatch(f"hello from 10\\.0\\.2\\.15 over {device}\n", server.lines[-1]), server.lines
     assert server.peers[-1][0] == "127.0.0.1"
     return out
 
@@ -149,3 +150,67 @@ def test_a_forward_on_a_port_in_use_is_one_line(tiny_kernel):
     assert r.stderr.strip().splitlines() == [
         f"akvm: error: virtio-net: net=user: hostfwd=tcp:127.0.0.1:{port}-10.0.2.15:22: "
         f"cannot listen on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_e1000_on_user_networking(akvm_guest_factory, line_server):
+    """The ring-0 probe (reset, EEPROM, PHY, one INTx interrupt) and the ring-3 driver."""
+    fwd = free_port()
+    guest = akvm_guest_factory(args=[
+        "--device", f"e1000,net=user,hostfwd=tcp::{fwd}-:{GUEST_PORT},mac=02:00:00:00:10:00",
+        "--stats"], timeout=TIMEOUT)
+    result = guest.selftest("e1000")
+    assert result.passed == ["e1000"], result.output
+    assert re.search(r"e1000 00:\w\w\.0: mac 02:00:00:00:10:00 \(EEPROM sum 0xbaba\), PHY 0141:0c20 "
+                     r"link up, autonegotiation complete, INTA# -> GSI (1[6-9]|2[0-3]) -> vector "
+                     r"0xd4: ICR 0xc", result.output), result.output
+    out = check(guest, "e1000", line_server, fwd, "e1000")
+    assert "net: e1000 mac 02:00:00:00:10:00, DMA to physical addresses" in out
+    guest.close()
+    m = re.search(r"^\s*e1000-0: (\d+) frames out, (\d+) in, 0 dropped, 0 errors; 1 interrupts; "
+                  r"link up", guest.serial_log, re.M)
+    assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
+
+
+def test_e1000_behind_the_iommu(akvm_guest_factory, line_server):
+    fwd = free_port()
+    guest = akvm_guest_factory(args=[
+        "--device", f"e1000,net=user,hostfwd=tcp::{fwd}-:{GUEST_PORT}", "--iommu", "vtd",
+        "--stats"], timeout=TIMEOUT)
+    out = check(guest, "e1000", line_server, fwd, "e1000")
+    assert "net: e1000 mac 02:41:4b:56:4d:01, DMA through the IOMMU" in out
+    guest.close()
+    m = re.search(r"iommu: enabled, (\d+) translations", guest.serial_log)
+    assert m and int(m.group(1)) >= 31, guest.serial_log[-3000:]      # one a frame at least
+    assert re.search(r"iotlb domain [2-9]\d*: \d+ hits", guest.serial_log)    # the process's
+    assert "faults: none" in guest.serial_log
+
+
+def test_two_akvm_exchange_frames_over_a_socket(akvm_guest_factory, tmp_path):
+    """e1000 in one, virtio-net in the other, on one SOCK_SEQPACKET link: ARP, then pings
+    answered, with static addresses (no DHCP server on this link)."""
+    path = tmp_path / "link.sock"
+    a = akvm_guest_factory(args=["--device", f"e1000,socket={path}"], timeout=TIMEOUT)
+    b = akvm_guest_factory(args=["--device", f"virtio-net,socket={path},mac=02:00:00:00:00:0b"],
+                           timeout=TIMEOUT)
+    a.send("run net answer 10.0.0.1 5\r")
+    a.expect("net: answering on 10.0.0.1")
+    out = b.command("run net peer 10.0.0.2 10.0.0.1 5", timeout=60)
+    assert "net: ping 10.0.0.1: 5/5 replies" in out, out
+    a.expect(a.prompt, timeout=60)
+    assert re.search(r"net: answered 5 pings; \d+ frames out, \d+ in\s+pid \d+ \(net\): exit "
+                     r"status 0", a.serial_log), a.serial_log[-2000:]
+
+
+@needs_qemu
+def test_the_same_driver_on_qemus_nics(akvm_guest_factory, line_server):
+    """The cross-check: the guest's probe and driver on QEMU's e1000 and virtio-net-pci
+    with QEMU's user networking (the same libslirp)."""
+    fwd_e, fwd_v = free_port(), free_port()
+    guest = akvm_guest_factory(vmm="qemu", timeout=TIMEOUT, args=[
+        "-nic", f"user,model=e1000,hostfwd=tcp:127.0.0.1:{fwd_e}-:{GUEST_PORT}",
+        "-netdev", f"user,id=n1,hostfwd=tcp:127.0.0.1:{fwd_v}-:{GUEST_PORT}",
+        "-device", "virtio-net-pci,netdev=n1,disable-legacy=on"])
+    result = guest.selftest("e1000")
+    assert result.passed == ["e1000"], result.output
+    check(guest, "e1000", line_server, fwd_e, "e1000")
+    check(guest, r"virtio-net pci 00:\w\w\.0", line_server, fwd_v, "virtio-pci")
