@@ -54,10 +54,12 @@ there.
 from __future__ import annotations
 
 import logging
+import os
 import struct
 import zlib
 
-from akvm.base.dma import DmaError
+from akvm.base.dma import DirectDma, DmaError
+from akvm.base.native import ffi, lib, native_slots
 from akvm.devices.pci import BarKind, PciDevice
 
 log = logging.getLogger("akvm.e1000")
@@ -73,20 +75,25 @@ IO_SIZE = 64
 # --- registers (8254x SDM 13) -----------------------------------------------------
 CTRL, STATUS, EECD, EERD, CTRL_EXT, FLA, MDIC = 0x0000, 0x0008, 0x0010, 0x0014, 0x0018, 0x001C, 0x0020
 FCAL, FCAH, FCT, VET = 0x0028, 0x002C, 0x0030, 0x0038
-ICR, ITR, ICS, IMS, IMC = 0x00C0, 0x00C4, 0x00C8, 0x00D0, 0x00D8
-RCTL, FCTTV, TXCW, RXCW = 0x0100, 0x0170, 0x0178, 0x0180
-TCTL, TIPG, AIT = 0x0400, 0x0410, 0x0458
+# The registers and bits the C data path shares are defined in devices/e1000.h.
+ICR, IMS, RCTL, TCTL = lib.E1000_ICR, lib.E1000_IMS, lib.E1000_RCTL, lib.E1000_TCTL
+RDBAL, RDBAH, RDLEN, RDH, RDT = (lib.E1000_RDBAL, lib.E1000_RDBAH, lib.E1000_RDLEN,
+                                 lib.E1000_RDH, lib.E1000_RDT)
+TDBAL, TDBAH, TDLEN, TDH, TDT = (lib.E1000_TDBAL, lib.E1000_TDBAH, lib.E1000_TDLEN,
+                                 lib.E1000_TDH, lib.E1000_TDT)
+STATS_START = lib.E1000_STATS
+STATS_END = STATS_START + 4 * lib.E1000_STATS_COUNT
+MTA, MTA_COUNT = lib.E1000_MTA, lib.E1000_MTA_COUNT
+RAL0, RAH0, RAL_COUNT = lib.E1000_RAL0, lib.E1000_RAH0, lib.E1000_RAL_COUNT
+ITR, ICS, IMC = 0x00C4, 0x00C8, 0x00D8
+FCTTV, TXCW, RXCW = 0x0170, 0x0178, 0x0180
+TIPG, AIT = 0x0410, 0x0458
 LEDCTL, PBA = 0x0E00, 0x1000
 FCRTL, FCRTH = 0x2160, 0x2168
-RDBAL, RDBAH, RDLEN, RDH, RDT, RDTR, RXDCTL, RADV, RSRPD = (
-    0x2800, 0x2804, 0x2808, 0x2810, 0x2818, 0x2820, 0x2828, 0x282C, 0x2C00)
+RDTR, RXDCTL, RADV, RSRPD = 0x2820, 0x2828, 0x282C, 0x2C00
 TXDMAC = 0x3000
-TDBAL, TDBAH, TDLEN, TDH, TDT, TIDV, TXDCTL, TADV, TSPMT = (
-    0x3800, 0x3804, 0x3808, 0x3810, 0x3818, 0x3820, 0x3828, 0x382C, 0x3830)
-STATS_START, STATS_END = 0x4000, 0x4100
+TIDV, TXDCTL, TADV, TSPMT = 0x3820, 0x3828, 0x382C, 0x3830
 RXCSUM = 0x5000
-MTA = 0x5200                        # 128 registers
-RAL0, RAH0 = 0x5400, 0x5404         # 16 pairs
 VFTA = 0x5600                       # 128 registers
 WUC, WUFC, WUS, MANC, IPAV = 0x5800, 0x5808, 0x5810, 0x5820, 0x5838
 IP4AT, IP6AT, WUPL, WUPM = 0x5840, 0x5880, 0x5900, 0x5A00
@@ -112,34 +119,44 @@ MDIC_REG_SHIFT, MDIC_PHY_SHIFT = 16, 21
 MDIC_OP_WRITE, MDIC_OP_READ = 1 << 26, 2 << 26
 MDIC_READY, MDIC_INT_EN, MDIC_ERROR = 1 << 28, 1 << 29, 1 << 30
 # Interrupt causes (ICR, ICS, IMS, IMC)
-ICR_TXDW, ICR_TXQE, ICR_LSC, ICR_RXSEQ, ICR_RXDMT0 = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
-ICR_RXO, ICR_RXT0, ICR_MDAC = 1 << 6, 1 << 7, 1 << 9
+ICR_TXDW, ICR_TXQE, ICR_RXDMT0, ICR_RXT0 = (lib.E1000_ICR_TXDW, lib.E1000_ICR_TXQE,
+                                            lib.E1000_ICR_RXDMT0, lib.E1000_ICR_RXT0)
+ICR_LSC, ICR_RXSEQ, ICR_RXO, ICR_MDAC = 1 << 2, 1 << 3, 1 << 6, 1 << 9
 ICR_VALID = 0x0001_F6DF            # the causes an 82540EM has
 # RCTL
-RCTL_EN, RCTL_SBP, RCTL_UPE, RCTL_MPE, RCTL_LPE = 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5
-RCTL_RDMTS_SHIFT, RCTL_MO_SHIFT = 8, 12
-RCTL_BAM, RCTL_BSIZE_SHIFT, RCTL_VFE, RCTL_BSEX, RCTL_SECRC = 1 << 15, 16, 1 << 18, 1 << 25, 1 << 26
+RCTL_EN, RCTL_SBP, RCTL_UPE, RCTL_MPE, RCTL_LPE = (lib.E1000_RCTL_EN, lib.E1000_RCTL_SBP,
+                                                   lib.E1000_RCTL_UPE, lib.E1000_RCTL_MPE,
+                                                   lib.E1000_RCTL_LPE)
+RCTL_RDMTS_SHIFT, RCTL_MO_SHIFT = lib.E1000_RCTL_RDMTS_SHIFT, lib.E1000_RCTL_MO_SHIFT
+RCTL_BAM, RCTL_BSIZE_SHIFT, RCTL_VFE = (lib.E1000_RCTL_BAM, lib.E1000_RCTL_BSIZE_SHIFT,
+                                        lib.E1000_RCTL_VFE)
+RCTL_BSEX, RCTL_SECRC = lib.E1000_RCTL_BSEX, lib.E1000_RCTL_SECRC
 # TCTL
-TCTL_EN, TCTL_PSP = 1 << 1, 1 << 3
+TCTL_EN, TCTL_PSP = lib.E1000_TCTL_EN, lib.E1000_TCTL_PSP
 # RAH
-RAH_AV = 1 << 31
+RAH_AV = lib.E1000_RAH_AV
 # Receive descriptor status / transmit command and status bits
-RXD_STAT_DD, RXD_STAT_EOP, RXD_STAT_IXSM, RXD_STAT_VP = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-TXD_CMD_EOP, TXD_CMD_IFCS, TXD_CMD_IC, TXD_CMD_RS = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-TXD_CMD_TSE = 1 << 2                # extended descriptors: TSE where legacy has IC
-TXD_CMD_DEXT, TXD_CMD_VLE, TXD_CMD_IDE = 1 << 5, 1 << 6, 1 << 7
-TXD_STAT_DD = 1 << 0
-TXD_DTYP_CONTEXT, TXD_DTYP_DATA = 0, 1
+RXD_STAT_DD, RXD_STAT_EOP, RXD_STAT_IXSM = (lib.E1000_RXD_STAT_DD, lib.E1000_RXD_STAT_EOP,
+                                           lib.E1000_RXD_STAT_IXSM)
+TXD_CMD_EOP, TXD_CMD_IFCS, TXD_CMD_IC, TXD_CMD_RS = (lib.E1000_TXD_CMD_EOP, lib.E1000_TXD_CMD_IFCS,
+                                                     lib.E1000_TXD_CMD_IC, lib.E1000_TXD_CMD_RS)
+TXD_CMD_TSE = TXD_CMD_IC            # extended descriptors: TSE where legacy has IC
+TXD_CMD_DEXT, TXD_CMD_VLE, TXD_CMD_IDE = lib.E1000_TXD_CMD_DEXT, lib.E1000_TXD_CMD_VLE, 1 << 7
+TXD_STAT_DD = lib.E1000_TXD_STAT_DD
+TXD_DTYP_CONTEXT, TXD_DTYP_DATA = 0, lib.E1000_TXD_DTYP_DATA
 TXD_POPTS_IXSM, TXD_POPTS_TXSM = 1 << 0, 1 << 1
 TUCMD_TCP, TUCMD_IP = 1 << 0, 1 << 1
 
 # Statistics (each clears when read; 64-bit pairs when the high half is read)
-CRCERRS, MPC, GPRC, BPRC, MPRC, GPTC = 0x4000, 0x4010, 0x4074, 0x4078, 0x407C, 0x4080
-GORCL, GORCH, GOTCL, GOTCH = 0x4088, 0x408C, 0x4090, 0x4094
-RNBC, RUC, ROC = 0x40A0, 0x40A4, 0x40AC
-TORL, TORH, TOTL, TOTH, TPR, TPT = 0x40C0, 0x40C4, 0x40C8, 0x40CC, 0x40D0, 0x40D4
-PRC64, PTC64 = 0x405C, 0x40D8         # then 127, 255, 511, 1023, 1522 every 4 bytes
-MPTC, BPTC, TSCTC, TSCTFC = 0x40F0, 0x40F4, 0x40F8, 0x40FC
+MPC, GPRC, BPRC, MPRC, GPTC = (lib.E1000_MPC, lib.E1000_GPRC, lib.E1000_BPRC, lib.E1000_MPRC,
+                               lib.E1000_GPTC)
+GORCL, GOTCL, RNBC, ROC = lib.E1000_GORCL, lib.E1000_GOTCL, lib.E1000_RNBC, lib.E1000_ROC
+GORCH, GOTCH = GORCL + 4, GOTCL + 4
+TORL, TOTL, TPR, TPT = lib.E1000_TORL, lib.E1000_TOTL, lib.E1000_TPR, lib.E1000_TPT
+TORH, TOTH = TORL + 4, TOTL + 4
+PRC64, PTC64 = lib.E1000_PRC64, lib.E1000_PTC64   # then 127, 255, 511, 1023, 1522
+MPTC, BPTC = lib.E1000_MPTC, lib.E1000_BPTC
+TSCTC = 0x40F8
 STATS_64 = {GORCH: GORCL, GOTCH: GOTCL, TORH: TORL, TOTH: TOTL}
 
 # --- PHY (IEEE 802.3 clause 22 registers and the 82540EM's own) --------------------
@@ -177,14 +194,13 @@ ICW1_SIGNATURE = 0x4000             # bits 15:14 = 01b: the image is valid
 MICROWIRE_READ = 0b110              # start bit and READ opcode
 MICROWIRE_ADDRESS_BITS = 6
 
-MAX_RX_NORMAL = 1518                # with the FCS; more needs RCTL.LPE
-MAX_RX_LONG = 16384
-MIN_FRAME = 60                      # without the FCS
-FCS_LEN = 4
-MAX_TX_PACKET = 16384               # without TSE
+MAX_RX_NORMAL = lib.E1000_MAX_RX_NORMAL      # with the FCS; more needs RCTL.LPE
+MAX_RX_LONG = lib.E1000_MAX_RX_LONG
+MIN_FRAME = lib.E1000_MIN_FRAME     # without the FCS
+FCS_LEN = lib.E1000_FCS_LEN
+MAX_TX_PACKET = lib.E1000_MAX_TX_PACKET      # without TSE
 MAX_TX_CHAIN = 65536                # any chain, TSE included
 MAX_TSO_SEGMENTS = 1024             # more (an MSS below 64 on a full chain) is dropped
-RAL_COUNT = 16
 VLAN_ETHERTYPE = 0x8100
 SIZE_BUCKETS = (64, 127, 255, 511, 1023)    # PRC64/PTC64 .. 1522: upper bounds
 
@@ -193,14 +209,11 @@ PLAIN = {
     FCAL: (0, 0xFFFF_FFFF), FCAH: (0, 0xFFFF), FCT: (0, 0xFFFF), VET: (VLAN_ETHERTYPE, 0xFFFF),
     ITR: (0, 0xFFFF), FCTTV: (0, 0xFFFF), TXCW: (0, 0xC000_FFFF), TIPG: (0, 0x3FFF_FFFF),
     AIT: (0, 0xFFFF), LEDCTL: (0x0706_8302, 0xFFFF_FFFF), PBA: (0x0010_0030, 0xFFFF),
-    FCRTL: (0, 0x8000_FFF8), FCRTH: (0, 0xFFF8), RDBAL: (0, 0xFFFF_FFF0),
-    RDBAH: (0, 0xFFFF_FFFF), RDLEN: (0, 0x000F_FF80), RDTR: (0, 0xFFFF), RXDCTL: (0, 0x01FF_3F3F),
-    RADV: (0, 0xFFFF), RSRPD: (0, 0xFFF), TXDMAC: (0, 1), TDBAL: (0, 0xFFFF_FFF0),
-    TDBAH: (0, 0xFFFF_FFFF), TDLEN: (0, 0x000F_FF80), TIDV: (0, 0xFFFF),
+    FCRTL: (0, 0x8000_FFF8), FCRTH: (0, 0xFFF8), RDTR: (0, 0xFFFF), RXDCTL: (0, 0x01FF_3F3F),
+    RADV: (0, 0xFFFF), RSRPD: (0, 0xFFF), TXDMAC: (0, 1), TIDV: (0, 0xFFFF),
     TXDCTL: (0, 0x01FF_3F3F), TADV: (0, 0xFFFF), TSPMT: (0x0100_0400, 0xFFFF_FFFF),
     RXCSUM: (0, 0x3FF), WUC: (0, 0xF), WUFC: (0, 0xF00FF), WUS: (0, 0xF00FF),
     MANC: (0, 0x00FF_FFFF), IPAV: (0, 0x1_0001),
-    **{MTA + 4 * i: (0, 0xFFFF_FFFF) for i in range(128)},
     **{VFTA + 4 * i: (0, 0xFFFF_FFFF) for i in range(128)},
     **{IP4AT + 8 * i: (0, 0xFFFF_FFFF) for i in range(4)},
     **{IP6AT + 4 * i: (0, 0xFFFF_FFFF) for i in range(4)},
@@ -209,6 +222,12 @@ PLAIN = {
     **{FFMT + 8 * i: (0, 0xF) for i in range(128)},
     **{FFVT + 8 * i: (0, 0xFF) for i in range(128)},
 }
+
+
+# Registers kept in the C state (struct akvm_e1000): field, writable bits.
+SHARED = {RDBAL: ("rdbal", 0xFFFF_FFF0), RDBAH: ("rdbah", 0xFFFF_FFFF),
+          RDLEN: ("rdlen", 0x000F_FF80), TDBAL: ("tdbal", 0xFFFF_FFF0),
+          TDBAH: ("tdbah", 0xFFFF_FFFF), TDLEN: ("tdlen", 0x000F_FF80)}
 
 
 def eeprom_image(mac: bytes) -> list[int]:
@@ -302,6 +321,15 @@ class E1000(PciDevice):
         self.backend = backend
         self.mac = bytes(mac)
         self.eeprom = Microwire(eeprom_image(self.mac))
+        c = lib.akvm_e1000_new()
+        if c == ffi.NULL:
+            raise MemoryError("akvm_e1000_new")
+        self.handle = ffi.gc(c, lib.akvm_e1000_free)   # the C data path's state and lock
+        self.s = lib.akvm_e1000_state(self.handle)     # the registers both sides use
+        self.fastpath = None                 # the machine's (akvm.base.runloop.FastPath)
+        self._fastpath_id = None
+        self._kick = -1                      # eventfd: TDT/RDT for the backend's thread
+        self._slots = None
         self.worker = None
         self._held: bytes | None = None          # a frame waiting for receive descriptors
         self._resuming = False
@@ -317,14 +345,82 @@ class E1000(PciDevice):
 
     def start(self) -> None:
         from akvm.devices.virtio.worker import Worker
-        self.worker = Worker(self.name)
+        self.worker = getattr(self.backend, "worker", None) or Worker(self.name)
         self.backend.start(self.worker, self.receive)
         self.worker.start()
+        if hasattr(self.backend, "set_native") and type(self.dma) is DirectDma:
+            self._slots = native_slots(self.dma.memory)
+            if self._slots is not None:
+                self.worker.call(self._go_native)
+
+    def _go_native(self) -> None:
+        """The rings in C on the backend's thread (devices/e1000.c): TDT and RDT writes
+        complete in the vCPU's exit handler and wake that thread."""
+        self._kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        with self._locked():
+            lib.akvm_e1000_use_ram(self.handle, self._slots, len(self._slots))
+            self.s.kick_fd = self._kick
+            self.s.bus_master = int(self.bus_master)
+            self.s.native = 1
+        self.backend.set_native(_address("akvm_e1000_tx"), _address("akvm_e1000_rx"),
+                                int(ffi.cast("uintptr_t", self.handle)), (self._kick, -1),
+                                self._python_turn, self._native_interrupt, self)
+        os.eventfd_write(self._kick, 1)
+
+    def _python_turn(self) -> None:
+        """C left this turn to Python (backend's thread): the rest of the transmit ring, and
+        a received frame Python holds, which may have room now."""
+        with self._locked():
+            self._transmit()
+        if self._held is not None:
+            self._resume()
+
+    def _native_interrupt(self) -> None:
+        with self._locked():
+            self._update_irq()
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
         self.backend.close()
+        with self._locked():
+            self.s.native = 0
+        if self._fastpath_id is not None:
+            self.fastpath.remove(self._fastpath_id)
+            self._fastpath_id = None
+        if self._kick >= 0:
+            os.close(self._kick)
+            self._kick = -1
+
+    def _locked(self):
+        """The device lock and the C state's lock (always in that order)."""
+        return _Locked(self)
+
+    def bar_moved(self, bar, old, new) -> None:
+        """BAR0 moved: the C exit handler follows it (lock held)."""
+        super().bar_moved(bar, old, new)
+        if bar.index != 0:
+            return
+        lib.akvm_e1000_lock(self.handle)
+        self.s.bar = new or 0
+        lib.akvm_e1000_unlock(self.handle)
+        if self.fastpath is None:
+            return
+        from akvm.base.runloop import MMIO
+        if self._fastpath_id is not None:
+            self.fastpath.remove(self._fastpath_id)
+            self._fastpath_id = None
+        if new is not None:
+            self._fastpath_id = self.fastpath.add(MMIO, new, bar.size, "akvm_e1000_exit", self)
+
+    def set_command(self, bits: int, on: bool = True) -> None:
+        super().set_command(bits, on)
+        self._sync_bus_master()
+
+    def _sync_bus_master(self) -> None:
+        lib.akvm_e1000_lock(self.handle)
+        self.s.bus_master = int(self.bus_master)
+        lib.akvm_e1000_unlock(self.handle)
 
     def _reset(self, phy: bool = False) -> None:
         """Power-on and CTRL.RST: every MAC register to its default (PCI configuration
@@ -335,13 +431,18 @@ class E1000(PciDevice):
         self.eecd_req = 0
         self.eerd = 0
         self.mdic = MDIC_READY
-        self.icr = self.ims = 0
-        self.rctl = self.tctl = 0
-        self.rdh = self.rdt = self.tdh = self.tdt = 0
-        self.ra = [[0, 0] for _ in range(RAL_COUNT)]
+        s = self.s
+        for field in ("icr", "ims", "rctl", "tctl", "rdh", "rdt", "tdh", "tdt", "rdbal", "rdbah",
+                      "rdlen", "tdbal", "tdbah", "tdlen", "python_tx", "rx_full", "python_rx"):
+            setattr(s, field, 0)
+        for i in range(RAL_COUNT):
+            s.ra[i][0] = s.ra[i][1] = 0
         w = self.eeprom.words
-        self.ra[0] = [w[0] | w[1] << 16, w[2] | RAH_AV]
-        self.stats = dict.fromkeys(range(STATS_START, STATS_END, 4), 0)
+        s.ra[0][0], s.ra[0][1] = w[0] | w[1] << 16, w[2] | RAH_AV
+        for i in range(MTA_COUNT):
+            s.mta[i] = 0
+        for i in range(lib.E1000_STATS_COUNT):
+            s.stats[i] = 0
         self.ioaddr = 0
         self.context = {"ipcss": 0, "ipcso": 0, "ipcse": 0, "tucss": 0, "tucso": 0, "tucse": 0,
                         "paylen": 0, "tucmd": 0, "hdrlen": 0, "mss": 0}
@@ -350,8 +451,10 @@ class E1000(PciDevice):
         self._tx_oversized = False
         if phy:
             self.phy = {reg: value for reg, (value, _) in PHY_REGISTERS.items()}
+        self._sync_link()
         if self.intx_asserted:
             self.lower_intx()
+            s.intx = 0
 
     # --- BAR0: registers ---------------------------------------------------------------
 
@@ -359,23 +462,28 @@ class E1000(PciDevice):
         if size != 4 or offset & 3:
             self.bad_accesses += 1
             return 0
-        with self.lock:
+        with self._locked():
             return self._read(offset) & 0xFFFF_FFFF
 
     def write(self, offset: int, size: int, value: int) -> None:
         if size != 4 or offset & 3:
             self.bad_accesses += 1
             return
-        with self.lock:
+        with self._locked():
             self._write(offset, value & 0xFFFF_FFFF)
 
     def _read(self, offset: int) -> int:
+        s = self.s
         if offset in self.regs:
             return self.regs[offset]
+        if offset in SHARED:
+            return getattr(s, SHARED[offset][0])
         if STATS_START <= offset < STATS_END:
             return self._read_stat(offset)
         if RAL0 <= offset < RAL0 + 8 * RAL_COUNT:
-            return self.ra[(offset - RAL0) // 8][(offset & 4) >> 2]
+            return s.ra[(offset - RAL0) // 8][(offset & 4) >> 2]
+        if MTA <= offset < MTA + 4 * MTA_COUNT:
+            return s.mta[(offset - MTA) // 4]
         if offset == CTRL:
             return self.ctrl
         if offset == STATUS:
@@ -391,38 +499,32 @@ class E1000(PciDevice):
         if offset == MDIC:
             return self.mdic
         if offset == ICR:
-            value, self.icr = self.icr, 0
+            value, s.icr = s.icr, 0
             self._update_irq()
             return value
-        if offset == ICS:
-            return self.icr
-        if offset == IMS:
-            return self.ims
-        if offset == RCTL:
-            return self.rctl
-        if offset == TCTL:
-            return self.tctl
-        if offset == RDH:
-            return self.rdh
-        if offset == RDT:
-            return self.rdt
-        if offset == TDH:
-            return self.tdh
-        if offset == TDT:
-            return self.tdt
-        return 0                         # unknown registers read 0
+        field = {ICS: "icr", IMS: "ims", RCTL: "rctl", TCTL: "tctl", RDH: "rdh", RDT: "rdt",
+                 TDH: "tdh", TDT: "tdt"}.get(offset)
+        return 0 if field is None else getattr(s, field)    # unknown registers read 0
 
     def _write(self, offset: int, value: int) -> None:
+        s = self.s
         plain = PLAIN.get(offset)
         if plain is not None:
             self.regs[offset] = value & plain[1]
             return
+        if offset in SHARED:
+            field, mask = SHARED[offset]
+            setattr(s, field, value & mask)
+            return
         if RAL0 <= offset < RAL0 + 8 * RAL_COUNT:
-            pair = self.ra[(offset - RAL0) // 8]
+            pair = s.ra[(offset - RAL0) // 8]
             if offset & 4:
                 pair[1] = value & (RAH_AV | 0x3_FFFF)
             else:
                 pair[0] = value
+            return
+        if MTA <= offset < MTA + 4 * MTA_COUNT:
+            s.mta[(offset - MTA) // 4] = value
             return
         if offset == CTRL:
             self._write_ctrl(value)
@@ -436,35 +538,49 @@ class E1000(PciDevice):
         elif offset == MDIC:
             self._write_mdic(value)
         elif offset == ICR:
-            self.icr &= ~value
+            s.icr &= ~value
             self._update_irq()
         elif offset == ICS:
             self._cause(value)
         elif offset == IMS:
-            self.ims |= value & ICR_VALID
+            s.ims |= value & ICR_VALID
             self._update_irq()
         elif offset == IMC:
-            self.ims &= ~value
+            s.ims &= ~value
             self._update_irq()
         elif offset == RCTL:
-            self.rctl = value & 0x07FF_FFFE
-            self._resume_receive()
+            s.rctl = value & 0x07FF_FFFE
+            self._rings_changed(tx=False)
         elif offset == TCTL:
-            self.tctl = value & 0x03FF_FFFA
-            self._transmit()
+            s.tctl = value & 0x03FF_FFFA
+            self._rings_changed(tx=True)
         elif offset == RDH:
-            self.rdh = value & 0xFFFF
+            s.rdh = value & 0xFFFF
         elif offset == RDT:
-            self.rdt = value & 0xFFFF
-            self._resume_receive()
+            s.rdt = value & 0xFFFF
+            self._rings_changed(tx=False)
         elif offset == TDH:
-            self.tdh = value & 0xFFFF
+            s.tdh = value & 0xFFFF
         elif offset == TDT:
-            self.tdt = value & 0xFFFF
-            self._transmit()
+            s.tdt = value & 0xFFFF
+            self._rings_changed(tx=True)
         elif offset == STATUS or STATS_START <= offset < STATS_END:
             pass                          # read-only
         # other registers: writes are dropped
+
+    def _rings_changed(self, tx: bool) -> None:
+        """A transmit or receive register changed (locks held): C's thread looks again when
+        C serves the rings (the vCPU's exit handler does this for TDT and RDT), else
+        Python transmits now, or lets a waiting frame try again."""
+        if self.s.native:
+            os.eventfd_write(self._kick, 1)
+        elif tx:
+            self._transmit()
+        else:
+            self._resume_receive()
+
+    def _sync_link(self) -> None:
+        self.s.link_up = int(bool(self._status() & STATUS_LU))
 
     def _status(self) -> int:
         link = bool(self.phy[PHY_STATUS] & MII_SR_LINK_STATUS) and bool(self.ctrl & CTRL_SLU)
@@ -478,7 +594,9 @@ class E1000(PciDevice):
             return
         if value & CTRL_PHY_RST:
             self.phy = {reg: v for reg, (v, _) in PHY_REGISTERS.items()}
+            self._sync_link()
         self.ctrl = value & ~(CTRL_RST | CTRL_PHY_RST | CTRL_LRST)
+        self._sync_link()
         if self._status() & STATUS_LU != link_before:
             self._cause(ICR_LSC)
 
@@ -523,42 +641,43 @@ class E1000(PciDevice):
                 self._cause(ICR_LSC)
             return
         self.phy[reg] = data
+        self._sync_link()
 
     # --- interrupts ----------------------------------------------------------------------
 
     def _cause(self, bits: int) -> None:
-        self.icr |= bits & ICR_VALID
+        self.s.icr |= bits & ICR_VALID
         self._update_irq()
 
     def _update_irq(self) -> None:
-        """INTA# follows ICR & IMS (level); lock held."""
-        want = bool(self.icr & self.ims)
+        """INTA# follows ICR & IMS (level); locks held."""
+        want = bool(self.s.icr & self.s.ims)
         if want and not self.intx_asserted:
             self.interrupts += 1
             self.signal(0)
         elif not want and self.intx_asserted:
             self.lower_intx()
+        self.s.intx = int(self.intx_asserted)
 
     # --- statistics ------------------------------------------------------------------------
 
     def _read_stat(self, offset: int) -> int:
-        stats = self.stats
+        stats, i = self.s.stats, (offset - STATS_START) // 4
+        value = stats[i]
         if offset in STATS_64:
-            low = STATS_64[offset]
-            value = stats[offset]
-            stats[offset] = stats[low] = 0
-            return value
-        value = stats[offset]
-        if offset not in STATS_64.values():
-            stats[offset] = 0
+            stats[i] = stats[(STATS_64[offset] - STATS_START) // 4] = 0
+        elif offset not in STATS_64.values():
+            stats[i] = 0
         return value
 
     def _count(self, offset: int, n: int = 1) -> None:
-        self.stats[offset] = min(self.stats[offset] + n, 0xFFFF_FFFF)
+        stats, i = self.s.stats, (offset - STATS_START) // 4
+        stats[i] = min(stats[i] + n, 0xFFFF_FFFF)
 
     def _count64(self, low: int, n: int) -> None:
-        total = (self.stats[low + 4] << 32 | self.stats[low]) + n
-        self.stats[low], self.stats[low + 4] = total & 0xFFFF_FFFF, total >> 32 & 0xFFFF_FFFF
+        stats, i = self.s.stats, (low - STATS_START) // 4
+        total = (stats[i + 1] << 32 | stats[i]) + n
+        stats[i], stats[i + 1] = total & 0xFFFF_FFFF, total >> 32 & 0xFFFF_FFFF
 
     def _count_size(self, base: int, length: int) -> None:
         for i, bound in enumerate(SIZE_BUCKETS):
@@ -574,16 +693,17 @@ class E1000(PciDevice):
             self._logged.add(key)
             log.warning("%s: %s (logged once)", self.name, message)
 
-    def _ring(self, base_lo: int, base_hi: int, length: int, head: int, tail: int,
-              what: str) -> tuple[int, int] | None:
+    def _ring(self, tx: bool) -> tuple[int, int] | None:
         """(base, descriptors) of a ring the guest programmed sensibly, else None (logged)."""
-        count = self.regs[length] // 16
+        s, what = self.s, "transmit" if tx else "receive"
+        length, head, tail = (s.tdlen, s.tdh, s.tdt) if tx else (s.rdlen, s.rdh, s.rdt)
+        count = length // 16
         if not count or head >= count or tail >= count:
             self.errors += 1
             self.log_once(f"{what}-ring", f"{what} ring of {count} descriptors with head {head} "
                                           f"and tail {tail}: nothing done")
             return None
-        return self.regs[base_hi] << 32 | self.regs[base_lo], count
+        return (s.tdbah << 32 | s.tdbal if tx else s.rdbah << 32 | s.rdbal), count
 
     def _dma_ok(self) -> bool:
         return self.dma is not None and self.bus_master
@@ -591,15 +711,16 @@ class E1000(PciDevice):
     # --- transmit (the vCPU that wrote TDT) --------------------------------------------------
 
     def _transmit(self) -> None:
-        if not self.tctl & TCTL_EN or self.tdh == self.tdt or not self._dma_ok():
+        s = self.s
+        if not s.tctl & TCTL_EN or s.tdh == s.tdt or not self._dma_ok():
             return
-        ring = self._ring(TDBAL, TDBAH, TDLEN, self.tdh, self.tdt, "transmit")
+        ring = self._ring(tx=True)
         if ring is None:
             return
         base, count = ring
         causes = 0
-        while self.tdh != self.tdt:
-            address = base + 16 * self.tdh
+        while s.tdh != s.tdt:
+            address = base + 16 * s.tdh
             try:
                 lo, hi = struct.unpack("<QQ", self.dma.read(address, 16))
                 report = self._tx_descriptor(lo, hi)
@@ -608,12 +729,13 @@ class E1000(PciDevice):
                     causes |= ICR_TXDW
             except DmaError as e:
                 self.errors += 1
-                self.log_once("tx-dma", f"transmit descriptor {self.tdh}: {e}: transmission "
+                self.log_once("tx-dma", f"transmit descriptor {s.tdh}: {e}: transmission "
                                         "stopped until the next TDT write")
                 break
-            self.tdh = (self.tdh + 1) % count
-        if self.tdh == self.tdt:
+            s.tdh = (s.tdh + 1) % count
+        if s.tdh == s.tdt:
             causes |= ICR_TXQE
+        s.python_tx = int(self._tx_first is not None)      # C keeps off a packet begun here
         self._cause(causes)
 
     def _tx_descriptor(self, lo: int, hi: int) -> bool:
@@ -746,7 +868,7 @@ class E1000(PciDevice):
             self.tx_dropped += 1
             self.log_once("tx-frame", f"a {len(frame)}-byte frame: dropped")
             return
-        if len(frame) < MIN_FRAME and self.tctl & TCTL_PSP:
+        if len(frame) < MIN_FRAME and self.s.tctl & TCTL_PSP:
             frame += bytes(MIN_FRAME - len(frame))            # pad short packets
         self.backend.send(bytes(frame))
         self.tx_frames += 1
@@ -769,29 +891,35 @@ class E1000(PciDevice):
             self.worker.call(self._resume)
 
     def _resume(self) -> None:
-        with self.lock:
+        with self._locked():
             self._resuming = False
             self.backend.resume()
         self.receive()
 
     def on_config_write(self, offset: int, size: int) -> None:
+        self._sync_bus_master()
+        if self.s.native:
+            os.eventfd_write(self._kick, 1)     # C may hold frames waiting for bus mastering
         self._resume_receive()
 
     def receive(self) -> None:
         """Move frames from the backend into the receive ring (device thread)."""
         while True:
-            with self.lock:
-                frame, self._held = self._held or self.backend.recv(), None
+            with self._locked():
+                frame = self._held if self._held is not None else self.backend.recv()
+                self._held = None
+                self.s.python_rx = 0
                 if frame is None:
                     return
                 if not self._rx_frame(frame):
                     self._held = frame          # until descriptors come: _resume_receive
+                    self.s.python_rx = self.s.rx_waiting = 1   # C's frames wait behind it
                     self.backend.pause()
                     return
 
     def _accepts(self, frame: bytes) -> bool:
         dst = frame[:6]
-        rctl = self.rctl
+        rctl = self.s.rctl
         if dst[0] & 1:
             if dst == b"\xff" * 6:
                 return bool(rctl & (RCTL_BAM | RCTL_MPE))
@@ -799,41 +927,42 @@ class E1000(PciDevice):
                 return True
             shift = (4, 3, 2, 0)[rctl >> RCTL_MO_SHIFT & 3]
             h = (dst[4] >> shift | dst[5] << (8 - shift)) & 0xFFF
-            return bool(self.regs[MTA + 4 * (h >> 5)] >> (h & 31) & 1)
+            return bool(self.s.mta[h >> 5] >> (h & 31) & 1)
         if rctl & RCTL_UPE:
             return True
         lo, hi = int.from_bytes(dst[:4], "little"), int.from_bytes(dst[4:6], "little")
-        return any(ah & RAH_AV and al == lo and ah & 0xFFFF == hi for al, ah in self.ra)
+        return any(ah & RAH_AV and al == lo and ah & 0xFFFF == hi for al, ah in self.s.ra)
 
     def _rx_frame(self, frame: bytes) -> bool:
-        """Place one frame in the ring; False to hold it until descriptors come (lock held)."""
-        if not self.rctl & RCTL_EN or not self._status() & STATUS_LU or len(frame) < 14:
+        """Place one frame in the ring; False to hold it until descriptors come (locks held)."""
+        s = self.s
+        if not s.rctl & RCTL_EN or not self._status() & STATUS_LU or len(frame) < 14:
             return True                    # the receiver is off: the frame is lost on the wire
         if not self._dma_ok():
             return False
         if not self._accepts(frame):
             return True
-        if self.rctl & RCTL_VFE and frame[12:14] == self.regs[VET].to_bytes(2, "big"):
+        if s.rctl & RCTL_VFE and frame[12:14] == self.regs[VET].to_bytes(2, "big"):
             vid = int.from_bytes(frame[14:16], "big") & 0xFFF
             if not self.regs[VFTA + 4 * (vid >> 5)] >> (vid & 31) & 1:
                 return True
-        limit = MAX_RX_LONG if self.rctl & RCTL_LPE else MAX_RX_NORMAL
-        if len(frame) + FCS_LEN > limit and not self.rctl & RCTL_SBP:
+        limit = MAX_RX_LONG if s.rctl & RCTL_LPE else MAX_RX_NORMAL
+        if len(frame) + FCS_LEN > limit and not s.rctl & RCTL_SBP:
             self._count(ROC)
             self.rx_dropped += 1
             return True
         data = frame if len(frame) >= MIN_FRAME else frame + bytes(MIN_FRAME - len(frame))
-        if not self.rctl & RCTL_SECRC:
+        if not s.rctl & RCTL_SECRC:
             data += zlib.crc32(data).to_bytes(4, "little")
         bsize = self._buffer_size()
         need = -(-len(data) // bsize)
-        ring = self._ring(RDBAL, RDBAH, RDLEN, self.rdh, self.rdt, "receive")
+        ring = self._ring(tx=False)
         if ring is None:
             self._count(MPC)
             self.rx_dropped += 1
             return True
         base, count = ring
-        free = (self.rdt - self.rdh) % count
+        free = (s.rdt - s.rdh) % count
         if need > count - 1:
             self._count(ROC)
             self.rx_dropped += 1
@@ -841,10 +970,12 @@ class E1000(PciDevice):
                                     f"{bsize} bytes, the ring has {count}: dropped")
             return True
         if free < need:
-            self._count(RNBC)
+            if not s.rx_full:                 # once while the ring stays full
+                self._count(RNBC)
+            s.rx_full = 1
             return False
         try:
-            head = self.rdh
+            head = s.rdh
             slots = []
             for i in range(need):
                 address = base + 16 * ((head + i) % count)
@@ -860,7 +991,8 @@ class E1000(PciDevice):
             self.rx_dropped += 1
             self.log_once("rx-dma", f"receive descriptor or buffer: {e}: frame dropped")
             return True
-        self.rdh = (head + need) % count
+        s.rdh = (head + need) % count
+        s.rx_full = 0
         self.rx_frames += 1
         length = max(len(frame), MIN_FRAME) + FCS_LEN
         self._count(GPRC)
@@ -871,25 +1003,51 @@ class E1000(PciDevice):
             self._count(BPRC if frame[:6] == b"\xff" * 6 else MPRC)
         self._count_size(PRC64, length)
         causes = ICR_RXT0
-        if (self.rdt - self.rdh) % count <= count >> (self.rctl >> RCTL_RDMTS_SHIFT & 3) + 1:
+        if (s.rdt - s.rdh) % count <= count >> (s.rctl >> RCTL_RDMTS_SHIFT & 3) + 1:
             causes |= ICR_RXDMT0
         self._cause(causes)
         return True
 
     def _buffer_size(self) -> int:
-        bsize = self.rctl >> RCTL_BSIZE_SHIFT & 3
-        if self.rctl & RCTL_BSEX:
+        rctl = self.s.rctl
+        bsize = rctl >> RCTL_BSIZE_SHIFT & 3
+        if rctl & RCTL_BSEX:
             return (16384, 16384, 8192, 4096)[bsize]     # BSEX with 00b is reserved
         return (2048, 1024, 512, 256)[bsize]
 
     def format_stats(self) -> str:
-        b = self.backend
-        with self.lock:
+        b, s = self.backend, self.s
+        with self._locked():
             link = "up" if self._status() & STATUS_LU else "down"
-        return (f"{self.name}: {self.tx_frames} frames out, {self.rx_frames} in, "
-                f"{self.rx_dropped + self.tx_dropped + b.dropped} dropped, {self.errors} errors; "
+            tx, rx, dropped = self.tx_frames + s.tx_frames, self.rx_frames + s.rx_frames, \
+                self.rx_dropped + self.tx_dropped + s.rx_dropped
+            exits = s.exits
+        return (f"{self.name}: {tx} frames out, {rx} in, {dropped + b.dropped} dropped, "
+                f"{self.errors} errors; {exits} TDT/RDT writes in C; "
                 f"{self.interrupts} interrupts; link {link}, {self.autonegotiations} "
                 f"autonegotiations, {self.phy_errors} MDIO errors")
+
+
+def _address(name: str) -> int:
+    """A C function's address, for a backend built as another extension module."""
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+
+
+class _Locked:
+    """with: the device's lock, then the C state's lock."""
+
+    __slots__ = ("device",)
+
+    def __init__(self, device: E1000):
+        self.device = device
+
+    def __enter__(self):
+        self.device.lock.acquire()
+        lib.akvm_e1000_lock(self.device.handle)
+
+    def __exit__(self, *exc):
+        lib.akvm_e1000_unlock(self.device.handle)
+        self.device.lock.release()
 
 
 class _IoWindow:

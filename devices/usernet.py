@@ -10,12 +10,16 @@ cuts the guest off from everything but its forwards.
 
 libslirp (akvm.devices._slirp, built from devices/slirp_build.py) is not
 thread-safe, so each backend has its own thread that owns its Slirp and
-makes every call into it: it polls slirp's sockets and an eventfd in C,
-feeds slirp the frames the guest sent (queued by the NIC's thread and
-kicked through that eventfd) and runs slirp's timers. Frames slirp sends
-to the guest are queued for the NIC, whose thread is woken by another
-eventfd: neither side ever waits for the other, and a queue that is full
-drops the frame (counted), as a wire would.
+makes every call into it. That thread runs a loop in C (the "engine"),
+which polls slirp's sockets, a wake eventfd and the descriptors the NIC
+asks it to watch, and comes back to Python only when something is
+Python's. The thread is also the NIC's worker (`worker`): the NIC's
+queue notifications are served on it, so a frame the guest sends goes
+to slirp_input() on the same thread, and what slirp sends the guest is
+queued in C for the NIC (on_frames()). A NIC with a data path in C
+(`set_native()`) is served without Python at all. Queues are bounded and
+drop (counted) when full; other threads (a vCPU) only queue frames and
+kick an eventfd, so nothing ever waits for the network.
 
 Same interface as akvm.devices.virtio.netback's backends: send(frame),
 recv(), start(worker, on_frames), pause(), resume(), close().
@@ -45,8 +49,6 @@ DNS = "10.0.2.3"
 GUEST = "10.0.2.15"             # the first DHCP address
 HOSTNAME = b"akvm"
 DEFAULT_HOST_ADDR = "127.0.0.1"
-QUEUE_LIMIT = 1024              # frames waiting in either direction before they are dropped
-IDLE_POLL_MS = 1000
 
 _HOSTFWD = re.compile(r"(tcp|udp):([^:]*):(\d+)-([^:]*):(\d+)")
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
@@ -126,31 +128,38 @@ class _Timer:
 
 
 class UserBackend:
-    """One libslirp instance on its own thread (see the module docstring)."""
+    """One libslirp instance and the thread that owns it (see the module docstring).
+
+    The thread is also a Worker (akvm.devices.virtio.worker) for the NIC on this
+    backend: `watch()`, `unwatch()`, `call()`, so the NIC's Python runs on it,
+    next to slirp, and frames between the two need no other thread. A NIC with
+    a data path in C hands it over with `set_native()`."""
 
     def __init__(self, hostfwds: tuple[HostFwd, ...] = (), restrict: bool = False,
                  name: str = "net"):
         self._slirp_mod = _load()
-        from akvm.devices.virtio.worker import new_eventfd
         self.name = name
         self.hostfwds = tuple(hostfwds)
         self.restrict = restrict
         self.sent = self.received = self.dropped = 0
         self.guest_errors = 0
-        self._tx: collections.deque[bytes] = collections.deque()    # guest -> slirp
-        self._rx: collections.deque[bytes] = collections.deque()    # slirp -> guest
-        self._wake = new_eventfd()          # slirp thread: frames or calls for it
-        self._rx_event = new_eventfd()      # NIC thread: frames for the guest
+        self._tx: collections.deque[bytes] = collections.deque()    # guest -> slirp, other threads
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._calls: collections.deque = collections.deque()
+        self._watched: dict[int, object] = {}         # fd -> callback (Worker.watch)
         self._timers: dict[int, _Timer] = {}
         self._heap: list[tuple[int, int, int]] = []     # (expire ms, seq, timer handle)
         self._seq = itertools.count()
         self._handles = itertools.count(1)
-        self._worker = None
         self._on_frames = None
         self._paused = False
         self._stopping = False
-        self._slirp = None
+        self._engine = None
+        self._native = None                 # (on_python_tx, on_irq, keepalive) with a C data path
+        from akvm.devices.virtio.netback import MAX_FRAME
+        self._max_frame = MAX_FRAME
+        self._queue_limit = self._slirp_mod.lib.AKS_QUEUE
+        self._buffer = self._slirp_mod.ffi.new("uint8_t[]", MAX_FRAME)
         self._failure: str | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-slirp", daemon=True)
@@ -161,63 +170,109 @@ class UserBackend:
             self.close()
             raise NetBackendError(self._failure)
 
-    # --- the NIC's side (its thread) ---------------------------------------------------
+    # --- a Worker for the NIC ------------------------------------------------------------
 
-    def start(self, worker, on_frames) -> None:
-        self._worker, self._on_frames = worker, on_frames
-        self._watch()
+    @property
+    def worker(self) -> "UserBackend":
+        return self
 
-    def _watch(self) -> None:
-        if self._worker is not None and not self._paused and self._rx_event >= 0:
-            self._worker.watch(self._rx_event, self._frames_ready)
+    @property
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self._thread
 
-    def _frames_ready(self) -> None:
-        try:
-            os.eventfd_read(self._rx_event)
-        except BlockingIOError:
-            pass
-        self._on_frames()
+    def watch(self, fd: int, callback) -> None:
+        """Call callback() on this thread whenever fd is readable."""
+        def add():
+            self._watched[fd] = callback
+            if self._engine is not None and self._slirp_mod.lib.aks_engine_watch(self._engine, fd):
+                log.error("%s: too many descriptors to watch", self.name)
+        self.call(add)
+
+    def unwatch(self, fd: int) -> None:
+        def remove():
+            self._watched.pop(fd, None)
+            if self._engine is not None:
+                self._slirp_mod.lib.aks_engine_unwatch(self._engine, fd)
+        self.call(remove)
+
+    def call(self, fn) -> None:
+        """Run fn on this thread (now, when already on it)."""
+        if self.on_thread or not self._thread.is_alive():
+            fn()
+            return
+        self._calls.append(fn)
+        self._kick()
+
+    def start(self, worker=None, on_frames=None) -> None:
+        """As a Worker: already running. As a backend: on_frames() is called on this
+        thread when frames for the guest are waiting."""
+        if on_frames is not None:
+            self._on_frames = on_frames
+
+    def stop(self) -> None:
+        self.close()
+
+    def set_native(self, tx, rx, nic, fds: tuple[int, int], on_python_tx, on_irq,
+                   keepalive) -> None:
+        """Serve the NIC's C data path on this thread (devices/nicport.h): tx and rx are
+        its functions' addresses, nic its state, fds the eventfds that say "run tx";
+        on_python_tx() when it leaves its transmit ring to Python, on_irq() when the
+        guest wants an interrupt. tx=None takes it back. Call on this thread."""
+        ffi, lib = self._slirp_mod.ffi, self._slirp_mod.lib
+        if self._engine is None:
+            return
+        self._native = None if tx is None else (on_python_tx, on_irq, keepalive)
+        pointers = (ffi.NULL if a is None else ffi.cast("void *", a) for a in (tx, rx, nic))
+        lib.aks_engine_set_nic(self._engine, *pointers, *fds)
+
+    # --- the backend's side --------------------------------------------------------------
 
     def pause(self) -> None:
         self._paused = True
-        if self._worker is not None and self._rx_event >= 0:
-            self._worker.unwatch(self._rx_event)
 
     def resume(self) -> None:
-        self._paused = False
-        self._watch()
+        if self._paused:
+            self._paused = False
+            self.call(self._frames_waiting)
 
     def recv(self) -> bytes | None:
-        try:
-            frame = self._rx.popleft()
-        except IndexError:
+        lib = self._slirp_mod.lib
+        if self._engine is None:
+            return None
+        n = lib.aks_engine_pop(self._engine, self._buffer, self._max_frame)
+        if n < 0:
             return None
         self.received += 1
-        return frame
+        return bytes(self._slirp_mod.ffi.buffer(self._buffer, min(n, self._max_frame)))
 
     def send(self, frame: bytes) -> None:
-        if len(self._tx) >= QUEUE_LIMIT or self._wake < 0:
+        if self.on_thread and self._engine is not None:
+            self._slirp_mod.lib.aks_engine_input(self._engine, frame, len(frame))
+            self.sent += 1
+            return
+        if len(self._tx) >= self._queue_limit or self._wake < 0:
             self.dropped += 1
             return
         was_empty = not self._tx
         self._tx.append(frame)
         if was_empty:
+            self._kick()
+
+    def _kick(self) -> None:
+        if self._wake >= 0:
             os.eventfd_write(self._wake, 1)
 
     def close(self) -> None:
         if self._thread.is_alive():
             self._stopping = True
-            os.eventfd_write(self._wake, 1)
-            if threading.current_thread() is not self._thread:
+            self._kick()
+            if not self.on_thread:
                 self._thread.join(timeout=5)
-        if self._worker is not None and self._rx_event >= 0:
-            self._worker.unwatch(self._rx_event)
-        for fd in (self._wake, self._rx_event):
-            if fd >= 0:
-                os.close(fd)
-        self._wake = self._rx_event = -1
+        if self._wake >= 0 and not self._thread.is_alive():
+            os.close(self._wake)
+            self._wake = -1
 
-    # --- the slirp thread ---------------------------------------------------------------
+    # --- the thread ----------------------------------------------------------------------
 
     def _create(self) -> None:
         ffi, lib = self._slirp_mod.ffi, self._slirp_mod.lib
@@ -228,22 +283,19 @@ class UserBackend:
         cfg.restricted = int(self.restrict)
         hostname = ffi.new("char[]", HOSTNAME)
         cfg.hostname = hostname
-        slirp = lib.aks_new(cfg, self._handle)
-        if slirp == ffi.NULL:
+        engine = lib.aks_engine_new(cfg, self._wake, self._handle)
+        if engine == ffi.NULL:
             raise _SetupError("libslirp refused its configuration")
-        self._slirp = slirp
-        self._poller = lib.aks_poller_new()
-        if self._poller == ffi.NULL:
-            raise _SetupError("out of memory")
+        self._engine = engine
+        slirp = lib.aks_engine_slirp(engine)
         for fwd in self.hostfwds:
             if lib.aks_hostfwd(slirp, int(fwd.udp), _ip(fwd.host_addr), fwd.host_port,
                                _ip(fwd.guest_addr), fwd.guest_port) < 0:
                 why = os.strerror(ffi.errno) if ffi.errno else "refused"
                 raise _SetupError(f"hostfwd={fwd}: cannot listen on "
-                                      f"{fwd.host_addr}:{fwd.host_port}: {why}")
+                                  f"{fwd.host_addr}:{fwd.host_port}: {why}")
 
     def _run(self) -> None:
-        lib = self._slirp_mod.lib
         try:
             self._create()
         except _SetupError as e:
@@ -251,38 +303,54 @@ class UserBackend:
         self._ready.set()
         if self._failure is None:
             try:
-                while not self._stopping:
-                    lib.aks_poll(self._slirp, self._poller, self._wake, self._timeout_ms())
-                    while self._calls:
-                        self._calls.popleft()()
-                    tx = self._tx
-                    while tx:
-                        frame = tx.popleft()
-                        lib.slirp_input(self._slirp, frame, len(frame))
-                        self.sent += 1
-                    if self._heap:
-                        self._run_timers()
+                self._loop()
             except Exception:               # a bug here: the link goes down, akvm runs on
                 log.exception("%s: user networking stopped", self.name)
-        self._destroy()
+        if self._engine is not None:
+            self._slirp_mod.lib.aks_engine_free(self._engine)
+            self._engine = None
 
-    def _destroy(self) -> None:
-        ffi, lib = self._slirp_mod.ffi, self._slirp_mod.lib
-        if self._slirp is not None:
-            lib.slirp_cleanup(self._slirp)
-            self._slirp = None
-        if getattr(self, "_poller", ffi.NULL) != ffi.NULL:
-            lib.aks_poller_free(self._poller)
-            self._poller = ffi.NULL
+    def _loop(self) -> None:
+        lib, ffi = self._slirp_mod.lib, self._slirp_mod.ffi
+        engine = self._engine
+        ready = ffi.new("int[]", lib.AKS_WATCH_MAX)
+        while not self._stopping:
+            events = lib.aks_engine_run(engine, self._timeout_ms())
+            if events & lib.AKS_EV_WAKE:
+                while self._calls:
+                    self._calls.popleft()()
+                tx = self._tx
+                while tx:
+                    frame = tx.popleft()
+                    lib.aks_engine_input(engine, frame, len(frame))
+                    self.sent += 1
+            if events & lib.AKS_EV_FDS:
+                for i in range(lib.aks_engine_ready(engine, ready, lib.AKS_WATCH_MAX)):
+                    callback = self._watched.get(ready[i])
+                    if callback is not None:
+                        callback()
+            native = self._native
+            if native is not None and events & lib.AKS_EV_IRQ:
+                native[1]()
+            if native is not None and events & lib.AKS_EV_NIC_PYTHON:
+                native[0]()
+            if events & lib.AKS_EV_FRAMES:
+                self._frames_waiting()
+            if self._heap:
+                self._run_timers()
+
+    def _frames_waiting(self) -> None:
+        if not self._paused and self._on_frames is not None:
+            self._on_frames()
 
     def _timeout_ms(self) -> int:
         if not self._heap:
-            return IDLE_POLL_MS
-        return max(0, min(IDLE_POLL_MS, self._heap[0][0] - time.monotonic_ns() // 1_000_000))
+            return -1
+        return max(0, self._heap[0][0] - time.monotonic_ns() // 1_000_000)
 
     def _run_timers(self) -> None:
-        lib = self._slirp_mod.lib
-        ffi = self._slirp_mod.ffi
+        lib, ffi = self._slirp_mod.lib, self._slirp_mod.ffi
+        slirp = lib.aks_engine_slirp(self._engine)
         now = time.monotonic_ns() // 1_000_000
         while self._heap and self._heap[0][0] <= now:
             _, seq, handle = heapq.heappop(self._heap)
@@ -290,19 +358,9 @@ class UserBackend:
             if timer is None or timer.seq != seq:
                 continue                    # freed, or re-armed since
             timer.seq = -1
-            lib.aks_timer_fire(self._slirp, timer.cb or ffi.NULL, timer.cb_opaque,
-                               timer.timer_id)
+            lib.aks_timer_fire(slirp, timer.cb or ffi.NULL, timer.cb_opaque, timer.timer_id)
 
     # --- callbacks from libslirp (on the slirp thread, inside a slirp call) -------------
-
-    def _deliver(self, frame: bytes) -> None:
-        if len(self._rx) >= QUEUE_LIMIT:
-            self.dropped += 1
-            return
-        was_empty = not self._rx
-        self._rx.append(frame)
-        if was_empty and self._rx_event >= 0:
-            os.eventfd_write(self._rx_event, 1)
 
     def _guest_error(self, message: str) -> None:
         self.guest_errors += 1
@@ -322,36 +380,35 @@ class UserBackend:
             timer.seq = next(self._seq)
             heapq.heappush(self._heap, (expire_ms, timer.seq, handle))
 
-    def format_stats(self) -> str:
-        return (f"user networking: {self.sent} frames to the network, {self.received} from it, "
-                f"{self.dropped} dropped")
+    @property
+    def counts(self) -> tuple[int, int, int, int]:
+        """(frames to the network, to the guest by C, to the guest through Python, dropped)."""
+        lib, e = self._slirp_mod.lib, self._engine
+        if e is None:
+            return self.sent, 0, self.received, self.dropped
+        return (lib.aks_engine_counts(e, 0), lib.aks_engine_counts(e, 1),
+                lib.aks_engine_counts(e, 2), self.dropped + lib.aks_engine_dropped(e))
 
 
 def _bind_callbacks(ffi) -> None:
-    """libslirp's extern "Python" callbacks: each finds its backend by the opaque handle."""
-
-    @ffi.def_extern(error=-1)
-    def aks_py_send_packet(buf, length, opaque):
-        ffi.from_handle(opaque)._deliver(bytes(ffi.buffer(buf, length)))
-        return length
+    """libslirp's extern "Python" callbacks: each finds its backend by the handle."""
 
     @ffi.def_extern()
-    def aks_py_guest_error(msg, opaque):
-        ffi.from_handle(opaque)._guest_error(ffi.string(msg).decode(errors="replace"))
+    def aks_py_guest_error(msg, py):
+        ffi.from_handle(py)._guest_error(ffi.string(msg).decode(errors="replace"))
 
     @ffi.def_extern()
-    def aks_py_timer_new(cb, cb_opaque, opaque):
-        return ffi.cast("void *", ffi.from_handle(opaque)._timer_new(cb, cb_opaque, -1))
+    def aks_py_timer_new(cb, cb_opaque, py):
+        return ffi.cast("void *", ffi.from_handle(py)._timer_new(cb, cb_opaque, -1))
 
     @ffi.def_extern()
-    def aks_py_timer_new_opaque(timer_id, cb_opaque, opaque):
-        return ffi.cast("void *", ffi.from_handle(opaque)._timer_new(None, cb_opaque, timer_id))
+    def aks_py_timer_new_opaque(timer_id, cb_opaque, py):
+        return ffi.cast("void *", ffi.from_handle(py)._timer_new(None, cb_opaque, timer_id))
 
     @ffi.def_extern()
-    def aks_py_timer_free(timer, opaque):
-        ffi.from_handle(opaque)._timer_free(int(ffi.cast("uintptr_t", timer)))
+    def aks_py_timer_free(timer, py):
+        ffi.from_handle(py)._timer_free(int(ffi.cast("uintptr_t", timer)))
 
     @ffi.def_extern()
-    def aks_py_timer_mod(timer, expire_ms, opaque):
-        ffi.from_handle(opaque)._timer_mod(int(ffi.cast("uintptr_t", timer)), expire_ms)
-
+    def aks_py_timer_mod(timer, expire_ms, py):
+        ffi.from_handle(py)._timer_mod(int(ffi.cast("uintptr_t", timer)), expire_ms)

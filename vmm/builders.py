@@ -158,6 +158,7 @@ def build_e1000(machine, spec) -> None:
     mac = nic_mac(machine, spec)
     backend = net_backend(spec)
     device = E1000(backend, mac, name=f"e1000-{sum(1 for w in machine.workers if w.kind == 'e1000')}")
+    device.fastpath = machine.fastpath          # TDT and RDT writes complete in C
     try:
         machine.pci.add(device)
     except BaseException:

@@ -481,7 +481,7 @@ def test_buffer_sizes():
     sizes = {}
     for bsex in (0, E.RCTL_BSEX):
         for bsize in range(1, 4):
-            d.rctl = bsex | bsize << E.RCTL_BSIZE_SHIFT
+            d.s.rctl = bsex | bsize << E.RCTL_BSIZE_SHIFT
             sizes[(bool(bsex), bsize)] = d._buffer_size()
     assert sizes == {(False, 1): 1024, (False, 2): 512, (False, 3): 256,
                      (True, 1): 16384, (True, 2): 8192, (True, 3): 4096}
@@ -656,7 +656,7 @@ def test_hostile_programming_never_raises_or_escapes_ram(ops):
         else:
             wire.incoming.append(b)
             dev.receive()
-        assert 0 <= dev.tdh < 0x10000 and 0 <= dev.rdh < 0x10000
+        assert 0 <= dev.s.tdh < 0x10000 and 0 <= dev.s.rdh < 0x10000
     assert all(14 <= len(f) <= E.MAX_TX_PACKET + 4 for f in wire.sent)
 
 
