@@ -12,6 +12,12 @@
  *   peer MYIP PEERIP COUNT      static address MYIP; COUNT pings to PEERIP
  *   answer MYIP COUNT           static address MYIP; answer ARP, and pings until
  *                               COUNT were answered (at most 60 s)
+ *   bench UDPPORT SINKPORT SOURCEPORT BYTES ROUNDS
+ *       after DHCP, against the host's 127.0.0.1 through the gateway: ROUNDS
+ *       UDP round trips of 64 bytes with an echo server on UDPPORT
+ *       (BENCH net-udp-rr), BYTES over TCP to a sink on SINKPORT
+ *       (BENCH net-tcp-tx) and from a source on SOURCEPORT, which sends
+ *       BYTES and closes (BENCH net-tcp-rx); timed with the TSC.
  *
  * Every step prints one "net: ..." line; a failure prints "net: FAIL step:
  * why" and exits with a status that names the step.
@@ -190,6 +196,119 @@ static int answer(int argc, char **argv)
 	return all ? 0 : fail(5, "answer", "not all the pings came");
 }
 
+/* ---- bench ---- */
+
+static volatile bool udp_answered;
+static uint16_t udp_expect_port;
+
+static void udp_echo_reply(uint32_t src, uint16_t sport, uint16_t dport, const uint8_t *d,
+			   unsigned len)
+{
+	if (sport == udp_expect_port)
+		udp_answered = true;
+}
+
+static bool udp_done(void) { return udp_answered; }
+
+static void bench_line(const char *name, uint64_t ops, uint64_t ns, const char *extra)
+{
+	printf("BENCH %s iterations=%lu ns_per_op=%lu %s\n", name, ops, ops ? ns / ops : 0, extra);
+}
+
+static const char *bench_udp(uint16_t port, unsigned rounds)
+{
+	uint8_t payload[64];
+	memset(payload, 'u', sizeof(payload));
+	udp_handler = udp_echo_reply;
+	udp_expect_port = port;
+	unsigned lost = 0;
+	uint64_t t0 = now_us();
+	for (unsigned i = 0; i < rounds; i++) {
+		udp_answered = false;
+		udp_send(net_cfg.gateway, 40000, port, payload, sizeof(payload));
+		if (!net_wait(udp_done, 1000000) && ++lost > 10)
+			return "more than 10 datagrams lost";
+	}
+	uint64_t us = now_us() - t0;
+	char extra[80];
+	snprintf(extra, sizeof(extra), "frames_per_s=%lu lost=%u",
+		 (unsigned long)(2ULL * rounds * 1000000 / (us ? us : 1)), lost);
+	bench_line("net-udp-rr", rounds, us * 1000, extra);
+	return NULL;
+}
+
+static uint8_t pattern[16384];
+
+static const char *bench_tcp_tx(uint16_t port, uint64_t bytes)
+{
+	const char *err = tcp_connect(net_cfg.gateway, port);
+	if (err)
+		return err;
+	for (unsigned i = 0; i < sizeof(pattern); i++)
+		pattern[i] = (uint8_t)(i * 7);
+	uint64_t t0 = now_us(), sent = 0;
+	while (sent < bytes) {
+		uint64_t n = bytes - sent < sizeof(pattern) ? bytes - sent : sizeof(pattern);
+		sent += tcp_write(pattern, n);
+		net_poll();
+		if (tcp_state() != TCP_ESTABLISHED)
+			return tcp_error() ? tcp_error() : "connection closed";
+	}
+	if ((err = tcp_close()))
+		return err;
+	uint64_t us = now_us() - t0;
+	char extra[80];
+	snprintf(extra, sizeof(extra), "bytes=%lu MBps=%lu retransmits=%lu", bytes,
+		 bytes / (us ? us : 1), net_stats.tcp_retransmits);
+	bench_line("net-tcp-tx", 1, us * 1000, extra);
+	return NULL;
+}
+
+static const char *bench_tcp_rx(uint16_t port, uint64_t bytes)
+{
+	const char *err = tcp_connect(net_cfg.gateway, port);
+	if (err)
+		return err;
+	uint64_t t0 = now_us(), got = 0;
+	for (;;) {
+		int n = tcp_read(pattern, sizeof(pattern));
+		if (n < 0)
+			break;
+		got += n;
+		if (!n)
+			net_poll();
+	}
+	uint64_t us = now_us() - t0;
+	tcp_close();
+	if (got != bytes)
+		return "the stream ended early";
+	char extra[80];
+	snprintf(extra, sizeof(extra), "bytes=%lu MBps=%lu", got, got / (us ? us : 1));
+	bench_line("net-tcp-rx", 1, us * 1000, extra);
+	return NULL;
+}
+
+static int bench(int argc, char **argv)
+{
+	if (argc < 5)
+		return fail(1, "usage", "bench UDPPORT SINKPORT SOURCEPORT BYTES ROUNDS");
+	if (!open_nic())
+		return 2;
+	const char *err = dhcp();
+	if (err)
+		return fail(3, "dhcp", err);
+	uint8_t gw[6];
+	if ((err = arp_resolve(net_cfg.gateway, gw)))
+		return fail(4, "arp", err);
+	if ((err = bench_udp(atol(argv[0]), atol(argv[4]))))
+		return fail(12, "bench udp", err);
+	if ((err = bench_tcp_tx(atol(argv[1]), atol(argv[3]))))
+		return fail(13, "bench tcp-tx", err);
+	if ((err = bench_tcp_rx(atol(argv[2]), atol(argv[3]))))
+		return fail(14, "bench tcp-rx", err);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	argc--, argv++;
@@ -205,5 +324,7 @@ int main(int argc, char **argv)
 		return peer(argc - 1, argv + 1);
 	if (!strcmp(argv[0], "answer"))
 		return answer(argc - 1, argv + 1);
+	if (!strcmp(argv[0], "bench"))
+		return bench(argc - 1, argv + 1);
 	return fail(1, "usage", "net [-d KIND] check|peer|answer ...");
 }

@@ -193,15 +193,20 @@ static void arp_input(const uint8_t *a, unsigned len)
 	}
 }
 
-/* The next hop's MAC: on our subnet the address itself, else the gateway. */
+/* The next hop's MAC: on our subnet the address itself, else the gateway.
+ * Not known yet: ask (the packet is lost, as with any ARP miss here). */
 static bool next_hop(uint32_t ip, uint8_t *mac)
 {
+	static const uint8_t zero[6];
 	if (ip == 0xFFFFFFFF) {
 		memcpy(mac, broadcast, 6);
 		return true;
 	}
 	uint32_t hop = (ip & net_cfg.mask) == (net_cfg.ip & net_cfg.mask) ? ip : net_cfg.gateway;
-	return arp_lookup(hop, mac);
+	if (arp_lookup(hop, mac))
+		return true;
+	arp_send(1, broadcast, hop, zero);
+	return false;
 }
 
 static uint32_t arp_want;

@@ -365,8 +365,8 @@ static const char *vnet_open(bool mmio, const char **where)
  * Legacy descriptors, 256 per ring (one page each), 2 KiB buffers
  * (RCTL.BSIZE 00b), the FCS stripped (RCTL.SECRC); every transmit
  * descriptor asks for its status (RS), so the driver sees DD in memory and
- * never reads TDH.  TDT and RDT are written once per batch: each register
- * access is an exit to the VMM.
+ * never reads TDH.  TDT is written once per batch, RDT once per 32
+ * descriptors returned: each register access is an exit to the VMM.
  */
 
 #define E_CTRL          0x0000
@@ -446,7 +446,7 @@ static void e1000_kick(struct nic *n)
 {
 	struct e1000 *e = (struct e1000 *)n;
 	mb();
-	if (e->rx_returned) {
+	if (e->rx_returned >= E_RING / 8) {     /* in batches, as descriptors are plenty */
 		ew(e, E_RDT, (e->rx_next + E_RING - 1) % E_RING);
 		e->rx_returned = 0;
 		n->kicks++;
@@ -465,8 +465,7 @@ static const uint8_t *e1000_recv(struct nic *n, unsigned *len)
 		if (e->rx_held >= 0) {          /* its descriptor goes back at the next RDT write */
 			e->rx[2 * e->rx_held + 1] = 0;
 			e->rx_held = -1;
-			if (++e->rx_returned >= E_RING / 8)
-				e1000_kick(n);
+			e->rx_returned++;
 		}
 		unsigned i = e->rx_next;
 		uint64_t st = e->rx[2 * i + 1];

@@ -9,7 +9,7 @@ import sys
 
 from tools.bench.common import Row, ensure_qemu, machine_description
 
-BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio"]
+BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio", "net"]
 RESULTS = pathlib.Path(__file__).with_name("results.md")
 
 
