@@ -6,7 +6,11 @@
  * Transmit: whole packets (descriptors up to EOP) of legacy descriptors
  * without IC or VLE, or of extended data descriptors without TSE, POPTS
  * or VLE, are gathered, their status written back where RS asks, TDH moved
- * and the packet handed to the network with the lock released. A packet
+ * and the packet handed to the network with the lock released. The vCPU
+ * that writes TDT gathers them at once, into a queue of frames (as the
+ * hardware would, so descriptors are done when it returns to the guest);
+ * the backend's thread, woken, sends them (every network call is its) and
+ * gathers what did not fit. A packet
  * that wants more (a context descriptor, offloads, VLAN, a chain not yet
  * ended), a ring Python would complain of, or a buffer outside guest RAM
  * ends C's turn at that packet: AKVM_NIC_PYTHON, and Python serves the rest
@@ -28,6 +32,8 @@
 #define STAT(off)	s->stats[((off) - E1000_STATS) / 4]
 /* Descriptors one received frame may take: the longest with its FCS in 256-byte buffers */
 #define MAX_PIECES	((E1000_MAX_RX_LONG + E1000_FCS_LEN + 255) / 256)
+#define E1000_TXQ_SLOTS	128
+#define E1000_TXQ_SLOT	2048
 
 struct akvm_e1000_c {
 	pthread_mutex_t lock;
@@ -35,6 +41,10 @@ struct akvm_e1000_c {
 	const struct akvm_mem_slot *slots;
 	unsigned int nslots;
 	uint8_t frame[E1000_MAX_TX_PACKET + E1000_MIN_FRAME];
+	/* frames the vCPU gathered at its TDT write, for the backend's thread */
+	unsigned int txq_head, txq_tail;
+	uint32_t txq_len[E1000_TXQ_SLOTS];
+	uint8_t txq[E1000_TXQ_SLOTS][E1000_TXQ_SLOT];
 	uint8_t rx[E1000_MAX_RX_LONG + E1000_MIN_FRAME + E1000_FCS_LEN];
 };
 
@@ -103,69 +113,64 @@ static uint32_t ring_size(uint32_t len, uint32_t head, uint32_t tail)
 	return !n || head >= n || tail >= n ? 0 : n;
 }
 
-int akvm_e1000_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
+/* The packets from TDH on that C can send, each gathered, its descriptors'
+ * status written back (RS), TDH moved and counted; lock held. With out,
+ * each is handed to the network (the lock released meanwhile); without,
+ * each is copied into the frame queue for the backend's thread, until it is
+ * full or a packet does not fit a slot. AKVM_NIC_PYTHON when a packet is
+ * Python's to send (C stops before it); the causes to raise in *causes. */
+static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32_t *causes)
 {
-	struct akvm_e1000_c *c = opaque;
 	struct akvm_e1000 *s = &c->s;
-	int code = AKVM_NIC_DONE, moved = 0;
-	uint32_t causes = 0;
+	int moved = 0;
 
-	pthread_mutex_lock(&c->lock);
-	if (!s->native || s->python_tx || s->python_rx) {
-		code = AKVM_NIC_PYTHON;
-		goto out;
-	}
 	while ((s->tctl & E1000_TCTL_EN) && s->bus_master && s->tdh != s->tdt) {
 		uint32_t n = ring_size(s->tdlen, s->tdh, s->tdt);
 		uint64_t base = (uint64_t)s->tdbah << 32 | s->tdbal;
-		uint32_t i = s->tdh, len = 0;
+		uint32_t i = s->tdh, len = 0, room = E1000_MAX_TX_PACKET;
+		uint8_t *frame = c->frame;
 		int eop = 0, rs = 0;
-		if (!n) {
-			code = AKVM_NIC_PYTHON;
-			goto out;
+		if (!n)
+			return AKVM_NIC_PYTHON;
+		if (!out) {
+			if (c->txq_head - c->txq_tail == E1000_TXQ_SLOTS)
+				break;			/* full: the backend's thread goes on */
+			frame = c->txq[c->txq_head % E1000_TXQ_SLOTS];
+			room = E1000_TXQ_SLOT;
 		}
 		while (i != s->tdt && !eop) {
 			uint64_t *d = (uint64_t *)ram(c, base + 16ull * i, 16);
-			if (!d) {
-				code = AKVM_NIC_PYTHON;
-				goto out;
-			}
+			if (!d)
+				return AKVM_NIC_PYTHON;
 			uint64_t hi = d[1];
 			uint32_t cmd = hi >> 24 & 0xFF, dlen;
 			if (cmd & E1000_TXD_CMD_DEXT) {
 				if ((hi >> 20 & 0xF) != E1000_TXD_DTYP_DATA ||
-				    cmd & (E1000_TXD_CMD_IC | E1000_TXD_CMD_VLE) || (hi >> 40 & 0xFF)) {
-					code = AKVM_NIC_PYTHON;
-					goto out;
-				}
+				    cmd & (E1000_TXD_CMD_IC | E1000_TXD_CMD_VLE) || (hi >> 40 & 0xFF))
+					return AKVM_NIC_PYTHON;
 				dlen = hi & 0xFFFFF;
 			} else {
-				if (cmd & (E1000_TXD_CMD_IC | E1000_TXD_CMD_VLE)) {
-					code = AKVM_NIC_PYTHON;
-					goto out;
-				}
+				if (cmd & (E1000_TXD_CMD_IC | E1000_TXD_CMD_VLE))
+					return AKVM_NIC_PYTHON;
 				dlen = hi & 0xFFFF;
 			}
-			if (len + dlen > E1000_MAX_TX_PACKET) {
-				code = AKVM_NIC_PYTHON;
-				goto out;
+			if (len + dlen > room) {
+				if (!out && len + dlen <= E1000_MAX_TX_PACKET)
+					goto done;		/* too big for a slot: the thread sends it */
+				return AKVM_NIC_PYTHON;
 			}
 			if (dlen) {
 				const unsigned char *p = ram(c, d[0], dlen);
-				if (!p) {
-					code = AKVM_NIC_PYTHON;
-					goto out;
-				}
-				memcpy(c->frame + len, p, dlen);
+				if (!p)
+					return AKVM_NIC_PYTHON;
+				memcpy(frame + len, p, dlen);
 				len += dlen;
 			}
 			eop = cmd & E1000_TXD_CMD_EOP;
 			i = (i + 1) % n;
 		}
-		if (!eop || len < 14) {		/* a chain not ended yet (Python holds it), a runt */
-			code = AKVM_NIC_PYTHON;
-			goto out;
-		}
+		if (!eop || len < 14)		/* a chain not ended yet (Python holds it), a runt */
+			return AKVM_NIC_PYTHON;
 		for (uint32_t j = s->tdh; j != i; j = (j + 1) % n) {
 			unsigned char *d = ram(c, base + 16ull * j, 16);
 			if (d[11] & E1000_TXD_CMD_RS) {
@@ -176,9 +181,9 @@ int akvm_e1000_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 		s->tdh = i;
 		moved = 1;
 		if (rs)
-			causes |= E1000_ICR_TXDW;
+			*causes |= E1000_ICR_TXDW;
 		if (len < E1000_MIN_FRAME && s->tctl & E1000_TCTL_PSP) {
-			memset(c->frame + len, 0, E1000_MIN_FRAME - len);
+			memset(frame + len, 0, E1000_MIN_FRAME - len);
 			len = E1000_MIN_FRAME;
 		}
 		size_t wire = (len < E1000_MIN_FRAME ? E1000_MIN_FRAME : len) + E1000_FCS_LEN;
@@ -186,21 +191,50 @@ int akvm_e1000_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 		count(s, E1000_TPT, 1);
 		count64(s, E1000_GOTCL, wire);
 		count64(s, E1000_TOTL, wire);
-		if (c->frame[0] & 1)
-			count(s, memcmp(c->frame, "\xff\xff\xff\xff\xff\xff", 6) ? E1000_MPTC : E1000_BPTC, 1);
+		if (frame[0] & 1)
+			count(s, memcmp(frame, "\xff\xff\xff\xff\xff\xff", 6) ? E1000_MPTC : E1000_BPTC, 1);
 		count_size(s, E1000_PTC64, wire);
 		s->tx_frames++;
+		if (!out) {
+			c->txq_len[c->txq_head % E1000_TXQ_SLOTS] = len;
+			c->txq_head++;
+			continue;
+		}
 		pthread_mutex_unlock(&c->lock);
-		out(ctx, c->frame, len);	/* may come back into akvm_e1000_rx() */
+		out(ctx, frame, len);		/* may come back into akvm_e1000_rx() */
 		pthread_mutex_lock(&c->lock);
 		if (!s->native)
-			goto out;
+			break;
 	}
+done:
 	if (moved && s->tdh == s->tdt)
-		causes |= E1000_ICR_TXQE;
-out:
+		*causes |= E1000_ICR_TXQE;
+	return AKVM_NIC_DONE;
+}
+
+int akvm_e1000_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
+{
+	struct akvm_e1000_c *c = opaque;
+	struct akvm_e1000 *s = &c->s;
+	int code = AKVM_NIC_DONE;
+	uint32_t causes = 0;
+
+	pthread_mutex_lock(&c->lock);
+	while (c->txq_tail != c->txq_head) {		/* what the vCPU gathered, in order */
+		unsigned int slot = c->txq_tail % E1000_TXQ_SLOTS;
+		pthread_mutex_unlock(&c->lock);
+		out(ctx, c->txq[slot], c->txq_len[slot]);
+		pthread_mutex_lock(&c->lock);
+		c->txq_tail++;
+	}
+	if (!s->native || s->python_tx || s->python_rx)
+		code = AKVM_NIC_PYTHON;
+	else
+		code = gather(c, out, ctx, &causes);
 	if (causes)
-		code |= cause(s, causes);
+		cause(s, causes);
+	if ((s->icr & s->ims) && !s->intx)
+		code |= AKVM_NIC_IRQ;
 	pthread_mutex_unlock(&c->lock);
 	return code;
 }
@@ -359,6 +393,11 @@ int akvm_e1000_exit(void *opaque, void *kvm_run)
 	int wake = 1;
 	if (off == E1000_TDT) {
 		c->s.tdt = value & 0xFFFF;
+		if (!c->s.python_tx && !c->s.python_rx) {	/* as the hardware would: at once */
+			uint32_t causes = 0;
+			gather(c, NULL, NULL, &causes);
+			c->s.icr |= causes;		/* the thread raises INTA# if it must */
+		}
 	} else {
 		c->s.rdt = value & 0xFFFF;
 		wake = c->s.rx_waiting;		/* nothing waits for room: nothing to do */

@@ -76,6 +76,7 @@ extern "Python" void aks_py_timer_mod(void *timer, int64_t expire_ms, void *py);
 """
 
 SOURCE = r"""
+#define _GNU_SOURCE                     /* ppoll */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <poll.h>
@@ -496,9 +497,15 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
                 aks_add_poll(e->nic_fd[i], SLIRP_POLL_IN, e);
         int last_nic = e->n;
         slirp_pollfds_fill(e->slirp, &timeout, aks_add_poll, e);
-        if (e->events)                  /* some came while Python had the thread */
-            timeout = 0;
-        int rc = poll(e->fds, e->n, (int)timeout);
+        /* slirp's clock counts whole milliseconds (its delayed ACK is "2 ms
+         * on that clock"): wake at the start of the millisecond it is due,
+         * not `timeout` ms from now, which is up to one more. */
+        int64_t now_ns = aks_clock_ns(NULL);
+        int64_t wait = (now_ns / 1000000 + timeout) * 1000000 - now_ns;
+        if (e->events || wait < 0)      /* some came while Python had the thread */
+            wait = 0;
+        struct timespec ts = { .tv_sec = wait / 1000000000, .tv_nsec = wait % 1000000000 };
+        int rc = ppoll(e->fds, e->n, &ts, NULL);
         if (rc > 0) {
             if (e->fds[0].revents & POLLIN) {
                 aks_drain(e->wake_fd);

@@ -9,6 +9,7 @@ thread does (C first, Python for what C gives back), the other in Python only. B
 must send the same frames and leave the same guest memory, registers, statistics and
 interrupt line.
 """
+import os
 import struct
 
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -23,6 +24,7 @@ from akvm.devices.pci import PciRoot
 from akvm.devices.pci.config import COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE
 from tests import netframes as F
 from tests.unit.test_e1000 import MAC, InlineWorker, Wire
+from tests.unit.test_fastpath import RunPage
 
 RAM = 1 << 20
 TX, RX, BUFS = 0x1000, 0x2000, 0x10000
@@ -47,8 +49,11 @@ class Side:
         if native:
             self.slots = native_slots(self.mem)
             lib.akvm_e1000_use_ram(self.dev.handle, self.slots, len(self.slots))
+            self.kick = os.eventfd(0, os.EFD_NONBLOCK)
+            self.dev.s.kick_fd = self.kick
             self.dev.s.native = 1
             self.out = ffi.callback("akvm_nic_out_fn", self._out)
+            self.run_page = RunPage()
         for reg, value in ((E.TDBAL, TX), (E.TDLEN, RING * 16), (E.TCTL, E.TCTL_EN | E.TCTL_PSP),
                            (E.RDBAL, RX), (E.RDLEN, RING * 16)):
             self.write(reg, value)
@@ -57,7 +62,11 @@ class Side:
         self.wire.sent.append(bytes(ffi.buffer(frame, length)))
 
     def write(self, reg, value):
-        if self.native and reg in (E.TDT, E.RDT, E.TCTL, E.RCTL):
+        if self.native and reg in (E.TDT, E.RDT):       # the vCPU's exit handler, then the thread
+            self.run_page.mmio(self.dev.bar_address(0) + reg, 4, True, value)
+            assert lib.akvm_e1000_exit(self.dev.handle, ffi.cast("void *", self.run_page.address))
+            self.turn()
+        elif self.native and reg in (E.TCTL, E.RCTL):
             with self.dev._locked():        # what the vCPU's exit handler does
                 setattr(self.dev.s, {E.TDT: "tdt", E.RDT: "rdt", E.TCTL: "tctl",
                                      E.RCTL: "rctl"}[reg],
