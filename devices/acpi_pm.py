@@ -99,6 +99,27 @@ class AcpiPm:
             self.pm1_sts |= PWRBTN_STS
             self._update_sci()
 
+    # --- snapshots (akvm.devices.state) ------------------------------------------------
+    # The PM timer is saved as its count: after a restore it counts on from there,
+    # as if no time had passed while the snapshot was on disk.
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"pm1_sts": self.pm1_sts, "pm1_en": self.pm1_en, "pm1_cnt": self.pm1_cnt,
+                    "last_msb": self._last_msb, "last_sleep_type": self.last_sleep_type,
+                    "elapsed": self.clock() - self.t0}
+
+    def restore(self, state: dict) -> None:
+        with self._lock:
+            self.pm1_sts = int(state["pm1_sts"]) & 0xFFFF
+            self.pm1_en = int(state["pm1_en"]) & PM1_EN_MASK
+            self.pm1_cnt = int(state["pm1_cnt"]) & 0xFFFF | SCI_EN
+            self._last_msb = int(state["last_msb"]) & PM_TIMER_MSB
+            sleep = state["last_sleep_type"]
+            self.last_sleep_type = None if sleep is None else int(sleep)
+            self.t0 = self.clock() - float(state["elapsed"])
+            self._update_sci()
+
     # --- registers ------------------------------------------------------------------
 
     def _registers(self) -> dict[int, tuple[int, int]]:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import threading
 import time
 
+from akvm.devices.state import pack, unpack
+
 # Registers (MC146818 datasheet)
 RTC_SECONDS = 0x00
 RTC_SECONDS_ALARM = 0x01
@@ -223,6 +225,24 @@ class Cmos:
         if was_set and not value & STATUS_B_SET:
             frozen, self._frozen = self._frozen, None
             self._set_offset(frozen)
+
+    # --- snapshots (akvm.devices.state) ---------------------------------------------------
+    # The clock is saved as its offset from host time, so after a restore it shows
+    # host time plus the same offset: the guest's wall clock does not stop while saved.
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"index": self.index, "nmi_disabled": self.nmi_disabled, "ram": pack(self.ram),
+                    "offset": self.offset, "frozen": self._frozen}
+
+    def restore(self, state: dict) -> None:
+        with self._lock:
+            self.index = int(state["index"]) & 0x7F
+            self.nmi_disabled = bool(state["nmi_disabled"])
+            self.ram[:] = unpack(state["ram"], CMOS_SIZE)
+            self.offset = float(state["offset"])
+            frozen = state["frozen"]
+            self._frozen = None if frozen is None else {k: int(v) for k, v in frozen.items()}
 
     # --- bus interface (offset 0 = port 0x70, 1 = port 0x71) ------------------------------
 

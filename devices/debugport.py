@@ -41,6 +41,16 @@ class DebugPort:
     def register(self, bus) -> None:
         bus.register(DEBUG_PORT, 1, self, "debugport")
 
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"last": self.last, "writes": self.writes, "history": list(self.history)}
+
+    def restore(self, state: dict) -> None:
+        with self._lock:
+            self.last, self.writes = int(state["last"]), int(state["writes"])
+            self.history.clear()
+            self.history.extend(int(v) for v in state["history"])
+
 
 class DebugPortShortcut:
     """Byte accesses completed in C (debugport.c), as DebugPort (the twin) answers them."""
@@ -51,3 +61,9 @@ class DebugPortShortcut:
 
     def stats(self) -> dict:
         return {"writes": self.handle.writes, "last": self.handle.last}
+
+    def snapshot(self) -> dict:
+        return self.stats()
+
+    def restore(self, state: dict) -> None:
+        self.handle.writes, self.handle.last = int(state["writes"]), int(state["last"]) & 0xFF

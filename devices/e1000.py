@@ -1015,17 +1015,22 @@ class E1000(PciDevice):
             return (16384, 16384, 8192, 4096)[bsize]     # BSEX with 00b is reserved
         return (2048, 1024, 512, 256)[bsize]
 
-    def format_stats(self) -> str:
+    def stats(self) -> dict:
         b, s = self.backend, self.s
         with self._locked():
-            link = "up" if self._status() & STATUS_LU else "down"
-            tx, rx, dropped = self.tx_frames + s.tx_frames, self.rx_frames + s.rx_frames, \
-                self.rx_dropped + self.tx_dropped + s.rx_dropped
-            exits = s.exits
-        return (f"{self.name}: {tx} frames out, {rx} in, {dropped + b.dropped} dropped, "
-                f"{self.errors} errors; {exits} TDT/RDT writes in C; "
-                f"{self.interrupts} interrupts; link {link}, {self.autonegotiations} "
-                f"autonegotiations, {self.phy_errors} MDIO errors")
+            return {"tx_frames": self.tx_frames + s.tx_frames,
+                    "rx_frames": self.rx_frames + s.rx_frames,
+                    "dropped": self.rx_dropped + self.tx_dropped + s.rx_dropped + b.dropped,
+                    "errors": self.errors, "exits_in_c": s.exits, "interrupts": self.interrupts,
+                    "link_up": bool(self._status() & STATUS_LU),
+                    "autonegotiations": self.autonegotiations, "mdio_errors": self.phy_errors}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_frames']} frames out, {s['rx_frames']} in, "
+                f"{s['dropped']} dropped, {s['errors']} errors; {s['exits_in_c']} TDT/RDT writes "
+                f"in C; {s['interrupts']} interrupts; link {'up' if s['link_up'] else 'down'}, "
+                f"{s['autonegotiations']} autonegotiations, {s['mdio_errors']} MDIO errors")
 
 
 def _address(name: str) -> int:

@@ -33,6 +33,7 @@ import logging
 
 from akvm.devices.pci import BarKind, PciDevice
 from akvm.base.dma import DmaError
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
 
 log = logging.getLogger("akvm.edu")
 
@@ -131,6 +132,16 @@ class Edu(PciDevice):
                 self.dma_cmd = value
                 if value & DMA_CMD_START:
                     self._dma()
+
+    _REGISTERS = ("liveness", "factorial", "status", "irq_status", "dma_src", "dma_dst",
+                  "dma_count", "dma_cmd", "dma_transfers", "dma_bytes", "dma_errors")
+
+    def device_snapshot(self) -> dict:
+        return {**save_counters(self, self._REGISTERS), "buffer": pack(self.buffer)}
+
+    def device_restore(self, state: dict) -> None:
+        restore_counters(self, state, self._REGISTERS)
+        self.buffer[:] = unpack(state["buffer"], DMA_BUFFER_SIZE)
 
     @staticmethod
     def _size_ok(offset: int, size: int) -> bool:

@@ -65,7 +65,8 @@ OUTPUT_PORT_A20 = 0x02
 class _PortAdapter:
     """One port of the controller as a bus device (offset is always 0)."""
 
-    def __init__(self, read: Callable[[], int], write: Callable[[int], None]):
+    def __init__(self, owner, read: Callable[[], int], write: Callable[[int], None]):
+        self.state_owner = owner            # whose snapshot() covers this port
         self._read = read
         self._write = write
 
@@ -89,8 +90,8 @@ class I8042:
         self._expect: int | None = None     # command waiting for its data byte
         self._a2 = True
         self.resets = 0                     # reset requests seen
-        self.data_port = _PortAdapter(self.read_data, self.write_data)
-        self.control_port = _PortAdapter(self.read_status, self.write_command)
+        self.data_port = _PortAdapter(self, self.read_data, self.write_data)
+        self.control_port = _PortAdapter(self, self.read_status, self.write_command)
 
     def register(self, bus) -> None:
         bus.register(DATA_PORT, 1, self.data_port, "i8042-data")
@@ -164,6 +165,24 @@ class I8042:
         if reset:
             self._request_reset()
 
+    # -- snapshots (akvm.devices.state) ----------------------------------------------
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"out": list(self._out), "last_out": self._last_out, "config": self._config,
+                    "output_port": self._output_port, "expect": self._expect, "a2": self._a2,
+                    "resets": self.resets}
+
+    def restore(self, state: dict) -> None:
+        with self._lock:
+            self._out = deque(int(b) & 0xFF for b in state["out"][:16])
+            self._last_out = int(state["last_out"]) & 0xFF
+            self._config = int(state["config"]) & 0xFF
+            self._output_port = int(state["output_port"]) & 0xFF
+            self._expect = None if state["expect"] is None else int(state["expect"])
+            self._a2 = bool(state["a2"])
+            self.resets = int(state["resets"])
+
     # -- helpers ----------------------------------------------------------------
 
     def _reply(self, byte: int) -> None:
@@ -197,6 +216,12 @@ class ResetControl:
 
     def read(self, offset: int, size: int) -> int:
         return self.value
+
+    def snapshot(self) -> dict:
+        return {"value": self.value, "resets": self.resets}
+
+    def restore(self, state: dict) -> None:
+        self.value, self.resets = int(state["value"]) & 0xFF, int(state["resets"])
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.value = value & 0xFF

@@ -24,6 +24,8 @@ import threading
 from collections import deque
 from typing import Protocol
 
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
+
 # Register offsets from the base port. DLL/DLM replace RBR/THR and IER
 # while LCR.DLAB is set; IIR is read-only and FCR write-only at offset 2.
 RBR = THR = DLL = 0
@@ -422,6 +424,33 @@ class Uart16550:
         # OUT2 pin inactive, so interrupts then show in IIR but not on the line.
         gate = self._mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2
         self.irq.set_level(gate and self._pending_interrupt() != IIR_NO_INT)
+
+    # -- snapshots (akvm.devices.state) -------------------------------------
+
+    _REGISTERS = ("ier", "lcr", "mcr", "scr", "dll", "dlm", "rx_trigger", "rbr", "lsr_errors",
+                  "modem_lines", "msr_deltas")
+    _COUNTERS = ("tx_bytes", "rx_bytes", "rx_dropped")
+
+    def snapshot(self) -> dict:
+        self.flush_shortcut()           # bytes C holds go out first: they precede the snapshot
+        with self._lock:
+            state = {name: getattr(self, f"_{name}") for name in self._REGISTERS}
+            state.update(fifo_enabled=self._fifo_enabled, thre_pending=self._thre_pending,
+                         rx=pack(bytes(self._rx)), backlog=pack(self._backlog),
+                         **save_counters(self, self._COUNTERS))
+            return state
+
+    def restore(self, state: dict) -> None:
+        with self._lock:
+            for name in self._REGISTERS:
+                setattr(self, f"_{name}", int(state[name]) & 0xFF)
+            self._fifo_enabled = bool(state["fifo_enabled"])
+            self._thre_pending = bool(state["thre_pending"])
+            self._rx = deque(unpack(state["rx"])[:self._rx_capacity()])
+            self._backlog = bytearray(unpack(state["backlog"])[:self.backlog_limit])
+            restore_counters(self, state, self._COUNTERS)
+            self._published = None
+            self._update_irq()
 
     # -- introspection ----------------------------------------------------
 

@@ -161,6 +161,7 @@ class UserBackend:
         self._queue_limit = self._slirp_mod.lib.AKS_QUEUE
         self._buffer = self._slirp_mod.ffi.new("uint8_t[]", MAX_FRAME)
         self._failure: str | None = None
+        self._worker = EngineWorker(self)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-slirp", daemon=True)
         self._thread.start()
@@ -170,30 +171,16 @@ class UserBackend:
             self.close()
             raise NetBackendError(self._failure)
 
-    # --- a Worker for the NIC ------------------------------------------------------------
+    # --- the thread, for the NIC ----------------------------------------------------------
 
     @property
-    def worker(self) -> "UserBackend":
-        return self
+    def worker(self) -> "EngineWorker":
+        """This thread as the NIC's Worker."""
+        return self._worker
 
     @property
     def on_thread(self) -> bool:
         return threading.current_thread() is self._thread
-
-    def watch(self, fd: int, callback) -> None:
-        """Call callback() on this thread whenever fd is readable."""
-        def add():
-            self._watched[fd] = callback
-            if self._engine is not None and self._slirp_mod.lib.aks_engine_watch(self._engine, fd):
-                log.error("%s: too many descriptors to watch", self.name)
-        self.call(add)
-
-    def unwatch(self, fd: int) -> None:
-        def remove():
-            self._watched.pop(fd, None)
-            if self._engine is not None:
-                self._slirp_mod.lib.aks_engine_unwatch(self._engine, fd)
-        self.call(remove)
 
     def call(self, fn) -> None:
         """Run fn on this thread (now, when already on it)."""
@@ -203,14 +190,23 @@ class UserBackend:
         self._calls.append(fn)
         self._kick()
 
-    def start(self, worker=None, on_frames=None) -> None:
-        """As a Worker: already running. As a backend: on_frames() is called on this
-        thread when frames for the guest are waiting."""
-        if on_frames is not None:
-            self._on_frames = on_frames
+    def _watch(self, fd: int, callback) -> None:
+        def add():
+            self._watched[fd] = callback
+            if self._engine is not None and self._slirp_mod.lib.aks_engine_watch(self._engine, fd):
+                log.error("%s: too many descriptors to watch", self.name)
+        self.call(add)
 
-    def stop(self) -> None:
-        self.close()
+    def _unwatch(self, fd: int) -> None:
+        def remove():
+            self._watched.pop(fd, None)
+            if self._engine is not None:
+                self._slirp_mod.lib.aks_engine_unwatch(self._engine, fd)
+        self.call(remove)
+
+    def start(self, worker, on_frames) -> None:
+        """on_frames() is called on this thread when frames for the guest are waiting."""
+        self._on_frames = on_frames
 
     def set_native(self, tx, rx, nic, fds: tuple[int, int], on_python_tx, on_irq,
                    keepalive) -> None:
@@ -388,6 +384,48 @@ class UserBackend:
             return self.sent, 0, self.received, self.dropped
         return (lib.aks_engine_counts(e, 0), lib.aks_engine_counts(e, 1),
                 lib.aks_engine_counts(e, 2), self.dropped + lib.aks_engine_dropped(e))
+
+
+class EngineWorker:
+    """A UserBackend's thread as a Worker (akvm.devices.virtio.worker) for the NIC on it:
+    watch(), unwatch(), call(); pause()/resume() hold it between two turns (a snapshot)."""
+
+    def __init__(self, backend: UserBackend):
+        self._backend = backend
+        self._release: threading.Event | None = None
+
+    @property
+    def on_thread(self) -> bool:
+        return self._backend.on_thread
+
+    def watch(self, fd: int, callback) -> None:
+        self._backend._watch(fd, callback)
+
+    def unwatch(self, fd: int) -> None:
+        self._backend._unwatch(fd)
+
+    def call(self, fn) -> None:
+        self._backend.call(fn)
+
+    def start(self) -> None:
+        """Running since the backend was made."""
+
+    def stop(self) -> None:
+        self.resume()
+        self._backend.close()
+
+    def pause(self, timeout: float) -> bool:
+        if self.on_thread or not self._backend._thread.is_alive():
+            return True
+        held, self._release = threading.Event(), threading.Event()
+        release = self._release
+        self.call(lambda: (held.set(), release.wait()))
+        return held.wait(timeout)
+
+    def resume(self) -> None:
+        if self._release is not None:
+            self._release.set()
+            self._release = None
 
 
 def _bind_callbacks(ffi) -> None:

@@ -1,7 +1,7 @@
 /*
  * Intel VT-d DMA remapping in legacy mode, written from the VT-d
- * specification (see ../shared/reference/vtd.md for the register and
- * table layouts used here).
+ * specification (docs/VTD.md summarises the register and table layouts
+ * used here).
  *
  * - Discovery: the ACPI DMAR table's DRHD (INCLUDE_PCI_ALL or explicit
  *   device scopes) gives the register page; CAP/ECAP say what it can do.

@@ -14,7 +14,7 @@ user_progs:
 	.popsection
 	.pushsection .rodata.user, "a"
 	.balign 16
-2:	.incbin "build/user/\name\().elf"
+2:	.incbin "\name\().elf"		/* found in $(BUILD)/user: the Makefile passes -I */
 3:
 	.popsection
 	.endr

@@ -6,7 +6,7 @@ software changed a context or paging entry that the hardware had cached
 and has not invalidated it (yet): the DMA really uses the stale
 translation, as hardware would, and the checker says so in one log line:
 
-    iommu check: stale IOTLB entry #1: domain 7 device 00:03.0 iova 0x200000:
+    akvm: iommu: check: stale IOTLB entry #1: domain 7 device 00:03.0 iova 0x200000:
     cached frame 0x5123000 (rw), tables now map frame 0x5456000 (rw)
 
 Each stale entry is reported once (later hits only count). With
@@ -50,7 +50,7 @@ class CoherenceChecker:
 
     def _report(self, message: str) -> None:
         self.reported += 1
-        log.warning("%s", message)
+        log.warning("check: %s", message)
         self.reports.append(message)
         del self.reports[:-MAX_KEPT_REPORTS]
         if self.stop and self.on_stale is not None:
@@ -73,7 +73,7 @@ class CoherenceChecker:
         if key in self._reported_contexts:
             return
         self._reported_contexts.add(key)
-        self._report(f"iommu check: stale context entry #{self.reported + 1}: device "
+        self._report(f"stale context entry #{self.reported + 1}: device "
                      f"{format_sid(sid)}: cached domain {cached.did} tt {cached.tt} table "
                      f"{cached.slptptr:#x}, {now} (no context-cache invalidation since)")
 
@@ -95,6 +95,6 @@ class CoherenceChecker:
         if entry.reported:
             return
         entry.reported = True
-        self._report(f"iommu check: stale IOTLB entry #{self.reported + 1}: domain {entry.did} "
+        self._report(f"stale IOTLB entry #{self.reported + 1}: domain {entry.did} "
                      f"device {format_sid(ctx.sid)} iova {address & ~0xFFF:#x}: cached frame "
                      f"{old_frame & ~0xFFF:#x} ({_perms(old.read, old.write)}), {now}")

@@ -56,6 +56,15 @@ class EventInterrupt:
         self.sent = 0
         self.failed = 0
 
+    _STATE = ("control", "data", "address", "upper_address", "sent", "failed")
+
+    def snapshot(self) -> dict:
+        return {name: getattr(self, name) for name in self._STATE}
+
+    def restore(self, state: dict) -> None:
+        for name in self._STATE:
+            setattr(self, name, int(state[name]))
+
     def raise_condition(self) -> None:
         if self.control & CTL_IP:
             return
@@ -107,6 +116,24 @@ class FaultLog:
     @property
     def pending(self) -> bool:
         return any(hi & FRCD_F for _, hi in self.records)
+
+    def snapshot(self) -> dict:
+        return {"records": [list(r) for r in self.records], "status": self.status,
+                "fri": self.fri, "next": self._next, "recorded": self.recorded,
+                "overflowed": self.overflowed, "suppressed": self.suppressed,
+                "by_reason": sorted(self.by_reason.items())}
+
+    def restore(self, state: dict) -> None:
+        records = state["records"]
+        if len(records) != len(self.records):
+            raise ValueError(f"{len(records)} fault records saved, {len(self.records)} here")
+        self.records = [[int(lo), int(hi)] for lo, hi in records]
+        n = len(self.records)
+        self.status, self.fri, self._next = int(state["status"]), int(state["fri"]) % n, \
+            int(state["next"]) % n
+        self.recorded, self.overflowed, self.suppressed = (
+            int(state[k]) for k in ("recorded", "overflowed", "suppressed"))
+        self.by_reason = Counter({int(r): int(c) for r, c in state["by_reason"]})
 
     @property
     def fsts(self) -> int:

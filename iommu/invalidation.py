@@ -38,30 +38,29 @@ CCMD_SID_SHIFT = 16
 CCMD_CAIG_MASK = 0x3 << CCMD_CAIG_SHIFT
 CCMD_WRITABLE = CCMD_ICC | 0x3 << CCMD_CIRG_SHIFT | 0x3 << CCMD_FM_SHIFT | 0xFFFF_FFFF
 
-# IOTLB register (10.4.8.1) and IVA (10.4.8.2)
-IOTLB_IVT = 1 << 63
-IOTLB_IIRG_SHIFT = 60
-IOTLB_IAIG_SHIFT = 57
-IOTLB_IAIG_MASK = 0x3 << IOTLB_IAIG_SHIFT
-IOTLB_DR = 1 << 49
-IOTLB_DW = 1 << 48
-IOTLB_DID_SHIFT = 32
-IOTLB_WRITABLE = (IOTLB_IVT | 0x3 << IOTLB_IIRG_SHIFT | IOTLB_DR | IOTLB_DW |
-                  0xFFFF << IOTLB_DID_SHIFT)
-IVA_AM_MASK = 0x3F
-IVA_IH = 1 << 6
-IVA_WRITABLE = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF | IVA_IH | IVA_AM_MASK
+# IOTLB register (10.4.8.1) and IVA (10.4.8.2): shared with C (iommu/vtdspec.h)
+IOTLB_IVT = lib.VTD_IOTLB_IVT
+IOTLB_IIRG_SHIFT = lib.VTD_IOTLB_IIRG_SHIFT
+IOTLB_IAIG_SHIFT = lib.VTD_IOTLB_IAIG_SHIFT
+IOTLB_IAIG_MASK = lib.VTD_IOTLB_IAIG_MASK
+IOTLB_DR = lib.VTD_IOTLB_DR
+IOTLB_DW = lib.VTD_IOTLB_DW
+IOTLB_DID_SHIFT = lib.VTD_IOTLB_DID_SHIFT
+IOTLB_WRITABLE = lib.VTD_IOTLB_WRITABLE
+IVA_AM_MASK = lib.VTD_IVA_AM_MASK
+IVA_IH = lib.VTD_IVA_IH
+IVA_WRITABLE = lib.VTD_IVA_WRITABLE
 
-# Granularities (register CIRG/IIRG, descriptor G)
-G_GLOBAL, G_DOMAIN, G_DEVICE = 1, 2, 3
-G_PAGE = 3
+# Granularities (register CIRG/IIRG, descriptor G); the IOTLB's are iotlb.c's too
+G_GLOBAL, G_DOMAIN, G_PAGE = lib.AKVM_IOTLB_GLOBAL, lib.AKVM_IOTLB_DOMAIN, lib.AKVM_IOTLB_PAGE
+G_DEVICE = 3                                        # context cache: device-selective
 GRANULARITY = {"context": {G_GLOBAL: "global", G_DOMAIN: "domain", G_DEVICE: "device"},
                "iotlb": {G_GLOBAL: "global", G_DOMAIN: "domain", G_PAGE: "page"}}
 
 # IQA, IQH, IQT (10.4.22-10.4.24)
-IQA_QS_MASK = 0x7
+IQA_QS_MASK = lib.VTD_IQA_QS_MASK
 IQA_WRITABLE = ~0xFFF & 0xFFFF_FFFF_FFFF_FFFF | IQA_QS_MASK      # DW (bit 11) unsupported: 0
-IQ_INDEX_MASK = 0x7FFF << 4                                       # 18:4
+IQ_INDEX_MASK = lib.VTD_IQ_INDEX_MASK                              # 18:4
 DESCRIPTOR_SIZE = 16
 
 # ICS (10.4.25)
@@ -69,10 +68,10 @@ ICS_IWC = 1 << 0
 
 # Descriptor types (6.5.2.x), low qword bits 3:0 (bits 11:9 extend the type: 0 here)
 DESC_CONTEXT = 0x1
-DESC_IOTLB = 0x2
+DESC_IOTLB = lib.VTD_DESC_IOTLB
 DESC_DEVICE_TLB = 0x3
 DESC_IEC = 0x4
-DESC_WAIT = 0x5
+DESC_WAIT = lib.VTD_DESC_WAIT
 DESC_NAMES = {DESC_CONTEXT: "context-cache", DESC_IOTLB: "iotlb", DESC_DEVICE_TLB: "device-tlb",
               DESC_IEC: "interrupt-entry-cache", DESC_WAIT: "wait", 0x6: "pasid-iotlb",
               0x7: "pasid-cache", 0x8: "pasid-device-tlb"}
@@ -90,8 +89,8 @@ RESERVED = {
     DESC_IEC: (_bits(26, 5) | _bits(63, 48), _bits(63, 0)),
     DESC_WAIT: (_bits(31, 7), _bits(1, 0)),       # bit 7 (PD) too: no page requests here
 }
-WAIT_IF = 1 << 4
-WAIT_SW = 1 << 5
+WAIT_IF = lib.VTD_WAIT_IF
+WAIT_SW = lib.VTD_WAIT_SW
 WAIT_FN = 1 << 6
 
 

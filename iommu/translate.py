@@ -21,20 +21,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from akvm.base.memory import GuestMemory, GuestMemoryError
+from akvm.base.native import ffi, lib, native_slots
 
 # --- Fault reasons (VT-d 3.x 7.1.3, table "Unrecoverable fault conditions") --------
+# (those a second-level walk gives are shared with slwalk.c: iommu/vtdspec.h)
 FR_ROOT_NOT_PRESENT = 0x1
 FR_CONTEXT_NOT_PRESENT = 0x2
 FR_CONTEXT_INVALID = 0x3
-FR_ADDRESS_BEYOND_MGAW = 0x4
-FR_WRITE = 0x5
-FR_READ = 0x6
-FR_PAGING_ACCESS = 0x7
+FR_ADDRESS_BEYOND_MGAW = lib.VTD_FR_ADDRESS_BEYOND_MGAW
+FR_WRITE = lib.VTD_FR_WRITE
+FR_READ = lib.VTD_FR_READ
+FR_PAGING_ACCESS = lib.VTD_FR_PAGING_ACCESS
 FR_ROOT_ACCESS = 0x8
 FR_CONTEXT_ACCESS = 0x9
 FR_ROOT_RESERVED = 0xA
 FR_CONTEXT_RESERVED = 0xB
-FR_PAGING_RESERVED = 0xC
+FR_PAGING_RESERVED = lib.VTD_FR_PAGING_RESERVED
 
 FAULT_REASONS = {
     FR_ROOT_NOT_PRESENT: "root entry not present",
@@ -69,9 +71,9 @@ CTX_LO_RESERVED = 0xFF0                # 11:4
 CTX_HI_RESERVED = ~((1 << 24) - 1) & 0xFFFF_FFFF_FFFF_FFFF | 1 << 7   # 63:24, 7
 
 # --- Second-level paging entries (VT-d 9.8) ----------------------------------------
-SL_R = 1 << 0
-SL_W = 1 << 1
-SL_PS = 1 << 7
+SL_R = lib.VTD_SL_R
+SL_W = lib.VTD_SL_W
+SL_PS = lib.VTD_SL_PS
 SL_ADDR_LIMIT = 52                     # address bits end at 51
 
 PAGE_SHIFT = 12
@@ -268,26 +270,21 @@ def walk_python(memory: GuestMemory, ctx: ContextEntry, address: int, write: boo
 
 
 # --- The walk in C (iommu/slwalk.c) ---------------------------------------------
-try:
-    from akvm.base.native import ffi as _ffi, lib as _lib, native_slots
-except ImportError:                    # not built: every walk is walk_python()
-    _ffi = _lib = None
-
 _U64 = 1 << 64
 
 
 def walk_native(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
                 params: WalkParams) -> Leaf | None:
     """walk_python() done by akvm_sl_walk: the same Leaf or TranslationFault, or None
-    when C cannot take these arguments (no native module, odd values)."""
-    if _lib is None or not (0 <= address < _U64 and 0 <= ctx.slptptr < _U64
+    when C cannot take these arguments (odd values, RAM C cannot reach)."""
+    if not (0 <= address < _U64 and 0 <= ctx.slptptr < _U64
                             and 0 <= params.haw and 0 <= ctx.width):
         return None
     slots = native_slots(memory)
     if slots is None:
         return None
-    out = _ffi.new("struct akvm_sl_leaf *")
-    reason = _lib.akvm_sl_walk(slots, len(slots), ctx.slptptr, ctx.levels,
+    out = ffi.new("struct akvm_sl_leaf *")
+    reason = lib.akvm_sl_walk(slots, len(slots), ctx.slptptr, ctx.levels,
                                min(ctx.width, 64), min(params.haw, 64),
                                params.large_pages & 3, address, bool(write), out)
     if reason == 0:
@@ -310,7 +307,7 @@ def walk_native(memory: GuestMemory, ctx: ContextEntry, address: int, write: boo
 
 def walk(memory: GuestMemory, ctx: ContextEntry, address: int, write: bool,
          params: WalkParams) -> Leaf:
-    """The second-level walk for `address`: in C when the native module is built,
-    otherwise (or for arguments C does not take) walk_python()."""
+    """The second-level walk for `address`: in C, or walk_python() for arguments
+    C does not take."""
     leaf = walk_native(memory, ctx, address, write, params)
     return walk_python(memory, ctx, address, write, params) if leaf is None else leaf

@@ -207,6 +207,35 @@ class VtdIommu:
     def qi_enabled(self) -> bool:
         return bool(self.gsts & GSTS_QIES)
 
+    # --- snapshots (akvm.devices.state's protocol) ------------------------------------
+    # Registers, the invalidation queue's registers and the fault records are saved;
+    # the context cache and the IOTLB come back empty, as after a global invalidation:
+    # every translation is walked again from the guest's tables.
+
+    _REGISTERS = ("gsts", "rtaddr", "root", "ccmd", "iotlb_reg", "iva", "iqa", "iqh", "iqt", "ics",
+                  "translations", "passthrough", "internal_errors")
+
+    def snapshot(self) -> dict:
+        with self.lock:                 # caught up with what C did
+            inv = self.invalidator
+            return {**{name: getattr(self, name) for name in self._REGISTERS},
+                    "fault_event": self.fault_event.snapshot(),
+                    "inv_event": self.inv_event.snapshot(), "faults": self.faults.snapshot(),
+                    "invalidations": [[*key, n] for key, n in sorted(inv.counts.items())],
+                    "refused": inv.refused, "queue_errors": inv.queue_errors}
+
+    def restore(self, state: dict) -> None:
+        with self.lock:                 # C gets the queue's state when it is let go
+            for name in self._REGISTERS:
+                setattr(self, name, int(state[name]))
+            self.fault_event.restore(state["fault_event"])
+            self.inv_event.restore(state["inv_event"])
+            self.faults.restore(state["faults"])
+            inv = self.invalidator
+            inv.counts.clear()
+            inv.counts.update({tuple(entry[:3]): int(entry[3]) for entry in state["invalidations"]})
+            inv.refused, inv.queue_errors = int(state["refused"]), int(state["queue_errors"])
+
     # --- translation ------------------------------------------------------------
 
     def translate(self, sid: int, address: int, write: bool) -> tuple[int, int]:
@@ -297,59 +326,58 @@ class VtdIommu:
 
     # --- the register page (a bus device) ---------------------------------------
 
-    def _register_table(self) -> dict[int, tuple[int, Callable[[], int],
-                                                  Callable[[int, int], None]]]:
-        """offset -> (width, read(), write(value, byte-lane mask))."""
-        def ro(value_fn):
-            return value_fn, lambda value, mask: None
-
-        regs = {
-            VER: (4, *ro(lambda: VERSION)),
-            CAP: (8, *ro(lambda: self.cap)),
-            ECAP: (8, *ro(lambda: self.ecap)),
-            GCMD: (4, lambda: 0, self._write_gcmd),               # write-only: reads 0
-            GSTS: (4, *ro(lambda: self.gsts)),
-            RTADDR: (8, lambda: self.rtaddr, self._write_rtaddr),
-            CCMD: (8, lambda: self.ccmd, self._write_ccmd),
-            FSTS: (4, lambda: self.faults.fsts, self._write_fsts),
-            **_event_registers(self.fault_event, FECTL, FEDATA, FEADDR, FEUADDR),
-            IVA: (8, lambda: self.iva, self._write_iva),
-            IOTLB: (8, lambda: self.iotlb_reg, self._write_iotlb),
-        }
+    def _register_table(self) -> dict[int, "Register"]:
+        """offset -> Register: the page as the spec lays it out (10.4), for this configuration."""
+        regs = [
+            Register("VER_REG", VER, 4, lambda: VERSION),
+            Register("CAP_REG", CAP, 8, lambda: self.cap),
+            Register("ECAP_REG", ECAP, 8, lambda: self.ecap),
+            Register("GCMD_REG", GCMD, 4, lambda: 0, self._write_gcmd),     # write-only: reads 0
+            Register("GSTS_REG", GSTS, 4, lambda: self.gsts),
+            Register("RTADDR_REG", RTADDR, 8, lambda: self.rtaddr, self._write_rtaddr),
+            Register("CCMD_REG", CCMD, 8, lambda: self.ccmd, self._write_ccmd),
+            Register("FSTS_REG", FSTS, 4, lambda: self.faults.fsts, self._write_fsts),
+            *_event_registers("FE", self.fault_event, FECTL, FEDATA, FEADDR, FEUADDR),
+            Register("IVA_REG", IVA, 8, lambda: self.iva, self._write_iva),
+            Register("IOTLB_REG", IOTLB, 8, lambda: self.iotlb_reg, self._write_iotlb),
+        ]
         if self.config.qi:
-            regs.update({
-                IQH: (8, *ro(lambda: self.iqh)),
-                IQT: (8, lambda: self.iqt, self._write_iqt),
-                IQA: (8, lambda: self.iqa, self._write_iqa),
-                ICS: (4, lambda: self.ics, self._write_ics),
-                **_event_registers(self.inv_event, IECTL, IEDATA, IEADDR, IEUADDR),
-            })
+            regs += [
+                Register("IQH_REG", IQH, 8, lambda: self.iqh),
+                Register("IQT_REG", IQT, 8, lambda: self.iqt, self._write_iqt),
+                Register("IQA_REG", IQA, 8, lambda: self.iqa, self._write_iqa),
+                Register("ICS_REG", ICS, 4, lambda: self.ics, self._write_ics),
+                *_event_registers("IE", self.inv_event, IECTL, IEDATA, IEADDR, IEUADDR),
+            ]
         for i in range(self.config.fault_records):
-            regs[FRCD + 16 * i] = (8, *ro(lambda i=i: self.faults.read_record(i, 0)))
-            regs[FRCD + 16 * i + 8] = (8, lambda i=i: self.faults.read_record(i, 1),
-                                       lambda value, mask, i=i: self._write_frcd(i, value, mask))
-        return regs
+            regs += [
+                Register(f"FRCD{i}_LO", FRCD + 16 * i, 8, lambda i=i: self.faults.read_record(i, 0)),
+                Register(f"FRCD{i}_HI", FRCD + 16 * i + 8, 8, lambda i=i: self.faults.read_record(i, 1),
+                         lambda value, mask, i=i: self._write_frcd(i, value, mask)),
+            ]
+        return {r.offset: r for r in regs}
 
-    def _find(self, offset: int):
+    def _find(self, offset: int) -> "Register | None":
         for start in (offset & ~7, offset & ~3):
             reg = self._regs.get(start)
-            if reg is not None and offset < start + reg[0]:
-                return start, reg
-        return None, None
+            if reg is not None and offset < start + reg.width:
+                return reg
+        return None
 
     def _pieces(self, offset: int, size: int):
-        """(start, register, byte-lane mask, shift into the access) for each register touched."""
+        """(register, byte-lane mask, shift into the access) for each register touched."""
         out = []
         pos, end = offset, offset + size
         while pos < end:
-            start, reg = self._find(pos)
+            reg = self._find(pos)
             if reg is None:
                 pos += 1
                 continue
+            start = reg.offset
             lo = max(pos, start)
-            hi = min(end, start + reg[0])
+            hi = min(end, start + reg.width)
             mask = ((1 << (8 * (hi - lo))) - 1) << (8 * (lo - start))
-            out.append((start, reg, mask, 8 * (lo - offset) - 8 * (lo - start)))
+            out.append((reg, mask, 8 * (lo - offset) - 8 * (lo - start)))
             pos = hi
         return out
 
@@ -357,11 +385,11 @@ class VtdIommu:
         with self.lock:
             try:
                 reg = self._regs.get(offset)
-                if reg is not None and reg[0] == size:
-                    return reg[1]() & ((1 << (8 * size)) - 1)
+                if reg is not None and reg.width == size:
+                    return reg.read() & ((1 << (8 * size)) - 1)
                 value = 0
-                for _, reg, mask, shift in self._pieces(offset, size):
-                    part = reg[1]() & mask
+                for reg, mask, shift in self._pieces(offset, size):
+                    part = reg.read() & mask
                     value |= part << shift if shift >= 0 else part >> -shift
                 return value & ((1 << (8 * size)) - 1)
             except Exception as e:
@@ -373,12 +401,12 @@ class VtdIommu:
             try:
                 value &= (1 << (8 * size)) - 1
                 reg = self._regs.get(offset)
-                if reg is not None and reg[0] == size:
-                    reg[2](value, (1 << (8 * size)) - 1)
+                if reg is not None and reg.width == size:
+                    reg.write(value, (1 << (8 * size)) - 1)
                     return
-                for _, reg, mask, shift in self._pieces(offset, size):
+                for reg, mask, shift in self._pieces(offset, size):
                     part = value << -shift if shift < 0 else value >> shift
-                    reg[2]((reg[1]() & ~mask) | (part & mask), mask)
+                    reg.write((reg.read() & ~mask) | (part & mask), mask)
             except Exception as e:
                 self._internal_error(f"write {offset:#x}", e)
 
@@ -489,8 +517,9 @@ class VtdIommu:
                                   stale_context_hits=self.checker.stale_context_hits)
         return out
 
-    def format_stats(self) -> list[str]:
-        s = self.stats()
+    def format_stats(self, s: dict | None = None) -> list[str]:
+        """The lines --stats prints, from stats() (or a dict it returned)."""
+        s = s or self.stats()
         cc = s["context_cache"]
         lines = [f"iommu: {'enabled' if self.enabled else 'disabled'}, "
                  f"{s['translations']} translations, {s['passthrough']} untranslated",
@@ -522,17 +551,32 @@ class VtdIommu:
         return lines
 
 
-def _event_registers(event: EventInterrupt, control: int, data: int, address: int,
-                     upper_address: int) -> dict:
-    """The four registers of an event interrupt (FECTL/FEDATA/FEADDR/FEUADDR or IE*)."""
-    def field(name: str, writable: int):
-        return (4, lambda: getattr(event, name),
-                lambda value, mask: setattr(event, name, value & writable))
-    return {control: (4, lambda: event.control,
-                      lambda value, mask: event.write_control(value & CTL_IM)),
-            data: field("data", EVENT_DATA_WRITABLE),
-            address: field("address", EVENT_ADDR_WRITABLE),
-            upper_address: field("upper_address", 0xFFFF_FFFF)}
+def _read_only(value: int, mask: int) -> None:
+    """A read-only register's write: ignored, as the spec says."""
+
+
+@dataclass(frozen=True)
+class Register:
+    """One register of the page: its spec name, offset and width, how it reads, and
+    what a write does with the value and the mask of the byte lanes written."""
+    name: str
+    offset: int
+    width: int
+    read: Callable[[], int]
+    write: Callable[[int, int], None] = _read_only
+
+
+def _event_registers(prefix: str, event: EventInterrupt, control: int, data: int, address: int,
+                     upper_address: int) -> list[Register]:
+    """An event interrupt's four registers (FECTL/FEDATA/FEADDR/FEUADDR, or IE*)."""
+    def field(name: str, offset: int, attribute: str, writable: int) -> Register:
+        return Register(name, offset, 4, lambda: getattr(event, attribute),
+                        lambda value, mask: setattr(event, attribute, value & writable))
+    return [Register(f"{prefix}CTL_REG", control, 4, lambda: event.control,
+                     lambda value, mask: event.write_control(value & CTL_IM)),
+            field(f"{prefix}DATA_REG", data, "data", EVENT_DATA_WRITABLE),
+            field(f"{prefix}ADDR_REG", address, "address", EVENT_ADDR_WRITABLE),
+            field(f"{prefix}UADDR_REG", upper_address, "upper_address", 0xFFFF_FFFF)]
 
 
 def _cached(fault: TranslationFault, address: int) -> TranslationFault:

@@ -7,7 +7,10 @@ from akvm.boot.image import BootImage
 def main(argv: list[str] | None = None) -> int:
     # Before the command line's own imports: the builder's (pyelftools,
     # construct) are the longest part of a start, and run on another CPU.
-    image = BootImage.prepare()
+    args = sys.argv[1:] if argv is None else argv
+    # A restore boots nothing: no builder to fork.
+    restore = any(a == "--restore" or a.startswith("--restore=") for a in args)
+    image = BootImage.prepare(fork=False if restore else None)
     try:
         from akvm.cli import main as cli_main
         return cli_main(argv, image)

@@ -12,7 +12,8 @@ import sys
 
 from akvm import __version__
 from akvm.boot.image import BootImage
-from akvm.config import ConfigError, MachineConfig, parse_cpus, parse_memory, parse_module
+from akvm.config import (GDB_DEFAULT, ConfigError, MachineConfig, parse_cpus, parse_gdb,
+                         parse_memory, parse_module)
 from akvm.devicetable import help_text, parse_device, parse_iommu
 from akvm.base.exitcode import ExitCode
 
@@ -20,6 +21,14 @@ EPILOG = """\
 serial console: Ctrl-A x quits, Ctrl-A h shows the escape keys.
 exit status: 0 poweroff or quit, 2 bad input, 3 guest reset,
 4 triple fault, 5 guest error (see README.md)."""
+
+
+class LogFormatter(logging.Formatter):
+    """`akvm: iommu: message`: the component's logger name without the package's."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = record.name.removeprefix("akvm.")
+        return f"akvm: {name}: {super().format(record)}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--memory", "-m", default="512M", metavar="SIZE",
                      help="guest RAM, e.g. 512M or 2G (default 512M)")
     run.add_argument("--cpus", default="1", metavar="N", help="number of vCPUs (default 1)")
-    run.add_argument("--serial", default="stdio", metavar="BACKEND",
+    run.add_argument("--serial", metavar="BACKEND",
                      help="COM1 backend: stdio, file:PATH, unix:PATH or none (default stdio)")
     run.add_argument("--module", action="append", default=[], metavar="PATH[,ARGS]",
                      help="a Multiboot module, with its command line after the comma; repeatable")
@@ -49,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="add a device (kinds and options below); repeatable")
     run.add_argument("--iommu", metavar="vtd[,KEY=VALUE...]",
                      help="an IOMMU in front of the PCI devices (options below)")
+    run.add_argument("--control", metavar="unix:PATH",
+                     help="a control socket: JSON commands in QMP's shape (see README)")
+    run.add_argument("--gdb", nargs="?", const=GDB_DEFAULT, metavar="tcp:[HOST]:PORT",
+                     help="serve the GDB remote protocol (bare --gdb: tcp:127.0.0.1:1234; "
+                          "port 0: any free one); see README, Debugging the guest")
+    run.add_argument("--gdb-wait", action="store_true",
+                     help="no vCPU runs until GDB continues (implies --gdb)")
     run.add_argument("--stats", action="store_true", help="print exit and device counters at exit")
+    run.add_argument("--restore", metavar="DIR",
+                     help="resume the machine a snapshot saved (snapshot-save on --control); "
+                          "its configuration is the snapshot's: only --serial, --control, --gdb "
+                          "and --stats may be given with it")
+    run.add_argument("--restore-force", action="store_true",
+                     help="restore even when a disk image changed since the snapshot")
     run.add_argument("--verbose", "-v", action="count", default=0, help="log more (-vv: debug)")
     return parser
 
@@ -65,26 +87,86 @@ def config_from_args(args) -> MachineConfig:
         except guest_kernel.GuestBuildError as e:
             raise ConfigError(str(e)) from None
     return MachineConfig(kernel=kernel, cmdline=args.cmdline, memory=parse_memory(args.memory),
-                         cpus=parse_cpus(args.cpus), serial=args.serial,
+                         cpus=parse_cpus(args.cpus), serial=args.serial or "stdio",
                          modules=[parse_module(m) for m in args.module],
                          devices=devices, iommu=iommu,
-                         stats=args.stats)
+                         stats=args.stats,
+                         gdb=parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
+                         gdb_wait=args.gdb_wait)
+
+
+# What --restore takes from the snapshot instead: (attribute, option) of each.
+_SNAPSHOT_OPTIONS = (("kernel", "--kernel"), ("cmdline", "--cmdline"), ("memory", "--memory"),
+                     ("cpus", "--cpus"), ("module", "--module"), ("device", "--device"),
+                     ("iommu", "--iommu"))
+
+
+def restored_config(args):
+    """--restore DIR: the snapshot and the configuration it was saved with."""
+    from akvm.snapshot import load
+    defaults = build_parser().parse_args(["run"])
+    for attr, option in _SNAPSHOT_OPTIONS:
+        if getattr(args, attr) != getattr(defaults, attr):
+            raise ConfigError(f"{option}: a restored machine has the snapshot's configuration "
+                              "(only --serial, --control, --gdb and --stats may go with --restore)")
+    snap = load(args.restore)
+    config = snap.config(serial=args.serial, stats=args.stats)
+    config.gdb = parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None
+    config.gdb_wait = args.gdb_wait
+    snap.check_disks(force=args.restore_force)
+    return snap, config
 
 
 def main(argv: list[str] | None, image: BootImage) -> int:
     """`image`: the boot image builder akvm.__main__ forked first; the caller cancels it."""
     args = build_parser().parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-                        format="akvm: %(name)s: %(message)s", stream=sys.stderr)
+                        handlers=[handler])
+    control = early = listener = None
     try:
-        config = config_from_args(args)
-        image.start(config)
+        if args.restore:
+            snap, config = restored_config(args)
+            from akvm.snapshot import EarlyVm
+            early = EarlyVm(snap)      # KVM's part, while the rest of akvm is imported
+            early.start()
+        else:
+            if args.restore_force:
+                raise ConfigError("--restore-force goes with --restore")
+            config = config_from_args(args)
+            image.start(config)
+        if config.gdb is not None:
+            from akvm.gdb.server import listen
+            listener = listen(*config.gdb)
+        if args.control:
+            from akvm.control import ControlServer, parse_control
+            control = ControlServer(parse_control(args.control))
         from akvm.machine import Machine
-        machine = Machine.build(config, image)
+        machine = (Machine.restore(snap, config, early) if args.restore
+                   else Machine.build(config, image))
     except ConfigError as e:    # and its kinds: BootImageError, akvm.machine.UserError
+        for server in (control, listener):
+            if server is not None:
+                server.close()
         print(f"akvm: error: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    code, message = machine.run()
+    if control is not None:
+        control.start(machine)
+    stub = None
+    if listener is not None:
+        from akvm.gdb.server import GdbServer
+        stub = GdbServer(machine, listener, wait=config.gdb_wait).start()
+        host, port = stub.address
+        print(f"akvm: gdb: listening on {host}:{port}"
+              f"{', waiting for it to start the guest' if config.gdb_wait else ''}",
+              file=sys.stderr, flush=True)
+    try:
+        code, message = machine.run()
+    finally:
+        for server in (control, stub):
+            if server is not None:
+                server.close()
     print(f"akvm: {message}", file=sys.stderr)
     if config.stats:
         print(machine.format_stats(), file=sys.stderr)

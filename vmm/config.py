@@ -41,6 +41,8 @@ class MachineConfig:
     devices: list[DeviceSpec] = field(default_factory=list)
     iommu: DeviceSpec | None = None
     stats: bool = False
+    gdb: tuple[str, int] | None = None      # --gdb: (host, port) of the GDB stub
+    gdb_wait: bool = False                  # --gdb-wait: no vCPU runs before GDB says so
 
 
 _SIZE = re.compile(r"^(\d+)([KMGT]?)(i?B)?$", re.IGNORECASE)
@@ -78,6 +80,18 @@ def parse_cpus(text: str) -> int:
     if not 1 <= n <= MAX_CPUS:
         raise ConfigError(f"--cpus: {n} is out of range (1 to {MAX_CPUS})")
     return n
+
+
+GDB_DEFAULT = "tcp::1234"
+GDB_HOST = "127.0.0.1"
+
+
+def parse_gdb(text: str) -> tuple[str, int]:
+    """'tcp:[HOST]:PORT' -> (host, port); no host means 127.0.0.1, port 0 any free one."""
+    m = re.fullmatch(r"tcp:(\[[0-9a-fA-F:]+\]|[^:\[\]]*):(\d{1,5})", text)
+    if not m or int(m.group(2)) > 65535:
+        raise ConfigError(f"--gdb: expected tcp:[HOST]:PORT, got '{text}'")
+    return m.group(1).strip("[]") or GDB_HOST, int(m.group(2))
 
 
 def parse_module(text: str) -> Module:

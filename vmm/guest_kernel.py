@@ -2,9 +2,10 @@
 
 In a checkout (or an editable install) the sources are guest/ beside the
 package folders and the kernel is built in guest/build, as `make -C guest`
-does. A regular install carries them as akvm/guest, which may not be
-writable: the kernel is then built into a per-user cache directory. Either
-way a line on stderr says when a build starts and where it goes.
+does. A regular install carries them as akvm/guest, and the kernel is built
+into a per-user cache directory instead: an installed package is not a
+place to write. Either way a line on stderr says when a build starts and
+where it goes.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-# An installed package holds akvm/guest; a checkout has guest/ next to vmm/.
-SOURCES = next((d for d in (_HERE / "guest", _HERE.parent / "guest") if (d / "Makefile").exists()),
-               _HERE / "guest")
+INSTALLED = _HERE / "guest"             # a regular install
+CHECKOUT = _HERE.parent / "guest"        # guest/ next to vmm/
+SOURCES = INSTALLED if (INSTALLED / "Makefile").exists() else CHECKOUT
 
 
 class GuestBuildError(Exception):
@@ -32,7 +33,7 @@ def cache_dir(sources: Path) -> Path:
 
 
 def build_dir(sources: Path) -> Path:
-    return sources / "build" if os.access(sources, os.W_OK) else cache_dir(sources)
+    return sources / "build" if sources == CHECKOUT else cache_dir(sources)
 
 
 def build(sources: Path = SOURCES) -> Path:

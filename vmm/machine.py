@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import threading
+import time
 
 from akvm.devices.acpi_pm import AcpiPm
 from akvm.devices.chardev import ChardevError, parse_serial
 from akvm.devices.cmos import Cmos
 from akvm.devices.debugport import DebugPort, DebugPortShortcut
 from akvm.devices.i8042 import I8042, ResetControl
+from akvm.devices.pci.device import PciDevice
 from akvm.devices.pci.host import CONFIG_ADDRESS, CONFIG_DATA, PciHostBridge, PciRoot
 from akvm.devices.uart import Uart16550
 from akvm.base import kvm
@@ -27,9 +30,11 @@ from akvm.base.dma import DirectDma
 from akvm.config import ConfigError, MachineConfig, format_memory
 from akvm.devicetable import DEVICES, IOMMUS
 from akvm.base.runloop import MMIO, FastPath
+from akvm.base.snapdata import pack, unpack
 from akvm.devices.pci.pciconf import PciConfShortcut
 from akvm.devices.serial import SerialShortcut
-from akvm.vcpu.cpu import KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode
+from akvm.vcpu.cpu import (KICK_SIGNAL, VcpuThread, configure_cpuid, enter_protected_mode,
+                           format_completions)
 from akvm.base.exitcode import ExitCode
 from akvm.base.irq import KvmIrqLine
 from akvm.base.memory import GuestMemory, PCI_HOLE_START
@@ -44,8 +49,22 @@ TSS_ADDR = 0xFFFB_D000
 IDENTITY_MAP_ADDR = 0xFFFB_C000
 
 
+# How long pause() waits for every vCPU to reach an instruction boundary, and a
+# device's thread to finish what it is doing.
+PAUSE_TIMEOUT = 5.0
+# How long the end of a run waits for a snapshot being written.
+SNAPSHOT_WAIT = 30.0
+# The event each way a run can end is reported as (the control socket's events).
+END_EVENTS = {ExitCode.POWEROFF: "powered-off", ExitCode.RESET: "reset",
+              ExitCode.TRIPLE_FAULT: "guest-error", ExitCode.GUEST_ERROR: "guest-error"}
+
+
 class UserError(ConfigError):
     """Bad user input found while building the machine (exit status 2)."""
+
+
+class PauseError(RuntimeError):
+    """A vCPU did not stop in time, or the machine is no longer running."""
 
 
 def builder(kind):
@@ -100,16 +119,8 @@ class LazyCompleter:
                 self._completer = Completer.for_host(*self._args)
         return self._completer(thread)
 
-    @property
-    def counts(self) -> dict:
-        return self._completer.counts if self._completer else {}
-
-    @property
-    def faults(self) -> dict:
-        return self._completer.faults if self._completer else {}
-
-    def format_stats(self) -> str:
-        return self._completer.format_stats() if self._completer else "completions: none"
+    def stats(self) -> dict:
+        return self._completer.stats() if self._completer else {"counts": {}, "faults": {}}
 
 
 class Machine:
@@ -134,9 +145,17 @@ class Machine:
         self.pci: PciRoot | None = None
         self.pci_conf_shortcut: PciConfShortcut | None = None
         self.completer: LazyCompleter | None = None
+        # Device models with state, by name, besides the PCI functions, the virtio-mmio
+        # transports and the IOMMU (snapshots: _stateful()).
+        self.devices: dict[str, object] = {}
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self.result: tuple[ExitCode, str] | None = None
+        self._pause_lock = threading.RLock()   # also held while a snapshot is taken
+        self._pauses = 0                        # pause() calls not yet resumed
+        # Called with (event name, data dict) on stop/resume and when the run ends
+        # (akvm.control sends them to its clients); from any thread, so they must not block.
+        self.listeners: list = []
 
     # --- building -----------------------------------------------------------
 
@@ -174,18 +193,23 @@ class Machine:
             if fd is not None:
                 fd.close()
 
-    def _create_vm(self) -> None:
-        self.vm = self.system.create_vm()
-        # RAM first: once the VM has its in-kernel irqchip, adding a memory
-        # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
-        try:
-            self.memory = GuestMemory.anonymous(self.config.memory)
-            for slot in self.memory.slots:
-                self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
-                                               self.memory.host_address(slot))
-        except OSError as e:
-            raise UserError(f"--memory {format_memory(self.config.memory)}: the host cannot "
-                            f"give that much guest RAM ({e.strerror or e})") from None
+    def _create_vm(self, memory: GuestMemory | None = None, vm: kvm.Vm | None = None) -> None:
+        """The VM with `memory` (a snapshot's), or fresh anonymous RAM; `vm`: one made
+        already, with `memory` as its slots (akvm.snapshot.EarlyVm)."""
+        if vm is not None:
+            self.vm, self.memory = vm, memory
+        else:
+            self.vm = self.system.create_vm()
+            # RAM first: once the VM has its in-kernel irqchip, adding a memory
+            # slot waits for KVM to synchronize (5-10 ms per slot on kvm_pvm).
+            try:
+                self.memory = memory or GuestMemory.anonymous(self.config.memory)
+                for slot in self.memory.slots:
+                    self.vm.set_user_memory_region(slot.index, slot.gpa, slot.size,
+                                                   self.memory.host_address(slot))
+            except OSError as e:
+                raise UserError(f"--memory {format_memory(self.config.memory)}: the host "
+                                f"cannot give that much guest RAM ({e.strerror or e})") from None
         if self.system.check_extension(kvm.KVM_CAP_SET_TSS_ADDR):
             self.vm.set_tss_addr(TSS_ADDR)
         if self.system.check_extension(kvm.KVM_CAP_SET_IDENTITY_MAP_ADDR):
@@ -209,7 +233,8 @@ class Machine:
         pio.register(COM1_PORT, 8, self.uart, "com1")
         self.serial_shortcut = SerialShortcut(self.fastpath, COM1_PORT)
         self.uart.attach_shortcut(self.serial_shortcut)
-        DebugPort().register(pio)
+        debug = DebugPort()
+        debug.register(pio)
         self.debug_port = DebugPortShortcut(self.fastpath)
         self.i8042 = I8042(reset=self._guest_reset)
         self.i8042.register(pio)
@@ -217,13 +242,16 @@ class Machine:
         self._add_pci()
         self._add_user_devices()
         # 0xCF9 sits inside CONFIG_ADDRESS (0xCF8-0xCFB): byte accesses pass through to it.
-        ResetControl(reset=self._guest_reset).register(self.pci.config_address_port.legacy_io)
+        reset = ResetControl(reset=self._guest_reset)
+        reset.register(self.pci.config_address_port.legacy_io)
         below_4g = min(self.config.memory, PCI_HOLE_START)
-        pio.register(layout.CMOS_PORT, layout.CMOS_PORT_SIZE,
-                     Cmos(below_4g, self.config.memory - below_4g, self.config.cpus), "cmos")
-        pio.register(layout.ACPI_PM_BASE, layout.ACPI_PM_SIZE,
-                     AcpiPm(poweroff=lambda: self.stop(ExitCode.POWEROFF, "guest powered off")),
-                     "acpi-pm")
+        cmos = Cmos(below_4g, self.config.memory - below_4g, self.config.cpus)
+        pio.register(layout.CMOS_PORT, layout.CMOS_PORT_SIZE, cmos, "cmos")
+        pm = AcpiPm(poweroff=lambda: self.stop(ExitCode.POWEROFF, "guest powered off"))
+        pio.register(layout.ACPI_PM_BASE, layout.ACPI_PM_SIZE, pm, "acpi-pm")
+        self.devices.update({"com1": self.uart, "debugport": debug, "debugport-c": self.debug_port,
+                             "i8042": self.i8042, "reset-control": reset, "cmos": cmos,
+                             "acpi-pm": pm, "pci": self.pci})
 
     def _add_iommu(self) -> None:
         if self.config.iommu is not None:
@@ -277,22 +305,178 @@ class Machine:
         for spec in self.config.devices:
             builder(DEVICES[spec.kind])(self, spec)
 
-    def _load(self, image: BootImage) -> None:
-        """vCPUs created (while the boot image is still being built), guest RAM
-        as the image has it, vCPU 0 at the kernel's entry."""
+    def _create_vcpus(self, cpuids: list | None = None) -> None:
+        """The vCPUs and their threads (not started), with akvm's CPUID, or `cpuids` (a
+        snapshot's, one table per vCPU)."""
         supported = self.system.supported_cpuid()
         # Instructions KVM reports as emulation failures (kvm_pvm hosts): vmm/vcpu/complete.py.
         self.completer = LazyCompleter(self.memory, supported)
         for i in range(self.config.cpus):
             vcpu = self.vm.create_vcpu(i)
-            configure_cpuid(vcpu, supported)
+            if cpuids is None:
+                configure_cpuid(vcpu, supported)
+            else:
+                vcpu.set_cpuid2(cpuids[i])
             self.vcpus.append(VcpuThread(vcpu, self.pio_bus, self.mmio_bus, self.stop,
                                          self.fastpath, completer=self.completer))
+
+    def _load(self, image: BootImage) -> None:
+        """vCPUs created (while the boot image is still being built), guest RAM
+        as the image has it, vCPU 0 at the kernel's entry."""
+        self._create_vcpus()
         boot = image.finish(DeviceFacts(
             pci_interrupts=tuple((r.device, r.pin, r.ioapic_pin) for r in self.pci.intx_routes()),
             dmar_width=self.iommu.config.aw if self.iommu is not None else None))
         image.apply(self.memory)
         enter_protected_mode(self.vcpus[0].vcpu, boot.entry, boot.eax, boot.ebx)
+
+    # --- snapshots (akvm.snapshot) ---------------------------------------------
+
+    @classmethod
+    def restore(cls, snap, config: MachineConfig, early=None) -> "Machine":
+        """A machine as a snapshot (akvm.snapshot.load) saved it, built from `config`
+        (snap.config(), with this run's console) and ready to run(); `early`: an
+        akvm.snapshot.EarlyVm started for it."""
+        from akvm.snapshot import SnapshotError
+        from akvm.vcpu import state as vcpu_state
+        m = cls(config)
+        try:
+            try:
+                m.serial = parse_serial(config.serial)
+            except ChardevError as e:
+                raise UserError(str(e)) from None
+            made = early.take() if early is not None else None
+            if made is not None:
+                m.system, vm, memory = made
+                m._create_vm(memory, vm)
+            else:
+                m.system = open_kvm()
+                fd, slots = snap.open_ram()
+                try:
+                    memory = GuestMemory.from_ram_file(fd, slots)
+                except OSError as e:
+                    raise SnapshotError(f"snapshot {snap.path}: {e.strerror or e}") from None
+                finally:
+                    os.close(fd)
+                m._create_vm(memory)
+            m._add_devices()
+            saved = snap.state
+            try:
+                if len(saved["vcpus"]) != config.cpus:
+                    raise ValueError(f"{len(saved['vcpus'])} vCPUs saved, {config.cpus} configured")
+                m._create_vcpus([vcpu_state.cpuid_of(v) for v in saved["vcpus"]])
+                m._restore_state(saved)
+            except (KeyError, IndexError, TypeError, ValueError, vcpu_state.VcpuStateError,
+                    kvm.KvmError) as e:
+                raise SnapshotError(f"snapshot {snap.path}: cannot restore it: "
+                                    f"{type(e).__name__}: {e}") from None
+        except BaseException:
+            m._close_serial()
+            m._close_virtio()
+            m._close_vm()
+            raise
+        return m
+
+    def _restore_state(self, saved: dict) -> None:
+        """Devices first (their interrupt lines take their levels, which KVM's irqchip
+        state then overwrites), then the vCPUs, then the VM's own devices."""
+        from akvm.vcpu import state as vcpu_state
+        stateful = self._stateful()
+        devices = saved["devices"]
+        if set(devices) != set(stateful):
+            raise ValueError(f"saved devices {sorted(set(devices) - set(stateful))} are not in "
+                             f"the configuration, {sorted(set(stateful) - set(devices))} are "
+                             f"missing")
+        for name, device in stateful.items():
+            try:
+                device.restore(devices[name])
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise ValueError(f"{name}: {type(e).__name__}: {e}") from None
+        for t, state in zip(self.vcpus, saved["vcpus"]):
+            vcpu_state.restore(t.vcpu, state)
+        vm = saved["vm"]
+        self.vm.set_pit2(kvm.kvm_pit_state2.from_buffer_copy(unpack(vm["pit2"])))
+        clock = kvm.kvm_clock_data.from_buffer_copy(unpack(vm["clock"]))
+        clock.flags = 0                  # set kvmclock to the saved value
+        self.vm.set_clock(clock)
+        for chip in vm["irqchip"]:
+            self.vm.set_irqchip(kvm.kvm_irqchip.from_buffer_copy(unpack(chip)))
+        for t in self.vcpus:
+            try:
+                t.vcpu.kvmclock_ctrl()   # a guest using kvmclock: it was paused, not hung
+            except kvm.KvmError:
+                pass                     # EINVAL: it does not use kvmclock
+
+    def _stateful(self) -> dict[str, object]:
+        """Every device model with state, by the name its state is saved under."""
+        found = dict(self.devices)
+        if self.iommu is not None:
+            found["vtd"] = self.iommu
+        for address, function in self.pci.devices():
+            found[f"pci/{address}"] = function
+        for device in self.virtio_devices:
+            if not isinstance(device.transport, PciDevice):     # the PCI ones are above
+                found[f"virtio-mmio/{device.name}"] = device.transport
+        return found
+
+    def _unsaved_devices(self, stateful: dict[str, object]) -> list[str]:
+        """Devices on the buses that no state in `stateful` covers (a model without
+        snapshot support that was registered directly)."""
+        covered = {id(obj) for obj in stateful.values()}
+        return [f"{rng.name} ({type(rng.device).__name__}) on the {bus.name} bus at {rng.base:#x}"
+                for bus in (self.pio_bus, self.mmio_bus) for rng in bus.ranges()
+                if id(getattr(rng.device, "state_owner", rng.device)) not in covered]
+
+    def save_snapshot(self, path: str) -> dict:
+        """Pause, hold every device thread, save everything (akvm.snapshot.write), go on.
+        Raises SnapshotError (a device without snapshot support, a write that failed) or
+        PauseError; the machine runs on either way."""
+        from akvm import snapshot
+        from akvm.devices.state import SnapshotUnsupported
+        from akvm.vcpu import state as vcpu_state
+        snapshot.make_dir(path)
+        with self._pause_lock:
+            self.pause()
+            held = []
+            try:
+                stateful = self._stateful()
+                unsaved = self._unsaved_devices(stateful)
+                if unsaved:
+                    raise snapshot.SnapshotError(f"cannot save {unsaved[0]}: it has no snapshot "
+                                                 "support")
+                for name, device in stateful.items():
+                    if hasattr(device, "pause"):
+                        if not device.pause(PAUSE_TIMEOUT):
+                            raise PauseError(f"{name} did not stop within {PAUSE_TIMEOUT} s")
+                        held.append(device)
+                msrs = vcpu_state.msr_indices(self.system)
+                try:
+                    state = {
+                        "config": snapshot.config_data(self.config),
+                        "disks": snapshot.disks_of(self.config),
+                        "created": time.time(),
+                        "vcpus": [vcpu_state.save(t.vcpu, msrs) for t in self.vcpus],
+                        "vm": self._vm_state(),
+                        "devices": {name: device.snapshot() for name, device in stateful.items()},
+                    }
+                except SnapshotUnsupported as e:
+                    raise snapshot.SnapshotError(f"cannot save {e}") from None
+                except vcpu_state.VcpuStateError as e:
+                    raise snapshot.SnapshotError(str(e)) from None
+                return snapshot.write(path, state, self.memory)
+            finally:
+                for device in held:
+                    device.resume()
+                self.resume()
+
+    def _vm_state(self) -> dict:
+        """The in-kernel PIT, kvmclock, PICs and IOAPIC."""
+        clock = self.vm.get_clock()
+        clock.flags &= ~kvm.KVM_CLOCK_TSC_STABLE
+        return {"pit2": pack(bytes(self.vm.get_pit2())), "clock": pack(bytes(clock)),
+                "irqchip": [pack(bytes(self.vm.get_irqchip(chip)))
+                            for chip in (kvm.KVM_IRQCHIP_PIC_MASTER, kvm.KVM_IRQCHIP_PIC_SLAVE,
+                                         kvm.KVM_IRQCHIP_IOAPIC)]}
 
     # --- running ------------------------------------------------------------
 
@@ -308,6 +492,55 @@ class Machine:
         for t in self.vcpus:
             t.kick()
         self._stopped.set()
+        self._emit(END_EVENTS.get(code, "guest-error"),
+                   {"status": int(code), "reason": message.split("\n", 1)[0]})
+
+    def _emit(self, event: str, data: dict) -> None:
+        for listener in list(self.listeners):
+            listener(event, data)
+
+    # --- pausing ------------------------------------------------------------
+
+    @property
+    def paused(self) -> bool:
+        return self._pauses > 0
+
+    def pause(self, timeout: float = PAUSE_TIMEOUT) -> None:
+        """Stop every vCPU at an instruction boundary (VcpuThread.request_pause) and
+        wait until all are parked; guest output so far is on the console. Pauses
+        nest: the vCPUs run again after as many resume() calls; a vCPU a debugger
+        stopped (akvm.gdb) stays stopped. Raises PauseError when a vCPU does not
+        stop within `timeout` or the run is over."""
+        with self._pause_lock:
+            if self.result is not None:
+                raise PauseError(f"the machine has stopped: {self.result[1]}")
+            self._pauses += 1
+            if self._pauses == 1:
+                for t in self.vcpus:
+                    t.request_pause()
+            deadline = time.monotonic() + timeout
+            for t in self.vcpus:
+                if not t.wait_paused(max(0.0, deadline - time.monotonic())):
+                    self.resume()
+                    raise PauseError(f"vcpu{t.vcpu.index} did not stop within {timeout} s")
+            if self.result is not None:
+                self.resume()
+                raise PauseError(f"the machine has stopped: {self.result[1]}")
+            if self._pauses == 1:
+                self.uart.flush_shortcut()
+                self._emit("stop", {})
+
+    def resume(self) -> None:
+        """Undo one pause(); the last one lets the vCPUs run."""
+        with self._pause_lock:
+            if self._pauses == 0:
+                return
+            self._pauses -= 1
+            if self._pauses == 0:
+                for t in self.vcpus:
+                    t.resume()
+                if self.result is None:
+                    self._emit("resume", {})
 
     def run(self) -> tuple[ExitCode, str]:
         lib.akvm_install_kick_signal(KICK_SIGNAL)
@@ -329,6 +562,9 @@ class Machine:
             self.stop(ExitCode.POWEROFF, "interrupted")
         for t in self.vcpus:
             t.join(timeout=2.0)
+        # A snapshot being written holds this; its devices must not close under it.
+        if self._pause_lock.acquire(timeout=SNAPSHOT_WAIT):
+            self._pause_lock.release()
         self._close_serial()
         self._close_virtio()
         return self.result
@@ -347,34 +583,65 @@ class Machine:
         if self.gsi_routes is not None:
             self.gsi_routes.close()
 
-    def format_stats(self) -> str:
-        lines = ["akvm statistics:"]
-        for t in self.vcpus:
-            exits = [f"{k} {v}" for k, v in sorted(t.stats.exits.items())]
-            if t.stats.fast_exits[0]:
-                exits.append(f"{t.stats.fast_exits[0]} completed in C")
-            exits = ", ".join(exits) or "none"
-            lines.append(f"  vcpu{t.vcpu.index} exits: {exits}")
+    def stats(self) -> dict:
+        """Every counter --stats prints, as plain data (the control socket's query-stats)."""
         fast = self.fastpath.stats()
-        debug = self.debug_port.stats()
-        lines.append(f"  completed in C: {fast['fast_exits']} exits, "
-                     f"debug port {debug['writes']} writes (last {debug['last']:#04x})")
+        buses = {}
         for i, bus in enumerate((self.pio_bus, self.mmio_bus)):
-            lines.append(f"  {bus.name} bus: {bus.accesses} accesses in Python, "
-                         f"{bus.unclaimed_reads + fast['unclaimed_reads'][i]} unclaimed reads, "
-                         f"{bus.unclaimed_writes + fast['unclaimed_writes'][i]} unclaimed writes")
-        pc = self.pci_conf_shortcut.stats()
-        lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
-                     f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
+            buses[bus.name] = {"accesses_in_python": bus.accesses,
+                               "unclaimed_reads": bus.unclaimed_reads + fast["unclaimed_reads"][i],
+                               "unclaimed_writes": bus.unclaimed_writes + fast["unclaimed_writes"][i]}
         sc = self.serial_shortcut.stats()
-        lines.append(f"  com1: {self.uart.tx_bytes} bytes out ({sc['tx_bytes']} through C), "
-                     f"{self.uart.rx_bytes} bytes in, {sc['lsr_reads']} LSR reads in C")
-        lines.append(f"  {self.completer.format_stats()}")
+        out = {
+            "vcpus": [{"index": t.vcpu.index, "exits": dict(t.stats.exits),
+                       "completed_in_c": t.stats.fast_exits[0]} for t in self.vcpus],
+            "completed_in_c": fast["fast_exits"],
+            "debug_port": self.debug_port.stats(),
+            "buses": buses,
+            "pci_config_in_c": self.pci_conf_shortcut.stats(),
+            "com1": {"tx_bytes": self.uart.tx_bytes, "tx_bytes_in_c": sc["tx_bytes"],
+                     "rx_bytes": self.uart.rx_bytes, "lsr_reads_in_c": sc["lsr_reads"]},
+            "completions": self.completer.stats(),
+            "virtio": [],
+        }
         for device in self.virtio_devices:
             sent, by_irqfd = device.transport.interrupt_counts()
-            lines.append(f"  {device.format_stats()}; {sent} interrupts, {by_irqfd} by irqfd; "
-                         f"{device.exit_kicks} notifications by exit")
-        lines += [f"  {device.format_stats()}" for device in self.workers]
+            out["virtio"].append({"name": device.name, **device.stats(), "interrupts": sent,
+                                  "interrupts_by_irqfd": by_irqfd,
+                                  "notifications_by_exit": device.exit_kicks})
+        out["workers"] = [{"name": device.name, **device.stats()} for device in self.workers]
         if self.iommu is not None:
-            lines += [f"  {line}" for line in self.iommu.format_stats()]
+            out["iommu"] = self.iommu.stats()
+        return out
+
+    def format_stats(self, s: dict | None = None) -> str:
+        """stats() (or a dict it returned) as --stats prints it."""
+        s = s or self.stats()
+        lines = ["akvm statistics:"]
+        for v in s["vcpus"]:
+            exits = [f"{k} {n}" for k, n in sorted(v["exits"].items())]
+            if v["completed_in_c"]:
+                exits.append(f"{v['completed_in_c']} completed in C")
+            lines.append(f"  vcpu{v['index']} exits: {', '.join(exits) or 'none'}")
+        debug = s["debug_port"]
+        lines.append(f"  completed in C: {s['completed_in_c']} exits, "
+                     f"debug port {debug['writes']} writes (last {debug['last']:#04x})")
+        for name, bus in s["buses"].items():
+            lines.append(f"  {name} bus: {bus['accesses_in_python']} accesses in Python, "
+                         f"{bus['unclaimed_reads']} unclaimed reads, "
+                         f"{bus['unclaimed_writes']} unclaimed writes")
+        pc = s["pci_config_in_c"]
+        lines.append(f"  pci config in C: {pc['latch_accesses']} CONFIG_ADDRESS accesses, "
+                     f"{pc['absent_reads']} reads and {pc['absent_writes']} writes of absent functions")
+        com1 = s["com1"]
+        lines.append(f"  com1: {com1['tx_bytes']} bytes out ({com1['tx_bytes_in_c']} through C), "
+                     f"{com1['rx_bytes']} bytes in, {com1['lsr_reads_in_c']} LSR reads in C")
+        lines.append(f"  {format_completions(s['completions'])}")
+        for device, d in zip(self.virtio_devices, s["virtio"]):
+            lines.append(f"  {device.format_stats(d)}; {d['interrupts']} interrupts, "
+                         f"{d['interrupts_by_irqfd']} by irqfd; "
+                         f"{d['notifications_by_exit']} notifications by exit")
+        lines += [f"  {device.format_stats(d)}" for device, d in zip(self.workers, s["workers"])]
+        if "iommu" in s:
+            lines += [f"  {line}" for line in self.iommu.format_stats(s["iommu"])]
         return "\n".join(lines)

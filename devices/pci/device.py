@@ -32,6 +32,8 @@ from akvm.devices.pci.config import (
     ConfigSpace,
 )
 from akvm.base.bus import BusError
+from akvm.devices.state import (SnapshotUnsupported, pack, restore_counters, save_counters,
+                                unpack)
 
 log = logging.getLogger("akvm.pci")
 
@@ -272,6 +274,7 @@ class _BarWindow:
 
     def __init__(self, device: "PciDevice", bar: Bar):
         self.device = device
+        self.state_owner = device           # whose snapshot() covers this window
         self.bar = bar
 
     def read(self, offset: int, size: int) -> int:
@@ -560,6 +563,47 @@ class PciDevice:
         """Relocation hook (e.g. to move ioeventfds); runs with self.lock held."""
         if bar.on_move is not None:
             bar.on_move(bar, old, new)
+
+    # --- snapshots (akvm.devices.state) -----------------------------------------
+
+    _COUNTERS = ("msi_sent", "msi_dropped", "irqfd_sent", "intx_signals")
+
+    def snapshot(self) -> dict:
+        """The function's configuration space, MSI-X table and PBA, INTx request and
+        counters, and under "device" what the model adds (device_snapshot())."""
+        with self.lock:
+            state = {"config": pack(self.config.data), "intx_asserted": self.intx_asserted,
+                     **save_counters(self, self._COUNTERS)}
+            if self.msix is not None:
+                state["msix_table"] = pack(self.msix.table)
+                state["msix_pba"] = pack(self.msix.pba)
+            state["device"] = self.device_snapshot()
+            return state
+
+    def restore(self, state: dict) -> None:
+        """BARs decode where the snapshot had them (relocation hooks run), unmasked MSI-X
+        vectors get their irqfds again, and the INTx line is at its level."""
+        with self.lock:
+            self.config.data[:] = unpack(state["config"], self.config.size)
+            if self.msix is not None:
+                self.msix.table[:] = unpack(state["msix_table"], self.msix.table_size)
+                self.msix.pba[:] = unpack(state["msix_pba"], self.msix.pba_size)
+            self.intx_asserted = bool(state["intx_asserted"])
+            restore_counters(self, state, self._COUNTERS)
+            self._update_bars()
+            self._sync_irqfds()
+            self._update_intx()
+            self.device_restore(state["device"])
+
+    def device_snapshot(self) -> dict:
+        """The model's own state (registers, buffers), beyond what every function has."""
+        raise SnapshotUnsupported(f"PCI function {self.address} {self.name} "
+                                  f"({type(self).__name__}) has no snapshot support")
+
+    def device_restore(self, state: dict) -> None:
+        """device_snapshot()'s inverse; runs with self.lock held."""
+        raise SnapshotUnsupported(f"PCI function {self.address} {self.name} "
+                                  f"({type(self).__name__}) has no snapshot support")
 
     # --- interrupts -----------------------------------------------------------
 

@@ -58,6 +58,12 @@ class PciHostBridge(PciDevice):
     def __init__(self, device_id: int = Q35_MCH_DEVICE_ID):
         super().__init__(PCI_VENDOR_ID_INTEL, device_id, CLASS_BRIDGE_HOST, name="host-bridge")
 
+    def device_snapshot(self) -> dict:
+        return {}                       # all of it is configuration space
+
+    def device_restore(self, state: dict) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class IntxRoute:
@@ -132,6 +138,7 @@ class ConfigAddressPort:
 
     def __init__(self, root: "PciRoot"):
         self.root = root
+        self.state_owner = root             # whose snapshot() covers this port
         self.legacy_io = Bus("pio@cf8")     # absolute port numbers, e.g. 0xCF9 reset control
 
     def read(self, offset: int, size: int) -> int:
@@ -153,6 +160,7 @@ class ConfigDataPort:
 
     def __init__(self, root: "PciRoot"):
         self.root = root
+        self.state_owner = root
 
     def _target(self, offset: int, size: int):
         latch = self.root.config_address
@@ -178,6 +186,7 @@ class EcamWindow:
 
     def __init__(self, root: "PciRoot"):
         self.root = root
+        self.state_owner = root
 
     @staticmethod
     def decode(offset: int) -> tuple[int, int, int, int]:
@@ -315,6 +324,15 @@ class PciRoot:
             enable |= COMMAND_IO_SPACE if bar.kind is BarKind.IO else COMMAND_MEMORY_SPACE
         if enable:
             device.set_command(enable)
+
+    def snapshot(self) -> dict:
+        """The mechanism #1 latch; the functions are saved one by one (PciDevice.snapshot)."""
+        with self.lock:
+            return {"config_address": self.config_address}
+
+    def restore(self, state: dict) -> None:
+        with self.lock:
+            self.config_address = int(state["config_address"]) & _CONFIG_ADDRESS_BITS
 
     def device_at(self, bus: int, device: int, function: int) -> PciDevice | None:
         return self._functions.get((bus, device, function))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import struct
 
+from akvm.devices.state import restore_counters, save_counters
 from akvm.devices.virtio import blkq
 from akvm.base.dma import DmaError
 from akvm.devices.virtio.device import VIRTIO_ID_BLOCK, Request, VirtioDevice, bit
@@ -88,6 +89,16 @@ class VirtioBlk(VirtioDevice):
 
     def on_close(self) -> None:
         self.image.close()
+
+    _COUNTERS = ("reads", "writes", "flushes", "bytes_read", "bytes_written")
+
+    def device_snapshot(self) -> dict:
+        """Counters only: the ring indices C works with are the queue's own (blkq.store()
+        puts them back after every round, and the device's thread is held between rounds)."""
+        return save_counters(self, self._COUNTERS)
+
+    def device_restore(self, state: dict) -> None:
+        restore_counters(self, state, self._COUNTERS)
 
     def on_reset(self) -> None:
         if self._native_queue is not None:
@@ -242,7 +253,13 @@ class VirtioBlk(VirtioDevice):
         self._write_through()
         return VIRTIO_BLK_S_OK
 
-    def format_stats(self) -> str:
-        return (f"{self.name}: {self.reads} reads, {self.writes} writes, {self.flushes} flushes, "
-                f"{self.errors} errors; {self.requests} requests, {self.bytes_read} bytes read, "
-                f"{self.bytes_written} written")
+    def stats(self) -> dict:
+        return {**super().stats(), "reads": self.reads, "writes": self.writes,
+                "flushes": self.flushes, "bytes_read": self.bytes_read,
+                "bytes_written": self.bytes_written}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['reads']} reads, {s['writes']} writes, {s['flushes']} flushes, "
+                f"{s['errors']} errors; {s['requests']} requests, {s['bytes_read']} bytes read, "
+                f"{s['bytes_written']} written")

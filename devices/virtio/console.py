@@ -13,6 +13,7 @@ import struct
 import threading
 
 from akvm.devices.chardev import Chardev
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
 from akvm.devices.virtio.device import VIRTIO_ID_CONSOLE, Request, VirtioDevice, bit
 from akvm.devices.virtio.spec import (
     VIRTIO_CONSOLE_F_EMERG_WRITE, VIRTIO_CONSOLE_F_MULTIPORT, VIRTIO_CONSOLE_F_SIZE,
@@ -42,6 +43,17 @@ class VirtioConsole(VirtioDevice):
         self._input = bytearray()
         self._input_lock = threading.Lock()
         self.rx_bytes = self.tx_bytes = self.rx_dropped = 0
+
+    _COUNTERS = ("rx_bytes", "tx_bytes", "rx_dropped")
+
+    def device_snapshot(self) -> dict:
+        with self._input_lock:
+            return {"input": pack(self._input), **save_counters(self, self._COUNTERS)}
+
+    def device_restore(self, state: dict) -> None:
+        with self._input_lock:
+            self._input = bytearray(unpack(state["input"])[:INPUT_LIMIT])
+        restore_counters(self, state, self._COUNTERS)
 
     # --- host side --------------------------------------------------------------------
 
@@ -97,6 +109,11 @@ class VirtioConsole(VirtioDevice):
             self.chardev.write(bytes((value & 0xFF,)))
             self.tx_bytes += 1
 
-    def format_stats(self) -> str:
-        return (f"{self.name}: {self.tx_bytes} bytes out, {self.rx_bytes} bytes in, "
-                f"{self.rx_dropped} dropped, {self.errors} errors")
+    def stats(self) -> dict:
+        return {**super().stats(), "tx_bytes": self.tx_bytes, "rx_bytes": self.rx_bytes,
+                "rx_dropped": self.rx_dropped}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_bytes']} bytes out, {s['rx_bytes']} bytes in, "
+                f"{s['rx_dropped']} dropped, {s['errors']} errors")

@@ -25,6 +25,7 @@ import os
 import threading
 
 from akvm.base.dma import DmaError
+from akvm.devices.state import SnapshotUnsupported, pack, restore_counters, save_counters, unpack
 from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
 from akvm.devices.virtio.worker import Worker, drain_eventfd, new_eventfd
 from akvm.devices.virtio.spec import (
@@ -129,12 +130,50 @@ class VirtioDevice:
             self.device_features &= ~bit(VIRTIO_F_ACCESS_PLATFORM)
 
     def start(self) -> None:
-        """Serve the queues on the device's own thread from now on."""
+        """Serve the queues on the device's own thread from now on (a restored device
+        first looks at every queue: a notification may not have been served)."""
         self.worker = self.make_worker()
         for i, fd in enumerate(self.kick_fds):
             self.worker.watch(fd, lambda i=i, fd=fd: (drain_eventfd(fd), self.queue_notified(i)))
         self.on_start()
         self.worker.start()
+        if self.status & VIRTIO_STATUS_DRIVER_OK:
+            self.schedule(self._service_all)
+
+    # --- snapshots (akvm.devices.state; the transport saves this with its own state) ------
+
+    _COUNTERS = ("requests", "errors", "exit_kicks")
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"driver_features": self.driver_features, "status": self.status,
+                    "config_generation": self.config_generation, "config": pack(self.config),
+                    "queues": [vq.snapshot() for vq in self.queues],
+                    **save_counters(self, self._COUNTERS), "device": self.device_snapshot()}
+
+    def restore(self, state: dict) -> None:
+        with self.lock:
+            self.driver_features = int(state["driver_features"])
+            self.status = int(state["status"]) & 0xFF
+            self.config_generation = int(state["config_generation"])
+            self.config[:] = unpack(state["config"], len(self.config))
+            self.dma = None
+            if self.status & VIRTIO_STATUS_FEATURES_OK:
+                self.dma = (self.platform_dma if self.negotiated(VIRTIO_F_ACCESS_PLATFORM)
+                            else self.direct_dma)
+            if len(state["queues"]) != len(self.queues):
+                raise ValueError(f"{len(state['queues'])} queues saved, {len(self.queues)} here")
+            for vq, saved in zip(self.queues, state["queues"]):
+                vq.restore(saved, self.dma)
+            restore_counters(self, state, self._COUNTERS)
+            self.device_restore(state["device"])
+
+    def device_snapshot(self) -> dict:
+        """What the device type adds to the common state (counters, buffered input)."""
+        raise SnapshotUnsupported(f"{self.name} ({type(self).__name__}) has no snapshot support")
+
+    def device_restore(self, state: dict) -> None:
+        raise SnapshotUnsupported(f"{self.name} ({type(self).__name__}) has no snapshot support")
 
     def close(self) -> None:
         if self.worker is not None:
@@ -143,6 +182,14 @@ class VirtioDevice:
             os.close(fd)
         self.kick_fds = []
         self.on_close()
+
+    def pause(self, timeout: float) -> bool:
+        """Hold the device's thread between requests (a snapshot): True once held."""
+        return self.worker is None or self.worker.pause(timeout)
+
+    def resume(self) -> None:
+        if self.worker is not None:
+            self.worker.resume()
 
     def schedule(self, fn) -> None:
         """Run fn on the device's thread; inline when it has none (unit tests)."""
@@ -403,5 +450,10 @@ class VirtioDevice:
     def on_start(self) -> None: ...
     def on_close(self) -> None: ...
 
-    def format_stats(self) -> str:
-        return f"{self.name}: {self.requests} requests, {self.errors} errors"
+    def stats(self) -> dict:
+        """Counters for --stats and the control socket's query-stats."""
+        return {"requests": self.requests, "errors": self.errors}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return f"{self.name}: {s['requests']} requests, {s['errors']} errors"

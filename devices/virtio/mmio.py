@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from akvm.devices.state import restore_counters, save_counters
 from akvm.devices.virtio.device import VirtioDevice
 
 log = logging.getLogger("akvm.virtio")
@@ -101,6 +102,27 @@ class VirtioMmio:
                 self.ioeventfd(fd, base + QUEUE_NOTIFY, 4, datamatch=i)
             except OSError as e:               # the MMIO exit path still works
                 log.warning("%s: no ioeventfd for queue %d: %s", self.device.name, i, e)
+
+    # --- snapshots (akvm.devices.state) ------------------------------------------------
+
+    _TRANSPORT = ("device_features_sel", "driver_features_sel", "queue_sel", "interrupt_status",
+                  "interrupts")
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {**save_counters(self, self._TRANSPORT), "virtio": self.device.snapshot()}
+
+    def restore(self, state: dict) -> None:
+        with self.lock:
+            restore_counters(self, state, self._TRANSPORT)
+            self.irq.set_level(self.interrupt_status != 0)
+        self.device.restore(state["virtio"])
+
+    def pause(self, timeout: float) -> bool:
+        return self.device.pause(timeout)
+
+    def resume(self) -> None:
+        self.device.resume()
 
     # --- interrupts ---------------------------------------------------------------------
 

@@ -18,7 +18,10 @@ from __future__ import annotations
 import os
 import struct
 
-from akvm.devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
+from akvm.devices.virtio.device import (
+    VIRTIO_ID_NET, VIRTIO_STATUS_DRIVER_OK, Request, VirtioDevice, bit,
+)
 from akvm.devices.virtio.worker import drain_eventfd
 from akvm.devices.virtio.spec import (
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
@@ -67,6 +70,29 @@ class VirtioNet(VirtioDevice):
 
     def on_start(self) -> None:
         self.backend.start(self.worker, self.receive)
+        if self.status & VIRTIO_STATUS_DRIVER_OK:
+            self.on_driver_ok()                  # restored from a snapshot: C again
+
+    _COUNTERS = ("rx_frames", "tx_frames", "rx_dropped")
+
+    def snapshot(self) -> dict:
+        """With C serving the queues (its thread held: pause()), their state comes back
+        into the Virtqueues first."""
+        if self._native is not None:
+            self._native_poll()
+            with self.lock:
+                self._native.store(*self.queues)
+        return super().snapshot()
+
+    def device_snapshot(self) -> dict:
+        """The frame held for want of a receive buffer, and the counters; the backend is
+        made anew from the configuration (frames in flight on the host side are lost)."""
+        return {"held": None if self._held is None else pack(self._held),
+                **save_counters(self, self._COUNTERS)}
+
+    def device_restore(self, state: dict) -> None:
+        self._held = None if state["held"] is None else unpack(state["held"])
+        restore_counters(self, state, self._COUNTERS)
 
     def on_close(self) -> None:
         self.backend.close()
@@ -209,8 +235,12 @@ class VirtioNet(VirtioDevice):
         q.set_notify(False)
         return True
 
-    def format_stats(self) -> str:
+    def stats(self) -> dict:
         self._native_poll(signal=False)
-        b = self.backend
-        return (f"{self.name}: {self.tx_frames} frames out, {self.rx_frames} in, "
-                f"{self.rx_dropped + b.dropped} dropped, {self.errors} errors")
+        return {**super().stats(), "tx_frames": self.tx_frames, "rx_frames": self.rx_frames,
+                "rx_dropped": self.rx_dropped + self.backend.dropped}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return (f"{self.name}: {s['tx_frames']} frames out, {s['rx_frames']} in, "
+                f"{s['rx_dropped']} dropped, {s['errors']} errors")

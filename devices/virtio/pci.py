@@ -28,6 +28,7 @@ import logging
 
 from akvm.devices.pci import BarKind, PciDevice
 from akvm.devices.pci.config import CAP_ID_VENDOR
+from akvm.devices.state import restore_counters, save_counters
 from akvm.devices.virtio.device import VirtioDevice
 from akvm.base.dma import DirectDma
 from akvm.devices.virtio.spec import (
@@ -154,6 +155,24 @@ class VirtioPci(PciDevice):
         self.queue_select = 0
         self.config_msix_vector = VIRTIO_MSI_NO_VECTOR
         self.isr = 0
+
+    # --- snapshots (akvm.devices.state) ----------------------------------------------------
+
+    _TRANSPORT = ("device_feature_select", "driver_feature_select", "queue_select",
+                  "config_msix_vector", "isr")
+
+    def device_snapshot(self) -> dict:
+        return {**save_counters(self, self._TRANSPORT), "virtio": self.device.snapshot()}
+
+    def device_restore(self, state: dict) -> None:
+        restore_counters(self, state, self._TRANSPORT)
+        self.device.restore(state["virtio"])
+
+    def pause(self, timeout: float) -> bool:
+        return self.device.pause(timeout)
+
+    def resume(self) -> None:
+        self.device.resume()
 
     # --- interrupts (called by the device, without its lock) -----------------------------
 

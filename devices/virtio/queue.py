@@ -162,6 +162,25 @@ class Virtqueue:
     def active(self) -> bool:
         return self.ready and self.dma is not None
 
+    _STATE = ("size", "desc", "driver", "device", "msix_vector", "last_avail", "used_idx")
+
+    def snapshot(self) -> dict:
+        """The driver's configuration and the device's place in the rings."""
+        return {**{name: getattr(self, name) for name in self._STATE}, "ready": self.ready,
+                "active": self.dma is not None, "event_idx": self.event_idx,
+                "indirect": self.indirect, "signalled_used": self.signalled_used}
+
+    def restore(self, state: dict, dma) -> None:
+        """snapshot()'s inverse; an active queue uses `dma` again."""
+        for name in self._STATE:
+            setattr(self, name, int(state[name]))
+        self.ready = bool(state["ready"])
+        if state["active"]:
+            self.activate(dma, event_idx=bool(state["event_idx"]),
+                          indirect=bool(state["indirect"]))
+        signalled = state["signalled_used"]
+        self.signalled_used = None if signalled is None else int(signalled)
+
     # --- guest memory -----------------------------------------------------------------
 
     def _read(self, addr: int, n: int) -> bytes:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from akvm.devices.state import restore_counters, save_counters
 from akvm.devices.virtio.device import VIRTIO_ID_ENTROPY, Request, VirtioDevice
 
 QUEUE_SIZE = 64
@@ -17,6 +18,12 @@ class VirtioRng(VirtioDevice):
         super().__init__([QUEUE_SIZE], name=name)
         self.bytes_out = 0
 
+    def device_snapshot(self) -> dict:
+        return save_counters(self, ("bytes_out",))
+
+    def device_restore(self, state: dict) -> None:
+        restore_counters(self, state, ("bytes_out",))
+
     def handle(self, req: Request) -> int:
         n = min(req.writable_len, MAX_REQUEST)
         if n:
@@ -24,5 +31,9 @@ class VirtioRng(VirtioDevice):
             self.bytes_out += n
         return n
 
-    def format_stats(self) -> str:
-        return f"{self.name}: {self.requests} requests, {self.bytes_out} bytes, {self.errors} errors"
+    def stats(self) -> dict:
+        return {**super().stats(), "bytes_out": self.bytes_out}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        s = s or self.stats()
+        return f"{self.name}: {s['requests']} requests, {s['bytes_out']} bytes, {s['errors']} errors"

@@ -40,6 +40,7 @@ class Worker:
         self._selector.register(self._wake, selectors.EVENT_READ, self._run_calls)
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._release: threading.Event | None = None   # set while pause() holds the thread
 
     @property
     def on_thread(self) -> bool:
@@ -70,9 +71,25 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
+    def pause(self, timeout: float) -> bool:
+        """Hold the thread between two callbacks (so between two requests) until resume().
+        True once it is held, or when it is not running."""
+        if self._thread is None or not self._thread.is_alive() or self.on_thread:
+            return True
+        held, self._release = threading.Event(), threading.Event()
+        release = self._release
+        self.call(lambda: (held.set(), release.wait()))
+        return held.wait(timeout)
+
+    def resume(self) -> None:
+        if self._release is not None:
+            self._release.set()
+            self._release = None
+
     def stop(self) -> None:
         if self._wake < 0:
             return
+        self.resume()
         self._stopping = True
         os.eventfd_write(self._wake, 1)
         if self._thread is not None and not self.on_thread:

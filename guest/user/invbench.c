@@ -1,5 +1,5 @@
 /*
- * invbench [bench|qi|reg|hold MS|bad|kill]: IOTLB invalidation timed from
+ * invbench [bench|qi|reg|contend|hold MS|bad|kill]: IOTLB invalidation timed from
  * ring 3 with rdtsc.  The kernel lends this process the VT-d unit
  * (iommu_lend, benchmark only: uapi.h): the register page, uncached, and in
  * queued mode the kernel's invalidation queue, mapped here.  On kvm_pvm
@@ -17,6 +17,14 @@
  *
  * Wait descriptors carry SW only (QEMU 7.2 asserts on SW together with IF).
  * The invalidations are in domain = pid at IOVAs nothing maps.
+ *
+ * contend: whether one vCPU ringing the invalidation queue holds up another
+ * vCPU's exits that the VMM completes without its device models (port 0x80):
+ *   user-fastexit-alone        one outb to port 0x80, this core alone
+ *   user-fastexit-with-qi      the same while a second core of this process
+ *                              rings the queue nonstop with the largest
+ *                              batch of page descriptors and a wait
+ * The two figures should be equal: the VMM must not serialise the exits.
  *
  * hold MS, bad, kill: the loan's end by exit or kill (self-tests of the
  * kernel's take-back): hold keeps the unit MS milliseconds and exits
@@ -238,6 +246,86 @@ static int bench_reg(struct unit *u)
 	return bad;
 }
 
+/* The second core of `contend`: full batches and a wait until told to stop. */
+struct ringer {
+	struct unit *u;
+	volatile int running, stop, failed;
+	volatile uint64_t rings;
+};
+
+static void ring_nonstop(void *arg, int core)
+{
+	struct ringer *r = arg;
+	struct unit *u = r->u;
+	r->running = 1;
+	while (!r->stop) {
+		for (unsigned i = 0; i < u->l.entries - 2; i++)
+			push(u, u->pdesc, IOVA_BASE + ((uint64_t)i << 12));
+		if (wait(u)) {
+			r->failed = 1;
+			break;
+		}
+		r->rings++;
+	}
+	r->running = 0;
+	core_yield();
+}
+
+static uint64_t time_outb(struct unit *u, const char *name)
+{
+	uint64_t n, t0 = rdtsc();
+	for (n = 0; n < 1000 || rdtsc() - t0 < BOX_MS * u->khz; n++)
+		outb(0x80, (uint8_t)n);
+	uint64_t t = rdtsc() - t0;
+	report(u, name, n, t);
+	return t / n;
+}
+
+static int bench_contend(struct unit *u)
+{
+	if (ioperm(0x80, 1, 1) != 0) {
+		printf("BENCH user-fastexit skipped: ioperm refused\n");
+		return 1;
+	}
+	long r = lend(u, IOMMU_LEND_QI);
+	if (r < 0) {
+		printf("BENCH user-fastexit skipped: %s\n", lend_error(r));
+		return r == IOMMU_LEND_ENOQI ? 0 : 1;
+	}
+	struct ringer ring = { .u = u };
+	uint8_t *stack = mmap(4 * PAGE_SIZE);
+	int bad = 0;
+	time_outb(u, "user-fastexit-alone");
+	if (stack == MAP_FAILED || core_request(ring_nonstop, stack + 4 * PAGE_SIZE, &ring) < 0) {
+		printf("BENCH user-fastexit-with-qi skipped: no second core\n");
+		goto out;
+	}
+	uint64_t end = rdtsc() + 1000 * u->khz;
+	while (!ring.running && rdtsc() < end)
+		cpu_pause();
+	uint64_t before = ring.rings;
+	time_outb(u, "user-fastexit-with-qi");
+	uint64_t rings = ring.rings - before;
+	ring.stop = 1;
+	end = rdtsc() + 1000 * u->khz;
+	while (ring.running && rdtsc() < end)
+		cpu_pause();
+	if (ring.failed || !rings) {
+		printf("BENCH user-fastexit-with-qi: the second core %s\n",
+		       ring.failed ? "got a queue error" : "rang no batch meanwhile");
+		bad = 1;
+	} else {
+		printf("invbench: %lu batches of %u descriptors rung meanwhile\n", rings,
+		       u->l.entries - 2);
+	}
+out:
+	if (iommu_lend(IOMMU_LEND_RETURN, NULL) != 0) {
+		printf("invbench: giving the VT-d unit back failed\n");
+		bad = 1;
+	}
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "bench";
@@ -250,6 +338,8 @@ int main(int argc, char **argv)
 	u.status = mmap(PAGE_SIZE);
 	if ((void *)u.status == MAP_FAILED)
 		return 2;
+	if (!strcmp(mode, "contend"))
+		return bench_contend(&u);
 	if (!strcmp(mode, "bench") || !strcmp(mode, "qi") || !strcmp(mode, "reg")) {
 		int bad = 0;
 		if (strcmp(mode, "reg"))

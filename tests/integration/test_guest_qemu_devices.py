@@ -161,4 +161,4 @@ def test_coherence_checker_reports_the_missing_flush(akvm_guest_factory):
     result = guest.selftest("iommu-stale")
     assert "iommu-stale" in result.passed
     # akvm logs on stderr, which shares the terminal with the serial console.
-    assert "iommu check: stale IOTLB entry #1" in guest.serial_log
+    assert "akvm: iommu: check: stale IOTLB entry #1" in guest.serial_log

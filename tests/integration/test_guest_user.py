@@ -201,7 +201,7 @@ def test_noflush_stale_use_is_reported_by_the_coherence_checker(akvm_guest_facto
     guest.close()
     # akvm logs on stderr, which shares the terminal with the serial console.
     for n, (pid, iova) in enumerate(pids, 1):
-        assert re.search(rf"iommu check: stale IOTLB entry #{n}: domain {pid} device 00:0\d\.0 "
+        assert re.search(rf"akvm: iommu: check: stale IOTLB entry #{n}: domain {pid} device 00:0\d\.0 "
                          rf"iova {iova}: cached frame 0x[0-9a-f]+ \(rw\), the tables now fault",
                          guest.serial_log), guest.serial_log[-3000:]
 

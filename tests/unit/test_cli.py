@@ -37,7 +37,7 @@ def test_help_lists_run_options():
     r = akvm("run", "--help")
     assert r.returncode == 0
     for opt in ("--kernel", "--cmdline", "--memory", "--cpus", "--serial", "--module", "--stats",
-                "Ctrl-A x"):
+                "--gdb", "--gdb-wait", "Ctrl-A x"):
         assert opt in r.stdout
 
 
@@ -105,9 +105,21 @@ def test_errors_stay_one_line_when_sigchld_is_ignored(tmp_path):
     (["--cpus", "999"], "--cpus"),
     (["--serial", "tcp:1"], "--serial"),
     (["--module", ",args"], "--module"),
+    (["--gdb", "1234"], "--gdb: expected tcp:[HOST]:PORT"),
+    (["--gdb", "tcp::65536"], "--gdb"),
+    (["--gdb", "tcp:host"], "--gdb"),
+    (["--gdb", "tcp:no.such.host.invalid:1"], "--gdb tcp:no.such.host.invalid:1"),
 ])
 def test_bad_values(tiny_kernel, args, fragment):
     assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), *args), fragment)
+
+
+def test_gdb_port_in_use(tiny_kernel):
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--gdb", f"tcp::{port}"),
+                              f"--gdb tcp:127.0.0.1:{port}: Address already in use")
 
 
 def test_missing_module(tiny_kernel, tmp_path):

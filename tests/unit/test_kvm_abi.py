@@ -36,25 +36,37 @@ STRUCTS = {
     "kvm_irq_routing": "struct kvm_irq_routing",
     "kvm_enable_cap": "struct kvm_enable_cap",
     "kvm_run": "struct kvm_run",
+    "kvm_guest_debug": "struct kvm_guest_debug",
+    "kvm_debug_exit_arch": "struct kvm_debug_exit_arch",
+    "kvm_debugregs": "struct kvm_debugregs",
+    "kvm_pic_state": "struct kvm_pic_state",
+    "kvm_irqchip": "struct kvm_irqchip",
+    "kvm_clock_data": "struct kvm_clock_data",
+    "kvm_msr_list": "struct kvm_msr_list",
 }
 # C spellings of fields that sit inside anonymous unions or are named differently.
 FIELD_ALIASES = {
     ("kvm_irq_routing_entry", "u"): "u",
     ("kvm_run", "exit"): "io",
     ("kvm_vcpu_events", "triple_fault_pending"): "triple_fault.pending",
+    ("kvm_irqchip", "chip"): "chip",
 }
 IOCTLS = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE",
           "KVM_GET_SUPPORTED_CPUID", "KVM_CREATE_VCPU", "KVM_SET_USER_MEMORY_REGION",
           "KVM_SET_TSS_ADDR", "KVM_SET_IDENTITY_MAP_ADDR", "KVM_CREATE_IRQCHIP", "KVM_IRQ_LINE",
           "KVM_SET_GSI_ROUTING", "KVM_IRQFD", "KVM_CREATE_PIT2", "KVM_IOEVENTFD", "KVM_ENABLE_CAP",
           "KVM_SIGNAL_MSI", "KVM_RUN", "KVM_GET_REGS", "KVM_SET_REGS", "KVM_GET_SREGS",
-          "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU", "KVM_SET_FPU",
+          "KVM_SET_SREGS", "KVM_GET_MSRS", "KVM_SET_MSRS", "KVM_GET_FPU",
           "KVM_GET_LAPIC", "KVM_SET_LAPIC", "KVM_SET_CPUID2", "KVM_GET_CPUID2",
           "KVM_GET_MP_STATE", "KVM_SET_MP_STATE", "KVM_GET_VCPU_EVENTS", "KVM_SET_VCPU_EVENTS",
-          "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_TSC_KHZ"]
+          "KVM_GET_PIT2", "KVM_SET_PIT2", "KVM_GET_XSAVE", "KVM_SET_XSAVE", "KVM_GET_XCRS", "KVM_SET_XCRS", "KVM_GET_XSAVE2", "KVM_GET_TSC_KHZ",
+          "KVM_SET_TSC_KHZ", "KVM_GET_DEBUGREGS", "KVM_SET_DEBUGREGS", "KVM_GET_IRQCHIP",
+          "KVM_SET_IRQCHIP", "KVM_GET_CLOCK", "KVM_SET_CLOCK", "KVM_GET_MSR_INDEX_LIST",
+          "KVM_KVMCLOCK_CTRL", "KVM_CLOCK_TSC_STABLE", "KVM_SET_GUEST_DEBUG"]
 CONSTANTS = [n for n in dir(kvm) if n.startswith(("KVM_EXIT_", "KVM_CAP_", "KVM_MP_STATE_",
                                                    "KVM_SYSTEM_EVENT_", "KVM_IRQ_ROUTING_",
-                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_"))]
+                                                   "KVM_IOEVENTFD_FLAG_", "KVM_INTERNAL_ERROR_",
+                                                   "KVM_GUESTDBG_"))]
 
 
 def _c_program() -> str:

@@ -18,7 +18,9 @@ PACKAGE_DIRS = {"akvm": ROOT / "vmm", "akvm.devices": ROOT / "devices", "akvm.io
 LAYERS = [
     (["akvm.__main__", "akvm.testing"], False),
     (["akvm.cli"], False),
-    (["akvm.machine", "akvm.builders", "akvm.devicetable", "akvm.config", "akvm.guest_kernel"], False),
+    (["akvm.gdb"], False),
+    (["akvm.machine", "akvm.builders", "akvm.devicetable", "akvm.config", "akvm.guest_kernel",
+      "akvm.control", "akvm.snapshot"], False),
     (["akvm.boot"], False),
     (["akvm.devices", "akvm.iommu", "akvm.vcpu", "akvm.tables"], True),
     (["akvm.base"], False),

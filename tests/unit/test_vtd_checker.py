@@ -35,7 +35,7 @@ def test_missing_flush_after_a_remap_is_reported(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1                                  # reported once per entry
     line = lines[0]
-    assert line.startswith("iommu check: stale IOTLB entry #1: domain 7 device 00:03.0 "
+    assert line.startswith("check: stale IOTLB entry #1: domain 7 device 00:03.0 "
                            "iova 0x200000:")
     assert f"cached frame {rig.old:#x} (rw)" in line and f"map frame {rig.new:#x} (rw)" in line
     # two DMAs: two context-cache hits and two IOTLB hits checked
@@ -86,7 +86,7 @@ def test_stale_context_entry_is_reported():
     rig.set_context(SID, table=other, did=8)               # moved, no context invalidation
     rig.dma().read(0x20_0000, 1)
     report = rig.iommu.checker.reports[0]
-    assert report.startswith("iommu check: stale context entry #1: device 00:03.0: cached "
+    assert report.startswith("stale context entry #1: device 00:03.0: cached "
                              "domain 7")
     assert f"now say domain 8 tt 0 table {other:#x}" in report
     rig.w64(CCMD, 1 << 63 | 1 << 61)

@@ -4,7 +4,8 @@ granularity must give the same hits, evictions, contents, LRU order and
 per-domain statistics."""
 from hypothesis import given, settings, strategies as st
 
-from akvm.iommu.cache import Iotlb, PyIotlb
+from akvm.iommu.cache import Iotlb
+from tests.unit.pyiotlb import PyIotlb
 
 DIDS = st.integers(1, 4)
 # Addresses that collide a lot: a few 1 GiB regions, 2 MiB and 4 KiB steps in them.

@@ -7,12 +7,10 @@ from hypothesis import given, settings, strategies as st
 
 from akvm.iommu import translate
 from akvm.iommu.translate import (FR_PAGING_ACCESS, FR_PAGING_RESERVED, FR_READ, FR_WRITE,
-                             ContextEntry, Leaf, TranslationFault, WalkParams, walk,
-                             walk_native, walk_python)
+                                  ContextEntry, Leaf, TranslationFault, WalkParams, walk,
+                                  walk_native, walk_python)
 from tests.unit.vtd_tables import GiB, MiB, PAGE, PS, R, SID, W, X, Rig
 from akvm.base.memory import GuestMemory
-
-pytestmark = pytest.mark.skipif(translate._lib is None, reason="native module not built")
 
 LOW, HIGH, HIGH_SIZE = 0x40000, 0x1_0000_0000, 0x10000     # two slots with a hole between
 U64 = 1 << 64

@@ -9,7 +9,7 @@ import sys
 
 from tools.bench.common import Row, ensure_qemu, machine_description
 
-BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio", "net"]
+BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio", "snapshot", "gdb", "net"]
 RESULTS = pathlib.Path(__file__).with_name("results.md")
 
 
@@ -25,8 +25,12 @@ def format_table(rows: list[Row]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__)
-    p.add_argument("names", nargs="*", choices=BENCHMARKS + [[]], help="benchmarks (default: all)")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     args = p.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        p.error(f"no such benchmark: {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     ensure_qemu()
     rows: list[Row] = []
     for name in args.names or BENCHMARKS:

@@ -18,6 +18,11 @@ wait per round trip, or N page descriptors per wait, per invalidation; the
 wait carries SW only, as QEMU 7.2 asserts on SW with IF) and register-based
 (IVA + IOTLB register, IVT polled). In ring 3 these are the VMM's cost, not
 the ring-0 emulator's: compare them with the ring-0 iommu-inv-* rows.
+user-fastexit-{alone,with-qi} is one port-0x80 write (an exit the run loop
+completes in C) from one core, alone and while a second core rings the
+invalidation queue nonstop with full batches: one vCPU's long completion
+must not hold up another's exits. Both vCPUs are busy in the second figure,
+so on a 2-CPU host it also carries the host's scheduling.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from tools.bench.common import Row, have_qemu
 from akvm.testing import Guest
 
 NAMES = ("pio", "mmio", "cpuid", "ipi", "iommu", "edu", "user-shootdown", "user-edu",
-         "user-iommu")
+         "user-iommu", "user-fastexit")
 AKVM_ARGS = ["--device", "edu", "--iommu", "vtd"]
 QEMU_ARGS = ["-machine", "q35,kernel-irqchip=split", "-device", "intel-iommu,aw-bits=48",
              "-device", "edu"]

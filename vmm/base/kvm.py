@@ -156,6 +156,38 @@ class kvm_vcpu_events(_Struct):
                 ("exception_has_payload", c_u8), ("exception_payload", c_u64)]
 
 
+class kvm_guest_debug_arch(_Struct):
+    _fields_ = [("debugreg", c_u64 * 8)]
+
+
+class kvm_guest_debug(_Struct):
+    _fields_ = [("control", c_u32), ("pad", c_u32), ("arch", kvm_guest_debug_arch)]
+class kvm_debugregs(_Struct):
+    _fields_ = [("db", c_u64 * 4), ("dr6", c_u64), ("dr7", c_u64), ("flags", c_u64),
+                ("reserved", c_u64 * 9)]
+
+
+class kvm_pic_state(_Struct):
+    _fields_ = [(n, c_u8) for n in (
+        "last_irr", "irr", "imr", "isr", "priority_add", "irq_base", "read_reg_select", "poll",
+        "special_mask", "init_state", "auto_eoi", "rotate_on_auto_eoi",
+        "special_fully_nested_mode", "init4", "elcr", "elcr_mask")]
+
+
+class kvm_irqchip(_Struct):
+    """KVM_GET/SET_IRQCHIP: chip 0/1 a kvm_pic_state, chip 2 a kvm_ioapic_state, in 512 bytes."""
+    _fields_ = [("chip_id", c_u32), ("pad", c_u32), ("chip", ctypes.c_char * 512)]
+
+
+class kvm_clock_data(_Struct):
+    _fields_ = [("clock", c_u64), ("flags", c_u32), ("pad0", c_u32), ("realtime", c_u64),
+                ("host_tsc", c_u64), ("pad", c_u32 * 4)]
+
+
+class kvm_msr_list(_Struct):
+    _fields_ = [("nmsrs", c_u32)]
+
+
 class kvm_irq_level(_Struct):
     _fields_ = [("irq", c_u32), ("level", c_u32)]
 
@@ -237,6 +269,10 @@ class kvm_run_fail_entry(_Struct):
     _fields_ = [("hardware_entry_failure_reason", c_u64), ("cpu", c_u32)]
 
 
+class kvm_debug_exit_arch(_Struct):
+    _fields_ = [("exception", c_u32), ("pad", c_u32), ("pc", c_u64), ("dr6", c_u64), ("dr7", c_u64)]
+
+
 class kvm_run_internal(_Struct):
     _fields_ = [("suberror", c_u32), ("ndata", c_u32), ("data", c_u64 * 16)]
 
@@ -248,6 +284,7 @@ class kvm_run_system_event(_Struct):
 class _run_exit(ctypes.Union):
     _fields_ = [("io", kvm_run_io), ("mmio", kvm_run_mmio), ("fail_entry", kvm_run_fail_entry),
                 ("internal", kvm_run_internal), ("system_event", kvm_run_system_event),
+                ("debug", kvm_debug_exit_arch),
                 ("padding", ctypes.c_char * 256)]
 
 
@@ -288,7 +325,6 @@ KVM_SET_SREGS = _iow(0x84, kvm_sregs)
 KVM_GET_MSRS = _iowr(0x88, kvm_msrs)
 KVM_SET_MSRS = _iow(0x89, kvm_msrs)
 KVM_GET_FPU = _ior(0x8C, kvm_fpu)
-KVM_SET_FPU = _iow(0x8D, kvm_fpu)
 KVM_GET_LAPIC = _ior(0x8E, kvm_lapic_state)
 KVM_SET_LAPIC = _iow(0x8F, kvm_lapic_state)
 KVM_SET_CPUID2 = _iow(0x90, kvm_cpuid2)
@@ -305,6 +341,16 @@ KVM_GET_XCRS = _ior(0xA6, kvm_xcrs)
 KVM_SET_XCRS = _iow(0xA7, kvm_xcrs)
 KVM_GET_XSAVE2 = _ior(0xCF, kvm_xsave)
 KVM_GET_TSC_KHZ = _io(0xA3)
+KVM_SET_GUEST_DEBUG = _iow(0x9B, kvm_guest_debug)
+KVM_SET_TSC_KHZ = _io(0xA2)
+KVM_GET_DEBUGREGS = _ior(0xA1, kvm_debugregs)
+KVM_SET_DEBUGREGS = _iow(0xA2, kvm_debugregs)
+KVM_GET_IRQCHIP = _iowr(0x62, kvm_irqchip)
+KVM_SET_IRQCHIP = _ior(0x63, kvm_irqchip)
+KVM_GET_CLOCK = _ior(0x7C, kvm_clock_data)
+KVM_SET_CLOCK = _iow(0x7B, kvm_clock_data)
+KVM_GET_MSR_INDEX_LIST = _iowr(0x02, kvm_msr_list)
+KVM_KVMCLOCK_CTRL = _io(0xAD)
 
 # --- constants -----------------------------------------------------------
 
@@ -316,6 +362,7 @@ KVM_CAP_USER_MEMORY = 3
 KVM_CAP_SET_TSS_ADDR = 4
 KVM_CAP_EXT_CPUID = 7
 KVM_CAP_NR_VCPUS = 9
+KVM_CAP_NR_MEMSLOTS = 10
 KVM_CAP_MP_STATE = 14
 KVM_CAP_IRQ_ROUTING = 25
 KVM_CAP_SET_IDENTITY_MAP_ADDR = 37
@@ -329,6 +376,13 @@ KVM_CAP_SIGNAL_MSI = 77
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_XSAVE2 = 208
+KVM_CAP_SET_GUEST_DEBUG = 23
+KVM_CAP_READONLY_MEM = 81
+KVM_CAP_SET_GUEST_DEBUG2 = 195
+KVM_CAP_DEBUGREGS = 50
+KVM_CAP_ADJUST_CLOCK = 39
+KVM_CAP_TSC_CONTROL = 60
+KVM_CAP_KVMCLOCK_CTRL = 76
 
 KVM_EXIT_UNKNOWN = 0
 KVM_EXIT_EXCEPTION = 1
@@ -380,6 +434,15 @@ KVM_VCPUEVENT_VALID_SIPI_VECTOR = 0x2
 KVM_VCPUEVENT_VALID_SHADOW = 0x4
 
 KVM_MEM_READONLY = 1 << 1
+
+KVM_GUESTDBG_ENABLE = 0x1
+KVM_GUESTDBG_SINGLESTEP = 0x2
+KVM_GUESTDBG_USE_SW_BP = 0x10000
+KVM_GUESTDBG_USE_HW_BP = 0x20000
+KVM_GUESTDBG_INJECT_DB = 0x40000
+KVM_GUESTDBG_INJECT_BP = 0x80000
+KVM_GUESTDBG_BLOCKIRQ = 0x100000
+KVM_CLOCK_TSC_STABLE = 2
 
 
 # --- wrappers ------------------------------------------------------------
@@ -442,6 +505,18 @@ class System(_Fd):
                 raise
             return list(buf.entries[:buf.nent])
 
+    def msr_index_list(self) -> list[int]:
+        """The MSRs KVM saves and restores for a vCPU (KVM_GET_MSR_INDEX_LIST)."""
+        probe = kvm_msr_list(nmsrs=0)
+        try:
+            self.ioctl(KVM_GET_MSR_INDEX_LIST, probe)
+        except KvmError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        buf = (c_u32 * (1 + probe.nmsrs))(probe.nmsrs)
+        _ioctl(self.fd, KVM_GET_MSR_INDEX_LIST, buf)
+        return list(buf[1:1 + buf[0]])
+
     def create_vm(self) -> "Vm":
         return Vm(self, self.ioctl(KVM_CREATE_VM, 0))
 
@@ -475,6 +550,22 @@ class Vm(_Fd):
 
     def set_pit2(self, state: kvm_pit_state2) -> None:
         self.ioctl(KVM_SET_PIT2, state)
+
+    def get_irqchip(self, chip: int) -> kvm_irqchip:
+        state = kvm_irqchip(chip_id=chip)
+        self.ioctl(KVM_GET_IRQCHIP, state)
+        return state
+
+    def set_irqchip(self, state: kvm_irqchip) -> None:
+        self.ioctl(KVM_SET_IRQCHIP, state)
+
+    def get_clock(self) -> kvm_clock_data:
+        state = kvm_clock_data()
+        self.ioctl(KVM_GET_CLOCK, state)
+        return state
+
+    def set_clock(self, state: kvm_clock_data) -> None:
+        self.ioctl(KVM_SET_CLOCK, state)
 
     def irq_line(self, irq: int, level: int) -> None:
         self.ioctl(KVM_IRQ_LINE, kvm_irq_level(irq, level))
@@ -532,7 +623,6 @@ class Vcpu(_Fd):
     def get_sregs(self) -> kvm_sregs: return self._get(KVM_GET_SREGS, kvm_sregs)
     def set_sregs(self, sregs: kvm_sregs) -> None: self.ioctl(KVM_SET_SREGS, sregs)
     def get_fpu(self) -> kvm_fpu: return self._get(KVM_GET_FPU, kvm_fpu)
-    def set_fpu(self, fpu: kvm_fpu) -> None: self.ioctl(KVM_SET_FPU, fpu)
     def get_lapic(self) -> kvm_lapic_state: return self._get(KVM_GET_LAPIC, kvm_lapic_state)
     def set_lapic(self, s: kvm_lapic_state) -> None: self.ioctl(KVM_SET_LAPIC, s)
     def get_xcrs(self) -> kvm_xcrs: return self._get(KVM_GET_XCRS, kvm_xcrs)
@@ -540,8 +630,38 @@ class Vcpu(_Fd):
     def get_vcpu_events(self) -> kvm_vcpu_events: return self._get(KVM_GET_VCPU_EVENTS, kvm_vcpu_events)
     def set_vcpu_events(self, e: kvm_vcpu_events) -> None: self.ioctl(KVM_SET_VCPU_EVENTS, e)
 
+    def set_guest_debug(self, control: int, debugreg: list[int] = ()) -> None:
+        """KVM_SET_GUEST_DEBUG: KVM_GUESTDBG_* flags, and DR0-DR7 for USE_HW_BP."""
+        arg = kvm_guest_debug(control=control)
+        for i, value in enumerate(debugreg):
+            arg.arch.debugreg[i] = value
+        self.ioctl(KVM_SET_GUEST_DEBUG, arg)
+    def get_debugregs(self) -> kvm_debugregs: return self._get(KVM_GET_DEBUGREGS, kvm_debugregs)
+    def set_debugregs(self, d: kvm_debugregs) -> None: self.ioctl(KVM_SET_DEBUGREGS, d)
+
     def get_tsc_khz(self) -> int:
         return self.ioctl(KVM_GET_TSC_KHZ)
+
+    def set_tsc_khz(self, khz: int) -> None:
+        self.ioctl(KVM_SET_TSC_KHZ, khz)
+
+    def kvmclock_ctrl(self) -> None:
+        """Tell a guest using kvmclock that it was paused (EINVAL when it does not use it)."""
+        self.ioctl(KVM_KVMCLOCK_CTRL)
+
+    def get_cpuid2(self) -> list[kvm_cpuid_entry2]:
+        """The CPUID table set with KVM_SET_CPUID2."""
+        n = 256
+        while True:
+            buf = kvm_cpuid2_n(n)(nent=n)
+            try:
+                self.ioctl(KVM_GET_CPUID2, buf)
+            except KvmError as e:
+                if e.errno == errno.E2BIG and n < 4096:
+                    n *= 2
+                    continue
+                raise
+            return list(buf.entries[:buf.nent])
 
     def get_mp_state(self) -> int:
         return self._get(KVM_GET_MP_STATE, kvm_mp_state).mp_state

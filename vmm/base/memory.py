@@ -6,7 +6,8 @@ guest-chosen address can never reach host memory outside guest RAM.
 from __future__ import annotations
 
 import mmap
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 
 # The 32-bit PCI hole: MMIO windows, IOAPIC, LAPIC and the VT-d page live here;
 # RAM that does not fit below it continues at 4 GiB.
@@ -24,6 +25,13 @@ class GuestMemoryError(Exception):
     """An access outside guest RAM (or straddling two slots)."""
 
 
+# Snapshot RAM files (save_sparse, from_ram_file): data runs closer than this are
+# mapped as one extent (the hole between them is read from the file), and the gap
+# grows until a slot has at most MAX_EXTENTS mappings (each is a kernel VMA).
+MERGE_GAP = 16 * mmap.PAGESIZE
+MAX_EXTENTS = 8192
+
+
 @dataclass
 class Slot:
     """One contiguous piece of guest RAM backed by a host buffer."""
@@ -32,6 +40,9 @@ class Slot:
     size: int
     buf: object          # mmap.mmap or bytearray
     view: memoryview
+    # (offset, length) ranges mapped from a snapshot's RAM file (from_ram_file): their
+    # pages may hold data without having been touched in this process.
+    file_extents: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -55,6 +66,72 @@ class GuestMemory:
             buf.madvise(mmap.MADV_DONTFORK)
             mem.add_slot(gpa, buf)
         return mem
+
+    @classmethod
+    def from_ram_file(cls, fd: int, slots: list[tuple[int, int, int, list[tuple[int, int]]]]
+                      ) -> "GuestMemory":
+        """RAM as save_sparse() wrote it to the file `fd`: for each (gpa, size, file offset,
+        extents) an anonymous slot with the extents mapped privately from the file over it,
+        so a page loads when the guest first touches it and the time taken does not grow
+        with the size of RAM. The file may be closed afterwards."""
+        from akvm.base.native import ffi, lib
+        mem = cls()
+        try:
+            for gpa, length, offset, extents in slots:
+                buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+                slot = mem.add_slot(gpa, buf)
+                pairs = [v for extent in extents for v in extent]
+                r = lib.akvm_ram_map(ffi.cast("void *", mem.host_address(slot)), length, fd,
+                                     offset, pairs or [0], len(extents))
+                if r < 0:
+                    raise OSError(-r, f"mapping the RAM file: {os.strerror(-r)}")
+                slot.file_extents = list(extents)
+                buf.madvise(mmap.MADV_DONTFORK)
+        except BaseException:
+            mem.close()
+            raise
+        return mem
+
+    def save_sparse(self, fd: int, offsets: list[int]) -> dict:
+        """Write the RAM that holds data to the file `fd`, slot i at offsets[i] (holes
+        elsewhere). Returns {"extents": per slot, the (offset, length) ranges to map back,
+        "data": bytes written, "touched": bytes of RAM this process has touched}. Pages
+        never touched are not even read (/proc/self/pagemap), except in the extents a
+        RAM file maps, whose untouched pages still hold the file's data."""
+        from akvm.base.native import ffi, lib
+        try:
+            pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pagemap = -1            # every page is read and checked for zeros
+        out = {"extents": [], "data": 0, "touched": 0}
+        runs = ffi.new("struct akvm_ram_runs *")
+        touched = ffi.new("unsigned long long *")
+        try:
+            for slot, offset in zip(self.slots, offsets):
+                base = ffi.cast("void *", self.host_address(slot))
+                for start, end, from_file in _segments(slot.size, slot.file_extents):
+                    r = lib.akvm_ram_save(base, start, end, -1 if from_file else pagemap, fd,
+                                          offset, runs, touched)
+                    if r < 0:
+                        raise OSError(-r, f"writing the RAM file: {os.strerror(-r)}")
+                data = [(runs.v[2 * i], runs.v[2 * i + 1]) for i in range(runs.n)]
+                lib.akvm_ram_runs_free(runs)
+                out["data"] += sum(n for _, n in data)
+                out["extents"].append(merge_runs(data))
+        finally:
+            lib.akvm_ram_runs_free(runs)
+            if pagemap >= 0:
+                os.close(pagemap)
+        out["touched"] = touched[0] * mmap.PAGESIZE
+        return out
+
+    def close(self) -> None:
+        """Unmap mmap'd slots (after KVM has let go of them)."""
+        for slot in self.slots:
+            slot.view.release()
+            if isinstance(slot.buf, mmap.mmap):
+                slot.buf.close()
+        self.slots = []
 
     @classmethod
     def from_bytearray(cls, size: int, gpa: int = 0) -> "GuestMemory":
@@ -131,3 +208,31 @@ class GuestMemory:
         """The host virtual address of a slot, for KVM_SET_USER_MEMORY_REGION."""
         import ctypes
         return ctypes.addressof(ctypes.c_char.from_buffer(slot.buf))
+
+
+def _segments(size: int, file_extents: list[tuple[int, int]]):
+    """[0, size) cut into (start, end, from_file) pieces by the mapped file extents."""
+    pos = 0
+    for off, length in sorted(file_extents):
+        if off > pos:
+            yield pos, off, False
+        yield off, off + length, True
+        pos = off + length
+    if pos < size:
+        yield pos, size, False
+
+
+def merge_runs(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs of data -> the extents to map: neighbours closer than MERGE_GAP become one,
+    and the gap doubles until there are at most MAX_EXTENTS."""
+    gap = MERGE_GAP
+    while True:
+        merged: list[list[int]] = []
+        for off, length in sorted(runs):
+            if merged and off - (merged[-1][0] + merged[-1][1]) <= gap:
+                merged[-1][1] = off + length - merged[-1][0]
+            else:
+                merged.append([off, length])
+        if len(merged) <= MAX_EXTENTS:
+            return [(off, length) for off, length in merged]
+        gap *= 2

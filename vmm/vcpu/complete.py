@@ -1,6 +1,6 @@
 """Finish in userspace the instructions KVM gave up on.
 
-On kvm_pvm hosts (see ../shared/reference/akaros-guest.md) some guest
+On kvm_pvm hosts (docs/HOST.md) some guest
 instructions end KVM_RUN with KVM_EXIT_INTERNAL_ERROR, suberror 1
 (emulation failure): the XSAVE family, INT3, INT n, INTO, INT1, FWAIT and
 RDTSCP. The vCPU can be resumed once the instruction has been carried out.
@@ -58,6 +58,7 @@ from iced_x86 import Decoder, DecoderError, Formatter, FormatterSyntax, Instruct
     Mnemonic, Register, RegisterInfo
 
 from akvm.base.memory import GuestMemory, GuestMemoryError
+from akvm.vcpu.cpu import format_completions
 from akvm.vcpu.paging import (BP, CR0_MP, CR0_NE, CR0_PE, CR0_TS, CR4_OSXSAVE, CR4_TSD, DB, GP, MF,
                         NM, NP, OF, SS, UD, VECTOR_NAMES, Access, GuestFault, PagingState,
                         canonical, read_linear, translate_range)
@@ -700,14 +701,12 @@ class Completer:
         lines.append(f"  stack (rsp={insn.regs.rsp:#x}): {slots}")
         return "\n".join(lines)
 
-    def format_stats(self) -> str:
+    def stats(self) -> dict:
         with self._lock:
-            done = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items())) or "none"
-            faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
-        s = f"completions: {done}"
-        if faults:
-            s += f"; faults injected: {faults}"
-        return s
+            return {"counts": dict(self.counts), "faults": dict(self.faults)}
+
+    def format_stats(self, s: dict | None = None) -> str:
+        return format_completions(s or self.stats())
 
     # --- XSAVE family
     def _xsave_prologue(self, insn: Insn, supervisor: bool) -> tuple[int, int, int, int]:

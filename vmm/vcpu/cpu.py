@@ -4,6 +4,14 @@ A vCPU thread loops on KVM_RUN (in C, without the GIL) and hands each exit
 to the port-I/O or MMIO bus. Exits that end the VM (triple fault, reset,
 poweroff, an error KVM cannot recover from) are reported to the Machine
 through its `stop` callback with an ExitCode.
+
+Guest debugging (akvm.vcpu.debug): with a `debugger` attached, a debug
+exit, the debugger's own int3 (an emulation failure where ring 0 is
+emulated) or a write to a watched page ends in a DebugStop: the thread
+pauses itself, held by DEBUG_HOLD, and tells the debugger once parked.
+While `stepping`, every exit ends the step: the instruction that caused
+it has executed (on kvm_pvm an instruction that exits to akvm ends with
+that exit, not a debug exit).
 """
 from __future__ import annotations
 
@@ -15,11 +23,17 @@ from dataclasses import dataclass, field
 from akvm.base import kvm
 from akvm.base.exitcode import ExitCode
 from akvm.base.native import ffi, lib
+from akvm.vcpu.debug import STEP, DebugStop
 
 log = logging.getLogger("akvm.cpu")
 
 # A real-time signal nothing else uses: sent to a vCPU thread to end KVM_RUN.
 KICK_SIGNAL = signal.SIGRTMIN + 3
+
+# What _run_once returns for an exit the C fast path completed (not a KVM exit reason).
+EXIT_DONE_IN_C = 1 << 16
+# Who holds a paused vCPU: Machine.pause() (every vCPU), or a debugger (one at a time).
+PAUSE_HOLD, DEBUG_HOLD = "pause", "debug"
 
 
 @dataclass
@@ -96,6 +110,14 @@ def configure_cpuid(vcpu: kvm.Vcpu, supported: list[kvm.kvm_cpuid_entry2]) -> No
     vcpu.set_cpuid2(entries)
 
 
+def format_completions(s: dict) -> str:
+    """What akvm.vcpu.complete.Completer.stats() counted, as --stats prints it (here, so
+    that printing it does not load the completer)."""
+    done = ", ".join(f"{k} {v}" for k, v in sorted(s["counts"].items())) or "none"
+    faults = ", ".join(f"{k} {v}" for k, v in sorted(s["faults"].items()))
+    return f"completions: {done}" + (f"; faults injected: {faults}" if faults else "")
+
+
 # --- register dump -------------------------------------------------------
 
 def format_registers(regs: kvm.kvm_regs, sregs: kvm.kvm_sregs) -> str:
@@ -135,16 +157,84 @@ class VcpuThread(threading.Thread):
         self.stopping = False
         self.fastpath = fastpath          # akvm.base.runloop.FastPath: exits completed in C
         self._run_ptr = ffi.cast("void *", vcpu.run_address)
+        # Pausing (request_pause / wait_paused / resume): guarded by _pause. The vCPU
+        # runs while nobody holds it.
+        self._pause = threading.Condition()
+        self._holds: set[str] = set()
+        self.paused = False               # parked between two instructions, out of KVM_RUN
+        # Guest debugging: None unless a debugger (akvm.vcpu.debug.GuestDebug) is attached.
+        self.debugger = None
+        self.stepping = False             # the debugger asked for one instruction
+        self.debug_event: DebugStop | None = None   # what this exit means to the debugger
+        self._stopped_for: DebugStop | None = None  # told to the debugger once parked
 
-    def kick(self) -> None:
-        """Make the thread leave KVM_RUN and exit its loop."""
-        self.stopping = True
-        self.vcpu.kvm_run.immediate_exit = 1
+    def _signal(self) -> None:
         if self.is_alive() and self.ident is not None:
             try:
                 signal.pthread_kill(self.ident, KICK_SIGNAL)
             except ProcessLookupError:
                 pass
+
+    def kick(self) -> None:
+        """Make the thread leave KVM_RUN and exit its loop (a paused thread too)."""
+        self.stopping = True
+        self.vcpu.kvm_run.immediate_exit = 1
+        with self._pause:
+            self._pause.notify_all()
+        self._signal()
+
+    # --- pausing -------------------------------------------------------------
+    #
+    # A paused vCPU is parked in this thread, outside KVM_RUN, with every
+    # instruction it started finished: the exit that handed an access to
+    # akvm was completed by one more KVM_RUN with immediate_exit set (KVM
+    # then writes an IN's value to RAX or an MMIO read's to its register,
+    # and moves RIP past the instruction, without entering the guest). Its
+    # registers, and anything the guest can see, hold still until resume(),
+    # and other threads may use the vCPU's state ioctls meanwhile. Holders
+    # are counted apart (PAUSE_HOLD, DEBUG_HOLD): a snapshot's pause and
+    # resume leave a vCPU a debugger stopped where it is.
+
+    def request_pause(self, owner: str = PAUSE_HOLD) -> None:
+        """Ask the thread to park at the next instruction boundary; wait_paused() waits for it."""
+        with self._pause:
+            self._holds.add(owner)
+            self.vcpu.kvm_run.immediate_exit = 1
+            paused = self.paused        # then it sees the hold before it leaves
+        if not paused:
+            self._signal()
+
+    def wait_paused(self, timeout: float | None = None) -> bool:
+        """Whether the thread is parked within `timeout` seconds, or runs no guest code:
+        not started (it parks before its first instruction) or ended."""
+        with self._pause:
+            return self._pause.wait_for(
+                lambda: self.paused or self.ident is None or self.stopping, timeout)
+
+    def resume(self, owner: str = PAUSE_HOLD) -> None:
+        """Drop `owner`'s hold: the thread runs the guest again once nobody holds it."""
+        with self._pause:
+            self._holds.discard(owner)
+            if not self._holds and not self.paused and not self.stopping:
+                self.vcpu.kvm_run.immediate_exit = 0
+            self._pause.notify_all()
+
+    def _park(self) -> None:
+        """Park here while anyone holds the thread: after KVM_RUN returned EINTR, or
+        from _debug_stop() when no exit is left to complete."""
+        with self._pause:
+            if not self._holds or self.stopping:
+                return
+            self.paused = True
+            stopped_for, self._stopped_for = self._stopped_for, None
+            self._pause.notify_all()
+        if stopped_for is not None and self.debugger is not None:
+            self.debugger.stopped(self, stopped_for)
+        with self._pause:
+            self._pause.wait_for(lambda: not self._holds or self.stopping)
+            self.paused = False
+            if not self.stopping:
+                self.vcpu.kvm_run.immediate_exit = 0
 
     def run(self) -> None:
         try:
@@ -152,14 +242,22 @@ class VcpuThread(threading.Thread):
         except Exception as e:  # a bug in akvm must still end the VM cleanly
             log.exception("vcpu%d: internal error", self.vcpu.index)
             self.stop(ExitCode.GUEST_ERROR, f"vcpu{self.vcpu.index}: akvm internal error: {e}")
+        finally:
+            with self._pause:               # wait_paused() need not wait for a thread that ended
+                self.stopping = True
+                self._pause.notify_all()
 
     def _loop(self) -> None:
         run = self.vcpu.kvm_run
         fd, fast = self.vcpu.fd, self.fastpath.handle
         while not self.stopping:
-            reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
+            if self.stepping:
+                reason = self._run_once()
+            else:
+                reason = lib.akvm_vcpu_loop(fd, self._run_ptr, fast, self.stats.fast_exits)
             if reason < 0:
-                if -reason in (4, 11):   # EINTR, EAGAIN: a kick or a signal
+                if -reason in (4, 11):   # EINTR, EAGAIN: a kick, a pause or a signal
+                    self._park()
                     continue
                 self.fatal(f"KVM_RUN failed: errno {-reason}")
                 return
@@ -169,8 +267,36 @@ class VcpuThread(threading.Thread):
             elif reason == kvm.KVM_EXIT_MMIO:
                 self.stats.count("mmio")
                 self._mmio(run.exit.mmio)
-            elif not self._other_exit(reason, run):
+            elif reason != EXIT_DONE_IN_C and not self._other_exit(reason, run):
                 return
+            if self.stepping and self.debug_event is None and reason != kvm.KVM_EXIT_DEBUG:
+                self.debug_event = STEP       # an instruction that exits has executed
+            if self.debug_event is not None:
+                self._debug_stop(reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO, EXIT_DONE_IN_C))
+
+    def _run_once(self) -> int:
+        """One KVM_RUN, its exit completed in C when C can (the C loop would run on)."""
+        try:
+            reason = self.vcpu.run()
+        except kvm.KvmError as e:
+            return -e.errno
+        if reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO) and \
+                self.fastpath.complete(self.vcpu.run_address):
+            self.stats.fast_exits[0] += 1
+            return EXIT_DONE_IN_C
+        return reason
+
+    def _debug_stop(self, io_pending: bool) -> None:
+        """Pause this vCPU for the debugger, and tell it once parked. After an I/O or
+        MMIO exit the next KVM_RUN (immediate_exit set) completes it and returns EINTR,
+        and the thread parks then; after any other exit it parks at once."""
+        with self._pause:
+            self._stopped_for, self.debug_event = self.debug_event, None
+            self._holds.add(DEBUG_HOLD)
+            self.vcpu.kvm_run.immediate_exit = 1
+        self.stepping = False
+        if not io_pending:
+            self._park()
 
     def _io(self, io: kvm.kvm_run_io) -> None:
         size, port = io.size, io.port
@@ -200,6 +326,10 @@ class VcpuThread(threading.Thread):
         self.stats.count(name)
         if reason in (kvm.KVM_EXIT_HLT, kvm.KVM_EXIT_IRQ_WINDOW_OPEN, kvm.KVM_EXIT_INTR):
             return True
+        if reason == kvm.KVM_EXIT_DEBUG:
+            if self.debugger is not None:
+                self.debug_event = self.debugger.debug_exit(self, run.exit.debug)
+            return True
         if reason == kvm.KVM_EXIT_SHUTDOWN:
             self.fatal("triple fault", ExitCode.TRIPLE_FAULT)
             return False
@@ -214,6 +344,10 @@ class VcpuThread(threading.Thread):
             return False
         if reason == kvm.KVM_EXIT_INTERNAL_ERROR:
             internal = run.exit.internal
+            if internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION and self.debugger is not None:
+                self.debug_event = self.debugger.breakpoint_at(self)
+                if self.debug_event is not None:
+                    return True
             if (internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION
                     and self.completer is not None and self.completer(self)):
                 return True

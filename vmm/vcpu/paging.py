@@ -79,6 +79,11 @@ class Access:
 
 
 READ = Access()
+# A debugger's look at memory: any present mapping, whatever its U/S and R/W
+# bits (a supervisor read with SMAP lifted; write permission is not checked
+# for a read). Used with set_accessed=False, it leaves the guest's page
+# tables exactly as they were.
+INSPECT = Access(ac=True)
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,7 @@ def _set_bits(memory: GuestMemory, entry_addr: int, bits: int) -> None:
 
 
 def translate_range(memory: GuestMemory, ps: PagingState, linear: int, length: int,
-                    access: Access = READ) -> list[tuple[int, int]]:
+                    access: Access = READ, *, set_accessed: bool = True) -> list[tuple[int, int]]:
     """(gpa, length) pieces covering [linear, linear + length), each within one page.
 
     Every page is translated (and checked to be RAM) before anything is
@@ -250,7 +255,7 @@ def translate_range(memory: GuestMemory, ps: PagingState, linear: int, length: i
     wrap = (1 << 64) if ps.long_mode and ps.cr0 & CR0_PG else (1 << 32)
     while length > 0:
         n = min(length, PAGE_SIZE - (linear & 0xFFF))
-        gpa = translate(memory, ps, linear, access)
+        gpa = translate(memory, ps, linear, access, set_accessed=set_accessed)
         if not memory.contains(gpa, n):
             raise GuestMemoryError(f"linear {linear:#x} -> {gpa:#x}+{n:#x} is outside guest RAM")
         pieces.append((gpa, n))
