@@ -12,6 +12,8 @@
  *   peer MYIP PEERIP COUNT      static address MYIP; COUNT pings to PEERIP
  *   answer MYIP COUNT           static address MYIP; answer ARP, and pings until
  *                               COUNT were answered (at most 60 s)
+ *   pingloop SECONDS            after DHCP, a ping to the gateway every 100 ms for
+ *                               SECONDS (the device keeps working across a snapshot)
  *   bench UDPPORT SINKPORT SOURCEPORT BYTES ROUNDS
  *       after DHCP, against the host's 127.0.0.1 through the gateway: ROUNDS
  *       UDP round trips of 64 bytes with an echo server on UDPPORT
@@ -196,6 +198,37 @@ static int answer(int argc, char **argv)
 	return all ? 0 : fail(5, "answer", "not all the pings came");
 }
 
+static int pingloop(int argc, char **argv)
+{
+	if (argc < 1)
+		return fail(1, "usage", "pingloop SECONDS");
+	if (!open_nic())
+		return 2;
+	const char *err = dhcp();
+	if (err)
+		return fail(3, "dhcp", err);
+	char gw[16];
+	fmt_ip(gw, net_cfg.gateway);
+	uint64_t start = now_us(), end = start + atol(argv[0]) * 1000000ULL, last = 0;
+	int sent = 0, answered = 0;
+	printf("net: pinging %s for %ld s\n", gw, atol(argv[0]));
+	while (now_us() < end) {
+		int replies;
+		uint64_t rtt;
+		sent++;
+		if (!ping(net_cfg.gateway, 1, 56, &replies, &rtt)) {
+			answered++;
+			last = now_us();
+		}
+		uint64_t pause = now_us() + 100000;
+		while (now_us() < pause)
+			net_poll();
+	}
+	printf("net: ping %s: %d/%d replies, the last %lu ms before the end\n", gw, answered, sent,
+	       last ? (unsigned long)((end - last) / 1000) : 0);
+	return answered && end - last < 1000000 ? 0 : 5;
+}
+
 /* ---- bench ---- */
 
 static volatile bool udp_answered;
@@ -326,5 +359,7 @@ int main(int argc, char **argv)
 		return answer(argc - 1, argv + 1);
 	if (!strcmp(argv[0], "bench"))
 		return bench(argc - 1, argv + 1);
+	if (!strcmp(argv[0], "pingloop"))
+		return pingloop(argc - 1, argv + 1);
 	return fail(1, "usage", "net [-d KIND] check|peer|answer ...");
 }

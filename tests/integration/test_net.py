@@ -214,3 +214,22 @@ def test_the_same_driver_on_qemus_nics(akvm_guest_factory, line_server):
     assert result.passed == ["e1000"], result.output
     check(guest, "e1000", line_server, fwd_e, "e1000")
     check(guest, r"virtio-net pci 00:\w\w\.0", line_server, fwd_v, "virtio-pci")
+
+
+def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
+    """Saved while a process pings through virtio-net (its queues served in C), resumed in a
+    new akvm with a new libslirp: the rings go on where they were, the pings are answered."""
+    libslirp_or_skip()
+    guest = akvm_guest_factory(args=["--device", "virtio-net,net=user"],
+                               control=tmp_path / "control.sock", timeout=TIMEOUT)
+    guest.send("run net pingloop 6\r")
+    guest.expect("net: pinging 10.0.2.2 for 6 s")
+    guest.snapshot(tmp_path / "snap")
+    guest.close()
+    restored = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False)
+    restored.expect(r"net: ping 10\.0\.2\.2: (\d+)/(\d+) replies, the last \d+ ms before the end",
+                    timeout=60)
+    answered, sent = (int(g) for g in restored.child.match.groups())
+    restored.expect(restored.prompt, timeout=30)
+    assert re.search(r"pid \d+ \(net\): exit status 0", restored.serial_log), restored.serial_log
+    assert answered >= sent - 3
