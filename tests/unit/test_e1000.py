@@ -3,7 +3,6 @@ driver would: EEPROM (EECD bit-banging as Akaros does it, and EERD), the PHY ove
 reset, interrupts, transmit (legacy, offloads, TSO, VLAN), receive (buffer sizes, long
 frames, filters, FCS), statistics, VT-d, and hostile input."""
 import collections
-import socket
 import struct
 import zlib
 

@@ -2,8 +2,6 @@
 
 Every server a test talks to is one it started on 127.0.0.1."""
 import socket
-import struct
-import threading
 import time
 
 import pytest

@@ -9,7 +9,6 @@ what C gives back goes to Python), the other's in Python. Both must send the sam
 and leave the same guest memory (data, used rings, notification words), the same
 counters and the same device status, and want interrupts alike.
 """
-import struct
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 

@@ -26,7 +26,7 @@ import threading
 from akvm.testing import Guest
 from tools.bench.common import Row, have_qemu
 
-RUNS = 3
+RUNS = 5
 ROUNDS = 2000
 BYTES = 16 << 20
 NICS = (("virtio-net", "virtio-pci"), ("e1000", "e1000"))
