@@ -23,5 +23,7 @@ typedef int (*akvm_nic_rx_fn)(void *nic, const uint8_t *frame, size_t len);
 #define AKVM_NIC_FULL 1		/* rx: no room now: the caller holds the frame */
 #define AKVM_NIC_PYTHON 2	/* Python's to do: the frame (rx), the rest of the ring (tx) */
 #define AKVM_NIC_IRQ 4		/* ORed in: the guest wants an interrupt, Python sends it */
+#define AKVM_NIC_AGAIN 8	/* ORed in by tx: call again soon, even unasked (the guest
+				 * need not notify while it keeps sending) */
 
 #endif

@@ -174,7 +174,7 @@ struct aks_engine {
     akvm_nic_rx_fn nic_rx;
     void *nic;
     int nic_fd[2];                      /* its eventfds: the guest queued frames or freed room */
-    int nic_python;                     /* the NIC gave its transmit ring to Python */
+    int nic_again;                      /* the NIC asked to be called on the next turn */
     unsigned long long dropped, to_network, to_guest_c, to_guest_python;
 };
 
@@ -374,7 +374,6 @@ static void aks_engine_set_nic(struct aks_engine *e, void *tx, void *rx, void *n
     e->nic = nic;
     e->nic_fd[0] = fd0;
     e->nic_fd[1] = fd1;
-    e->nic_python = 0;
     if (!rx) {                                  /* what was held goes to Python in order */
         size_t len;
         uint8_t *f;
@@ -464,14 +463,14 @@ static void aks_nic_turn(struct aks_engine *e)
         }
         free(f);
     }
-    if (e->nic_tx && !e->nic_python) {
+    e->nic_again = 0;
+    if (e->nic_tx) {
         int r = e->nic_tx(e->nic, aks_out, e);
         if (r & AKVM_NIC_IRQ)
             e->events |= AKS_EV_IRQ;
-        if ((r & ~AKVM_NIC_IRQ) == AKVM_NIC_PYTHON) {
-            e->nic_python = 1;                  /* until Python sets the NIC again */
-            e->events |= AKS_EV_NIC_PYTHON;
-        }
+        e->nic_again = !!(r & AKVM_NIC_AGAIN);
+        if ((r & ~(AKVM_NIC_IRQ | AKVM_NIC_AGAIN)) == AKVM_NIC_PYTHON)
+            e->events |= AKS_EV_NIC_PYTHON;     /* Python's turn (this one, or from now on) */
     }
 }
 
@@ -502,7 +501,7 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
          * not `timeout` ms from now, which is up to one more. */
         int64_t now_ns = aks_clock_ns(NULL);
         int64_t wait = (now_ns / 1000000 + timeout) * 1000000 - now_ns;
-        if (e->events || wait < 0)      /* some came while Python had the thread */
+        if (e->events || e->nic_again || wait < 0)   /* work waiting: do not sleep */
             wait = 0;
         struct timespec ts = { .tv_sec = wait / 1000000000, .tv_nsec = wait % 1000000000 };
         int rc = ppoll(e->fds, e->n, &ts, NULL);
@@ -518,7 +517,7 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
                 }
         }
         slirp_pollfds_poll(e->slirp, rc < 0, aks_get_revents, e);
-        int nic = 0;
+        int nic = e->nic_again;
         for (int i = first_nic; rc > 0 && i < last_nic; i++)
             if (e->fds[i].revents & POLLIN) {
                 aks_drain(e->fds[i].fd);

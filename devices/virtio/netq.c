@@ -14,7 +14,10 @@
  * and the frame dropped, as in Python. Notification suppression and the
  * interrupt decision are Virtqueue's (flags or VIRTIO_F_EVENT_IDX); the
  * receive queue asks for notifications only once it has run out of
- * buffers, so a driver returning buffers does not exit for each.
+ * buffers, so a driver returning buffers does not exit for each, and the
+ * transmit queue only after a turn that found nothing (AKVM_NIC_AGAIN: the
+ * backend calls again at once), so a driver that keeps sending does not
+ * exit for each batch either.
  *
  * Anything Python would report (a broken chain, a ring word outside guest
  * RAM) ends C's turn untouched and gives the queues back to Python, which
@@ -171,6 +174,13 @@ int akvm_vnetq_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 		if (set_notify(q, r, 0) || (n = pending(q, r)) < 0) {
 			code = give_back(q);
 			goto out;
+		}
+		if (!n && pushed) {
+			/* Busy: leave notifications off and look again on the next
+			 * turn of the loop, after the network had its say; a
+			 * sending driver then need not notify for each batch. */
+			code |= AKVM_NIC_AGAIN;
+			break;
 		}
 		if (!n) {
 			if (set_notify(q, r, 1) || (n = pending(q, r)) < 0) {

@@ -679,3 +679,61 @@ def test_hostile_segmentation_contexts(fields, paylen, tucmd, hdrlen, mss, popts
     assert len(nic.wire.sent) <= E.MAX_TSO_SEGMENTS
     assert all(14 <= len(f) <= E.MAX_TX_PACKET + 4 for f in nic.wire.sent)
     assert nic.wire.sent or nic.dev.tx_dropped == 1
+
+
+def test_on_user_networking_c_and_python_take_turns():
+    """The rings served in C on libslirp's thread: a plain ARP request goes out by C,
+    a packet with a legacy checksum insertion is Python's turn, and C takes the next
+    plain one again; each answer lands in the receive ring."""
+    import time
+    from tests.unit.test_usernet import slirp_or_skip
+    backend = slirp_or_skip()()
+    nic = Nic.__new__(Nic)
+    nic.rig = Rig()
+    nic.mem, nic.mmio, nic.pio, nic.lines, nic.wire = nic.rig.mem, Bus("mmio"), Bus("pio"), {}, backend
+    nic.root = PciRoot(nic.pio, nic.mmio, mmio_window=MMIO_WINDOW, irq=nic._line,
+                       dma=lambda rid: DirectDma(nic.mem))
+    nic.dev = E.E1000(backend, MAC)
+    nic.root.add(nic.dev)
+    nic.dev.set_command(COMMAND_BUS_MASTER | COMMAND_MEMORY_SPACE)
+    nic.bar = nic.dev.bar_address(0)
+    nic.dev.start()
+    try:
+        nic.rx_setup(count=32, rctl=E.RCTL_SECRC)
+        nic.tx_setup()
+
+        def answer(predicate):
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                frame = nic.take()
+                if frame is not None and predicate(F.parse(frame)):
+                    return F.parse(frame)
+                time.sleep(0.005)
+            raise AssertionError("no answer came")
+
+        assert wait_native(nic.dev)
+        nic.tx_legacy(F.eth(F.BROADCAST, MAC, F.ETH_ARP, F.arp_request(MAC, "10.0.2.15", "10.0.2.2")))
+        nic.tx_go()
+        assert answer(lambda f: f.ethertype == F.ETH_ARP).arp_op == 2
+        gateway = b"\x52\x55\x0a\x00\x02\x02"
+        ping = bytearray(F.eth(gateway, MAC, F.ETH_IP, F.icmp_echo("10.0.2.15", "10.0.2.2", 9, 1)))
+        ping[36:38] = b"\0\0"                                  # the device fills it in
+        nic.tx_legacy(bytes(ping), cmd=E.TXD_CMD_EOP | E.TXD_CMD_IC | E.TXD_CMD_RS, css=34, cso=36)
+        nic.tx_go()
+        assert answer(lambda f: f.proto == F.IP_ICMP).icmp_type == 0
+        nic.tx_legacy(F.eth(gateway, MAC, F.ETH_IP, F.icmp_echo("10.0.2.15", "10.0.2.2", 9, 2)))
+        nic.tx_go()
+        assert answer(lambda f: f.proto == F.IP_ICMP).icmp_type == 0
+        stats = nic.dev.stats()
+        assert stats["tx_frames"] == 3 and stats["rx_frames"] >= 3
+        assert nic.dev.tx_frames == 1                          # the one Python sent
+    finally:
+        nic.dev.close()
+
+
+def wait_native(dev, timeout=5.0):
+    import time
+    end = time.monotonic() + timeout
+    while not dev.s.native and time.monotonic() < end:
+        time.sleep(0.005)
+    return bool(dev.s.native)

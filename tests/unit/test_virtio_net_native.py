@@ -105,8 +105,11 @@ class Side:
                 break
             if code == lib.AKVM_NIC_DONE:
                 self.held.pop(0)
-        if self.native is not None:
-            self._code(lib.akvm_vnetq_tx(self.native.handle, self.out, ffi.NULL))
+        while self.native is not None:          # as the backend's thread: again while asked
+            code = lib.akvm_vnetq_tx(self.native.handle, self.out, ffi.NULL)
+            self._code(code & ~lib.AKVM_NIC_AGAIN)
+            if not code & lib.AKVM_NIC_AGAIN:
+                break
 
     def receive(self, frame):
         if self.native is None:
