@@ -154,9 +154,8 @@ static bool bench_user_edu(void)
 	return bench_prog(2, argv);
 }
 
-/* `invbench MODE` with the VT-d unit on (the kernel lends it to the process:
- * iommu_lend, benchmark only); without one, the bench is skipped. */
-static bool bench_invbench(const char *name, char *mode)
+/* `PROG MODE` with the VT-d unit on; without one, the bench is skipped. */
+static bool bench_vtd_prog(const char *name, char *prog, char *mode)
 {
 	const char *err = iommu_probe();
 	if (!err)
@@ -165,21 +164,28 @@ static bool bench_invbench(const char *name, char *mode)
 		kprintf("BENCH %s skipped: %s\n", name, err);
 		return true;
 	}
-	char *argv[] = { "invbench", mode };
+	char *argv[] = { prog, mode };
 	return bench_prog(2, argv);
 }
 
-/* IOTLB invalidations timed from ring 3. */
+/* IOTLB invalidations timed from ring 3 (invbench: the kernel lends the
+ * process the VT-d unit, iommu_lend, benchmark only). */
 static bool bench_user_iommu(void)
 {
-	return bench_invbench("user-iommu", "bench");
+	return bench_vtd_prog("user-iommu", "invbench", "bench");
 }
 
 /* Exits completed in the VMM's run loop, alone and while another core rings
  * the invalidation queue (invbench contend): the second must not slow the first. */
 static bool bench_user_fastexit(void)
 {
-	return bench_invbench("user-fastexit", "contend");
+	return bench_vtd_prog("user-fastexit", "invbench", "contend");
+}
+
+/* I/OAT copies from ring 3, through the process's domain and not (ioatdma bench). */
+static bool bench_user_ioat(void)
+{
+	return bench_vtd_prog("user-ioat", "ioatdma", "bench");
 }
 
 struct bench {
@@ -207,6 +213,7 @@ static const struct bench benches[] = {
 	{ "user-edu", bench_user_edu },
 	{ "user-iommu", bench_user_iommu },
 	{ "user-fastexit", bench_user_fastexit },
+	{ "user-ioat", bench_user_ioat },
 };
 
 int bench_main(int argc, char **argv)

@@ -244,6 +244,42 @@ void pci_msi_disable(const struct pci_dev *d)
 		pci_cfg_write16(d, c + 2, pci_cfg_read16(d, c + 2) & ~1);
 }
 
+bool pci_msix_enable(const struct pci_dev *d, uint8_t vector, uint32_t dest_apic)
+{
+	uint8_t c = pci_find_cap(d, PCI_CAP_MSIX, 0);
+	if (!c)
+		return false;
+	uint16_t ctl = pci_cfg_read16(d, c + 2);
+	uint32_t table = pci_cfg_read32(d, c + 4);
+	uint64_t len, bar = pci_bar(d, table & 7, &len);
+	unsigned n = (ctl & 0x7FF) + 1;
+	if (!bar || (table & ~7u) + 16ULL * n > len)
+		return false;
+	uintptr_t t = pci_map_mmio(bar, len);
+	if (!t)
+		return false;
+	pci_cfg_write16(d, c + 2, ctl | 0xC000);            /* enable, function masked */
+	for (unsigned i = 0; i < n; i++) {
+		volatile uint32_t *e = (volatile uint32_t *)(t + (table & ~7u) + 16 * i);
+		e[3] = 1;                                   /* masked */
+		if (i == 0) {
+			e[0] = msi_addr(dest_apic);
+			e[1] = 0;
+			e[2] = vector;                      /* fixed, edge */
+			e[3] = 0;
+		}
+	}
+	pci_cfg_write16(d, c + 2, (ctl & ~0x4000) | 0x8000);
+	return true;
+}
+
+void pci_msix_disable(const struct pci_dev *d)
+{
+	uint8_t c = pci_find_cap(d, PCI_CAP_MSIX, 0);
+	if (c)
+		pci_cfg_write16(d, c + 2, pci_cfg_read16(d, c + 2) & ~0xC000);
+}
+
 static void scan_bus(uint8_t bus, int depth)
 {
 	for (uint8_t dev = 0; dev < 32; dev++) {

@@ -32,6 +32,7 @@
 #include "cpu.h"
 #include "apic.h"
 #include "edu.h"
+#include "ioat.h"
 #include "iommu.h"
 #include "pci.h"
 #include "console.h"
@@ -171,6 +172,20 @@ static uint64_t frame_alloc(void)
 	spin_unlock(&frame_lock);
 	if (pa)
 		mem_fill64(KADDR(pa), 0, PAGE_SIZE / 8);
+	return pa;
+}
+
+uint64_t frames_contig(unsigned n)
+{
+	uint64_t pa = 0;
+	spin_lock(&frame_lock);
+	if (!frames_ready)
+		frame_init();
+	if (frame_end - frame_next >= (uint64_t)n * PAGE_SIZE) {
+		pa = frame_next;
+		frame_next += (uint64_t)n * PAGE_SIZE;
+	}
+	spin_unlock(&frame_lock);
 	return pa;
 }
 
@@ -826,13 +841,34 @@ static struct pci_dev *edu_target(uint64_t sel)
 	return NULL;
 }
 
-/* The function assign(sel) names, if the kernel can give it: an edu, or a
- * modern virtio-pci function (*vd: its virtio device, else NULL). */
+/* An I/OAT function: sel's bdf, or for ASSIGN_IOAT the first no process owns. */
+static struct pci_dev *ioat_target(uint64_t sel)
+{
+	if (ioat_probe())
+		return NULL;
+	for (int i = 0; i < ioat_nchans; i++) {
+		struct pci_dev *d = ioat_chans[i].pci;
+		if (sel == pci_sid(d) || (sel == ASSIGN_IOAT && !dev_owner[d - pci_devs]))
+			return d;
+	}
+	return NULL;
+}
+
+static bool is_ioat(const struct pci_dev *d)
+{
+	return d->vendor == IOAT_VENDOR && d->device == IOAT_DEVICE;
+}
+
+/* The function assign(sel) names, if the kernel can give it: an edu, an
+ * I/OAT channel, a modern virtio-pci function (*vd: its virtio device,
+ * else NULL), or a network controller. */
 static struct pci_dev *assign_target(uint64_t sel, struct virtio_dev **vd)
 {
 	*vd = NULL;
 	struct pci_dev *e = edu_target(sel);
 	if (e)
+		return e;
+	if ((e = ioat_target(sel)))
 		return e;
 	virtio_scan();
 	for (int i = 0; i < virtio_ndevs; i++) {
@@ -970,8 +1006,8 @@ retry:;
 	if (!busy)
 		*owner = p;
 	spin_unlock(&assign_lock);
-	if (busy && sel == ASSIGN_EDU && ++tries < 4)
-		goto retry;             /* another process took that edu first */
+	if (busy && (sel == ASSIGN_EDU || sel == ASSIGN_IOAT) && ++tries < 4)
+		goto retry;             /* another process took that one first */
 	if (busy)
 		return -1;
 	uint64_t top = translated ? frame_alloc() : 0;
@@ -988,6 +1024,8 @@ retry:;
 	 * with physical addresses, before the device sees the process's IOVAs. */
 	if (vd && !virtio_give(vd, p->pid, translated))
 		goto fail;
+	if (is_ioat(d))
+		ioat_give(d, p->pid);   /* the channel reset: the kernel's ring is gone */
 	if (translated && (!top || io_mirror(p, p->pml4, 4, 0)))
 		goto fail;
 	if (translated)
@@ -1060,6 +1098,8 @@ static void dev_release(struct proc *p)
 		kprintf("pid %d: releasing the device: it did not reset\n", p->pid);
 	if (!vd && d->class == 0x02)
 		pci_set_master(d, false);       /* no driver here to stop it: no more DMA */
+	if (d && is_ioat(d))
+		ioat_give(d, 0);        /* reset: no DMA to the process's IOVAs from here */
 	if (p->iodom.top) {
 		spin_lock(&user_iommu_lock);
 		const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);

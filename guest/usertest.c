@@ -4,6 +4,7 @@
 #include "lib.h"
 #include "proc.h"
 #include "edu.h"
+#include "ioat.h"
 #include "iommu.h"
 #include "timer.h"
 #include "vm.h"
@@ -593,6 +594,102 @@ static const char *test_user_edu_release(void)
 	return frames_returned(before);
 }
 
+/* ---- an I/OAT channel owned by a process (user/ioatdma.c): --device ioat --iommu vtd ---- */
+
+#define STALE_IOAT      0x5A1E000000000000ULL   /* user/ioatdma.c has the same */
+
+/* The last I/OAT function (the kernel's self-tests use the first). */
+static const char *need_ioat_iommu(struct pci_dev **out)
+{
+	const char *err = ioat_probe();
+	if (err)
+		return SKIP("%s", err);
+	if ((err = iommu_probe()))
+		return SKIP("no IOMMU: %s", err);
+	if ((err = iommu_enable()))
+		return FAIL("enabling translation: %s", err);
+	struct pci_dev *d = ioat_chans[ioat_nchans - 1].pci;
+	if (!iommu_covers(d->bus, d->dev, d->fn))
+		return SKIP("the I/OAT function is not in the DRHD's device scope");
+	*out = d;
+	return NULL;
+}
+
+static int run_ioatdma(struct proc **out, const char *mode, struct pci_dev *d)
+{
+	char bdf[8];
+	ksnprintf(bdf, sizeof(bdf), "%x", pci_sid(d));
+	char *argv[] = { "ioatdma", (char *)mode, bdf };
+	return run_here(out, 3, argv);
+}
+
+/* ioatdma MODE on the last function; a write fault by it at the IOVA it
+ * unmapped must be recorded (fault), or none and the data in the old frame
+ * (noflush). */
+static const char *ioat_user(const char *mode, bool fault, bool noflush)
+{
+	struct pci_dev *d;
+	const char *err = need_ioat_iommu(&d);
+	if (err)
+		return err;
+	long before = frames_available();
+	bool nf_saved = iommu_noflush;
+	iommu_noflush = noflush;
+	unsigned nf = iommu.nfaults;
+	iommu.quiet = true;
+	struct proc *p;
+	int st = run_ioatdma(&p, mode, d);
+	iommu_noflush = nf_saved;
+	if (st == -1000) {
+		iommu.quiet = false;
+		return st_why;
+	}
+	uint64_t end = tsc_deadline_us(fault ? 500000 : 100000);
+	while (iommu.nfaults == nf && !tsc_passed(end))
+		udelay(20);
+	iommu.quiet = false;
+	uint64_t iova = p->last_unmap - USER_DMA_BASE, stale = p->stale_word;
+	uint64_t want = STALE_IOAT | (uint64_t)p->pid << 32 | 7;
+	if (st)
+		err = FAIL("ioatdma %s: exit status %d (a check in user/ioatdma.c)", mode, st);
+	else if (!(err = check_assigned(p)) && p->dev_sid != pci_sid(d))
+		err = FAIL("ioatdma %s owned %x, not %x", mode, p->dev_sid, pci_sid(d));
+	else if (!err && fault && !p->iotlb_page_invs)
+		err = FAIL("munmap did not invalidate the IOTLB");
+	else if (!err && noflush && p->iotlb_page_invs)
+		err = FAIL("munmap invalidated the IOTLB under noflush");
+	proc_free(p);
+	if (!err && (err = ctx_passthrough(d)))
+		return err;
+	if (err)
+		return err;
+	if (fault) {
+		for (unsigned i = nf; i < iommu.nfaults; i++) {
+			const struct iommu_fault *f = &iommu.faults[i % IOMMU_FAULT_LOG];
+			if (f->sid == pci_sid(d) && f->addr == iova && !f->read) {
+				kprintf("user-ioat-%s: DMAR fault: write of 0x%lx by %02x:%02x.%x\n", mode,
+					iova, d->bus, d->dev, d->fn);
+				return frames_returned(before);
+			}
+		}
+		return FAIL("no write fault by %02x:%02x.%x at 0x%lx among the %u recorded", d->bus,
+			    d->dev, d->fn, iova, iommu.nfaults - nf);
+	}
+	if (noflush) {
+		if (iommu.nfaults != nf)
+			return FAIL("a DMAR fault was recorded under noflush");
+		if (stale != want)
+			return FAIL("the old frame holds 0x%lx, not 0x%lx", stale, want);
+		kprintf("user-ioat-noflush: the copy to IOVA 0x%lx after munmap used the stale IOTLB "
+			"entry: it wrote the old frame (held back until the domain was flushed)\n", iova);
+	}
+	return frames_returned(before);
+}
+
+static const char *test_user_ioat_copy(void) { return ioat_user("copy", false, false); }
+static const char *test_user_ioat_munmap(void) { return ioat_user("munmap", true, false); }
+static const char *test_user_ioat_noflush(void) { return ioat_user("noflush", false, true); }
+
 const struct selftest user_tests[] = {
 	{ "user-hello", test_user_hello, true },
 	{ "user-syscalls", test_user_syscalls, true },
@@ -607,5 +704,8 @@ const struct selftest user_tests[] = {
 	{ "user-edu-noflush", test_user_edu_noflush, false },
 	{ "user-edu-noflush-many", test_user_edu_noflush_many, false },
 	{ "user-edu-two", test_user_edu_two, false },
+	{ "user-ioat-copy", test_user_ioat_copy, false },
+	{ "user-ioat-munmap", test_user_ioat_munmap, false },
+	{ "user-ioat-noflush", test_user_ioat_noflush, false },
 };
 const size_t user_ntests = ARRAY_SIZE(user_tests);

@@ -51,6 +51,9 @@ class ContextCache:
         self.capacity = max(1, capacity)
         self._entries: OrderedDict[int, ContextEntry | Negative] = OrderedDict()
         self.hits = self.misses = self.evictions = self.invalidated = 0
+        # Counts entries leaving (for translators in C, iommu/vtdfast.h, which
+        # stop serving a context once it moved); the unit bumps it too.
+        self.epoch = ffi.new("unsigned long long *")
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -70,6 +73,7 @@ class ContextCache:
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
             self.evictions += 1
+            self.epoch[0] += 1
 
     def entries(self) -> list[tuple[int, ContextEntry | Negative]]:
         return list(self._entries.items())
@@ -79,6 +83,8 @@ class ContextCache:
         for sid in victims:
             del self._entries[sid]
         self.invalidated += len(victims)
+        if victims:
+            self.epoch[0] += 1
         return len(victims)
 
     def invalidate_all(self) -> int:
@@ -147,6 +153,11 @@ class Iotlb(_PerDomain):
             self._count += 1
         self._keys[slot] = (did, shift, iova >> shift)
         self._values[slot] = entry
+        if isinstance(entry, IotlbEntry):               # what C translates from (vtdfast.c)
+            leaf = entry.leaf
+            lib.akvm_iotlb_set_leaf(self._table, slot, leaf.frame,
+                                    (lib.AKVM_IOTLB_R if leaf.read else 0) |
+                                    (lib.AKVM_IOTLB_W if leaf.write else 0))
 
     def entries(self) -> list[tuple[tuple[int, int, int], IotlbEntry | Negative]]:
         n = lib.akvm_iotlb_order(self._table, self._slots, self.capacity)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from akvm.base.dma import DmaError, DmaSpace
 from akvm.base.memory import GuestMemory
+from akvm.iommu.fastdma import FastTranslator
 from akvm.iommu.translate import TranslationFault, format_sid
 
 log = logging.getLogger("akvm.iommu")
@@ -36,6 +37,7 @@ class TranslatedDma(DmaSpace):
         super().__init__(iommu.memory)
         self.iommu = iommu
         self.requester_id = requester_id & 0xFFFF
+        self._fast: FastTranslator | None = None
 
     def translate(self, address: int, size: int, write: bool) -> list[tuple[int, int]]:
         out: list[tuple[int, int]] = []
@@ -62,6 +64,18 @@ class TranslatedDma(DmaSpace):
                 out.append((gpa, n))
             address += n
         return out
+
+    def fast_translator(self):
+        """C may translate this requester's IOTLB hits itself (akvm.iommu.fastdma)."""
+        if getattr(self.iommu, "doorbell", None) is None:
+            return None
+        if self._fast is None:
+            self._fast = FastTranslator(self.iommu, self.requester_id)
+        return self._fast.get()
+
+    def fast_done(self) -> None:
+        if self._fast is not None:
+            self._fast.done()
 
     def untranslated(self) -> bool:
         """True while the unit passes this requester's DMA through unchanged

@@ -17,6 +17,8 @@ static const unsigned int shifts[3] = { 12, 21, 30 };
 
 struct slot {
 	unsigned long long pfn;		/* iova >> shift */
+	unsigned long long frame;	/* akvm_iotlb_set_leaf(); perm 0 until then */
+	unsigned int perm;
 	unsigned int did;
 	unsigned int shift_index;
 	int used;
@@ -30,6 +32,7 @@ struct akvm_iotlb {
 	int *buckets;
 	int mru, lru, free;		/* free list threads through hnext */
 	unsigned int by_shift[3];
+	unsigned long long generation;	/* moves whenever a translation changes or goes */
 };
 
 static unsigned int hash(unsigned int did, unsigned int si, unsigned long long pfn, unsigned int n)
@@ -125,6 +128,7 @@ static void remove_slot(struct akvm_iotlb *t, int i)
 	lru_unlink(t, i);
 	t->by_shift[s->shift_index]--;
 	t->count--;
+	t->generation++;
 	s->used = 0;
 	s->hnext = t->free;
 	t->free = i;
@@ -174,6 +178,34 @@ int akvm_iotlb_insert(struct akvm_iotlb *t, unsigned int did, unsigned long long
 	t->by_shift[si]++;
 	t->count++;
 	return i;
+}
+
+void akvm_iotlb_set_leaf(struct akvm_iotlb *t, int slot, unsigned long long frame,
+			 unsigned int perm)
+{
+	if (slot >= 0 && (unsigned int)slot < t->capacity && t->slots[slot].used) {
+		t->slots[slot].frame = frame;
+		t->slots[slot].perm = perm;
+		t->generation++;
+	}
+}
+
+unsigned long long akvm_iotlb_generation(const struct akvm_iotlb *t)
+{
+	return t->generation;
+}
+
+int akvm_iotlb_leaf(struct akvm_iotlb *t, unsigned int did, unsigned long long iova,
+		    unsigned long long *frame, unsigned int *perm, unsigned int *shift)
+{
+	int i = akvm_iotlb_lookup(t, did, iova);
+
+	if (i == NIL)
+		return -1;
+	*frame = t->slots[i].frame;
+	*perm = t->slots[i].perm;
+	*shift = shifts[t->slots[i].shift_index];
+	return 0;
 }
 
 /* Whether slot s overlaps [start, last]. */

@@ -29,5 +29,18 @@ int akvm_iotlb_request(struct akvm_iotlb *t, unsigned int granularity, unsigned 
 		       unsigned long long address, unsigned int address_mask, int psi,
 		       unsigned int mamv, int *removed, unsigned int max, unsigned int *emptied);
 int akvm_iotlb_order(const struct akvm_iotlb *t, int *out, unsigned int max);
+/* What a slot maps, set after insert(): the page's first guest-physical byte
+ * and AKVM_IOTLB_R | AKVM_IOTLB_W (0 for a cached fault). leaf() looks one up
+ * as lookup() does: 0 with the frame, permissions and page shift, or -1.
+ * generation() moves whenever what the table gives changes or goes (an
+ * insert that evicts, set_leaf, an invalidation): a copy of a leaf is good
+ * while it stays. */
+#define AKVM_IOTLB_R 1
+#define AKVM_IOTLB_W 2
+void akvm_iotlb_set_leaf(struct akvm_iotlb *t, int slot, unsigned long long frame,
+			 unsigned int perm);
+int akvm_iotlb_leaf(struct akvm_iotlb *t, unsigned int did, unsigned long long iova,
+		    unsigned long long *frame, unsigned int *perm, unsigned int *shift);
+unsigned long long akvm_iotlb_generation(const struct akvm_iotlb *t);
 
 #endif

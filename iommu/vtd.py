@@ -188,6 +188,7 @@ class VtdIommu:
                         if config.check != "off" else None)
         self.translations = 0
         self.passthrough = 0             # requests while translation was off, or TT = 2
+        self.fast_translators: list = []  # akvm.iommu.fastdma: devices' translators in C
         self.internal_errors = 0
         self._logged_errors: set[str] = set()
         self._regs = self._register_table()
@@ -307,6 +308,22 @@ class VtdIommu:
             top = max(slot.end for slot in self.memory.slots)
             return ctx.pass_through and top <= 1 << ctx.width
 
+    def fast_context(self, sid: int) -> tuple[int, int] | None:
+        """(domain, input address limit) of sid's context when a translator in C may
+        serve its DMA from the IOTLB (akvm.iommu.fastdma), with the lock held: a
+        translated context, the C IOTLB and lock, and no coherence checker (which
+        must see every hit). Else None."""
+        if self.doorbell is None or self.checker is not None or not self.gsts & GSTS_TES:
+            return None
+        try:
+            ctx = self._context(sid, 0)
+        except TranslationFault:
+            return None
+        except Exception as e:          # as in translate(): never a VMM crash
+            self._internal_error("fast_context", e)
+            return None
+        return None if ctx.pass_through else (ctx.did, 1 << ctx.width)
+
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)
         if cached is None:
@@ -421,6 +438,8 @@ class VtdIommu:
 
     def _write_gcmd(self, value: int, mask: int) -> None:
         """One write: the persistent enables wanted (TE, QIE) plus one-shot commands."""
+        if value & GCMD_SRTP or bool(value & GCMD_TE) != bool(self.gsts & GSTS_TES):
+            self.context_cache.epoch[0] += 1          # translators in C stop serving
         if value & GCMD_SRTP:
             self.root = self.rtaddr
             self.gsts |= GSTS_RTPS
@@ -492,6 +511,8 @@ class VtdIommu:
             return self._stats()
 
     def _stats(self) -> dict:
+        for fast in self.fast_translators:
+            fast.collect()
         inv = self.invalidator
         domains = {did: vars(s).copy() for did, s in sorted(self.iotlb.domains.items())}
         out = {

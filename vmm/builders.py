@@ -75,6 +75,20 @@ def build_edu(machine, spec) -> None:
     machine.pci.add(Edu(dma_bits=spec.values["dma_bits"]))
 
 
+def build_ioat(machine, spec) -> None:
+    from akvm.devices.ioat import IoatFunction
+    from akvm.devices.pci import PciError
+    slot = spec.values["slot"]
+    for function in spec.values["functions"]:
+        device = IoatFunction(function)
+        try:
+            machine.pci.add(device, slot=slot, function=function)
+        except PciError as e:
+            raise ConfigError(f"{spec.kind}: slot={slot}: {e} (give --device ioat before "
+                              "devices that take the lowest free slot, or another slot=N)") from None
+        machine.threaded_devices.append(device)
+
+
 def build_blk(machine, spec) -> None:
     path, readonly, serial = (spec.values[k] for k in ("file", "readonly", "serial"))
     try:
@@ -134,7 +148,8 @@ NIC_KINDS = ("virtio-net", "e1000")
 
 def nic_mac(machine, spec) -> bytes:
     """mac= or the next default address (DEFAULT_MAC_PREFIX:NN, NN counting the NICs)."""
-    count = sum(1 for d in machine.virtio_devices + machine.workers if d.kind in NIC_KINDS)
+    count = sum(1 for d in machine.virtio_devices + machine.threaded_devices
+                if getattr(d, "kind", None) in NIC_KINDS)
     mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{count + 1:02x}"
     try:
         return parse_mac(mac_text)
@@ -153,15 +168,16 @@ def build_net(machine, spec) -> None:
 
 
 def build_e1000(machine, spec) -> None:
-    """An Intel 82540EM on the PCI bus; it has a thread of its own (Machine.workers)."""
+    """An Intel 82540EM on the PCI bus; it has a thread of its own (Machine.threaded_devices)."""
     from akvm.devices.e1000 import E1000
     mac = nic_mac(machine, spec)
     backend = net_backend(spec)
-    device = E1000(backend, mac, name=f"e1000-{sum(1 for w in machine.workers if w.kind == 'e1000')}")
+    n = sum(1 for d in machine.threaded_devices if getattr(d, "kind", None) == "e1000")
+    device = E1000(backend, mac, name=f"e1000-{n}")
     device.fastpath = machine.fastpath          # TDT and RDT writes complete in C
     try:
         machine.pci.add(device)
     except BaseException:
         backend.close()
         raise
-    machine.workers.append(device)
+    machine.threaded_devices.append(device)

@@ -80,6 +80,24 @@ def hostfwd(value: str):
     return parse_hostfwd(value)
 
 
+def functions(value: str) -> tuple[int, ...]:
+    """'0-7', '0+3', '0-3+5': PCI function numbers, 0 among them (a multi-function
+    device is found through function 0)."""
+    out: set[int] = set()
+    for part in value.split("+"):
+        first, dash, last = part.partition("-")
+        try:
+            lo, hi = int(first), int(last if dash else first)
+        except ValueError:
+            raise ValueError("expected functions 0-7 as N, N-M or N+M...") from None
+        if not 0 <= lo <= hi <= 7:
+            raise ValueError("expected functions 0-7 as N, N-M or N+M...")
+        out.update(range(lo, hi + 1))
+    if 0 not in out:
+        raise ValueError("function 0 must be among them (it is how the slot is found)")
+    return tuple(sorted(out))
+
+
 # --- the table -----------------------------------------------------------------
 
 TRANSPORT = Option("transport", choice("pci", "mmio"), "pci", "pci|mmio",
@@ -105,6 +123,12 @@ DEVICES: dict[str, Kind] = {k.name: k for k in (
          NET_OPTIONS),
     Kind("edu", f"{VIRTIO}:build_edu", "QEMU's educational DMA device (1234:11e8), PCI", (
         Option("dma_bits", integer(1, 64), 28, "N", "bus address bits the device drives"),
+    )),
+    Kind("ioat", f"{VIRTIO}:build_ioat",
+         "Intel I/OAT DMA engine (CBDMA 3.3, 8086:2021), one channel per function", (
+        Option("slot", integer(1, 31), 4, "N", "the PCI slot"),
+        Option("functions", functions, tuple(range(8)), "0-7|0+3|...",
+               "which functions (channels) exist"),
     )),
     Kind("virtio-blk", f"{VIRTIO}:build_blk", "a raw disk image", (
         Option("file", text, REQUIRED, "PATH", "the image"),

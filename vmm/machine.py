@@ -132,7 +132,7 @@ class Machine:
         self.vcpus: list[VcpuThread] = []
         self.iommu = None                   # akvm.iommu.vtd.VtdIommu with --iommu vtd
         self.virtio_devices: list = []      # served by their own threads from run() on
-        self.workers: list = []             # other devices with a thread: start(), close(), format_stats()
+        self.threaded_devices: list = []    # other devices with threads: start(), close(), stats()
         self.gsi_routes = None              # akvm.base.irqroutes.GsiRoutes, once a device needs irqfds
         self.fastpath = FastPath(self.pio_bus, self.mmio_bus)
         # Made by build(), in this order; None until then (a failed build closes what exists).
@@ -551,7 +551,7 @@ class Machine:
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 signal.signal(sig, lambda signo, _: self.stop(
                     ExitCode.POWEROFF, f"stopped by {signal.Signals(signo).name}"))
-        for device in self.virtio_devices + self.workers:
+        for device in self.virtio_devices + self.threaded_devices:
             device.start()
         for t in self.vcpus:
             t.start()
@@ -578,7 +578,7 @@ class Machine:
             self.serial.close()
 
     def _close_virtio(self) -> None:
-        for device in self.virtio_devices + self.workers:
+        for device in self.virtio_devices + self.threaded_devices:
             device.close()
         if self.gsi_routes is not None:
             self.gsi_routes.close()
@@ -609,7 +609,8 @@ class Machine:
             out["virtio"].append({"name": device.name, **device.stats(), "interrupts": sent,
                                   "interrupts_by_irqfd": by_irqfd,
                                   "notifications_by_exit": device.exit_kicks})
-        out["workers"] = [{"name": device.name, **device.stats()} for device in self.workers]
+        out["devices"] = [{"name": device.name, **device.stats()}
+                          for device in self.threaded_devices]
         if self.iommu is not None:
             out["iommu"] = self.iommu.stats()
         return out
@@ -641,7 +642,8 @@ class Machine:
             lines.append(f"  {device.format_stats(d)}; {d['interrupts']} interrupts, "
                          f"{d['interrupts_by_irqfd']} by irqfd; "
                          f"{d['notifications_by_exit']} notifications by exit")
-        lines += [f"  {device.format_stats(d)}" for device, d in zip(self.workers, s["workers"])]
+        lines += [f"  {device.format_stats(d)}"
+                  for device, d in zip(self.threaded_devices, s["devices"])]
         if "iommu" in s:
             lines += [f"  {line}" for line in self.iommu.format_stats(s["iommu"])]
         return "\n".join(lines)

@@ -74,6 +74,24 @@ CAP_ID_VENDOR = 0x09
 CAP_ID_EXP = 0x10
 CAP_ID_MSIX = 0x11
 
+# PCI Express capability (PCIe 4.0 7.5.3): offsets inside it, version 2's length
+PCIE_CAPABILITIES = 0x02           # version 3:0, device/port type 7:4
+PCIE_DEVICE_CAPABILITIES = 0x04
+PCIE_DEVICE_CONTROL = 0x08
+PCIE_DEVICE_STATUS = 0x0A
+PCIE_CAP_LENGTH = 0x3C
+PCIE_CAP_VERSION = 2
+PCIE_TYPE_ENDPOINT = 0x0
+PCIE_TYPE_RC_INTEGRATED_ENDPOINT = 0x9
+PCIE_DEVCAP_ROLE_BASED_ERROR_REPORTING = 1 << 15
+PCIE_DEVCTL_RELAXED_ORDERING = 1 << 4
+PCIE_DEVCTL_NO_SNOOP = 1 << 11
+PCIE_DEVCTL_MAX_READ_REQUEST_512 = 2 << 12
+# error reporting enables 3:0, relaxed ordering, max payload 7:5, extended tag, no snoop,
+# max read request 14:12
+PCIE_DEVCTL_WRITABLE = 0x79FF
+PCIE_DEVSTS_W1C = 0x000F           # correctable, non-fatal, fatal, unsupported request detected
+
 CAP_LIST_START = 0x40              # first byte after the type 0/1 header
 EXT_CAP_START = 0x100
 _MAX_CAPS = (CONFIG_SPACE_SIZE - CAP_LIST_START) // 4   # a walk longer than this loops
@@ -146,6 +164,14 @@ class ConfigSpace:
         self.set(offset, size, value | bits if on else value & ~bits)
 
     # --- capability lists -----------------------------------------------------
+
+    def place_next_capability(self, offset: int) -> None:
+        """Put the next capability at `offset` (dword aligned, past the last one), where
+        a model of real hardware has it: drivers and tools may know the offsets."""
+        if offset % 4 or not self._next_cap <= offset < CONFIG_SPACE_SIZE:
+            raise ConfigSpaceError(f"a capability cannot go at {offset:#x} "
+                                   f"(next free offset {self._next_cap:#x})")
+        self._next_cap = offset
 
     def add_capability(self, cap_id: int, length: int) -> int:
         """Append a capability of `length` bytes (ID and Next included) to the

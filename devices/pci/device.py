@@ -24,10 +24,14 @@ from typing import Callable, NamedTuple
 
 from akvm.devices.pci.config import (
     BAR0, BAR_COUNT, BAR_MEM_PREFETCHABLE, BAR_MEM_TYPE_64, BAR_SPACE_IO, CACHE_LINE_SIZE,
-    CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_INTERRUPT_DISABLE,
+    CAP_ID_EXP, CAP_ID_MSI, CAP_ID_MSIX, COMMAND, COMMAND_BUS_MASTER, COMMAND_INTERRUPT_DISABLE,
     COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, COMMAND_PARITY_ERROR_RESPONSE,
     COMMAND_SERR_ENABLE, DEVICE_ID, HEADER_TYPE, HEADER_TYPE_MULTI_FUNCTION,
-    HEADER_TYPE_NORMAL, INTERRUPT_LINE, INTERRUPT_PIN, LATENCY_TIMER, REVISION_ID, STATUS,
+    HEADER_TYPE_NORMAL, INTERRUPT_LINE, INTERRUPT_PIN, LATENCY_TIMER, PCIE_CAP_LENGTH,
+    PCIE_CAP_VERSION, PCIE_CAPABILITIES, PCIE_DEVCAP_ROLE_BASED_ERROR_REPORTING,
+    PCIE_DEVCTL_MAX_READ_REQUEST_512, PCIE_DEVCTL_NO_SNOOP, PCIE_DEVCTL_RELAXED_ORDERING,
+    PCIE_DEVCTL_WRITABLE, PCIE_DEVICE_CAPABILITIES, PCIE_DEVICE_CONTROL, PCIE_DEVICE_STATUS,
+    PCIE_DEVSTS_W1C, REVISION_ID, STATUS,
     STATUS_INTERRUPT_STATUS, STATUS_W1C, SUBSYSTEM_ID, SUBSYSTEM_VENDOR_ID, VENDOR_ID,
     ConfigSpace,
 )
@@ -453,6 +457,20 @@ class PciDevice:
             raise PciError(f"{self.name}: MSI-X table and PBA overlap")
         self.msix = msix
         return msix
+
+    def add_pcie(self, port_type: int) -> int:
+        """A PCI Express capability (version 2) of that device/port type; returns its
+        offset. Device Control starts as after reset (relaxed ordering and no snoop
+        enabled, 512-byte reads) and is the driver's; Device Status bits are RW1C."""
+        c = self.config
+        off = c.add_capability(CAP_ID_EXP, PCIE_CAP_LENGTH)
+        c.set(off + PCIE_CAPABILITIES, 2, PCIE_CAP_VERSION | (port_type & 0xF) << 4)
+        c.set(off + PCIE_DEVICE_CAPABILITIES, 4, PCIE_DEVCAP_ROLE_BASED_ERROR_REPORTING)
+        c.set(off + PCIE_DEVICE_CONTROL, 2, PCIE_DEVCTL_RELAXED_ORDERING | PCIE_DEVCTL_NO_SNOOP |
+              PCIE_DEVCTL_MAX_READ_REQUEST_512)
+        c.set_wmask(off + PCIE_DEVICE_CONTROL, 2, PCIE_DEVCTL_WRITABLE)
+        c.set_w1cmask(off + PCIE_DEVICE_STATUS, 2, PCIE_DEVSTS_W1C)
+        return off
 
     def attach(self, address: PciAddress, pio_bus=None, mmio_bus=None, irq=None,
                msi: MsiSink | None = None, dma=None) -> None:

@@ -59,6 +59,9 @@ uintptr_t pci_map_mmio(uint64_t pa, uint64_t len);
 /* MSI: one vector to core 0 (mask/unmask with on). false without the capability. */
 bool pci_msi_enable(const struct pci_dev *d, uint8_t vector, uint32_t dest_apic);
 void pci_msi_disable(const struct pci_dev *d);
+/* MSI-X: entry 0 to vector on dest_apic, unmasked, the rest masked; false without it. */
+bool pci_msix_enable(const struct pci_dev *d, uint8_t vector, uint32_t dest_apic);
+void pci_msix_disable(const struct pci_dev *d);
 void pci_set_master(const struct pci_dev *d, bool on);
 void pci_intx(const struct pci_dev *d, bool on);
 /* MSI address/data for a fixed, edge interrupt to dest_apic. */

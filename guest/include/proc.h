@@ -85,6 +85,9 @@ struct proc *proc_current(void);
 void proc_list(void);
 void proc_report(struct proc *p, int status);   /* "pid N (name): exit status S" */
 long frames_available(void);
+/* n physically contiguous frames (not zeroed, never given back): device
+ * buffers for self-tests, taken once; 0 when there is no room. */
+uint64_t frames_contig(unsigned n);
 bool user_program_exists(const char *name);
 void user_programs_list(void);
 

@@ -60,6 +60,7 @@
  * Network devices only (class 02 functions, virtio-net): the kernel has no
  * driver of its own for them. */
 #define ASSIGN_PHYSICAL_OK (1ULL << 40)
+#define ASSIGN_IOAT     ASSIGN_PCI_ID(0x8086, 0x2021)   /* an I/OAT channel no process owns */
 
 /* What assign() tells the owner of a modern virtio-pci device (its second
  * argument, required for one): the BARs that hold the virtio structures

@@ -162,7 +162,7 @@ def test_e1000_on_user_networking(akvm_guest_factory, line_server):
     assert result.passed == ["e1000"], result.output
     assert re.search(r"e1000 00:\w\w\.0: mac 02:00:00:00:10:00 \(EEPROM sum 0xbaba\), PHY 0141:0c20 "
                      r"link up, autonegotiation complete, INTA# -> GSI (1[6-9]|2[0-3]) -> vector "
-                     r"0xd4: ICR 0xc", result.output), result.output
+                     r"0xd6: ICR 0xc", result.output), result.output
     out = check(guest, "e1000", line_server, fwd, "e1000")
     assert "net: e1000 mac 02:00:00:00:10:00, DMA to physical addresses" in out
     guest.close()

@@ -171,9 +171,31 @@ def test_help_lists_every_kind_and_option():
             assert f"{option.key}={option.metavar}" in out
 
 
+def test_ioat_functions_option():
+    from akvm.config import ConfigError
+    from akvm.devicetable import parse_device
+    assert parse_device("ioat").values == {"slot": 4, "functions": tuple(range(8))}
+    assert parse_device("ioat,functions=0+3").values["functions"] == (0, 3)
+    assert parse_device("ioat,functions=0-2+5,slot=9").values == {"slot": 9,
+                                                                   "functions": (0, 1, 2, 5)}
+    for bad, fragment in (("1-3", "function 0 must be"), ("0-8", "0-7"), ("0+x", "0-7"),
+                          ("3-1", "0-7"), ("", "0-7")):
+        with pytest.raises(ConfigError, match=fragment):
+            parse_device(f"ioat,functions={bad}")
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["--device", "nosuch"], "no such device"),
     (["--device", "edu,x"], "KEY=VALUE"),
+    (["--device", "ioat,functions=3"], "function 0"),
+    (["--device", "ioat,slot=0"], "slot=0"),
 ])
 def test_bad_device(tiny_kernel, args, fragment):
     assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), *args), fragment)
+
+
+@needs_kvm
+def test_ioat_slot_taken(tiny_kernel):
+    """Two I/OAT slots at 4: one line naming the function, status 2."""
+    assert_one_line_error(akvm("run", "--kernel", str(tiny_kernel), "--device", "ioat,functions=0",
+                               "--device", "ioat"), "00:04.0 is taken by ioat.0")

@@ -11,7 +11,7 @@ import pytest
 from akvm.devices.pci import BarKind, PciDevice, PciError, PciHostBridge, PciRoot
 from akvm.devices.pci.config import (
     BAR0, CAP_ID_MSI, CAP_ID_MSIX, CAP_PTR, COMMAND, COMMAND_BUS_MASTER,
-    COMMAND_INTERRUPT_DISABLE, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, ConfigSpace,
+    COMMAND_INTERRUPT_DISABLE, COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, ConfigSpace, ConfigSpaceError,
     HEADER_TYPE, INTERRUPT_LINE, INTERRUPT_PIN, STATUS, STATUS_CAPABILITIES_LIST,
     STATUS_INTERRUPT_STATUS, STATUS_RECEIVED_MASTER_ABORT, STATUS_SIGNALED_TARGET_ABORT,
 )
@@ -370,6 +370,22 @@ def test_config_space_masks_and_lists():
     assert c.extended_capabilities() == [(0x0001, 0x100), (0x000B, e2)] and e1 == 0x100
     c.set(b + 1, 1, a)                                      # a loop the guest cannot make
     assert len(c.capabilities()) <= 48
+
+
+def test_capability_at_a_given_offset_and_pcie():
+    d = PciDevice(0x8086, 0x1234, 0x088000)
+    d.config.place_next_capability(0x90)
+    off = d.add_pcie(0x9)
+    assert off == 0x90 and d.config.capabilities() == [(0x10, 0x90)]
+    assert d.config.get(0x92, 2) == 0x92                    # version 2, RC integrated endpoint
+    d.config.write(0x98, 2, 0)                              # Device Control is the driver's
+    assert d.config.read(0x98, 2) == 0
+    d.config.set(0x9A, 2, 0x0F)
+    d.config.write(0x9A, 2, 0x05)                            # Device Status: RW1C
+    assert d.config.read(0x9A, 2) == 0x0A
+    for bad in (0x40, 0x91, 0x100):                         # before the last, unaligned, past
+        with pytest.raises(ConfigSpaceError):
+            d.config.place_next_capability(bad)
 
 
 # --- MSI -------------------------------------------------------------------------------

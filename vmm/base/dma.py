@@ -49,6 +49,16 @@ class DmaSpace:
         """Whether device addresses are guest-physical addresses right now."""
         return not self.translated
 
+    def fast_translator(self):
+        """A struct akvm_dma_xlate * (dmaxlate.h) through which C code may translate
+        this space's addresses for now, or None (then untranslated() DMA goes
+        straight to RAM and the rest through this object). What it cannot
+        translate stays this object's to do; call fast_done() after a use."""
+        return None
+
+    def fast_done(self) -> None:
+        """C is done with the fast translator for now (its counts are collected)."""
+
     def read(self, address: int, size: int) -> bytes:
         if size <= 0:
             return b""

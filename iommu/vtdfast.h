@@ -1,0 +1,40 @@
+#ifndef AKVM_VTDFAST_H
+#define AKVM_VTDFAST_H
+
+#include "iotlb.h"
+#include "vtddoor.h"
+
+/* A device's DMA translated in C from the unit's IOTLB (vtdfast.c): the
+ * akvm_dma_xlate (dmaxlate.h) that akvm.iommu.fastdma hands a device while
+ * its context (domain `did`, input addresses below `limit`) is translated
+ * and nothing but the IOTLB is needed: every miss, cached fault or access
+ * not permitted is akvm.iommu.vtd's. The lock is the unit's; `epoch` is the
+ * unit's count of context-cache and translation-enable changes, and a
+ * translator handed out at `seen` refuses once it moved. */
+/* What the last translations were, while the IOTLB's generation stays:
+ * each page's first use goes to the IOTLB (a hash lookup, LRU updated), the
+ * next ones come from here. */
+#define AKVM_VTD_FAST_RECENT 4096
+#define AKVM_VTD_FAST_RUN 16		/* pages one translation may span */
+struct akvm_vtd_fast_recent {
+	unsigned long long page;	/* iova >> 12, + 1 (0: empty) */
+	unsigned long long frame;	/* guest-physical address of that 4 KiB */
+	unsigned int perm;
+};
+struct akvm_vtd_fast {
+	struct akvm_vtd_door *door;
+	struct akvm_iotlb *tlb;
+	const unsigned long long *epoch;
+	unsigned long long seen;
+	unsigned int did;
+	unsigned long long limit;
+	unsigned long long hits;	/* Python moves them into the unit's statistics */
+	unsigned long long generation;	/* the IOTLB's, when `recent` was filled */
+	struct akvm_vtd_fast_recent recent[AKVM_VTD_FAST_RECENT];
+};
+int akvm_vtd_fast_lock(void *fast);
+void akvm_vtd_fast_unlock(void *fast);
+int akvm_vtd_fast_translate(void *fast, unsigned long long addr, int write,
+			    unsigned long long *gpa, unsigned long long *span);
+
+#endif
