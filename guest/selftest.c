@@ -422,6 +422,7 @@ static const struct { const struct selftest *t; const size_t *n; size_t fixed; }
 	{ tests, NULL, ARRAY_SIZE(tests) },
 	{ dev_tests, &dev_ntests, 0 },
 	{ virtio_tests, &virtio_ntests, 0 },
+	{ e1000_tests, &e1000_ntests, 0 },
 	{ ioat_tests, &ioat_ntests, 0 },
 	{ swint_tests, &swint_ntests, 0 },
 	{ user_tests, &user_ntests, 0 },

@@ -294,7 +294,7 @@ static const char *elf_load(struct proc *p, const uint8_t *img, uint64_t size)
 		return "not an x86-64 ELF executable";
 	const struct elf64_phdr *ph = (const void *)(img + eh->phoff);
 	for (int i = 0; i < eh->phnum; i++, ph++) {
-		if (ph->type != 1)      /* PT_LOAD */
+		if (ph->type != 1 || !ph->memsz)        /* PT_LOAD, not empty */
 			continue;
 		if (ph->vaddr < USER_BASE || ph->memsz > USER_MMAP_BASE - ph->vaddr ||
 		    ph->vaddr + ph->memsz > USER_MMAP_BASE || ph->filesz > ph->memsz ||
@@ -745,6 +745,8 @@ static uint64_t *io_walk(struct proc *p, uint64_t va, bool create)
 /* Mirror one user PTE; nonzero when out of memory. */
 static int io_map(struct proc *p, uint64_t va, uint64_t pte)
 {
+	if (!p->iodom.top)
+		return 0;               /* an untranslated device (ASSIGN_PHYSICAL_OK) */
 	if (!(pte & PTE_P) || !(pte & PTE_U) || (pte & PTE_NOFREE) ||
 	    va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
 		return 0;
@@ -759,7 +761,7 @@ static int io_map(struct proc *p, uint64_t va, uint64_t pte)
 /* munmap of an owner: clear va's IOVA in the domain; true if it was mapped. */
 static bool io_clear(struct proc *p, uint64_t va)
 {
-	if (va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
+	if (!p->iodom.top || va < USER_DMA_BASE || va - USER_DMA_BASE >= USER_DMA_SIZE)
 		return false;
 	uint64_t *e = io_walk(p, va - USER_DMA_BASE, false);
 	if (!e || !*e)
@@ -858,8 +860,8 @@ static bool is_ioat(const struct pci_dev *d)
 }
 
 /* The function assign(sel) names, if the kernel can give it: an edu, an
- * I/OAT channel, or a modern virtio-pci function (*vd: its virtio device,
- * else NULL). */
+ * I/OAT channel, a modern virtio-pci function (*vd: its virtio device,
+ * else NULL), or a network controller. */
 static struct pci_dev *assign_target(uint64_t sel, struct virtio_dev **vd)
 {
 	*vd = NULL;
@@ -879,7 +881,60 @@ static struct pci_dev *assign_target(uint64_t sel, struct virtio_dev **vd)
 			return d;
 		}
 	}
+	/* A network controller (class 02) the kernel has no driver for: its BAR0. */
+	for (int i = 0; i < pci_ndevs; i++) {
+		struct pci_dev *d = &pci_devs[i];
+		if (d->class == 0x02 && d->vendor != 0x1AF4 &&
+		    (sel == pci_sid(d) || sel == ASSIGN_PCI_ID(d->vendor, d->device))) {
+			pci_set_master(d, true);
+			return d;
+		}
+	}
 	return NULL;
+}
+
+/* ASSIGN_VIRTIO_MMIO(type): the first modern virtio-mmio device of that type. */
+static struct virtio_dev *mmio_target(uint64_t sel)
+{
+	virtio_scan();
+	for (int i = 0; i < virtio_ndevs; i++) {
+		struct virtio_dev *v = &virtio_devs[i];
+		if (v->transport == VIRTIO_MMIO && v->mmio_version == 2 && !v->err &&
+		    sel == ASSIGN_VIRTIO_MMIO(v->type))
+			return v;
+	}
+	return NULL;
+}
+
+/* A virtio-mmio device to p: its register page mapped uncached at the next
+ * mmap slot; DMA by physical address (dma_addr()), as nothing translates it. */
+static int64_t assign_mmio(struct proc *p, struct virtio_dev *vd, uint64_t uinfo)
+{
+	if (!user_ok(p, uinfo, sizeof(struct assign_virtio), true))
+		return -1;
+	spin_lock(&assign_lock);
+	bool busy = vd->owner_pid != 0;
+	if (!busy)
+		vd->owner_pid = p->pid;
+	spin_unlock(&assign_lock);
+	if (busy)
+		return -1;
+	p->dev_virtio = vd;
+	p->dev_passthrough = true;
+	p->dev_owned = true;            /* from here dev_release undoes it all */
+	uint64_t va = p->mmap_next, *pte = pte_walk(p, va, true);
+	if (!virtio_give(vd, p->pid, false) || !pte) {
+		dev_release(p);
+		return -1;
+	}
+	*pte = vd->mmio_pa | PTE_P | PTE_W | PTE_U | PTE_PCD | PTE_PWT | PTE_NOFREE;
+	p->bar_va = va;
+	p->bar_pages = 1;
+	p->mmap_next = va + 2 * PAGE_SIZE;
+	struct assign_virtio info = { .device = 0x100, .device_len = PAGE_SIZE - 0x100,
+				      .map_len = PAGE_SIZE, .mmio = 1 };
+	memcpy((void *)(uintptr_t)uinfo, &info, sizeof(info));         /* checked above */
+	return va;
 }
 
 /* Where the four virtio structures are in the process's mapping of the BARs
@@ -909,15 +964,28 @@ static int64_t sys_assign(struct proc *p, uint64_t sel, uint64_t uinfo)
 {
 	struct virtio_dev *vd;
 	int tries = 0;
-	if (p->dev_owned || iommu_probe() || iommu_enable() || iommu.lent_to)
+	bool physical_ok = sel & ASSIGN_PHYSICAL_OK;
+	sel &= ~ASSIGN_PHYSICAL_OK;
+	if (p->dev_owned || iommu.lent_to)
 		return -1;
+	bool have_iommu = !iommu_probe();
+	if ((!have_iommu && !physical_ok) || (have_iommu && iommu_enable()))
+		return -1;
+	if (sel >> 32 == ASSIGN_VIRTIO_MMIO(0) >> 32) {
+		vd = mmio_target(sel);
+		return physical_ok && vd && vd->type == VIRTIO_ID_NET ? assign_mmio(p, vd, uinfo) : -1;
+	}
 retry:;
 	struct pci_dev *d = assign_target(sel, &vd);
-	if (!d || !iommu_covers(d->bus, d->dev, d->fn))
+	if (!d)
+		return -1;
+	/* Untranslated: a network device whose owner asked for it (uapi.h). */
+	bool translated = have_iommu && iommu_covers(d->bus, d->dev, d->fn);
+	if (!translated && !(physical_ok && (vd ? vd->type == VIRTIO_ID_NET : d->class == 0x02)))
 		return -1;
 	if (vd && !user_ok(p, uinfo, sizeof(struct assign_virtio), true))
 		return -1;
-	if (p->pid <= 1 || p->pid >= (1 << (4 + 2 * CAP_ND(iommu.cap))))
+	if (translated && (p->pid <= 1 || p->pid >= (1 << (4 + 2 * CAP_ND(iommu.cap)))))
 		return -1;              /* domain id = pid: 1 is the pass-through domain */
 	/* The BARs to map: the edu's BAR0; those holding a virtio device's structures. */
 	int bars[4], nbars = 0;
@@ -942,7 +1010,7 @@ retry:;
 		goto retry;             /* another process took that one first */
 	if (busy)
 		return -1;
-	uint64_t top = frame_alloc();
+	uint64_t top = translated ? frame_alloc() : 0;
 	p->iodom.did = p->pid;
 	p->iodom.levels = iommu.levels;
 	p->iodom.top = top ? KADDR(top) : NULL;
@@ -950,16 +1018,18 @@ retry:;
 	p->dev_pci = d;
 	p->dev_virtio = vd;
 	p->dev_sid = pci_sid(d);
+	p->dev_passthrough = !translated;
 	p->dev_owned = true;            /* from here dev_release undoes it all */
 	/* The kernel's driver lets go first: a reset drops the queues it set up
 	 * with physical addresses, before the device sees the process's IOVAs. */
-	if (vd && !virtio_give(vd, p->pid))
+	if (vd && !virtio_give(vd, p->pid, translated))
 		goto fail;
 	if (is_ioat(d))
 		ioat_give(d, p->pid);   /* the channel reset: the kernel's ring is gone */
-	if (!top || io_mirror(p, p->pml4, 4, 0))
+	if (translated && (!top || io_mirror(p, p->pml4, 4, 0)))
 		goto fail;
-	iommu_flush_cache(p->iodom.top, PAGE_SIZE);
+	if (translated)
+		iommu_flush_cache(p->iodom.top, PAGE_SIZE);
 	/* The BARs into the process, back to back, uncached (PCD | PWT), at
 	 * the next mmap slot; up to 1 MiB of each. */
 	uint64_t va = p->mmap_next, bar_off[6] = { 0 }, bar_len[6] = { 0 };
@@ -987,6 +1057,8 @@ retry:;
 			goto fail;
 		info.map_len = p->bar_pages * PAGE_SIZE;
 	}
+	if (!translated)
+		goto done;
 	/* The context entry: takes the old one down (context + IOTLB
 	 * invalidation), writes TT=0 / did = pid, device-selective context
 	 * invalidation; then the new domain's IOTLB, which may hold entries of
@@ -1002,6 +1074,7 @@ retry:;
 	uint64_t *ce = iommu.ctx[d->bus] + 2 * (d->dev << 3 | d->fn);
 	p->assigned_ctx[0] = ce[0];
 	p->assigned_ctx[1] = ce[1];
+done:
 	if (vd)
 		memcpy((void *)(uintptr_t)uinfo, &info, sizeof(info));         /* checked above */
 	return va;
@@ -1023,17 +1096,21 @@ static void dev_release(struct proc *p)
 	struct virtio_dev *vd = p->dev_virtio;
 	if (vd && !virtio_reset(vd))
 		kprintf("pid %d: releasing the device: it did not reset\n", p->pid);
-	if (is_ioat(d))
+	if (!vd && d->class == 0x02)
+		pci_set_master(d, false);       /* no driver here to stop it: no more DMA */
+	if (d && is_ioat(d))
 		ioat_give(d, 0);        /* reset: no DMA to the process's IOVAs from here */
-	spin_lock(&user_iommu_lock);
-	const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);
-	if (!err)
-		err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
-	spin_unlock(&user_iommu_lock);
-	if (err)
-		kprintf("pid %d: releasing the device: %s\n", p->pid, err);
-	if (!err)
-		quarantine_release(p);  /* the domain's IOTLB is clean now */
+	if (p->iodom.top) {
+		spin_lock(&user_iommu_lock);
+		const char *err = iommu_set_passthrough(d->bus, d->dev << 3 | d->fn);
+		if (!err)
+			err = iommu_inv_iotlb(INV_DOMAIN, p->iodom.did, 0, 0);
+		spin_unlock(&user_iommu_lock);
+		if (err)
+			kprintf("pid %d: releasing the device: %s\n", p->pid, err);
+		if (!err)
+			quarantine_release(p);  /* the domain's IOTLB is clean now */
+	}
 	if (vd)
 		__atomic_store_n(&vd->owner_pid, 0, __ATOMIC_RELEASE);
 	for (uint64_t i = 0; i < p->bar_pages && p->pml4; i++) {
@@ -1054,7 +1131,7 @@ static void dev_release(struct proc *p)
 	}
 	p->dev_owned = false;
 	spin_lock(&assign_lock);
-	if (dev_owner[d - pci_devs] == p)
+	if (d && dev_owner[d - pci_devs] == p)
 		dev_owner[d - pci_devs] = NULL;
 	spin_unlock(&assign_lock);
 	p->dev_pci = NULL;
@@ -1095,6 +1172,8 @@ static int64_t sys_dev_xlate(struct proc *p, uint64_t on)
 		return -1;
 	if (!on == p->dev_passthrough)
 		return 0;
+	if (!p->iodom.top)
+		return -1;              /* nothing translates this device */
 	struct pci_dev *d = p->dev_pci;
 	uint8_t devfn = d->dev << 3 | d->fn;
 	spin_lock(&user_iommu_lock);

@@ -21,33 +21,6 @@ static bool scanned;
 
 #define QUEUE_MAX 64
 
-/* virtio-mmio */
-#define VMMIO_MAGIC     0x000
-#define VMMIO_VERSION   0x004
-#define VMMIO_DEVID     0x008
-#define VMMIO_DF        0x010
-#define VMMIO_DFSEL     0x014
-#define VMMIO_GF        0x020
-#define VMMIO_GFSEL     0x024
-#define VMMIO_PAGESIZE  0x028   /* legacy */
-#define VMMIO_QSEL      0x030
-#define VMMIO_QNUMMAX   0x034
-#define VMMIO_QNUM      0x038
-#define VMMIO_QALIGN    0x03C   /* legacy */
-#define VMMIO_QPFN      0x040   /* legacy */
-#define VMMIO_QREADY    0x044
-#define VMMIO_QNOTIFY   0x050
-#define VMMIO_ISR       0x060
-#define VMMIO_IACK      0x064
-#define VMMIO_STATUS    0x070
-#define VMMIO_QDESC     0x080
-#define VMMIO_QAVAIL    0x090
-#define VMMIO_QUSED     0x0A0
-#define VMMIO_CFGGEN    0x0FC
-#define VMMIO_CONFIG    0x100
-
-#define VIRTIO_MMIO_MAGIC 0x74726976    /* "virt" */
-
 /* microvm: 24 transports of 512 bytes from 0xFEB00000 (8 without ioapic2) */
 #define MICROVM_BASE    0xFEB00000u
 #define MICROVM_SLOTS   24
@@ -162,6 +135,7 @@ static void add_mmio(uint64_t pa, bool quiet_absent)
 	d->transport = VIRTIO_MMIO;
 	d->type = id;
 	d->mmio = a;
+	d->mmio_pa = pa;
 	d->mmio_version = r32(a + VMMIO_VERSION);
 	ksnprintf(d->where, sizeof(d->where), "mmio 0x%lx", pa);
 	if (d->mmio_version != 1 && d->mmio_version != 2)
@@ -463,13 +437,13 @@ const char *virtio_init(struct virtio_dev *d, uint64_t want, int nq)
 
 /* ---- a PCI device given to a process (user.c: assign/release) ---------- */
 
-bool virtio_give(struct virtio_dev *d, int pid)
+bool virtio_give(struct virtio_dev *d, int pid, bool translated)
 {
 	d->owner_pid = pid;
 	d->ready = false;               /* queues and features are the process's now */
-	/* Only a device whose DMA the IOMMU sees: one without ACCESS_PLATFORM
-	 * would take the process's IOVAs for physical addresses. */
-	return virtio_reset(d) && (device_features(d) & VIRTIO_F_ACCESS_PLATFORM);
+	/* Translated, only a device whose DMA the IOMMU sees: one without
+	 * ACCESS_PLATFORM would take the process's IOVAs for physical addresses. */
+	return virtio_reset(d) && (!translated || (device_features(d) & VIRTIO_F_ACCESS_PLATFORM));
 }
 
 struct virtio_dev *virtio_get(uint32_t type, int nth)

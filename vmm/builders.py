@@ -117,26 +117,67 @@ def build_console(machine, spec) -> None:
     add_virtio(machine, device, spec)
 
 
-def build_net(machine, spec) -> None:
-    tap, path, loopback = (spec.values[k] for k in ("tap", "socket", "loopback"))
-    given = [k for k, on in (("tap", tap is not None), ("socket", path is not None),
-                             ("loopback", loopback)) if on]
+def net_backend(spec):
+    """The backend a NIC's spec names (devicetable.NET_OPTIONS): exactly one of them."""
+    v = spec.values
+    tap, path, loopback, user = v["tap"], v["socket"], v["loopback"], v["net"] == "user"
+    given = [k for k, on in (("net=user", user), ("tap", tap is not None),
+                             ("socket", path is not None), ("loopback", loopback)) if on]
     if len(given) != 1:
-        raise ConfigError(f"{spec.kind}: give exactly one backend: tap=NAME, socket=PATH "
-                          f"or loopback=on (got {', '.join(given) or 'none'})")
-    mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{_count(machine, spec.kind) + 1:02x}"
+        raise ConfigError(f"{spec.kind}: give exactly one backend: net=user, tap=NAME, "
+                          f"socket=PATH or loopback=on (got {', '.join(given) or 'none'})")
+    if not user and (v["hostfwd"] or v["restrict"]):
+        raise ConfigError(f"{spec.kind}: hostfwd= and restrict= need net=user")
     try:
-        mac = parse_mac(mac_text)
+        if user:
+            from akvm.devices.usernet import UserBackend
+            return UserBackend(v["hostfwd"], v["restrict"], name=spec.kind)
+        if tap is not None:
+            return TapBackend(tap)
+        if path is not None:
+            return SocketBackend(path)
+        return LoopbackBackend()
+    except NetBackendError as e:
+        key, value = (("net", "user") if user else ("tap", tap) if tap is not None
+                      else ("socket", path))
+        raise ConfigError(f"{spec.kind}: {key}={value}: {e}") from None
+
+
+NIC_KINDS = ("virtio-net", "e1000")
+
+
+def nic_mac(machine, spec) -> bytes:
+    """mac= or the next default address (DEFAULT_MAC_PREFIX:NN, NN counting the NICs)."""
+    count = sum(1 for d in machine.virtio_devices + machine.threaded_devices
+                if getattr(d, "kind", None) in NIC_KINDS)
+    mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{count + 1:02x}"
+    try:
+        return parse_mac(mac_text)
     except ValueError as e:
         raise ConfigError(f"{spec.kind}: mac={mac_text}: {e}") from None
+
+
+def build_net(machine, spec) -> None:
+    mac = nic_mac(machine, spec)
+    backend = net_backend(spec)
     try:
-        if tap is not None:
-            backend = TapBackend(tap)
-        elif path is not None:
-            backend = SocketBackend(path)
-        else:
-            backend = LoopbackBackend()
-    except NetBackendError as e:
-        key, value = ("tap", tap) if tap is not None else ("socket", path)
-        raise ConfigError(f"{spec.kind}: {key}={value}: {e}") from None
-    add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
+        add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
+    except BaseException:
+        backend.close()
+        raise
+
+
+def build_e1000(machine, spec) -> None:
+    """An Intel 82540EM on the PCI bus; it has a thread of its own (Machine.threaded_devices)."""
+    from akvm.devices.e1000 import E1000
+    mac = nic_mac(machine, spec)
+    backend = net_backend(spec)
+    n = sum(1 for d in machine.threaded_devices if getattr(d, "kind", None) == "e1000")
+    device = E1000(backend, mac, name=f"e1000-{n}")
+    device.fastpath = machine.fastpath          # TDT and RDT writes complete in C
+    try:
+        machine.pci.add(device)
+    except BaseException:
+        backend.close()
+        raise
+    machine.threaded_devices.append(device)

@@ -24,6 +24,7 @@ class Option:
     default: Any = None                 # REQUIRED, None (absent), or the value when absent
     metavar: str = "VALUE"
     help: str = ""
+    repeat: bool = False                # may be given several times: a tuple, () when absent
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ def choice(*values: str, convert: Callable[[str], Any] = str) -> Callable[[str],
     return parse
 
 
+def hostfwd(value: str):
+    """A net=user forward (akvm.devices.usernet.HostFwd), parsed where it is defined."""
+    from akvm.devices.usernet import parse_hostfwd
+    return parse_hostfwd(value)
+
+
 def functions(value: str) -> tuple[int, ...]:
     """'0-7', '0+3', '0-3+5': PCI function numbers, 0 among them (a multi-function
     device is found through function 0)."""
@@ -97,7 +104,23 @@ TRANSPORT = Option("transport", choice("pci", "mmio"), "pci", "pci|mmio",
                    "PCI function, or the next virtio-mmio slot")
 VIRTIO = "akvm.builders"
 
+# Every NIC's backends (akvm.builders.net_backend): exactly one of net=user, tap, socket, loopback.
+NET_OPTIONS = (
+    Option("net", choice("user"), None, "user",
+           "user-mode networking (libslirp): DHCP 10.0.2.15, gateway 10.0.2.2 = host loopback"),
+    Option("hostfwd", hostfwd, None, "tcp:[HOSTADDR]:HOSTPORT-:GUESTPORT",
+           "with net=user: forward a host port (HOSTADDR 127.0.0.1) to the guest", repeat=True),
+    Option("restrict", flag, False, "on|off", "with net=user: the guest reaches only its forwards"),
+    Option("tap", text, None, "NAME", "a TAP device"),
+    Option("socket", text, None, "PATH", "a SOCK_SEQPACKET link to another akvm"),
+    Option("loopback", flag, False, "on|off", "frames come back to the guest"),
+    Option("mac", text, None, "02:..", "the MAC address"),
+)
+
 DEVICES: dict[str, Kind] = {k.name: k for k in (
+    Kind("e1000", f"{VIRTIO}:build_e1000",
+         "Intel 82540EM Gigabit Ethernet (8086:100e), PCI, INTx; backends as virtio-net's",
+         NET_OPTIONS),
     Kind("edu", f"{VIRTIO}:build_edu", "QEMU's educational DMA device (1234:11e8), PCI", (
         Option("dma_bits", integer(1, 64), 28, "N", "bus address bits the device drives"),
     )),
@@ -117,11 +140,9 @@ DEVICES: dict[str, Kind] = {k.name: k for k in (
         Option("chardev", text, "stdio", "stdio|file:PATH|unix:PATH|none"),
         TRANSPORT,
     )),
-    Kind("virtio-net", f"{VIRTIO}:build_net", "a NIC on one backend: tap, socket or loopback", (
-        Option("tap", text, None, "NAME", "a TAP device"),
-        Option("socket", text, None, "PATH", "a SOCK_SEQPACKET link to another akvm"),
-        Option("loopback", flag, False, "on|off", "frames come back to the guest"),
-        Option("mac", text, None, "02:..", "the MAC address"),
+    Kind("virtio-net", f"{VIRTIO}:build_net",
+         "a NIC on one backend: user networking, tap, socket or loopback", (
+        *NET_OPTIONS,
         TRANSPORT,
     )),
     Kind("virtio-rng", f"{VIRTIO}:build_rng", "entropy from getrandom(2)", (TRANSPORT,)),
@@ -154,7 +175,7 @@ def parse_device(text_: str, table: dict[str, Kind] = DEVICES, option: str = "--
     kind = table.get(name)
     if kind is None:
         raise ConfigError(f"{option} {name}: no such {noun} (known: {', '.join(sorted(table))})")
-    given: dict[str, str] = {}
+    given: dict[str, Any] = {}          # str, or a list of them for a repeatable option
     for item in items:
         key, eq, value = item.partition("=")
         if not key or not eq:
@@ -162,22 +183,32 @@ def parse_device(text_: str, table: dict[str, Kind] = DEVICES, option: str = "--
         if kind.option(key) is None:
             known = ", ".join(o.key for o in kind.options) or "none"
             raise ConfigError(f"{name}: unknown option '{key}' in '{text_}' (known: {known})")
+        if kind.option(key).repeat:
+            given.setdefault(key, []).append(value)
+            continue
         if key in given:
             raise ConfigError(f"{option} {name}: '{key}' given twice")
         given[key] = value
     values: dict[str, Any] = {}
     for opt in kind.options:
         if opt.key in given:
-            try:
-                values[opt.key] = opt.parse(given[opt.key])
-            except ValueError as e:
-                raise ConfigError(f"{name}: {opt.key}={given[opt.key]}: {e}") from None
+            values[opt.key] = (tuple(_parse(name, opt, v) for v in given[opt.key]) if opt.repeat
+                               else _parse(name, opt, given[opt.key]))
+        elif opt.repeat:
+            values[opt.key] = ()
         elif opt.default is REQUIRED:
             raise ConfigError(f"{name}: {opt.key}={opt.metavar} is required "
                               f"(e.g. {name},{opt.key}={opt.metavar})")
         else:
             values[opt.key] = opt.default
     return DeviceSpec(name, values, text_, given=frozenset(given))
+
+
+def _parse(name: str, opt: Option, value: str) -> Any:
+    try:
+        return opt.parse(value)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {opt.key}={value}: {e}") from None
 
 
 def parse_iommu(text_: str) -> DeviceSpec:
@@ -193,7 +224,8 @@ def help_text() -> str:
         for kind in table.values():
             lines.append(f"  {kind.name}: {kind.help}")
             for o in kind.options:
-                default = ("required" if o.default is REQUIRED else
+                default = ("repeatable" if o.repeat else
+                           "required" if o.default is REQUIRED else
                            "" if o.default is None else
                            f"default {_format(o.default)}")
                 notes = "; ".join(n for n in (o.help, default) if n)

@@ -148,7 +148,7 @@ class VirtioDevice:
     def start(self) -> None:
         """Serve the queues on the device's own thread from now on (a restored device
         first looks at every queue: a notification may not have been served)."""
-        self.worker = Worker(f"{self.name}")
+        self.worker = self.make_worker()
         for i, fd in enumerate(self.kick_fds):
             self.worker.watch(fd, lambda i=i, fd=fd: (drain_eventfd(fd), self.queue_notified(i)))
         self.on_start()
@@ -459,6 +459,10 @@ class VirtioDevice:
 
     def config_written(self, offset: int, size: int, value: int) -> None:
         """The driver wrote the device configuration space (read-only unless overridden)."""
+
+    def make_worker(self):
+        """The device's thread: its own Worker, unless a subclass has a better one."""
+        return Worker(self.name)
 
     def on_driver_ok(self) -> None: ...
     def on_reset(self) -> None: ...

@@ -7,13 +7,22 @@ of what the driver sends and writes an empty one (num_buffers 1) before
 each frame it receives. Frames come and go through a backend
 (akvm.devices.virtio.netback); while the driver has no receive buffer posted
 the device stops reading the backend, so frames wait there, not here.
+
+On a backend with a loop in C (user networking) and with direct DMA, the
+queues are served in C on the backend's thread from DRIVER_OK on
+(akvm.devices.virtio.netq, netq.c): no Python runs per frame. A reset takes
+them back; so does C when it meets what Python must report.
 """
 from __future__ import annotations
 
+import os
 import struct
 
 from akvm.devices.state import pack, restore_counters, save_counters, unpack
-from akvm.devices.virtio.device import VIRTIO_ID_NET, Request, VirtioDevice, bit
+from akvm.devices.virtio.device import (
+    VIRTIO_ID_NET, VIRTIO_STATUS_DRIVER_OK, Request, VirtioDevice, bit,
+)
+from akvm.devices.virtio.worker import drain_eventfd
 from akvm.devices.virtio.spec import (
     VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_S_LINK_UP,
 )
@@ -51,11 +60,29 @@ class VirtioNet(VirtioDevice):
         struct.pack_into("<6sHHH", self.config, 0, mac, VIRTIO_NET_S_LINK_UP, 1, MTU)
         self._held: bytes | None = None        # a frame read while no buffer was posted
         self.rx_frames = self.tx_frames = self.rx_dropped = 0
+        self.native = True                     # serve the queues in C where the backend can
+        self._native = None                    # NativeNetQueues while C serves them
+
+    def make_worker(self):
+        """The backend's thread when it has one (user networking), so frames cross
+        between the device and the backend on one thread."""
+        return getattr(self.backend, "worker", None) or super().make_worker()
 
     def on_start(self) -> None:
         self.backend.start(self.worker, self.receive)
+        if self.status & VIRTIO_STATUS_DRIVER_OK:
+            self.on_driver_ok()                  # restored from a snapshot: C again
 
     _COUNTERS = ("rx_frames", "tx_frames", "rx_dropped")
+
+    def snapshot(self) -> dict:
+        """With C serving the queues (its thread held: pause()), their state comes back
+        into the Virtqueues first."""
+        if self._native is not None:
+            self._native_poll()
+            with self.lock:
+                self._native.store(*self.queues)
+        return super().snapshot()
 
     def device_snapshot(self) -> dict:
         """The frame held for want of a receive buffer, and the counters; the backend is
@@ -70,9 +97,83 @@ class VirtioNet(VirtioDevice):
     def on_close(self) -> None:
         self.backend.close()
 
+    # --- the queues in C ---------------------------------------------------------------
+
+    def on_driver_ok(self) -> None:
+        if self.native and hasattr(self.backend, "set_native") and self.worker is not None:
+            epoch = self.epoch
+            self.worker.call(lambda: self._go_native(epoch))
+
+    def _go_native(self, epoch: int) -> None:
+        """Hand both queues to C (on the backend's thread), if their DMA is direct."""
+        from akvm.devices.virtio.netq import NativeNetQueues
+        rxq, txq = self.queues
+        with self.lock:
+            if (epoch != self.epoch or self._native is not None or not self.usable(rxq) or
+                    not self.usable(txq) or rxq.native is None or txq.native is None):
+                return
+            native = NativeNetQueues(rxq, txq, rxq.dma.memory, rxq.event_idx, rxq.indirect)
+            self._native = native
+        for fd in self.kick_fds:
+            self.worker.unwatch(fd)
+        self.backend.set_native(native.tx_function, native.rx_function, native.address,
+                                tuple(self.kick_fds), self._native_gave_back,
+                                self._native_interrupts, native)
+        self._kick_native()
+
+    def _kick_native(self) -> None:
+        """Let C look at both queues (buffers may have come before it had them)."""
+        for fd in self.kick_fds:
+            os.eventfd_write(fd, 1)
+
+    def _native_poll(self, signal: bool = True) -> bool:
+        """Counters (and, with signal, the interrupts it wants) from C; whether it gave
+        the queues back."""
+        native = self._native
+        if native is None:
+            return False
+        given_back, rx_irq, tx_irq, counts = native.poll()
+        self.tx_frames += counts["tx_frames"]
+        self.rx_frames += counts["rx_frames"]
+        self.rx_dropped += counts["rx_dropped"]
+        self.errors += counts["errors"]
+        if signal and self.transport is not None:
+            for irq, vq in ((rx_irq, self.queues[RECEIVEQ]), (tx_irq, self.queues[TRANSMITQ])):
+                if irq:
+                    self.transport.signal_queue(vq)
+        return given_back
+
+    def _native_interrupts(self) -> None:
+        self._native_poll()
+
+    def _native_gave_back(self) -> None:
+        """C met what Python must report: the queues come back, Python serves them."""
+        if self._native_poll():
+            with self.lock:
+                self._native.store(*self.queues)
+            self._leave_native()
+            self._service_all()
+            self.receive()
+
+    def _leave_native(self) -> None:
+        self.backend.set_native(None, None, None, (-1, -1), None, None, None)
+        self._native = None
+        for i, fd in enumerate(self.kick_fds):
+            self.worker.watch(fd, lambda i=i, fd=fd: (drain_eventfd(fd), self.queue_notified(i)))
+
+    def on_reset(self) -> None:
+        native = self._native
+        if native is not None:
+            native.stop()                      # C keeps off guest memory from now on
+            self.worker.call(lambda: self._native is native and (self._native_poll(),
+                                                                 self._leave_native()))
+
     # --- transmit -----------------------------------------------------------------------
 
     def queue_notified(self, index: int) -> None:
+        if self._native is not None:
+            self._kick_native()
+            return
         if index == RECEIVEQ:                    # buffers posted: read the backend again
             self.backend.resume()
             self.receive()
@@ -93,13 +194,19 @@ class VirtioNet(VirtioDevice):
     # --- receive ------------------------------------------------------------------------
 
     def receive(self) -> None:
-        """Move frames from the backend into posted receive buffers (device thread)."""
+        """Move frames from the backend into posted receive buffers (device thread).
+
+        The receive queue asks the driver for notifications only once it has run out of
+        buffers: a driver returning buffers one by one then need not exit for each."""
         rxq = self.queues[RECEIVEQ]
         while True:
-            frame, self._held = self._held or self.backend.recv(), None
+            frame = self._held if self._held is not None else self.backend.recv()
+            self._held = None
             if frame is None:
                 return
-            req = self.pop_request(rxq)
+            req = None
+            if self.ring_op(rxq, self._buffers_ready):
+                req = self.pop_request(rxq)
             if req is None:
                 self._held = frame
                 self.backend.pause()
@@ -117,7 +224,19 @@ class VirtioNet(VirtioDevice):
             self.rx_frames += 1
             req.complete(n)
 
+    @staticmethod
+    def _buffers_ready(q) -> bool:
+        """Buffers are there (notifications off), or, out of them, notifications are on and
+        none came meanwhile (netq.c does the same)."""
+        if not q.pending():
+            q.set_notify(True)
+            if not q.pending():
+                return False
+        q.set_notify(False)
+        return True
+
     def stats(self) -> dict:
+        self._native_poll(signal=False)
         return {**super().stats(), "tx_frames": self.tx_frames, "rx_frames": self.rx_frames,
                 "rx_dropped": self.rx_dropped + self.backend.dropped}
 

@@ -23,6 +23,8 @@ struct selftest {
 extern const struct selftest dev_tests[], virtio_tests[], swint_tests[], user_tests[], probe_tests[],
 	ioat_tests[];
 extern const size_t dev_ntests, virtio_ntests, swint_ntests, user_ntests, probe_ntests, ioat_ntests;
+extern const struct selftest e1000_tests[];    /* e1000test.c */
+extern const size_t e1000_ntests;
 
 /* NULL if the frames free now are the `before` of frames_available() (selftest.c). */
 const char *frames_returned(long before);

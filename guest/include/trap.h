@@ -12,6 +12,7 @@
 #define VEC_EDU_INTX    0xD3
 #define VEC_IOAT_MSIX   0xD4
 #define VEC_IOAT_INTX   0xD5
+#define VEC_E1000_INTX  0xD6
 #define VEC_SOFT_TEST   0x80    /* int $0x80 self-test */
 #define VEC_TIMER       0xE0
 #define VEC_IPI_TEST    0xF0

@@ -50,6 +50,16 @@
 #define ASSIGN_EDU      0xFFFF  /* an edu device no process owns (the first such) */
 #define ASSIGN_PCI_ID(vendor, device) (1ULL << 32 | (uint64_t)(vendor) << 16 | (device))
 #define ASSIGN_VIRTIO_BLK ASSIGN_PCI_ID(0x1AF4, 0x1042)   /* the first modern virtio-blk */
+#define ASSIGN_VIRTIO_NET ASSIGN_PCI_ID(0x1AF4, 0x1041)   /* the first modern virtio-net */
+#define ASSIGN_E1000    ASSIGN_PCI_ID(0x8086, 0x100E)     /* the first Intel 82540EM */
+#define ASSIGN_VIRTIO_MMIO(type) (2ULL << 32 | (type))   /* the first virtio-mmio device of a type */
+/* ORed into the selector: the caller programs the device only with addresses
+ * from dma_addr(), so it may have a device no IOMMU translates (none present,
+ * outside the DRHD's scope, or virtio-mmio): DMA then goes to physical
+ * addresses, without isolation.  Without it assign() wants translation.
+ * Network devices only (class 02 functions, virtio-net): the kernel has no
+ * driver of its own for them. */
+#define ASSIGN_PHYSICAL_OK (1ULL << 40)
 #define ASSIGN_IOAT     ASSIGN_PCI_ID(0x8086, 0x2021)   /* an I/OAT channel no process owns */
 
 /* What assign() tells the owner of a modern virtio-pci device (its second
@@ -62,7 +72,7 @@ struct assign_virtio {
 	uint32_t notify_off_multiplier;         /* queue q notifies at notify + q's off * this */
 	uint32_t map_len;                       /* bytes mapped */
 	uint16_t bdf, pci_device;               /* which function (vendor 0x1af4) */
-	uint32_t rsvd;
+	uint32_t mmio;                          /* 1: virtio-mmio, its registers at offset 0 */
 };
 
 /* dev_xlate(0) puts the owned device's context entry back to the kernel's

@@ -37,6 +37,7 @@ struct virtio_dev {
 	struct { uint8_t bar; uint32_t off, len; } cap[VPCI_CAP_DEVICE + 1];    /* by kind */
 	/* MMIO */
 	uintptr_t mmio;
+	uint64_t mmio_pa;               /* its register page (assign maps it) */
 	uint32_t mmio_version;          /* 1 legacy, 2 modern */
 	uint64_t features;              /* negotiated */
 	struct virtq vq[VIRTIO_MAX_QUEUES];
@@ -64,9 +65,10 @@ const char *virtio_type_name(uint32_t type);
 bool virtio_reset(struct virtio_dev *d);
 /* Device assignment (user.c): keep the driver off the device (virtio_init
  * refuses) while process pid owns it, and reset it; false when it did not
- * reset or does not offer VIRTIO_F_ACCESS_PLATFORM.  The owner resets it and
- * clears owner_pid when it lets go; the next virtio_init sets it up anew. */
-bool virtio_give(struct virtio_dev *d, int pid);
+ * reset or, translated by the IOMMU, does not offer VIRTIO_F_ACCESS_PLATFORM.
+ * The owner resets it and clears owner_pid when it lets go; the next
+ * virtio_init sets it up anew. */
+bool virtio_give(struct virtio_dev *d, int pid, bool translated);
 
 /* Device-specific configuration space. */
 uint8_t virtio_cfg8(struct virtio_dev *d, unsigned off);

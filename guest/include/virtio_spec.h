@@ -64,6 +64,43 @@
 #define VRING_DESC_F_WRITE          2
 #define VRING_AVAIL_F_NO_INTERRUPT  1
 
+/* virtio-mmio registers (version 2; PAGESIZE, QALIGN and QPFN: legacy version 1) */
+#define VMMIO_MAGIC     0x000
+#define VMMIO_VERSION   0x004
+#define VMMIO_DEVID     0x008
+#define VMMIO_DF        0x010
+#define VMMIO_DFSEL     0x014
+#define VMMIO_GF        0x020
+#define VMMIO_GFSEL     0x024
+#define VMMIO_PAGESIZE  0x028   /* legacy */
+#define VMMIO_QSEL      0x030
+#define VMMIO_QNUMMAX   0x034
+#define VMMIO_QNUM      0x038
+#define VMMIO_QALIGN    0x03C   /* legacy */
+#define VMMIO_QPFN      0x040   /* legacy */
+#define VMMIO_QREADY    0x044
+#define VMMIO_QNOTIFY   0x050
+#define VMMIO_ISR       0x060
+#define VMMIO_IACK      0x064
+#define VMMIO_STATUS    0x070
+#define VMMIO_QDESC     0x080
+#define VMMIO_QAVAIL    0x090
+#define VMMIO_QUSED     0x0A0
+#define VMMIO_CFGGEN    0x0FC
+#define VMMIO_CONFIG    0x100
+
+#define VIRTIO_MMIO_MAGIC 0x74726976    /* "virt" */
+
+/* virtio-net (5.1): features, configuration, and the header before every
+ * frame (12 bytes with VIRTIO_F_VERSION_1: flags, gso_type, hdr_len,
+ * gso_size, csum_start, csum_offset, num_buffers). */
+#define VIRTIO_NET_F_MAC            (1ULL << 5)
+#define VIRTIO_NET_F_STATUS         (1ULL << 16)
+#define VIRTIO_NET_CFG_MAC          0       /* u8 mac[6] */
+#define VIRTIO_NET_CFG_STATUS       6       /* le16; bit 0 link up */
+#define VIRTIO_NET_HDR_LEN          12
+#define VRING_USED_F_NO_NOTIFY      1
+
 /* virtio-blk requests: 16-byte header (le32 type, le32 reserved, le64
  * sector), data, one status byte the device writes. */
 #define VIRTIO_BLK_T_IN     0

@@ -9,7 +9,8 @@ import sys
 
 from tools.bench.common import Row, ensure_qemu, machine_description
 
-BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio", "snapshot", "gdb", "ioat"]
+BENCHMARKS = ["boot", "exits", "akaros", "memory", "guest", "virtio", "snapshot", "gdb", "ioat",
+              "net"]
 RESULTS = pathlib.Path(__file__).with_name("results.md")
 
 

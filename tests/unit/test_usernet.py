@@ -1,0 +1,267 @@
+"""net=user: libslirp driven by akvm's backend, fed hand-made guest frames (no guest, no KVM).
+
+Every server a test talks to is one it started on 127.0.0.1."""
+import socket
+import time
+
+import pytest
+
+from akvm.config import ConfigError
+from akvm.devicetable import parse_device
+from akvm.devices.usernet import HostFwd, parse_hostfwd
+from tests import netframes as F
+
+GUEST_MAC = F.mac("52:54:00:12:34:56")
+GATEWAY_MAC = F.mac("52:55:0a:00:02:02")       # slirp's: 52:55 and the IPv4 address
+GUEST, GATEWAY, DNS = "10.0.2.15", "10.0.2.2", "10.0.2.3"
+
+
+def slirp_or_skip():
+    from akvm.devices.usernet import UserBackend, _load
+    from akvm.devices.virtio.netback import NetBackendError
+    try:
+        _load()
+    except NetBackendError as e:
+        pytest.skip(str(e))
+    return UserBackend
+
+
+@pytest.fixture
+def backend():
+    made = []
+
+    def make(*args, **kwargs):
+        made.append(slirp_or_skip()(*args, **kwargs))
+        return made[-1]
+    yield make
+    for b in made:
+        b.close()
+
+
+def expect(b, predicate, timeout=5.0):
+    """The first frame from the backend that satisfies predicate (others are skipped)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        frame = b.recv()
+        if frame is None:
+            time.sleep(0.002)
+            continue
+        f = F.parse(frame)
+        if predicate(f):
+            return f
+    raise AssertionError("no such frame came")
+
+
+def from_guest(payload, ethertype=F.ETH_IP, dst=GATEWAY_MAC):
+    return F.eth(dst, GUEST_MAC, ethertype, payload)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# --- the options -----------------------------------------------------------------------
+
+def test_hostfwd_syntax():
+    assert parse_hostfwd("tcp::5555-:22") == HostFwd(False, "127.0.0.1", 5555, GUEST, 22)
+    assert parse_hostfwd("udp:0.0.0.0:53-10.0.2.16:5353") == HostFwd(True, "0.0.0.0", 53,
+                                                                      "10.0.2.16", 5353)
+    assert str(parse_hostfwd("tcp::1-:2")) == "tcp:127.0.0.1:1-10.0.2.15:2"
+    for bad, why in (("tcp:5555-:22", "expected tcp|udp"), ("sctp::1-:2", "expected tcp|udp"),
+                     ("tcp::0-:22", "host port 0"), ("tcp::1-:70000", "guest port 70000"),
+                     ("tcp:localhost:1-:2", "not an IPv4 address"),
+                     ("tcp::1-192.168.0.1:2", "not in 10.0.2.0/24")):
+        with pytest.raises(ValueError, match=why):
+            parse_hostfwd(bad)
+
+
+def test_repeatable_options_give_a_tuple():
+    spec = parse_device("virtio-net,net=user,hostfwd=tcp::5555-:22,hostfwd=udp::53-:53,restrict=on")
+    assert spec.values["hostfwd"] == (HostFwd(False, "127.0.0.1", 5555, GUEST, 22),
+                                      HostFwd(True, "127.0.0.1", 53, GUEST, 53))
+    assert spec.values["restrict"] is True and spec.values["net"] == "user"
+    assert parse_device("virtio-net,loopback=on").values["hostfwd"] == ()
+    with pytest.raises(ConfigError, match="virtio-net: hostfwd=tcp:1-:2: expected tcp|udp"):
+        parse_device("virtio-net,net=user,hostfwd=tcp::1-:2,hostfwd=tcp:1-:2")
+    with pytest.raises(ConfigError, match="'net' given twice"):
+        parse_device("virtio-net,net=user,net=user")
+    with pytest.raises(ConfigError, match="net=tap: expected user"):
+        parse_device("virtio-net,net=tap")
+
+
+# --- libslirp --------------------------------------------------------------------------
+
+def test_dhcp_arp_and_ping_the_gateway(backend):
+    b = backend()
+    b.send(from_guest(F.dhcp(GUEST_MAC, F.DHCP_DISCOVER), dst=F.BROADCAST))
+    offer = expect(b, lambda f: f.dhcp is not None)
+    assert offer.dhcp["yiaddr"] == GUEST and offer.dhcp[53] == bytes([F.DHCP_OFFER])
+    assert offer.dhcp[3] == socket.inet_aton(GATEWAY) and offer.dhcp[6] == socket.inet_aton(DNS)
+    assert offer.dhcp[1] == socket.inet_aton("255.255.255.0")
+    b.send(from_guest(F.dhcp(GUEST_MAC, F.DHCP_REQUEST, GUEST), dst=F.BROADCAST))
+    ack = expect(b, lambda f: f.dhcp is not None)
+    assert ack.dhcp[53] == bytes([F.DHCP_ACK]) and ack.dhcp["yiaddr"] == GUEST
+
+    for ip in (GATEWAY, DNS):
+        b.send(from_guest(F.arp_request(GUEST_MAC, GUEST, ip), F.ETH_ARP, F.BROADCAST))
+        reply = expect(b, lambda f: f.ethertype == F.ETH_ARP)
+        assert reply.arp_op == 2 and reply.arp_sender == (b"\x52\x55" + socket.inet_aton(ip), ip)
+        assert reply.dst == GUEST_MAC
+
+    b.send(from_guest(F.icmp_echo(GUEST, GATEWAY, 7, 1, b"ping!")))
+    echo = expect(b, lambda f: f.proto == F.IP_ICMP)
+    assert (echo.icmp_type, echo.src_ip, echo.payload) == (0, GATEWAY, b"ping!")
+    assert b.sent == 5 and b.received >= 5 and b.dropped == 0
+
+
+def tcp_connect(b, dport, sport=40000, iss=1000):
+    """A guest-side handshake to the gateway; returns the gateway's next sequence number."""
+    b.send(from_guest(F.tcp(GUEST, GATEWAY, sport, dport, iss, 0, F.TCP_SYN)))
+    synack = expect(b, lambda f: f.proto == F.IP_TCP and f.flags & F.TCP_SYN)
+    assert synack.flags & F.TCP_ACK and synack.ack == iss + 1
+    b.send(from_guest(F.tcp(GUEST, GATEWAY, sport, dport, iss + 1, synack.seq + 1, F.TCP_ACK)))
+    return synack.seq + 1
+
+
+def test_the_gateway_is_the_hosts_loopback(backend):
+    b = backend()
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    b.send(from_guest(F.arp_request(GUEST_MAC, GUEST, GATEWAY), F.ETH_ARP, F.BROADCAST))
+    expect(b, lambda f: f.ethertype == F.ETH_ARP)
+    seq = tcp_connect(b, port)
+    b.send(from_guest(F.tcp(GUEST, GATEWAY, 40000, port, 1001, seq, F.TCP_ACK | F.TCP_PSH,
+                            b"hello host\n")))
+    server.settimeout(5)
+    conn, peer = server.accept()
+    conn.settimeout(5)
+    assert peer[0] == "127.0.0.1"
+    assert conn.recv(100) == b"hello host\n"
+    conn.sendall(b"hello guest\n")
+    data = expect(b, lambda f: f.proto == F.IP_TCP and f.payload)
+    assert data.payload == b"hello guest\n" and (data.src_ip, data.sport) == (GATEWAY, port)
+    conn.close()
+    server.close()
+
+
+def test_hostfwd_reaches_the_guest(backend):
+    host_port = free_port()
+    b = backend((parse_hostfwd(f"tcp::{host_port}-:2222"),))
+    # The guest must be known to slirp's ARP table (its DHCP does that), as a real guest's is.
+    b.send(from_guest(F.dhcp(GUEST_MAC, F.DHCP_DISCOVER), dst=F.BROADCAST))
+    expect(b, lambda f: f.dhcp is not None)
+    client = socket.socket()
+    client.setblocking(False)
+    client.connect_ex(("127.0.0.1", host_port))
+    syn = expect(b, lambda f: f.proto == F.IP_TCP and f.flags & F.TCP_SYN)
+    assert (syn.dst_ip, syn.dport, syn.src_ip) == (GUEST, 2222, GATEWAY) and syn.dst == GUEST_MAC
+    client.close()
+    # Bound to 127.0.0.1 only: the port is free on another local address.
+    other = socket.socket()
+    other.bind(("127.0.0.2", host_port))
+    other.close()
+
+
+def test_hostfwd_on_a_port_in_use_is_refused(backend):
+    from akvm.devices.virtio.netback import NetBackendError
+    slirp_or_skip()
+    taken = socket.create_server(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    with pytest.raises(NetBackendError, match=f"cannot listen on 127.0.0.1:{port}: "
+                                              "Address already in use"):
+        backend((parse_hostfwd(f"tcp::{port}-:22"),))
+    taken.close()
+
+
+def test_restrict_keeps_the_guest_off_the_host(backend):
+    b = backend(restrict=True)
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    b.send(from_guest(F.arp_request(GUEST_MAC, GUEST, GATEWAY), F.ETH_ARP, F.BROADCAST))
+    expect(b, lambda f: f.ethertype == F.ETH_ARP)
+    b.send(from_guest(F.tcp(GUEST, GATEWAY, 40000, port, 1000, 0, F.TCP_SYN)))
+    with pytest.raises(socket.timeout):
+        server.accept()
+    server.close()
+
+
+def test_a_nic_that_takes_nothing_never_blocks_the_sender(backend):
+    """Nobody takes what slirp sends to the guest: the queue fills, frames are dropped and
+    counted (every ping answered, then queued or dropped), and sending stays instant."""
+    b = backend()
+    limit = b._queue_limit
+    ping = from_guest(F.icmp_echo(GUEST, GATEWAY, 7, 1))
+    start = time.monotonic()
+    for _ in range(3 * limit):
+        b.send(ping)
+    assert time.monotonic() - start < 1.0
+    end = time.monotonic() + 10
+    while sum(b.counts[1:]) < 3 * limit and time.monotonic() < end:
+        time.sleep(0.01)
+    queued = 0
+    while b.recv() is not None:
+        queued += 1
+    to_network, _, to_python, dropped = b.counts
+    assert queued == limit and to_python == limit
+    assert to_network + b.dropped == 3 * limit and dropped == 2 * limit
+
+
+def test_close_is_prompt_and_frees_the_forwarded_port(backend):
+    port = free_port()
+    b = backend((parse_hostfwd(f"tcp::{port}-:22"),))
+    start = time.monotonic()
+    b.close()
+    assert time.monotonic() - start < 1.0
+    socket.create_server(("127.0.0.1", port)).close()
+
+
+def test_virtio_net_on_user_networking_gets_a_lease():
+    """The device on its thread, a driver in Python: DHCP DISCOVER out through the
+    transmit queue, the OFFER back in a receive buffer, woken by the backend."""
+    import os
+    from akvm.devices.virtio.net import HDR, VirtioNet
+    from tests.unit.virtio_driver import DATA, bring_up, new_memory, wait_for
+    dev = VirtioNet(slirp_or_skip()(), GUEST_MAC)
+    mem = new_memory()
+    rx, tx = bring_up(dev, mem)
+    dev.start()
+    try:
+        rx.add([(DATA + 0x80000, 2048, True)])
+        os.eventfd_write(dev.kick_fds[0], 1)
+        discover = from_guest(F.dhcp(GUEST_MAC, F.DHCP_DISCOVER), dst=F.BROADCAST)
+        mem.write(DATA, bytes(HDR.size) + discover)
+        tx.add([(DATA, HDR.size + len(discover), False)])
+        os.eventfd_write(dev.kick_fds[1], 1)
+        assert wait_for(lambda: rx.used_idx == 1)
+        (_, n), = rx.take_used()
+        offer = F.parse(mem.read(DATA + 0x80000 + HDR.size, n - HDR.size))
+        assert offer.dhcp["yiaddr"] == GUEST and offer.dst == F.BROADCAST
+    finally:
+        dev.close()
+
+
+def test_without_libslirp_one_line_says_what_to_install(monkeypatch):
+    import sys
+    import akvm.devices.usernet as usernet
+    from akvm.builders import net_backend
+    monkeypatch.setattr(usernet, "_binding", None)
+    monkeypatch.setitem(sys.modules, "akvm.devices._slirp", None)     # as if never built
+    with pytest.raises(ConfigError, match=r"^virtio-net: net=user: akvm was built without "
+                                          r"libslirp: install libslirp-dev"):
+        net_backend(parse_device("virtio-net,net=user"))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("virtio-net,loopback=on,hostfwd=tcp::1-:2", "virtio-net: hostfwd= and restrict= need net=user"),
+    ("virtio-net,loopback=on,restrict=on", "virtio-net: hostfwd= and restrict= need net=user"),
+    ("virtio-net,net=user,loopback=on", "virtio-net: give exactly one backend: net=user, tap=NAME"),
+])
+def test_backend_choice_errors(text, message):
+    from akvm.builders import net_backend
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        net_backend(parse_device(text))
