@@ -24,7 +24,7 @@ pytestmark = needs_kvm
 
 # What a kind needs besides its name to be built here; a new kind with a required
 # option fails this test until it is listed.
-OPTIONS = {"virtio-blk": "file={image}", "virtio-console": "chardev=none",
+OPTIONS = {"virtio-blk": "file={image}", "virtio-console": "chardev=none", "e1000": "loopback=on",
            "virtio-net": "loopback=on"}
 SIZES = (1, 2, 4, 8)
 # Values: small ones (register indices, commands, enables), single bytes, anything.
