@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 import select
 import socket
-import stat
 import threading
 from typing import Callable
 
-from akvm.base.hostfiles import bind_private
+from akvm.base.hostfiles import bind_private, remove_stale_socket
 from akvm.base.outqueue import OutputQueue
 from akvm.devices.chardev import CLOSE_FLUSH_S, JOIN_S, READ_CHUNK, Chardev, ChardevError, Sink
 
@@ -32,7 +31,10 @@ class UnixSocketChardev(Chardev):
 
     def __init__(self, path: str):
         self.path = path
-        self._remove_stale(path)
+        try:
+            remove_stale_socket(path)
+        except FileExistsError as e:
+            raise ChardevError(f"--serial: {path} {e}") from None
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             bind_private(self._listener, path)        # 0600: only the owner connects
@@ -51,29 +53,6 @@ class UnixSocketChardev(Chardev):
         self._pending = bytearray()  # output while no client is connected
         self.clients = 0            # connections accepted so far
 
-    @staticmethod
-    def _remove_stale(path: str) -> None:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ChardevError(f"--serial: {path} exists and is not a socket; "
-                               "refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)         # nobody listening: a leftover from an earlier run
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            pass                    # e.g. a full accept queue: someone is there
-        finally:
-            probe.close()
-        raise ChardevError(f"--serial: {path} is in use by another listener")
 
     def start(self, sink: Sink, on_quit: Callable[[], None] | None = None) -> None:
         if self._thread is not None:

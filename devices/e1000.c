@@ -98,6 +98,30 @@ static void count_size(struct akvm_e1000 *s, unsigned int base, size_t len)
 	count(s, base + 4 * i, 1);
 }
 
+/* The statistics registers a good frame moves, one set each way. */
+struct frame_counters {
+	unsigned int good, total, good_octets, total_octets, multicast, broadcast, size64;
+};
+static const struct frame_counters tx_counters = {
+	E1000_GPTC, E1000_TPT, E1000_GOTCL, E1000_TOTL, E1000_MPTC, E1000_BPTC, E1000_PTC64 };
+static const struct frame_counters rx_counters = {
+	E1000_GPRC, E1000_TPR, E1000_GORCL, E1000_TORL, E1000_MPRC, E1000_BPRC, E1000_PRC64 };
+
+/* A good frame of len bytes (FCS not included) sent or received. */
+static void count_frame(struct akvm_e1000 *s, const struct frame_counters *c,
+			const uint8_t *frame, size_t len)
+{
+	size_t wire = (len < E1000_MIN_FRAME ? E1000_MIN_FRAME : len) + E1000_FCS_LEN;
+
+	count(s, c->good, 1);
+	count(s, c->total, 1);
+	count64(s, c->good_octets, wire);
+	count64(s, c->total_octets, wire);
+	if (frame[0] & 1)
+		count(s, memcmp(frame, "\xff\xff\xff\xff\xff\xff", 6) ? c->multicast : c->broadcast, 1);
+	count_size(s, c->size64, wire);
+}
+
 /* Set causes; AKVM_NIC_IRQ when INTA# must rise (Python raises it). */
 static int cause(struct akvm_e1000 *s, uint32_t bits)
 {
@@ -186,14 +210,7 @@ static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32
 			memset(frame + len, 0, E1000_MIN_FRAME - len);
 			len = E1000_MIN_FRAME;
 		}
-		size_t wire = (len < E1000_MIN_FRAME ? E1000_MIN_FRAME : len) + E1000_FCS_LEN;
-		count(s, E1000_GPTC, 1);
-		count(s, E1000_TPT, 1);
-		count64(s, E1000_GOTCL, wire);
-		count64(s, E1000_TOTL, wire);
-		if (frame[0] & 1)
-			count(s, memcmp(frame, "\xff\xff\xff\xff\xff\xff", 6) ? E1000_MPTC : E1000_BPTC, 1);
-		count_size(s, E1000_PTC64, wire);
+		count_frame(s, &tx_counters, frame, len);
 		s->tx_frames++;
 		if (!out) {
 			c->txq_len[c->txq_head % E1000_TXQ_SLOTS] = len;
@@ -355,14 +372,7 @@ int akvm_e1000_rx(void *opaque, const uint8_t *frame, size_t flen)
 	s->rdh = (s->rdh + need) % n;
 	s->rx_full = 0;
 	s->rx_frames++;
-	size_t wire = (flen < E1000_MIN_FRAME ? E1000_MIN_FRAME : flen) + E1000_FCS_LEN;
-	count(s, E1000_GPRC, 1);
-	count(s, E1000_TPR, 1);
-	count64(s, E1000_GORCL, wire);
-	count64(s, E1000_TORL, wire);
-	if (frame[0] & 1)
-		count(s, memcmp(frame, "\xff\xff\xff\xff\xff\xff", 6) ? E1000_MPRC : E1000_BPRC, 1);
-	count_size(s, E1000_PRC64, wire);
+	count_frame(s, &rx_counters, frame, flen);
 	uint32_t causes = E1000_ICR_RXT0;
 	if ((s->rdt + n - s->rdh) % n <= n >> ((s->rctl >> E1000_RCTL_RDMTS_SHIFT & 3) + 1))
 		causes |= E1000_ICR_RXDMT0;

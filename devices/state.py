@@ -27,8 +27,32 @@ from __future__ import annotations
 
 from akvm.base.snapdata import pack, restore_counters, save_counters, unpack  # noqa: F401
 
-__all__ = ["SnapshotUnsupported", "pack", "unpack", "save_counters", "restore_counters"]
+import threading
+
+__all__ = ["HoldBetweenCalls", "SnapshotUnsupported", "pack", "unpack", "save_counters",
+           "restore_counters"]
 
 
 class SnapshotUnsupported(Exception):
     """This device's state cannot be saved (the message names the device and why)."""
+
+
+class HoldBetweenCalls:
+    """pause()/resume() for a thread that runs queued calls (call(fn), on_thread,
+    running()): the hold is itself a call, so the thread stops between two of them."""
+
+    _release: threading.Event | None = None
+
+    def pause(self, timeout: float) -> bool:
+        """Hold the thread until resume(); True once it is held, or when it is not running."""
+        if self.on_thread or not self.running():
+            return True
+        held, self._release = threading.Event(), threading.Event()
+        release = self._release
+        self.call(lambda: (held.set(), release.wait()))
+        return held.wait(timeout)
+
+    def resume(self) -> None:
+        if self._release is not None:
+            self._release.set()
+            self._release = None

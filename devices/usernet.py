@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from akvm.devices.state import HoldBetweenCalls
 
 log = logging.getLogger("akvm.net")
 
@@ -386,13 +387,12 @@ class UserBackend:
                 lib.aks_engine_counts(e, 2), self.dropped + lib.aks_engine_dropped(e))
 
 
-class EngineWorker:
+class EngineWorker(HoldBetweenCalls):
     """A UserBackend's thread as a Worker (akvm.devices.virtio.worker) for the NIC on it:
     watch(), unwatch(), call(); pause()/resume() hold it between two turns (a snapshot)."""
 
     def __init__(self, backend: UserBackend):
         self._backend = backend
-        self._release: threading.Event | None = None
 
     @property
     def on_thread(self) -> bool:
@@ -414,18 +414,8 @@ class EngineWorker:
         self.resume()
         self._backend.close()
 
-    def pause(self, timeout: float) -> bool:
-        if self.on_thread or not self._backend._thread.is_alive():
-            return True
-        held, self._release = threading.Event(), threading.Event()
-        release = self._release
-        self.call(lambda: (held.set(), release.wait()))
-        return held.wait(timeout)
-
-    def resume(self) -> None:
-        if self._release is not None:
-            self._release.set()
-            self._release = None
+    def running(self) -> bool:
+        return self._backend._thread.is_alive()
 
 
 def _bind_callbacks(ffi) -> None:

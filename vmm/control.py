@@ -24,12 +24,12 @@ import logging
 import os
 import selectors
 import socket
-import stat
 import threading
 import time
 
 from akvm import __version__
 from akvm.base.errors import ConfigError
+from akvm.base.hostfiles import bind_private, remove_stale_socket
 
 log = logging.getLogger("akvm.control")
 
@@ -70,12 +70,13 @@ class ControlServer:
 
     def __init__(self, path: str):
         self.path = path
-        self._remove_stale(path)
+        try:
+            remove_stale_socket(path)
+        except FileExistsError as e:
+            raise ControlError(f"--control: {path} {e}") from None
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._listener.bind(path)
-            # Nobody can connect before listen(), so the mode is right before anyone can.
-            os.chmod(path, 0o600)
+            bind_private(self._listener, path)
             self._listener.listen(8)
         except OSError as e:
             self._listener.close()
@@ -94,27 +95,6 @@ class ControlServer:
         self._stopped_by_us = False              # `stop` holds one Machine.pause()
         self._after_reply = None                 # what a command does once its reply is queued
 
-    @staticmethod
-    def _remove_stale(path: str) -> None:
-        """A socket file nobody listens on is a leftover: remove it; refuse anything else."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ControlError(f"--control: {path} exists and is not a socket; "
-                               "refusing to replace it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except ConnectionRefusedError:
-            os.unlink(path)
-            return
-        except OSError:
-            pass
-        finally:
-            probe.close()
-        raise ControlError(f"--control: {path} is in use by another listener")
 
     # --- lifecycle ------------------------------------------------------------
 

@@ -57,12 +57,9 @@ struct akvm_blkq {
 	struct iovec iov[AKVM_BLKQ_MAX_SEGS];
 };
 
-/* Host address of [gpa + off, gpa + off + n) when it lies inside one slot. */
 static unsigned char *host(const struct akvm_blkq *q, uint64_t gpa, uint64_t off, uint64_t n)
 {
-	if (gpa > UINT64_MAX - off)
-		return NULL;
-	return akvm_ram(q->slots, q->nslots, gpa + off, n);
+	return akvm_vq_ram(q->slots, q->nslots, gpa, off, n);
 }
 
 /* A 16-bit ring word (2-byte aligned by the layout rules: accesses are whole). */
@@ -83,33 +80,12 @@ static uint16_t *notify_word(const struct akvm_blkq *q)
 	return q->c.event_idx ? word(q, q->c.device, 4 + 8ull * q->c.size) : word(q, q->c.device, 0);
 }
 
-/* [offset, offset + n) of the chain's device-readable (write = 0) or
- * device-writable stream as iovecs, each inside one slot (DirectDma.views()).
- * Returns how many, or -1 when a piece is outside guest RAM. */
+/* [offset, offset + n) of the chain's readable or writable stream as iovecs
+ * (DirectDma.views()'s twin), or -1 when a piece is outside guest RAM. */
 static int stream(struct akvm_blkq *q, int nsegs, int write, uint64_t offset, uint64_t n,
 		  struct iovec *iov)
 {
-	int k = 0;
-
-	for (int i = 0; i < nsegs && n; i++) {
-		const struct akvm_vq_seg *s = &q->segs[i];
-		if ((int)s->write != write)
-			continue;
-		if (offset >= s->len) {
-			offset -= s->len;
-			continue;
-		}
-		uint64_t take = s->len - offset < n ? s->len - offset : n;
-		unsigned char *p = host(q, s->addr, offset, take);
-		if (!p)
-			return -1;
-		iov[k].iov_base = p;
-		iov[k].iov_len = take;
-		k++;
-		offset = 0;
-		n -= take;
-	}
-	return k;
+	return akvm_vq_stream(q->slots, q->nslots, q->segs, nsegs, write, offset, n, iov);
 }
 
 /* Drop `lock` for file I/O; akvm_blkq_stop() waits for the matching io_end(). */

@@ -44,9 +44,7 @@ struct akvm_netq {
 
 static unsigned char *ram(const struct akvm_netq *q, uint64_t gpa, uint64_t off, uint64_t n)
 {
-	if (gpa > UINT64_MAX - off)
-		return NULL;
-	return akvm_ram(q->slots, q->nslots, gpa + off, n);
+	return akvm_vq_ram(q->slots, q->nslots, gpa, off, n);
 }
 
 static uint16_t *word(const struct akvm_netq *q, uint64_t gpa, uint64_t off)
@@ -130,27 +128,17 @@ static int push(struct akvm_netq *q, struct akvm_netq_ring *r, uint16_t head, ui
 static int stream(struct akvm_netq *q, int nsegs, int write, uint64_t offset, uint8_t *buf,
 		  uint64_t n)
 {
-	for (int i = 0; i < nsegs && n; i++) {
-		const struct akvm_vq_seg *s = &q->segs[i];
-		if ((int)s->write != write)
-			continue;
-		if (offset >= s->len) {
-			offset -= s->len;
-			continue;
-		}
-		uint64_t part = s->len - offset < n ? s->len - offset : n;
-		unsigned char *p = ram(q, s->addr, offset, part);
-		if (!p)
-			return -1;
+	struct iovec iov[AKVM_NETQ_MAX_SEGS];
+	int k = akvm_vq_stream(q->slots, q->nslots, q->segs, nsegs, write, offset, n, iov);
+
+	for (int i = 0; i < k; i++) {
 		if (write)
-			memcpy(p, buf, part);
+			memcpy(iov[i].iov_base, buf, iov[i].iov_len);
 		else
-			memcpy(buf, p, part);
-		buf += part;
-		n -= part;
-		offset = 0;
+			memcpy(buf, iov[i].iov_base, iov[i].iov_len);
+		buf += iov[i].iov_len;
 	}
-	return 0;
+	return k < 0 ? -1 : 0;
 }
 
 static int give_back(struct akvm_netq *q)

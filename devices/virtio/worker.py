@@ -15,6 +15,8 @@ import selectors
 import threading
 from typing import Callable
 
+from akvm.devices.state import HoldBetweenCalls
+
 log = logging.getLogger("akvm.virtio")
 
 JOIN_S = 0.5            # how long stop() waits for the thread to finish what it is doing
@@ -31,7 +33,7 @@ def drain_eventfd(fd: int) -> None:
         pass
 
 
-class Worker:
+class Worker(HoldBetweenCalls):
     """One thread, an epoll set of readable fds with callbacks, and a call queue."""
 
     def __init__(self, name: str):
@@ -42,7 +44,6 @@ class Worker:
         self._selector.register(self._wake, selectors.EVENT_READ, self._run_calls)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._release: threading.Event | None = None   # set while pause() holds the thread
 
     @property
     def on_thread(self) -> bool:
@@ -73,20 +74,8 @@ class Worker:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
-    def pause(self, timeout: float) -> bool:
-        """Hold the thread between two callbacks (so between two requests) until resume().
-        True once it is held, or when it is not running."""
-        if self._thread is None or not self._thread.is_alive() or self.on_thread:
-            return True
-        held, self._release = threading.Event(), threading.Event()
-        release = self._release
-        self.call(lambda: (held.set(), release.wait()))
-        return held.wait(timeout)
-
-    def resume(self) -> None:
-        if self._release is not None:
-            self._release.set()
-            self._release = None
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout: float = JOIN_S) -> bool:
         """Stop the thread; False when it is still busy after `timeout` s (in backend

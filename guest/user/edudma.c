@@ -55,14 +55,6 @@ static int dma(volatile uint8_t *bar, uint64_t src, uint64_t dst, uint32_t len, 
 	return 0;
 }
 
-static long hex(const char *s)
-{
-	long v = 0;
-	for (; *s; s++)
-		v = v * 16 + (*s <= '9' ? *s - '0' : (*s | 0x20) - 'a' + 10);
-	return v;
-}
-
 static uint64_t ms_to_tsc(uint64_t ms)
 {
 	uint64_t khz = tsc_khz();
@@ -175,7 +167,7 @@ int main(int argc, char **argv)
 		return two(argc > 2 ? argv[2] : "a");
 	if (!strcmp(mode, "bench"))
 		return bench();
-	unsigned bdf = argc > 2 ? (unsigned)hex(argv[2]) : ASSIGN_EDU;
+	unsigned bdf = argc > 2 ? (unsigned)atolx(argv[2]) : ASSIGN_EDU;
 	int pid = getpid();
 	volatile uint8_t *bar;
 	if (!strcmp(mode, "release")) {

@@ -49,12 +49,6 @@ struct chan {
 	int64_t (*addr)(const void *);  /* what the device is given for an address */
 };
 
-#define R8(c, off)      (*(volatile uint8_t *)((c)->bar + (off)))
-#define R32(c, off)     (*(volatile uint32_t *)((c)->bar + (off)))
-#define R64(c, off)     (*(volatile uint64_t *)((c)->bar + (off)))
-#define W8(c, off, v)   (*(volatile uint8_t *)((c)->bar + (off)) = (v))
-#define W16(c, off, v)  (*(volatile uint16_t *)((c)->bar + (off)) = (v))
-#define W32(c, off, v)  (*(volatile uint32_t *)((c)->bar + (off)) = (v))
 
 static int64_t iova(const void *p) { return iova_of(p); }
 
@@ -67,9 +61,9 @@ static uint64_t ms_to_tsc(uint64_t ms)
 /* Reset, CHANCTRL, the completion and the ring (as addresses the device uses). */
 static int start(struct chan *c)
 {
-	W32(c, CHANERR, R32(c, CHANERR));
-	W8(c, CHANCMD, CHANCMD_RESET);
-	if (R8(c, CHANCMD) & CHANCMD_RESET)
+	W32(c->bar + CHANERR, R32(c->bar + CHANERR));
+	W8(c->bar + CHANCMD, CHANCMD_RESET);
+	if (R8(c->bar + CHANCMD) & CHANCMD_RESET)
 		return -1;
 	int64_t ring = c->addr(c->ring), compl = c->addr((const void *)c->compl);
 	if (ring < 0 || compl < 0)
@@ -78,11 +72,11 @@ static int start(struct chan *c)
 		c->ring[i].next = ring + ((i + 1) % RING) * sizeof(struct desc);
 	c->ring_addr = ring;
 	*c->compl = 0;
-	W16(c, CHANCTRL, CHANCTRL_RUN);
-	W32(c, CHANCMP, (uint32_t)compl);
-	W32(c, CHANCMP + 4, (uint64_t)compl >> 32);
-	W32(c, CHAINADDR, (uint32_t)ring);
-	W32(c, CHAINADDR + 4, (uint64_t)ring >> 32);
+	W16(c->bar + CHANCTRL, CHANCTRL_RUN);
+	W32(c->bar + CHANCMP, (uint32_t)compl);
+	W32(c->bar + CHANCMP + 4, (uint64_t)compl >> 32);
+	W32(c->bar + CHAINADDR, (uint32_t)ring);
+	W32(c->bar + CHAINADDR + 4, (uint64_t)ring >> 32);
 	c->head = 0;
 	return 0;
 }
@@ -103,7 +97,7 @@ static uint64_t put(struct chan *c, uint32_t size, uint32_t ctl, uint64_t src, u
 static uint64_t issue_wait(struct chan *c, uint64_t want)
 {
 	asm volatile("" ::: "memory");
-	W16(c, DMACOUNT, c->head);
+	W16(c->bar + DMACOUNT, c->head);
 	uint64_t end = rdtsc() + c->tsc_2s;
 	for (;;) {
 		uint64_t w = *c->compl;
@@ -177,10 +171,10 @@ static int unmapped(struct chan *c, int pid, bool noflush)
 		       pid, at);
 		return 0;
 	}
-	if ((w & 7) != HALTED || R32(c, CHANERR) != WRITE_DATA_ERR)
+	if ((w & 7) != HALTED || R32(c->bar + CHANERR) != WRITE_DATA_ERR)
 		return 24;
 	printf("ioatdma: pid %d: copy to IOVA 0x%lx after munmap: HALTED, CHANERR 0x%x\n", pid, at,
-	       R32(c, CHANERR));
+	       R32(c->bar + CHANERR));
 	return 0;
 }
 
@@ -291,18 +285,10 @@ static int bench(struct chan *c)
 	return 0;
 }
 
-static long hex(const char *s)
-{
-	long v = 0;
-	for (; *s; s++)
-		v = v * 16 + (*s <= '9' ? *s - '0' : (*s | 0x20) - 'a' + 10);
-	return v;
-}
-
 int main(int argc, char **argv)
 {
 	const char *mode = argc > 1 ? argv[1] : "copy";
-	uint64_t sel = argc > 2 ? (uint64_t)hex(argv[2]) : ASSIGN_IOAT;
+	uint64_t sel = argc > 2 ? (uint64_t)atolx(argv[2]) : ASSIGN_IOAT;
 	int pid = getpid();
 	struct chan c = { .addr = iova, .tsc_2s = ms_to_tsc(2000) };
 	c.ring = mmap(PAGE_SIZE);
@@ -316,7 +302,7 @@ int main(int argc, char **argv)
 		}
 		return 2;
 	}
-	if (R8(&c, 0x08) != 0x33)
+	if (R8(c.bar + 0x08) != 0x33)
 		return 3;                       /* CBVER: the BAR is an I/OAT's */
 	if (start(&c))
 		return 4;

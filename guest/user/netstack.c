@@ -613,6 +613,19 @@ static void tcp_established(const uint8_t *t)
 	tcb.snd_wnd = get16(t + 14);
 }
 
+/* A SYN's options: the peer's MSS (kind 2, length 4), if it gives one. */
+static void tcp_options(const uint8_t *t, unsigned hlen)
+{
+	for (unsigned i = 20; i + 3 < hlen; i += t[i] <= 1 ? 1 : t[i + 1]) {
+		if (t[i] == 0)
+			break;
+		if (t[i] == 2 && t[i + 1] == 4)
+			tcb.mss = get16(t + i + 2);
+		if (t[i] > 1 && t[i + 1] < 2)
+			break;
+	}
+}
+
 static void tcp_input(uint32_t src, uint32_t dst, const uint8_t *t, unsigned len)
 {
 	if (len < 20 || fold(sum16(t, len, pseudo(src, dst, IPPROTO_TCP, len)))) {
@@ -649,14 +662,7 @@ static void tcp_input(uint32_t src, uint32_t dst, const uint8_t *t, unsigned len
 		tcb.snd_una = tcb.snd_nxt = tcb.iss;
 		tcb.snd_max = tcb.iss + 1;
 		tcb.snd_wnd = get16(t + 14);
-		for (unsigned i = 20; i + 3 < hlen; i += t[i] <= 1 ? 1 : t[i + 1]) {
-			if (t[i] == 0)
-				break;
-			if (t[i] == 2 && t[i + 1] == 4)
-				tcb.mss = get16(t + i + 2);
-			if (t[i] > 1 && t[i + 1] < 2)
-				break;
-		}
+		tcp_options(t, hlen);
 		tcb.state = TCP_SYN_RCVD;
 		return;
 	}
@@ -676,14 +682,7 @@ static void tcp_input(uint32_t src, uint32_t dst, const uint8_t *t, unsigned len
 		tcb.irs = seq;
 		tcb.rcv_nxt = tcb.rcv_read = seq + 1;
 		tcb.snd_una = ack;
-		for (unsigned i = 20; i + 3 < hlen; i += t[i] <= 1 ? 1 : t[i + 1]) {
-			if (t[i] == 0)
-				break;
-			if (t[i] == 2 && t[i + 1] == 4)
-				tcb.mss = get16(t + i + 2);
-			if (t[i] > 1 && t[i + 1] < 2)
-				break;
-		}
+		tcp_options(t, hlen);
 		tcp_established(t);
 		tcb.ack_due = true;
 		tcb.tries = 0;

@@ -18,12 +18,6 @@
 #include "net.h"
 #include "../include/virtio_spec.h"
 
-#define R8(a)           (*(volatile uint8_t *)(a))
-#define R16(a)          (*(volatile uint16_t *)(a))
-#define R32(a)          (*(volatile uint32_t *)(a))
-#define W8(a, v)        (*(volatile uint8_t *)(a) = (v))
-#define W16(a, v)       (*(volatile uint16_t *)(a) = (v))
-#define W32(a, v)       (*(volatile uint32_t *)(a) = (v))
 #define barrier()       asm volatile("" ::: "memory")
 #define mb()            asm volatile("mfence" ::: "memory")
 

@@ -84,6 +84,14 @@ long atol(const char *s)
 	return neg ? -v : v;
 }
 
+long atolx(const char *s)
+{
+	long v = 0;
+	for (; *s; s++)
+		v = v * 16 + (*s <= '9' ? *s - '0' : (*s | 0x20) - 'a' + 10);
+	return v;
+}
+
 struct out { char *buf; size_t n, len; };
 
 static void put(struct out *o, char c)

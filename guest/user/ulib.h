@@ -66,6 +66,16 @@ void *memset(void *d, int c, size_t n);
 size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
 long atol(const char *s);
+long atolx(const char *s);             /* hexadecimal digits, no prefix */
+
+/* Device registers mapped into the process (assign()): volatile accesses. */
+#define R8(a)           (*(volatile uint8_t *)(a))
+#define R16(a)          (*(volatile uint16_t *)(a))
+#define R32(a)          (*(volatile uint32_t *)(a))
+#define W8(a, v)        (*(volatile uint8_t *)(a) = (v))
+#define W16(a, v)       (*(volatile uint16_t *)(a) = (v))
+#define R64(a)          (*(volatile uint64_t *)(a))
+#define W32(a, v)       (*(volatile uint32_t *)(a) = (v))
 
 int vsnprintf(char *buf, size_t n, const char *fmt, va_list ap);
 int snprintf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -29,12 +29,6 @@
 #define QMAX            64
 #define FAULT_IOVA      0x0F000000ULL   /* never mapped; virtiotest.c has the same */
 
-#define R8(a)           (*(volatile uint8_t *)(a))
-#define R16(a)          (*(volatile uint16_t *)(a))
-#define R32(a)          (*(volatile uint32_t *)(a))
-#define W8(a, v)        (*(volatile uint8_t *)(a) = (v))
-#define W16(a, v)       (*(volatile uint16_t *)(a) = (v))
-#define W32(a, v)       (*(volatile uint32_t *)(a) = (v))
 
 /* No writable globals: everything lives in this, on the stack. */
 struct vblk {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 
 
 def open_output(path: str, append: bool = False, mode: int = 0o644) -> int:
@@ -31,3 +32,28 @@ def bind_private(sock: socket.socket, path: str) -> None:
     bind, is what the file gets (less the umask), with no window where it is wider."""
     os.fchmod(sock.fileno(), 0o600)
     sock.bind(path)
+
+
+def remove_stale_socket(path: str) -> None:
+    """Before listening at `path`: a socket file nobody listens on is a leftover of an
+    earlier run and goes; anything else stays, and FileExistsError says why."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FileExistsError("exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass                    # e.g. a full accept queue: someone is there
+    finally:
+        probe.close()
+    raise FileExistsError("is in use by another listener")
