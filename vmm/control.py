@@ -36,6 +36,7 @@ log = logging.getLogger("akvm.control")
 MAX_LINE = 64 * 1024            # a longer command line is refused and the client dropped
 MAX_PENDING = 1 << 20           # unread output a client may leave before it is dropped
 LINGER_S = 0.2                  # at close, how long unsent output may still go out
+CLOSE_MARGIN_S = 0.3            # and how much longer the thread may take to end
 
 
 class ControlError(ConfigError):
@@ -113,7 +114,7 @@ class ControlServer:
         self._closing = True
         os.eventfd_write(self._wake, 1)
         if self._thread is not None:
-            self._thread.join(LINGER_S + 1.0)
+            self._thread.join(LINGER_S + CLOSE_MARGIN_S)
         else:
             self._shutdown()
 

@@ -122,3 +122,42 @@ def test_ctrl_a_x_on_a_terminal_nobody_reads(tiny_kernel):
         os.close(master)
     assert proc.returncode == ExitCode.POWEROFF
     assert elapsed < BOUND_S, f"{elapsed:.2f} s"
+
+
+def test_sigterm_with_a_debugger_and_a_control_client_that_never_read(tiny_kernel, tmp_path):
+    """A gdb client and a control client that send requests and never read the replies:
+    the stub's and the control socket's threads block on full sockets, and SIGTERM still
+    ends akvm within the bound."""
+    control_path = tmp_path / "control.sock"
+    err = tmp_path / "stderr"
+    with open(err, "wb") as errf:
+        proc = akvm(tiny_kernel, "--cmdline", "f", "--gdb", "tcp:127.0.0.1:0",
+                    "--control", f"unix:{control_path}",
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf)
+    clients = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (m := re.search(rb"gdb: listening on [\d.]+:(\d+)", err.read_bytes())):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        gdb = socket.create_connection(("127.0.0.1", int(m.group(1))))
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.connect(str(control_path))
+        clients += [gdb, control]
+        for sock, request in ((gdb, b"$g#67"), (control, b'{"execute": "query-stats"}\n')):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                for _ in range(20000):
+                    sock.send(request)
+            except BlockingIOError:
+                pass                    # the server stopped reading: its replies are stuck
+        time.sleep(1.0)
+        assert proc.poll() is None, err.read_text()
+        proc.send_signal(signal.SIGTERM)
+        elapsed = ended_within(proc, time.monotonic())
+    finally:
+        for sock in clients:
+            sock.close()
+    assert proc.returncode == ExitCode.POWEROFF, err.read_text()
+    assert elapsed < BOUND_S, f"{elapsed:.2f} s"

@@ -23,6 +23,7 @@ log = logging.getLogger("akvm.gdb")
 
 SEND_TIMEOUT = 10.0       # a client that reads nothing for this long is dropped
 POLL_INTERVAL = 0.25      # how often the machine's end is noticed
+CLOSE_WAIT = 0.5          # at close, how long the thread may take to notice (shutdown's bound)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -58,9 +59,17 @@ class GdbServer:
         return self
 
     def close(self) -> None:
-        """Stop serving (the machine has ended); returns once the thread is done."""
+        """Stop serving (the machine has ended). A send blocked on a client that reads
+        nothing is cut short by shutting its socket down, so this returns within
+        CLOSE_WAIT."""
         os.write(self._stop_w, b".")
-        self._thread.join(timeout=5)
+        client = self._client
+        if client is not None:
+            try:
+                client.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass                      # already closed by the thread
+        self._thread.join(timeout=CLOSE_WAIT)
         self.listener.close()
         for fd in (self._stop_r, self._stop_w):
             os.close(fd)
