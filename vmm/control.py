@@ -119,6 +119,7 @@ class ControlServer:
             self._shutdown()
 
     def _shutdown(self) -> None:
+        self._closing = True                     # also after an internal error: close() is done
         deadline = time.monotonic() + LINGER_S
         for client in list(self._clients.values()):
             while client.outbuf and time.monotonic() < deadline and self._flush(client):
