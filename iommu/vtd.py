@@ -522,7 +522,7 @@ class VtdIommu:
                                   evictions=self.context_cache.evictions,
                                   invalidated=self.context_cache.invalidated),
             "iotlb": domains,
-            "invalidations": dict(inv.counts),
+            "invalidations": [[*key, n] for key, n in sorted(inv.counts.items())],
             "refused_register_commands": inv.refused,
             "queue_errors": inv.queue_errors,
             "faults": dict(recorded=self.faults.recorded, overflowed=self.faults.overflowed,
@@ -551,8 +551,7 @@ class VtdIommu:
                          f"{d['evictions']} evictions, {d['invalidated']} invalidated")
         if s["invalidations"]:
             lines.append("  invalidations: " + ", ".join(
-                f"{iface} {kind} {gran} {n}"
-                for (iface, kind, gran), n in sorted(s["invalidations"].items())))
+                f"{iface} {kind} {gran} {n}" for iface, kind, gran, n in s["invalidations"]))
         if s["refused_register_commands"] or s["queue_errors"]:
             lines.append(f"  refused register commands {s['refused_register_commands']}, "
                          f"invalidation queue errors {s['queue_errors']}")

@@ -2,6 +2,8 @@
 IQH left at the bad descriptor and resuming once it is cleared; invalidation wait with
 status write and with the completion interrupt (IECTL mask, ICS.IWC); queue wrap-around
 and batches."""
+import json
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -222,6 +224,11 @@ def test_a_batch_of_invalidations_then_one_wait(rig):
     assert counts(rig)[("queued", "iotlb", "page")] == 200
     assert rig.mem.read_u32(rig.status) == 0xD0E and rig.msis == [(IE_ADDR, IE_DATA)]
     assert counts(rig)[("queued", "wait", "status+interrupt")] == 1
+    # The counts as query-stats sends them (JSON) and --stats prints them.
+    sent = json.loads(json.dumps(rig.iommu.stats()))
+    assert ["queued", "iotlb", "page", 200] in sent["invalidations"]
+    line = next(x for x in rig.iommu.format_stats() if "invalidations:" in x)
+    assert "queued iotlb page 200, queued wait status+interrupt 1" in line
 
 
 def test_tail_written_while_disabled_is_processed_on_enable():
