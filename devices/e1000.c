@@ -32,8 +32,6 @@
 #define STAT(off)	s->stats[((off) - E1000_STATS) / 4]
 /* Descriptors one received frame may take: the longest with its FCS in 256-byte buffers */
 #define MAX_PIECES	((E1000_MAX_RX_LONG + E1000_FCS_LEN + 255) / 256)
-#define E1000_TXQ_SLOTS	128
-#define E1000_TXQ_SLOT	2048
 
 struct akvm_e1000_c {
 	pthread_mutex_t lock;
@@ -420,6 +418,23 @@ int akvm_e1000_exit(void *opaque, void *kvm_run)
 	if (wake && write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
 		return 1;
 	return 1;
+}
+
+/* The i-th frame the vCPU gathered that the backend's thread has not sent yet, for a
+ * snapshot taken with that thread held between turns (none is half sent): copied into
+ * out (E1000_TXQ_SLOT bytes), its length returned; -1 past the last. */
+int akvm_e1000_queued(struct akvm_e1000_c *c, unsigned int i, uint8_t *out)
+{
+	int len = -1;
+
+	pthread_mutex_lock(&c->lock);
+	if (i < c->txq_head - c->txq_tail) {
+		unsigned int slot = (c->txq_tail + i) % E1000_TXQ_SLOTS;
+		len = (int)c->txq_len[slot];
+		memcpy(out, c->txq[slot], len);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return len;
 }
 
 struct akvm_e1000_c *akvm_e1000_new(void)

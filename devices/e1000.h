@@ -95,6 +95,8 @@
 #define E1000_MIN_FRAME 60		/* without the FCS */
 #define E1000_FCS_LEN 4
 #define E1000_MAX_TX_PACKET 16384	/* without TSE */
+#define E1000_TXQ_SLOTS	128		/* frames a vCPU gathers for the backend's thread */
+#define E1000_TXQ_SLOT	2048		/* bytes each */
 
 struct akvm_e1000 {
 	/* registers shared with Python (under the lock) */
@@ -132,6 +134,8 @@ void akvm_e1000_unlock(struct akvm_e1000_c *c);
 /* devices/nicport.h */
 int akvm_e1000_tx(void *c, akvm_nic_out_fn out, void *ctx);
 int akvm_e1000_rx(void *c, const uint8_t *frame, size_t len);
+/* A frame gathered for the backend's thread and not sent yet (snapshots). */
+int akvm_e1000_queued(struct akvm_e1000_c *c, unsigned int i, uint8_t *out);
 /* The vCPU's exit handler (akvm_exit_fn): TDT and RDT writes while native. */
 int akvm_e1000_exit(void *c, void *kvm_run);
 unsigned int akvm_e1000_crc32(const uint8_t *data, size_t len);

@@ -50,6 +50,9 @@ the vCPU that writes TDT and only queues frames in the backend; reception
 runs on the device's own thread (akvm.devices.virtio.worker), which stops
 reading the backend while the ring has no free descriptor, so frames wait
 there.
+
+Snapshots (akvm.devices.state) save every register, the C data path's
+included, and what is half done: see device_snapshot().
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ import zlib
 from akvm.base.dma import DirectDma, DmaError
 from akvm.base.native import ffi, lib, native_slots
 from akvm.devices.pci import BarKind, PciDevice
+from akvm.devices.state import pack, restore_counters, save_counters, unpack
 
 log = logging.getLogger("akvm.e1000")
 
@@ -332,6 +336,7 @@ class E1000(PciDevice):
         self._slots = None
         self.worker = None
         self._held: bytes | None = None          # a frame waiting for receive descriptors
+        self._queued: list[bytes] = []           # C's unsent frames a snapshot had: start()
         self._resuming = False
         self._logged: set[str] = set()
         self.tx_frames = self.rx_frames = self.rx_dropped = self.tx_dropped = self.errors = 0
@@ -348,6 +353,7 @@ class E1000(PciDevice):
         self.worker = getattr(self.backend, "worker", None) or Worker(self.name)
         self.backend.start(self.worker, self.receive)
         self.worker.start()
+        self.worker.call(self._go_on)
         if hasattr(self.backend, "set_native") and type(self.dma) is DirectDma:
             self._slots = native_slots(self.dma.memory)
             if self._slots is not None:
@@ -366,6 +372,18 @@ class E1000(PciDevice):
                                 int(ffi.cast("uintptr_t", self.handle)), (self._kick, -1),
                                 self._python_turn, self._native_interrupt, self)
         os.eventfd_write(self._kick, 1)
+
+    def _go_on(self) -> None:
+        """What a restored snapshot had half done (device thread): the frames C had
+        gathered go out, INTA# rises for causes C set before its thread could raise it,
+        a held frame tries the ring again. Nothing, after a boot."""
+        queued, self._queued = self._queued, []
+        for frame in queued:
+            self.backend.send(frame)
+        with self._locked():
+            self._update_irq()
+        if self._held is not None:
+            self._resume()
 
     def _python_turn(self) -> None:
         """C left this turn to Python (backend's thread): the rest of the transmit ring, and
@@ -455,6 +473,89 @@ class E1000(PciDevice):
         if self.intx_asserted:
             self.lower_intx()
             s.intx = 0
+
+    # --- snapshots (akvm.devices.state) --------------------------------------------------
+
+    # struct akvm_e1000 beyond RA, MTA and the statistics; link_up, bus_master and intx
+    # follow from the rest, bar from BAR0, native and kick_fd from start().
+    _C_STATE = ("rctl", "tctl", "icr", "ims", "rdbal", "rdbah", "rdlen", "rdh", "rdt", "tdbal",
+                "tdbah", "tdlen", "tdh", "tdt", "python_tx", "python_rx", "rx_waiting", "rx_full",
+                "tx_frames", "rx_frames", "rx_dropped", "exits")
+    _EEPROM = ("latched", "shift", "bits", "reading", "position", "refused")
+    _NIC_COUNTERS = ("tx_frames", "rx_frames", "rx_dropped", "tx_dropped", "errors",
+                     "bad_accesses", "interrupts", "phy_errors", "autonegotiations")
+
+    def pause(self, timeout: float) -> bool:
+        """Hold the device's thread (the backend's, with user networking) between two
+        turns, so neither Python nor C moves frames or registers while the state is read."""
+        return self.worker is None or self.worker.pause(timeout)
+
+    def resume(self) -> None:
+        if self.worker is not None:
+            self.worker.resume()
+
+    def device_snapshot(self) -> dict:
+        """Every register (the C data path's struct too: rings, ICR/IMS, RCTL/TCTL, RA,
+        MTA, statistics), the EEPROM's Microwire state, EERD, MDIC, the PHY, the TCP/IP
+        context, a packet whose descriptors have not reached EOP yet, a received frame
+        held for want of descriptors, the frames C gathered for the backend's thread and
+        it has not sent, and the counters. The thread is held (pause()), so C holds still."""
+        with self._locked():
+            s, eeprom = self.s, self.eeprom
+            return {
+                "c": {name: int(getattr(s, name)) for name in self._C_STATE},
+                "ra": [list(pair) for pair in s.ra], "mta": list(s.mta), "stats": list(s.stats),
+                "regs": {f"{offset:#06x}": value for offset, value in self.regs.items()},
+                "ctrl": self.ctrl, "ctrl_ext": self.ctrl_ext, "eecd_req": self.eecd_req,
+                "eerd": self.eerd, "mdic": self.mdic, "ioaddr": self.ioaddr,
+                "eeprom": {name: getattr(eeprom, name) for name in self._EEPROM},
+                "phy": {str(reg): value for reg, value in self.phy.items()},
+                "context": dict(self.context), "tx_packet": pack(self._tx_packet),
+                "tx_first": self._tx_first, "tx_oversized": self._tx_oversized,
+                "held": None if self._held is None else pack(self._held),
+                "queued": [pack(frame) for frame in self._queued_frames()],
+                **save_counters(self, self._NIC_COUNTERS)}
+
+    def _queued_frames(self) -> list[bytes]:
+        buffer, frames = ffi.new("uint8_t[]", lib.E1000_TXQ_SLOT), []
+        while (n := lib.akvm_e1000_queued(self.handle, len(frames), buffer)) >= 0:
+            frames.append(bytes(ffi.buffer(buffer, n)))
+        return frames
+
+    def device_restore(self, state: dict) -> None:
+        """Into a device built anew from the configuration, with a new backend: frames in
+        flight on the host side (in libslirp, a TAP device, a socket, or queued for the
+        backend's thread by Python) are lost. INTA# is at its level already (PciDevice);
+        start() sends C's saved frames and hands the rings to C again."""
+        with self._locked():
+            s = self.s
+            for name in self._C_STATE:
+                setattr(s, name, int(state["c"][name]))
+            for pair, saved in zip(s.ra, _exactly(state["ra"], RAL_COUNT, "RAL/RAH pairs")):
+                pair[0], pair[1] = (int(v) for v in _exactly(saved, 2, "RAL/RAH halves"))
+            for i, value in enumerate(_exactly(state["mta"], MTA_COUNT, "MTA registers")):
+                s.mta[i] = int(value)
+            for i, value in enumerate(_exactly(state["stats"], lib.E1000_STATS_COUNT,
+                                               "statistics registers")):
+                s.stats[i] = int(value)
+            self.regs = {offset: int(state["regs"][f"{offset:#06x}"]) for offset in PLAIN}
+            self.ctrl, self.ctrl_ext, self.eecd_req, self.eerd, self.mdic, self.ioaddr = (
+                int(state[k]) for k in ("ctrl", "ctrl_ext", "eecd_req", "eerd", "mdic", "ioaddr"))
+            saved = state["eeprom"]
+            for name in self._EEPROM:
+                setattr(self.eeprom, name, bool(saved[name]) if name == "reading" else
+                        int(saved[name]))
+            self.phy = {reg: int(state["phy"][str(reg)]) for reg in PHY_REGISTERS}
+            self.context = {key: int(state["context"][key]) for key in self.context}
+            self._tx_packet = bytearray(unpack(state["tx_packet"]))
+            self._tx_first = None if state["tx_first"] is None else dict(state["tx_first"])
+            self._tx_oversized = bool(state["tx_oversized"])
+            self._held = None if state["held"] is None else unpack(state["held"])
+            self._queued = [unpack(frame) for frame in state["queued"]]
+            restore_counters(self, state, self._NIC_COUNTERS)
+            self._sync_link()
+            s.bus_master = int(self.bus_master)
+            s.intx = int(self.intx_asserted)
 
     # --- BAR0: registers ---------------------------------------------------------------
 
@@ -1031,6 +1132,12 @@ class E1000(PciDevice):
                 f"{s['dropped']} dropped, {s['errors']} errors; {s['exits_in_c']} TDT/RDT writes "
                 f"in C; {s['interrupts']} interrupts; link {'up' if s['link_up'] else 'down'}, "
                 f"{s['autonegotiations']} autonegotiations, {s['mdio_errors']} MDIO errors")
+
+
+def _exactly(values: list, count: int, what: str) -> list:
+    if len(values) != count:
+        raise ValueError(f"{len(values)} {what} saved, {count} here")
+    return values
 
 
 def _address(name: str) -> int:

@@ -315,3 +315,100 @@ def test_pack_checks_sizes():
         unpack(pack(b"abc"), 4)
     with pytest.raises(ValueError):
         unpack("not base64!")
+
+
+# --- the e1000 ------------------------------------------------------------------------------
+
+def microwire_clock(nic, eecd, bits):
+    """Clock `bits` (a string of 0/1) into the EEPROM; the DO bits read after each edge."""
+    from akvm.devices import e1000 as E
+    out = []
+    for bit in bits:
+        eecd = eecd | E.EECD_DI if bit == "1" else eecd & ~E.EECD_DI
+        nic.w(E.EECD, eecd)
+        nic.w(E.EECD, eecd | E.EECD_SK)
+        out.append(int(bool(nic.r(E.EECD) & E.EECD_DO)))
+        nic.w(E.EECD, eecd)
+    return out
+
+
+def test_e1000_reads_the_same_everywhere_and_goes_on_with_what_was_half_done():
+    """Rings, filters, PHY, EERD, the I/O window, a Microwire read half clocked out, a
+    TCP/IP context and a packet without its EOP descriptor yet, a received frame held for
+    want of descriptors, INTA# high: all come back, and the work goes on the same."""
+    from akvm.devices import e1000 as E
+    from tests import netframes as F
+    from tests.unit.test_e1000 import MAC, Nic
+    a = Nic()
+    a.tx_setup()
+    a.rx_setup(rctl=E.RCTL_SECRC)                            # 8 descriptors, 7 free
+    a.w(E.IMS, E.ICR_RXT0 | E.ICR_TXDW)
+    for reg, value in ((E.ITR, 0x1234), (E.VFTA + 8, 0xDEAD_BEEF), (E.MTA + 20, 0x10),
+                       (E.RAL0 + 8, 0x1122_3344), (E.RAH0 + 8, 0x5566 | E.RAH_AV),
+                       (E.MDIC, E.MDIC_OP_WRITE | 1 << 21 | E.PHY_AUTONEG_ADV << 16 | 0x01E1),
+                       (E.EERD, 3 << 8 | E.EERD_START)):
+        a.w(reg, value)
+    a.pio.write(a.dev.bar_address(1) + E.IOADDR, 4, E.RAL0 + 8)
+    eecd = E.EECD_REQ | E.EECD_CS
+    a.w(E.EECD, eecd)
+    first_bits = microwire_clock(a, eecd, "110000001" + "0" * 5)    # READ word 1, 5 bits out
+    a.tx_desc(14 | 34 << 8 | 0 << 16 | 34 << 32 | 50 << 40, E.TXD_CMD_DEXT << 24)  # a context
+    a.tx_legacy(F.eth(F.BROADCAST, b"\x02" * 6, F.ETH_IP, bytes(20)), cmd=0)     # no EOP yet
+    a.tx_go()
+    frames = [F.eth(MAC, b"\x02" * 6, F.ETH_IP, bytes([n]) * 100) for n in range(8)]
+    a.deliver(*frames)                                       # seven fit, one is held
+    assert a.dev._held == frames[7] and a.line.level and a.dev._tx_packet
+
+    b = Nic()
+    b.mem.write(0, a.mem.read(0, 16 << 20))
+    b.dev.restore(json_round_trip(a.dev.snapshot()))
+    assert json_round_trip(b.dev.snapshot()) == json_round_trip(a.dev.snapshot())
+    assert b.line.level
+    for name in ("tdt", "tx_count", "rx_count", "bufsize", "rx_next"):
+        setattr(b, name, getattr(a, name))
+    io = a.dev.bar_address(1)
+    assert b.pio.read(io + E.IOADDR, 4) == a.pio.read(io + E.IOADDR, 4) == E.RAL0 + 8
+    for offset in range(0, E.MMIO_SIZE, 4):                  # ICR and statistics clear on both
+        assert b.r(offset) == a.r(offset), hex(offset)
+    assert not b.line.level and not a.line.level
+
+    b.dev._go_on()                                           # what start() does after a restore
+    rest = microwire_clock(b, eecd, "0" * 11)
+    assert rest == microwire_clock(a, eecd, "0" * 11)
+    word = int("".join(map(str, first_bits[-5:] + rest)), 2)
+    assert word == MAC[2] | MAC[3] << 8
+    for nic in (a, b):
+        nic.tx_legacy(bytes(range(40)), cmd=E.TXD_CMD_EOP | E.TXD_CMD_RS)
+        nic.tx_go()
+        assert [nic.take() for _ in range(7)] == frames[:7]
+        nic.w(E.RDT, (nic.rx_next - 1) % nic.rx_count)      # room: the held frame comes in
+        assert nic.take() == frames[7]
+    assert b.wire.sent == a.wire.sent[-1:] and len(b.wire.sent[0]) == 14 + 20 + 40
+    assert b.line.level and a.line.level
+    assert json_round_trip(b.dev.snapshot()) == json_round_trip(a.dev.snapshot())
+
+
+def test_e1000_frames_c_gathered_and_did_not_send_yet_are_saved():
+    """The vCPU's TDT write gathered two frames in C for the backend's thread, which had
+    not had its turn: a restored device sends them, and raises the INTA# C left to it."""
+    from akvm.base.native import ffi, lib
+    from akvm.devices import e1000 as E
+    from tests.unit.test_e1000_native import BUFS, EOP, RAM, RS, TX, Side, legacy
+    a = Side(native=True)
+    a.mem.write(BUFS, bytes(range(256)) * 8)
+    a.write(E.IMS, E.ICR_TXDW)
+    for i, length in enumerate((60, 1514)):
+        a.mem.write(TX + 16 * i, legacy(length, EOP | RS, BUFS))
+    a.run_page.mmio(a.dev.bar_address(0) + E.TDT, 4, True, 2)
+    assert lib.akvm_e1000_exit(a.dev.handle, ffi.cast("void *", a.run_page.address))
+    state = json_round_trip(a.dev.snapshot())
+    assert len(state["device"]["queued"]) == 2 and not a.wire.sent and not a.dev.intx_asserted
+
+    b = Side(native=False)
+    b.mem.write(0, a.mem.read(0, RAM))
+    b.dev.restore(state)
+    b.dev._go_on()
+    a.turn()                                                 # the original's thread, meanwhile
+    assert [len(f) for f in a.wire.sent] == [60, 1514] and b.wire.sent == a.wire.sent
+    assert b.dev.intx_asserted and a.dev.intx_asserted
+    assert b.snapshot()[2:] == a.snapshot()[2:]
