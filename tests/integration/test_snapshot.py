@@ -104,6 +104,26 @@ def test_mid_selftest_with_virtio_blk_and_vtd(akvm_guest_factory, tmp_path, disk
     assert disk.read_bytes() == original                 # the test put its sectors back
 
 
+def test_every_device_kind_is_saved_and_restored(akvm_guest_factory, tmp_path):
+    """Every --device kind of the table (the virtio ones on PCI and on MMIO) and VT-d in
+    one machine, saved after the guest's self-tests drove them and restored: no kind is
+    refused or forgotten, and the restored guest drives them again."""
+    from tests.integration.test_hostile_bus import device_specs
+    args = [a for spec in device_specs(str(tmp_path)) for a in ("--device", spec.text)]
+    tests = ("e1000", "edu-dma", "edu-intx", "virtio-blk", "virtio-rng", "ioat-copy", "ioat-msix")
+    first = akvm_guest_factory(args=[*args, "--iommu", "vtd"], control=tmp_path / "c.sock",
+                               timeout=TIMEOUT)
+    result = first.selftest(*tests)
+    assert result.failed == {} and len(result.passed) == len(tests), result.output
+    client = first.control_client()
+    client.execute("snapshot-save", path=str(tmp_path / "snap"))
+    client.execute("quit")
+    assert first.wait_exit() == 0
+    second = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT)
+    result = second.selftest(*tests)
+    assert result.failed == {} and len(result.passed) == len(tests), result.output
+
+
 # --- what a restore refuses -----------------------------------------------------------
 
 @pytest.fixture(scope="module")
