@@ -1,4 +1,4 @@
-"""C hot paths, built by cffi in API mode at install time (see build.py)."""
+"""C hot paths, built by cffi in API mode at install time (akvm.base.native_build)."""
 from __future__ import annotations
 
 import weakref
