@@ -146,6 +146,18 @@ def test_threads_ctrl_c_and_continue(debugged):
     status = gdb.cmd("monitor status")
     assert "2 vCPUs" in status and "CPU 1: rip 0x" in status, status
     assert re.search(r"00100000  [0-9a-f]{2} ", gdb.cmd("monitor phys 0x100000 16")), gdb.log
+    # Ctrl-C names the thread gdb resumed alone (scheduler-locking), then the last reported.
+    gdb.cmd("thread 2")
+    gdb.cmd("set scheduler-locking on")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert 'Thread 2 "CPU 1" received signal SIGINT' in gdb.interrupt()
+    gdb.cmd("set scheduler-locking off")
+    gdb.cmd("thread 1")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert 'Thread 2 "CPU 1" received signal SIGINT' in gdb.interrupt()
+    gdb.cmd("thread 1")
     # Stepping one vCPU while the other runs (gdb's vCont;s:1;c), then on.
     gdb.cmd("break cmd_kerninfo")
     assert "cmd_kerninfo" in hit(gdb, guest, "kerninfo")

@@ -110,8 +110,8 @@ class FakeTarget:
         self.resumed.append((actions, default))
         return None
 
-    def interrupt(self):
-        return Stop(1, SIGINT)
+    def interrupt(self, tid):
+        return Stop(tid, SIGINT)
 
     def detach(self):
         self.detached = True
@@ -210,8 +210,19 @@ def test_dispatch_while_running_answers_e_and_ctrl_c_stops():
     s, target = session()
     assert s.dispatch(b"c") is None and s.running
     assert s.dispatch(b"g") == b"E04"
-    assert s.stopped(target.interrupt()).startswith(b"T02thread:1;")
+    assert s.interrupted().startswith(b"T02thread:1;")
     assert not s.running
+
+
+def test_ctrl_c_names_the_thread_resumed_by_name_else_the_last_reported():
+    s, _ = session()
+    s.stopped(Stop(2))
+    assert s.dispatch(b"vCont;c") is None and s.interrupted().startswith(b"T02thread:2;")
+    assert s.dispatch(b"vCont;c:1") is None and s.interrupted().startswith(b"T02thread:1;")
+    assert s.dispatch(b"Hg2") == b"OK"                 # registers only: not a resume choice
+    assert s.dispatch(b"c") is None and s.interrupted().startswith(b"T02thread:1;")
+    assert s.dispatch(b"Hc2") == b"OK"
+    assert s.dispatch(b"c") is None and s.interrupted().startswith(b"T02thread:2;")
 
 
 # --- the dispatcher, packet by packet ----------------------------------------------------

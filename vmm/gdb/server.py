@@ -143,7 +143,7 @@ class GdbServer:
             self._send(frame(E_BAD))
         elif isinstance(event, Interrupt):
             if session.running:
-                self._send(frame(session.stopped(self.target.interrupt())))
+                self._send(frame(session.interrupted()))
         elif isinstance(event, Nak):
             if session.ack and self._last_sent:
                 self._send(self._last_sent)

@@ -57,7 +57,7 @@ class Target(Protocol):
     def insert(self, type_: int, tid: int, addr: int, kind: int) -> bool: ...
     def remove(self, type_: int, tid: int, addr: int, kind: int) -> bool: ...
     def resume(self, actions: dict[int, str], default: str | None) -> Stop | None: ...
-    def interrupt(self) -> Stop: ...
+    def interrupt(self, tid: int) -> Stop: ...
     def detach(self) -> None: ...
     def kill(self) -> None: ...
     def monitor(self, tid: int, command: str) -> str: ...
@@ -95,6 +95,7 @@ class Session:
         self.last_stop: Stop | Exited = stop
         self.g_thread = stop.tid         # for registers and memory (Hg)
         self.c_thread = -1               # for legacy s/c (Hc); -1: all
+        self.interrupt_thread = stop.tid  # what a Ctrl-C stop names: see _resume()
         self.detached = False
         self.killed = False
 
@@ -128,6 +129,10 @@ class Session:
         if isinstance(stop, Stop):
             self.g_thread = stop.tid
         return self.stop_reply(stop)
+
+    def interrupted(self) -> bytes:
+        """The stop reply to a Ctrl-C."""
+        return self.stopped(self.target.interrupt(self.interrupt_thread))
 
     def stop_reply(self, stop: Stop | Exited) -> bytes:
         if isinstance(stop, Exited):
@@ -276,6 +281,12 @@ class Session:
         self.target.write_register(tid, registers.NUMBER["rip"], addr.to_bytes(8, "little"))
 
     def _resume(self, actions: dict[int, str], default: str | None) -> bytes | None:
+        # A Ctrl-C then names the thread GDB resumed by name (with scheduler-locking the
+        # only one running), else the Hc thread, else the one last reported: the thread
+        # the user was on, as QEMU names its current CPU.
+        threads = self.target.threads()
+        self.interrupt_thread = next(iter(actions), None) or (
+            self.c_thread if self.c_thread in threads else self.last_stop.tid)
         stop = self.target.resume(actions, default)
         if stop is not None:
             return self.stopped(stop)

@@ -202,15 +202,16 @@ class MachineTarget:
             index, why = self._events.pop(0)
         return self._stop(index, SIGTRAP, why)
 
-    def interrupt(self) -> Stop:
-        """Ctrl-C: stop every vCPU."""
+    def interrupt(self, tid: int) -> Stop:
+        """Ctrl-C: stop every vCPU. The stop names thread `tid` (Session.interrupt_thread),
+        unless a vCPU stopped on its own meanwhile: that stop is reported instead."""
         if not self.stopped:
             self._stop_all()
         with self._lock:
             if self._events:
                 index, why = self._events.pop(0)
                 return self._stop(index, SIGTRAP, why)
-        return self._stop(0, SIGINT)
+        return self._stop(tid - 1 if tid in self.threads() else 0, SIGINT)
 
     def _still_valid(self, index: int, why: DebugStop, plan: dict[int, str | None]) -> bool:
         """Whether a stop that waited in the queue still means something to GDB."""
