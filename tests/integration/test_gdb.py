@@ -18,6 +18,7 @@ from elftools.elf.elffile import ELFFile
 from akvm import guest_kernel
 from akvm.base.exitcode import ExitCode
 from akvm.gdb.packets import PacketReader, Packet, frame
+from akvm.testing import GuestError
 from tests.conftest import needs_kvm
 from akvm.testing.gdb import Gdb
 
@@ -128,6 +129,92 @@ def test_watchpoint_on_a_global_the_guest_writes(debugged):
     assert "munmap invalidates" in guest.command("iommu flush")     # no stop: watchpoint gone
 
 
+def mmio_in_python(gdb) -> int:
+    return int(re.search(r"mmio bus: (\d+) accesses in Python", gdb.cmd("monitor stats")).group(1))
+
+
+def test_read_watchpoint_on_a_global_a_command_reads(debugged):
+    guest, gdb, _ = debugged()
+    assert "Hardware read watchpoint 1: ncpus" in gdb.cmd("rwatch ncpus")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    for _ in range(2):                      # it stays: each "cores" reads ncpus once
+        guest.send("cores\r")
+        out = gdb.wait_stop()
+        assert "Hardware read watchpoint 1: ncpus" in out and "Value = 1" in out, out
+        assert "cmd_cores" in out, out
+        gdb.start("continue")
+        guest.expect("1 cores online")
+        guest.expect(guest.prompt)
+    assert "received signal SIGINT" in gdb.interrupt()
+    gdb.cmd("delete")
+    exits = mmio_in_python(gdb)
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert "1 cores online" in guest.command("cores")      # no stop
+    assert "received signal SIGINT" in gdb.interrupt()
+    assert mmio_in_python(gdb) == exits                     # the page has its memory slot again
+
+
+def test_access_watchpoint_sees_a_read_then_a_write(debugged):
+    guest, gdb, _ = debugged()
+    assert "Hardware access (read/write) watchpoint 1: next_pid" in gdb.cmd("awatch next_pid")
+    out = hit(gdb, guest, "run hello")
+    assert "Hardware access (read/write) watchpoint 1: next_pid" in out, out
+    assert re.search(r"Value = (\d+)", out) and "proc_create" in out, out
+    pid = int(re.search(r"Value = (\d+)", out).group(1))
+    gdb.start("continue")
+    out = gdb.wait_stop()
+    assert f"Old value = {pid}" in out and f"New value = {pid + 1}" in out, out
+    gdb.start("continue")
+    guest.expect(r"\(hello\): exit status 0")
+    guest.expect(guest.prompt)
+    assert "received signal SIGINT" in gdb.interrupt()
+    gdb.cmd("delete")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert f"pid {pid + 1} " in guest.command("run hello")
+
+
+def test_read_watchpoints_where_kvm_needs_the_page(debugged):
+    """Code, page tables, descriptor tables, a stack: KVM reads them itself, so a page
+    with no memory slot there would fault the vCPU. Where akvm knows it (every vCPU's
+    tables, GDT, IDT, TSS and stack page at the stop) the watchpoint is refused; code
+    that runs from such a page stops with the reason on gdb's console."""
+    guest, gdb, _ = debugged()
+    gdb.cmd("awatch idt")
+    gdb.start("continue")
+    out = gdb.wait_stop()
+    assert "Could not insert hardware watchpoint 1" in out, out
+    guest.expect("refused Z4,.*: 0x[0-9a-f]+ is on a page of a vCPU's IDT, which KVM reads itself")
+    gdb.cmd("delete")
+    gdb.cmd("rwatch *(char *)cmd_cores")
+    out = hit(gdb, guest, "cores")
+    assert "cannot fetch instructions there: delete that watchpoint" in out, out
+    assert "received signal SIGSEGV" in out and "cmd_cores" in out, out
+    gdb.cmd("delete")
+    gdb.start("continue")
+    guest.expect("1 cores online")
+    guest.expect(guest.prompt)
+
+
+def test_a_snapshot_waits_for_the_watchpoints_to_go(debugged, tmp_path):
+    """As with a write watchpoint: a watched page's device has no state to save."""
+    guest, gdb, _ = debugged(control=tmp_path / "control")
+    gdb.cmd("awatch iommu_noflush")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    with pytest.raises(GuestError, match="cannot save gdb watchpoint"):
+        guest.snapshot(tmp_path / "snap")
+    guest.send("iommu noflush\r")
+    out = gdb.wait_stop()
+    assert "Old value = false" in out and "New value = true" in out, out
+    gdb.cmd("delete")
+    gdb.start("continue")
+    guest.expect("does not invalidate")
+    assert guest.snapshot(tmp_path / "snap")["path"] == str(tmp_path / "snap")
+
+
 def test_threads_ctrl_c_and_continue(debugged):
     guest, gdb, _ = debugged(cpus=2)
     threads = gdb.cmd("info threads")
@@ -146,6 +233,18 @@ def test_threads_ctrl_c_and_continue(debugged):
     status = gdb.cmd("monitor status")
     assert "2 vCPUs" in status and "CPU 1: rip 0x" in status, status
     assert re.search(r"00100000  [0-9a-f]{2} ", gdb.cmd("monitor phys 0x100000 16")), gdb.log
+    # Ctrl-C names the thread gdb resumed alone (scheduler-locking), then the last reported.
+    gdb.cmd("thread 2")
+    gdb.cmd("set scheduler-locking on")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert 'Thread 2 "CPU 1" received signal SIGINT' in gdb.interrupt()
+    gdb.cmd("set scheduler-locking off")
+    gdb.cmd("thread 1")
+    gdb.start("continue")
+    gdb.child.expect("Continuing.")
+    assert 'Thread 2 "CPU 1" received signal SIGINT' in gdb.interrupt()
+    gdb.cmd("thread 1")
     # Stepping one vCPU while the other runs (gdb's vCont;s:1;c), then on.
     gdb.cmd("break cmd_kerninfo")
     assert "cmd_kerninfo" in hit(gdb, guest, "kerninfo")
@@ -264,6 +363,10 @@ def test_hostile_client_gets_errors_and_the_guest_runs_on(debugged, kernel):
     assert raw.ask(b"mffffffff00000000,10") == b"E03"  # not mapped
     assert raw.ask(b"mfee00000,4") == b"E03"           # the LAPIC: not RAM
     assert raw.ask(b"Z0,fee00000,1") == b"E03"         # a breakpoint on MMIO
+    # Read and access watchpoints on MMIO, unmapped, of no length, too long.
+    for where in (b"fee00000,4", b"ffffffff00000000,4", b"%x,0" % sym["ncpus"],
+                  b"%x,ffffffff" % sym["ncpus"]):
+        assert raw.ask(b"Z3," + where) == b"E03" and raw.ask(b"Z4," + where) == b"E03"
     assert raw.ask(b"Zz,1,1") == b"E01"
     raw.send(b"$" + b"M" * 100000 + b"#00")            # beyond PacketSize
     assert raw.packet() == b"E01"

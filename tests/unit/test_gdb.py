@@ -5,6 +5,8 @@ Hypothesis throws arbitrary bytes at the reader and arbitrary packets at the
 dispatcher: every packet gets a well-formed reply (or, for a resume or a
 kill, none), nothing raises.
 """
+import threading
+import types
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -16,9 +18,9 @@ from akvm.base.memory import GuestMemory
 from akvm.gdb import registers
 from akvm.gdb.packets import (PACKET_SIZE, BadChecksum, Interrupt, Nak, Packet, PacketReader,
                               TooLong, escape, frame, unescape)
-from akvm.gdb.session import E_BAD, E_MEMORY, E_THREAD, SIGINT, Session, Stop
-from akvm.vcpu.debug import DebugError, DebugStop, GuestDebug
-from akvm.vcpu.paging import PagingState
+from akvm.gdb.session import E_BAD, E_MEMORY, E_THREAD, SIGINT, WATCH_KINDS, Session, Stop
+from akvm.vcpu.debug import MAX_WATCH_LENGTH, DebugError, DebugStop, GuestDebug
+from akvm.vcpu.paging import PAGE_SIZE, PagingState, table_pages
 
 RAM = 1 << 20
 FLAT = PagingState(cr0=0x11, cr3=0, cr4=0, efer=0)      # protected mode, paging off
@@ -89,10 +91,8 @@ class FakeTarget:
             self.debug.insert_breakpoint(FLAT, addr)
         elif type_ == 1:
             self.debug.insert_hw_breakpoint(addr)
-        elif type_ == 2:
-            self.debug.insert_watchpoint(FLAT, addr, kind)
         else:
-            return False
+            self.debug.insert_watchpoint(FLAT, addr, kind, WATCH_KINDS[type_])
         return True
 
     def remove(self, type_, tid, addr, kind):
@@ -100,18 +100,16 @@ class FakeTarget:
             self.debug.remove_breakpoint(addr)
         elif type_ == 1:
             self.debug.remove_hw_breakpoint(addr)
-        elif type_ == 2:
-            self.debug.remove_watchpoint(addr, kind)
         else:
-            return False
+            self.debug.remove_watchpoint(addr, kind, WATCH_KINDS[type_])
         return True
 
     def resume(self, actions, default):
         self.resumed.append((actions, default))
         return None
 
-    def interrupt(self):
-        return Stop(1, SIGINT)
+    def interrupt(self, tid):
+        return Stop(tid, SIGINT)
 
     def detach(self):
         self.detached = True
@@ -184,7 +182,8 @@ COMMANDS = [b"?", b"g", b"G", b"p", b"P", b"m", b"M", b"X", b"Z", b"z", b"c", b"
             b"vKill;1", b"vMustReplyEmpty", b"qSupported:", b"QStartNoAckMode", b"qAttached",
             b"qC", b"qfThreadInfo", b"qsThreadInfo", b"qThreadExtraInfo,", b"qRcmd,",
             b"qXfer:features:read:target.xml:", b"qXfer:threads:read::", b"qXfer:memory-map:read::",
-            b"Z0,", b"Z1,", b"Z2,", b"Z3,", b"z0,", b"m1000,", b"M1000,", b"X1000,", b"p10", b"P10="]
+            b"Z0,", b"Z1,", b"Z2,", b"Z3,", b"Z4,", b"z0,", b"z4,", b"m1000,", b"M1000,", b"X1000,",
+            b"p10", b"P10="]
 ARGS = st.one_of(st.binary(max_size=48),
                  st.text("0123456789abcdefABCDEF,:;=-p.x", max_size=48).map(str.encode))
 PACKETS = st.builds(lambda c, a: c + a, st.sampled_from(COMMANDS), ARGS)
@@ -210,8 +209,19 @@ def test_dispatch_while_running_answers_e_and_ctrl_c_stops():
     s, target = session()
     assert s.dispatch(b"c") is None and s.running
     assert s.dispatch(b"g") == b"E04"
-    assert s.stopped(target.interrupt()).startswith(b"T02thread:1;")
+    assert s.interrupted().startswith(b"T02thread:1;")
     assert not s.running
+
+
+def test_ctrl_c_names_the_thread_resumed_by_name_else_the_last_reported():
+    s, _ = session()
+    s.stopped(Stop(2))
+    assert s.dispatch(b"vCont;c") is None and s.interrupted().startswith(b"T02thread:2;")
+    assert s.dispatch(b"vCont;c:1") is None and s.interrupted().startswith(b"T02thread:1;")
+    assert s.dispatch(b"Hg2") == b"OK"                 # registers only: not a resume choice
+    assert s.dispatch(b"c") is None and s.interrupted().startswith(b"T02thread:1;")
+    assert s.dispatch(b"Hc2") == b"OK"
+    assert s.dispatch(b"c") is None and s.interrupted().startswith(b"T02thread:2;")
 
 
 # --- the dispatcher, packet by packet ----------------------------------------------------
@@ -284,6 +294,12 @@ def test_stop_replies_name_the_thread_and_why():
         b"T05thread:2;10:0101010101010101;watch:abc;"
     assert s.stop_reply(Stop(1, 5, DebugStop("swbreak", 1))).endswith(b"swbreak:;")
     assert s.stop_reply(Stop(1, 5, DebugStop("hwbreak", 1))).endswith(b"hwbreak:;")
+    assert s.stop_reply(Stop(1, 5, DebugStop("rwatch", 0x10))).endswith(b";rwatch:10;")
+    assert s.stop_reply(Stop(1, 5, DebugStop("awatch", 0x10))).endswith(b";awatch:10;")
+    # A message goes to GDB's console first (an O packet), once.
+    stop = Stop(1, 11, DebugStop("fetch", 0x10), message="why\n")
+    assert s.stopped(stop).startswith(b"T0bthread:1;")
+    assert s.take_output() == [b"O" + b"why\n".hex().encode()] and s.take_output() == []
 
 
 def test_vcont_actions_reach_the_target():
@@ -347,7 +363,6 @@ def test_breakpoints_not_yet_mapped_take_debug_registers_and_mmio_is_refused():
     assert s.dispatch(b"z0,%x,1" % high) == b"OK"
     assert s.dispatch(b"Z1,%x,1" % (high + 4)) == b"OK"
     assert s.dispatch(b"Z0,fee00000,1") == E_MEMORY              # not RAM (the LAPIC)
-    assert s.dispatch(b"Z3,1000,4") == b"" and s.dispatch(b"Z4,1000,4") == b""
     assert target.debug.breakpoint_here(FLAT, high + 1)
 
 
@@ -369,7 +384,9 @@ def test_watchpoint_write_protects_its_page_only_when_committed():
     page = debug.mmio_bus.find(0x5000).device
     page.write(0x8, 4, 0x11223344)
     assert debug.memory.read(0x5008, 4) == bytes.fromhex("44332211")
-    assert debug.watch_hit(0x5008, 4) is None and debug.watch_hit(0x5006, 4) == 0x5004
+    assert debug.watch_hit(0x5008, 4, write=True) is None
+    assert debug.watch_hit(0x5006, 4, write=True) == DebugStop("watch", 0x5004)
+    assert debug.watch_hit(0x5006, 4, write=False) is None          # reads are not watched
     assert s.dispatch(b"Z2,6ffe,4") == b"OK"             # across two pages, merged
     debug.commit()
     assert (0x5000, 0x3000, kvm.KVM_MEM_READONLY) in vm.slots.values()    # 5000-7fff
@@ -377,6 +394,117 @@ def test_watchpoint_write_protects_its_page_only_when_committed():
     debug.commit()
     assert vm.slots == {0: (0, RAM, 0)} and debug.mmio_bus.find(0x5004) is None
     assert s.dispatch(b"Z2,%x,4" % RAM) == E_MEMORY
+
+
+class VcpuThread(threading.Thread):
+    """Where a watched page's device leaves its stop, as akvm.vcpu.cpu.VcpuThread."""
+    debug_event = None
+
+
+def on_a_vcpu(*accesses):
+    """The accesses, run by a vCPU thread: (what the last returned, the stop it was left)."""
+    result = []
+    thread = VcpuThread(target=lambda: result.extend(access() for access in accesses))
+    thread.start()
+    thread.join()
+    return result[-1], thread.debug_event
+
+
+def test_read_and_access_watchpoints_leave_their_page_without_a_slot():
+    s, target = session()
+    debug, vm = target.debug, target.debug.vm
+    assert s.dispatch(b"Z3,5004,4") == b"OK"
+    debug.commit()
+    assert sorted(vm.slots.values()) == [(0, 0x5000, 0), (0x6000, RAM - 0x6000, 0)]
+    assert debug.mmio_bus.find(0x5004).device.gpa == 0x5000
+    # A write watchpoint on the same page too: the hole wins; the next page is read-only.
+    assert s.dispatch(b"Z2,5ff0,20") == b"OK"
+    debug.commit()
+    assert sorted(vm.slots.values()) == [(0, 0x5000, 0), (0x6000, 0x1000, kvm.KVM_MEM_READONLY),
+                                         (0x7000, RAM - 0x7000, 0)]
+    assert s.dispatch(b"z3,5004,4") == b"OK"             # only writes watched now
+    debug.commit()
+    assert sorted(vm.slots.values()) == [(0, 0x5000, 0), (0x5000, 0x2000, kvm.KVM_MEM_READONLY),
+                                         (0x7000, RAM - 0x7000, 0)]
+    assert s.dispatch(b"Z4,0,1") == b"OK"                # the slot's first page
+    debug.commit()
+    assert sorted(vm.slots.values()) == [(0x1000, 0x4000, 0),
+                                         (0x5000, 0x2000, kvm.KVM_MEM_READONLY),
+                                         (0x7000, RAM - 0x7000, 0)]
+    assert s.dispatch(b"z4,0,1") == b"OK" and s.dispatch(b"z2,5ff0,20") == b"OK"
+    debug.commit()
+    assert vm.slots == {0: (0, RAM, 0)} and debug.mmio_bus.ranges() == []
+    # What GDB may not ask for: an E reply each time, nothing inserted.
+    for packet in (b"Z3,5000,0", b"Z4,5000,0", b"Z3,5000,%x" % (MAX_WATCH_LENGTH + 1),
+                   b"Z3,%x,4" % RAM, b"Z4,%x,4" % (RAM - 2), b"Z4,fee00000,4",
+                   b"Z3,ffffffff80000000,8", b"Z4,5000,ffffffffffffffff"):
+        assert s.dispatch(packet) == E_MEMORY, packet
+    assert s.dispatch(b"Z3,5000") == E_BAD and s.dispatch(b"Z4,5000,1,2") == E_BAD
+    debug.commit()
+    assert vm.slots == {0: (0, RAM, 0)}
+
+
+def test_a_page_without_a_slot_serves_every_access_size_and_reports_its_kind():
+    s, target = session()
+    debug = target.debug
+    ram = debug.memory
+    ram.write(0x4ff0, bytes(range(1, 0x41)))        # 0x4ff0-0x502f: pages 4 (a slot) and 5
+    assert s.dispatch(b"Z4,5010,2") == b"OK" and s.dispatch(b"Z3,5020,1") == b"OK"
+    debug.commit()
+    bus = debug.mmio_bus
+    for gpa in (0x5000, 0x5001, 0x5003, 0x5007, 0x500e, 0x501f):
+        for size in (1, 2, 4, 8):
+            value, stop = on_a_vcpu(lambda: bus.read(gpa, size))
+            assert value == int.from_bytes(ram.read(gpa, size), "little"), (gpa, size)
+            touched = range(gpa, gpa + size)
+            want = (DebugStop("awatch", 0x5010) if {0x5010, 0x5011} & set(touched)
+                    else DebugStop("rwatch", 0x5020) if 0x5020 in touched else None)
+            assert stop == want, (gpa, size)
+    # Up to the page's end, then on into the next page (KVM splits there: read as it is).
+    ram.write(0x5ffc, bytes(range(0xA0, 0xA8)))
+    assert on_a_vcpu(lambda: bus.read(0x5ffc, 8)) == (0xA7A6A5A4A3A2A1A0, None)
+    # Writes land in RAM; a read watchpoint does not see them, an access watchpoint does.
+    _, stop = on_a_vcpu(lambda: bus.write(0x501f, 2, 0xBBAA))
+    assert ram.read(0x501f, 2) == b"\xaa\xbb" and stop is None
+    _, stop = on_a_vcpu(lambda: bus.write(0x500e, 4, 0x44332211))
+    assert ram.read(0x500e, 4) == bytes.fromhex("11223344") and stop == DebugStop("awatch", 0x5010)
+    _, stop = on_a_vcpu(lambda: bus.write(0x5ffd, 8, 0x0807060504030201))
+    assert ram.read(0x5ffd, 8) == bytes(range(1, 9)) and stop is None
+    # One instruction, two accesses (a read-modify-write): the first stop is kept.
+    _, stop = on_a_vcpu(lambda: bus.read(0x5010, 1), lambda: bus.write(0x5020, 1, 0))
+    assert stop == DebugStop("awatch", 0x5010)
+
+
+def test_code_on_a_page_without_a_slot_is_a_stop():
+    debug = make_debug()
+    vcpu = FakeVcpu()
+    thread = types.SimpleNamespace(vcpu=vcpu)
+    debug.insert_watchpoint(FLAT, 0x5004, 4, "rwatch")
+    vcpu.regs.rip = 0x5010
+    assert debug.fetch_stop(thread) is None              # not committed: the page has its slot
+    debug.commit()
+    assert debug.fetch_stop(thread) == DebugStop("fetch", 0x5010)
+    vcpu.regs.rip = 0x4ffa                               # its last bytes would be on 0x5000
+    assert debug.fetch_stop(thread) == DebugStop("fetch", 0x4ffa)
+    for rip in (0x4ff0, 0x6000):
+        vcpu.regs.rip = rip
+        assert debug.fetch_stop(thread) is None
+    debug.insert_watchpoint(FLAT, 0x5004, 4, "watch")
+    debug.remove_watchpoint(0x5004, 4, "rwatch")
+    debug.commit()
+    vcpu.regs.rip = 0x5010                               # read-only: KVM fetches from it
+    assert debug.fetch_stop(thread) is None
+
+
+class FakeVcpu:
+    def __init__(self):
+        self.regs, self.sregs = kvm.kvm_regs(), kvm.kvm_sregs(cr0=0x11)
+
+    def get_regs(self):
+        return self.regs
+
+    def get_sregs(self):
+        return self.sregs
 
 
 def test_x87_tag_word_round_trip():
@@ -426,6 +554,49 @@ def test_breakpoints_through_page_tables_leave_them_untouched(monkeypatch):
     debug.check_step(user)
 
 
+def test_pages_kvm_accesses_itself_refuse_the_watchpoints_that_would_fault_the_vcpu():
+    debug = make_debug()
+    ps = long_mode_tables(debug.memory)
+    debug.memory.write_u64(0x4000 + 1 * 8, 0x1000 | 3)       # PT[1]: linear 0x1000 -> the PML4
+    debug.memory.write_u64(0x1000 + 511 * 8, 0x1000 | 3)     # a self-map: walked once
+    debug.memory.write_u64(0x3000 + 8, 0x20_0000 | 0x83)      # PD[1]: a 2 MiB page, no table
+    tables = {0x1000, 0x2000, 0x3000, 0x4000}
+    assert table_pages(debug.memory, ps) == tables
+    assert len(table_pages(debug.memory, ps, limit=2)) == 2
+    sregs = kvm.kvm_sregs(cr0=ps.cr0, cr3=ps.cr3, cr4=ps.cr4, efer=ps.efer)
+    sregs.cs.l = 1
+    sregs.gdt.base, sregs.gdt.limit = 0x5000, 0x3F
+    sregs.idt.base, sregs.idt.limit = 0x5800, 0xFFF           # on into page 0x6000
+    sregs.tr.base, sregs.tr.limit = 0x7000, 0x67              # not mapped: nothing to take
+    pages = debug.kvm_pages(kvm.kvm_regs(rsp=0x6FF8), sregs)
+    assert pages == {**dict.fromkeys(tables, "page tables"), 0x5000: "IDT", 0x6000: "stack"}
+    with pytest.raises(DebugError, match="page tables, which KVM reads itself"):
+        debug.insert_watchpoint(ps, 0x1008, 8, "awatch", pages)
+    with pytest.raises(DebugError, match="IDT, which KVM reads itself"):
+        debug.insert_watchpoint(ps, 0x5000, 1, "rwatch", pages)
+    for kind in ("watch", "rwatch", "awatch"):
+        with pytest.raises(DebugError, match="stack"):
+            debug.insert_watchpoint(ps, 0x6100, 8, kind, pages)
+    debug.insert_watchpoint(ps, 0x1008, 8, "watch", pages)    # KVM only reads it: read-only works
+    debug.insert_watchpoint(ps, 0x5000, 1, "watch", pages)
+    assert len(debug._watches) == 2
+
+
+def test_table_pages_in_32_bit_and_pae_paging():
+    memory = GuestMemory.from_bytearray(RAM)
+    memory.write_u32(0x1000, 0x2000 | 1)                      # PDE[0] -> a page table
+    memory.write_u32(0x1004, 0x40_0000 | 0x81)                # PDE[1]: 4 MiB with CR4.PSE
+    flat32 = PagingState(cr0=0x8000_0011, cr3=0x1000, cr4=0, efer=0)
+    assert table_pages(memory, flat32) == {0x1000, 0x2000, 0x40_0000}
+    pse = PagingState(cr0=0x8000_0011, cr3=0x1000, cr4=0x10, efer=0)
+    assert table_pages(memory, pse) == {0x1000, 0x2000}
+    memory.write_u64(0x5020, 0x6000 | 1)                      # PDPTE[0], 32-byte aligned CR3
+    memory.write_u64(0x6000, 0x7000 | 1)                      # PD[0] -> a page table
+    memory.write_u64(0x6008, 0x20_0000 | 0x81)                # PD[1]: 2 MiB
+    pae = PagingState(cr0=0x8000_0011, cr3=0x5020, cr4=0x20, efer=0)
+    assert table_pages(memory, pae) == {0x5000, 0x6000, 0x7000}
+
+
 def test_watched_pages_above_4g_split_their_own_slot():
     memory = GuestMemory.from_bytearray(RAM)
     memory.add_slot(1 << 32, bytearray(RAM))
@@ -446,3 +617,19 @@ def test_watched_pages_above_4g_split_their_own_slot():
     debug.remove_watchpoint(0x7008, 8)
     debug.commit()
     assert vm.slots == {0: (0, RAM, 0), 1: (1 << 32, RAM, 0)}
+
+
+def test_a_slot_of_one_watched_page_goes_and_comes_back():
+    memory = GuestMemory.from_bytearray(RAM)
+    memory.add_slot(0x20_0000, bytearray(PAGE_SIZE))
+    memory.host_address = lambda slot: 0x7F00_0000_0000 + slot.index * (1 << 30)
+    vm = FakeVm()
+    vm.slots[1] = (0x20_0000, PAGE_SIZE, 0)
+    debug = GuestDebug(memory, vm, Bus("mmio"))
+    debug.insert_watchpoint(FLAT, 0x20_0ff8, 8, "awatch")
+    debug.commit()
+    assert vm.slots == {0: (0, RAM, 0)}
+    debug.remove_watchpoint(0x20_0ff8, 8, "awatch")
+    debug.insert_watchpoint(FLAT, 0x20_0ff8, 8, "watch")
+    debug.commit()
+    assert vm.slots == {0: (0, RAM, 0), 1: (0x20_0000, PAGE_SIZE, kvm.KVM_MEM_READONLY)}

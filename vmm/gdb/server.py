@@ -85,7 +85,7 @@ class GdbServer:
             ended = self.target.ended()
             if ended is not None and self._client is not None:
                 if self._session.running:
-                    self._send(frame(self._session.stopped(ended)))
+                    self._reply(self._session.stopped(ended))
                 self._drop_client(detach=False)
             events = dict(poller.poll(POLL_INTERVAL * 1000))
             if self._stop_r in events:
@@ -100,7 +100,7 @@ class GdbServer:
             if self.target.wake_fd in events and self._session is not None:
                 stop = self.target.poll()
                 if stop is not None and self._session.running:
-                    self._send(frame(self._session.stopped(stop)))
+                    self._reply(self._session.stopped(stop))
 
     def _accept(self, poller) -> None:
         try:
@@ -140,7 +140,7 @@ class GdbServer:
                 self._send(b"+", remember=False)
             reply = session.handle(event.data)
             if reply is not None:
-                self._send(frame(reply))
+                self._reply(reply)
             if session.detached or session.killed:
                 self._drop_client(detach=False)
         elif isinstance(event, BadChecksum):
@@ -152,10 +152,14 @@ class GdbServer:
             self._send(frame(E_BAD))
         elif isinstance(event, Interrupt):
             if session.running:
-                self._send(frame(session.stopped(self.target.interrupt())))
+                self._reply(session.interrupted())
         elif isinstance(event, Nak):
             if session.ack and self._last_sent:
                 self._send(self._last_sent)
+
+    def _reply(self, packet: bytes) -> None:
+        """A reply, after any console output the session has for GDB (O packets)."""
+        self._send(b"".join(frame(p) for p in self._session.take_output()) + frame(packet))
 
     def _send(self, data: bytes, remember: bool = True) -> None:
         if self._client is None:

@@ -15,15 +15,16 @@ from typing import Protocol
 
 from akvm.gdb import registers
 from akvm.gdb.packets import PACKET_SIZE, PacketError, escape, unescape
-from akvm.vcpu.debug import DebugError, DebugStop
+from akvm.vcpu.debug import AWATCH, RWATCH, WATCH, DebugError, DebugStop
 
 log = logging.getLogger("akvm.gdb")
 
-SIGINT, SIGTRAP = 2, 5
+SIGINT, SIGTRAP, SIGSEGV = 2, 5, 11
 E_BAD, E_THREAD, E_MEMORY, E_STATE = b"E01", b"E02", b"E03", b"E04"
 
 # Z/z types: 0 software breakpoint, 1 hardware breakpoint, 2 write, 3 read, 4 access watchpoint.
 SW_BREAK, HW_BREAK, WRITE_WATCH, READ_WATCH, ACCESS_WATCH = range(5)
+WATCH_KINDS = {WRITE_WATCH: WATCH, READ_WATCH: RWATCH, ACCESS_WATCH: AWATCH}
 
 FEATURES = (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read+;"
             "QStartNoAckMode+;swbreak+;hwbreak+;vContSupported+").encode()
@@ -31,11 +32,13 @@ FEATURES = (f"PacketSize={PACKET_SIZE:x};qXfer:features:read+;qXfer:threads:read
 
 @dataclass
 class Stop:
-    """What a stop reply says: the thread, the signal, why, and registers sent along."""
+    """What a stop reply says: the thread, the signal, why, and registers sent along;
+    `message`, for GDB's console before it (an O packet)."""
     tid: int
     signal: int = SIGTRAP
     why: DebugStop | None = None
     expedited: dict[int, bytes] = field(default_factory=dict)
+    message: str = ""
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Target(Protocol):
     def insert(self, type_: int, tid: int, addr: int, kind: int) -> bool: ...
     def remove(self, type_: int, tid: int, addr: int, kind: int) -> bool: ...
     def resume(self, actions: dict[int, str], default: str | None) -> Stop | None: ...
-    def interrupt(self) -> Stop: ...
+    def interrupt(self, tid: int) -> Stop: ...
     def detach(self) -> None: ...
     def kill(self) -> None: ...
     def monitor(self, tid: int, command: str) -> str: ...
@@ -95,6 +98,8 @@ class Session:
         self.last_stop: Stop | Exited = stop
         self.g_thread = stop.tid         # for registers and memory (Hg)
         self.c_thread = -1               # for legacy s/c (Hc); -1: all
+        self.interrupt_thread = stop.tid  # what a Ctrl-C stop names: see _resume()
+        self.output: list[bytes] = []    # O packets to send before the next reply
         self.detached = False
         self.killed = False
 
@@ -118,16 +123,29 @@ class Session:
             log.debug("bad packet %r: %s", data[:64], e)
             return E_BAD
         except DebugError as e:
-            log.debug("%r: %s", data[:64], e)
+            if data[:1] == b"Z":      # GDB only says "Could not insert": say why here
+                log.warning("refused %s: %s", data[:64].decode("ascii", "replace"), e)
+            else:
+                log.debug("%r: %s", data[:64], e)
             return E_MEMORY
 
     def stopped(self, stop: Stop | Exited) -> bytes:
-        """The stop reply to send now that the target stopped (or ended)."""
+        """The stop reply to send now that the target stopped (or ended), after `output`."""
         self.running = False
         self.last_stop = stop
         if isinstance(stop, Stop):
             self.g_thread = stop.tid
+            if stop.message:
+                self.output.append(b"O" + stop.message.encode().hex().encode())
         return self.stop_reply(stop)
+
+    def interrupted(self) -> bytes:
+        """The stop reply to a Ctrl-C."""
+        return self.stopped(self.target.interrupt(self.interrupt_thread))
+
+    def take_output(self) -> list[bytes]:
+        output, self.output = self.output, []
+        return output
 
     def stop_reply(self, stop: Stop | Exited) -> bytes:
         if isinstance(stop, Exited):
@@ -140,8 +158,8 @@ class Session:
             parts.append(b"swbreak:;")
         elif why is not None and why.kind == "hwbreak":
             parts.append(b"hwbreak:;")
-        elif why is not None and why.kind == "watch":
-            parts.append(b"watch:%x;" % why.address)
+        elif why is not None and why.kind in WATCH_KINDS.values():
+            parts.append(b"%s:%x;" % (why.kind.encode(), why.address))
         return b"".join(parts)
 
     # --- dispatch ------------------------------------------------------------------
@@ -276,6 +294,12 @@ class Session:
         self.target.write_register(tid, registers.NUMBER["rip"], addr.to_bytes(8, "little"))
 
     def _resume(self, actions: dict[int, str], default: str | None) -> bytes | None:
+        # A Ctrl-C then names the thread GDB resumed by name (with scheduler-locking the
+        # only one running), else the Hc thread, else the one last reported: the thread
+        # the user was on, as QEMU names its current CPU.
+        threads = self.target.threads()
+        self.interrupt_thread = next(iter(actions), None) or (
+            self.c_thread if self.c_thread in threads else self.last_stop.tid)
         stop = self.target.resume(actions, default)
         if stop is not None:
             return self.stopped(stop)

@@ -16,9 +16,10 @@ import time
 
 from akvm.base.exitcode import ExitCode
 from akvm.gdb import registers
-from akvm.gdb.session import HW_BREAK, SIGINT, SIGTRAP, SW_BREAK, WRITE_WATCH, Exited, Stop
+from akvm.gdb.session import (HW_BREAK, SIGINT, SIGSEGV, SIGTRAP, SW_BREAK, WATCH_KINDS, Exited,
+                              Stop)
 from akvm.vcpu.cpu import DEBUG_HOLD, format_registers
-from akvm.vcpu.debug import DebugError, DebugStop, GuestDebug, linear_ip
+from akvm.vcpu.debug import FETCH, DebugError, DebugStop, GuestDebug, linear_ip
 from akvm.vcpu.paging import PagingState
 
 log = logging.getLogger("akvm.gdb")
@@ -48,6 +49,7 @@ class MachineTarget:
         self._arrived = threading.Condition(self._lock)
         self._events: list[tuple[int, DebugStop]] = []     # (vCPU index, why), oldest first
         self._cache: dict[int, registers.VcpuRegisters] = {}
+        self._kvm_pages: dict[int, str] | None = None     # while stopped: see _pages_of_kvm()
         self._stepping: set[int] = set()                   # vCPUs last resumed with "s"
         self.wake_fd, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stopped = False        # every vCPU parked, held by "debug"
@@ -114,6 +116,7 @@ class MachineTarget:
 
     def write_register(self, tid: int, number: int, data: bytes) -> None:
         vcpu = self._vcpu(tid).vcpu
+        self._kvm_pages = None
         r = self._registers(tid)
         changed = r.set(number, data)
         if changed == "regs":
@@ -142,10 +145,9 @@ class MachineTarget:
             log.debug("breakpoint at %#x (%s)", addr, how)
         elif type_ == HW_BREAK:
             self.debug.insert_hw_breakpoint(addr)
-        elif type_ == WRITE_WATCH:
-            self.debug.insert_watchpoint(self._paging(tid), addr, kind)
         else:
-            return False          # read and access watchpoints: nothing on this host can
+            self.debug.insert_watchpoint(self._paging(tid), addr, kind, WATCH_KINDS[type_],
+                                         self._pages_of_kvm())
         return True
 
     def remove(self, type_: int, tid: int, addr: int, kind: int) -> bool:
@@ -153,11 +155,21 @@ class MachineTarget:
             self.debug.remove_breakpoint(addr)
         elif type_ == HW_BREAK:
             self.debug.remove_hw_breakpoint(addr)
-        elif type_ == WRITE_WATCH:
-            self.debug.remove_watchpoint(addr, kind)
         else:
-            return False
+            self.debug.remove_watchpoint(addr, kind, WATCH_KINDS[type_])
         return True
+
+    def _pages_of_kvm(self) -> dict[int, str]:
+        """What KVM itself accesses for any vCPU (GuestDebug.kvm_pages), found once a stop:
+        GDB inserts its watchpoints again before each resume."""
+        if self._kvm_pages is None:
+            self._kvm_pages = {}
+            for t in self.vcpus:
+                r = self._registers(t.vcpu.index + 1)
+                for page, what in self.debug.kvm_pages(r.regs, r.sregs).items():
+                    if what == "stack" or page not in self._kvm_pages:
+                        self._kvm_pages[page] = what
+        return self._kvm_pages
 
     # --- running and stopping -------------------------------------------------------------
 
@@ -179,11 +191,17 @@ class MachineTarget:
             if not t.wait_paused(max(0.0, deadline - time.monotonic())):
                 log.warning("vcpu%d did not stop within %.0f s", t.vcpu.index, PAUSE_TIMEOUT)
         self._cache.clear()
+        self._kvm_pages = None
         self.stopped = True
 
     def _stop(self, index: int, signal: int, why: DebugStop | None = None) -> Stop:
         tid = index + 1
         expedited = {n: self.read_register(tid, n) for n in registers.EXPEDITED}
+        if why is not None and why.kind == FETCH:
+            return Stop(tid, SIGSEGV, why, expedited,
+                        f"akvm: CPU {index} runs code at {why.address:#x}, on a page a read or "
+                        f"access watchpoint took from KVM, which cannot fetch instructions "
+                        f"there: delete that watchpoint to go on\n")
         return Stop(tid, signal, why, expedited)
 
     def poll(self) -> Stop | None:
@@ -202,15 +220,16 @@ class MachineTarget:
             index, why = self._events.pop(0)
         return self._stop(index, SIGTRAP, why)
 
-    def interrupt(self) -> Stop:
-        """Ctrl-C: stop every vCPU."""
+    def interrupt(self, tid: int) -> Stop:
+        """Ctrl-C: stop every vCPU. The stop names thread `tid` (Session.interrupt_thread),
+        unless a vCPU stopped on its own meanwhile: that stop is reported instead."""
         if not self.stopped:
             self._stop_all()
         with self._lock:
             if self._events:
                 index, why = self._events.pop(0)
                 return self._stop(index, SIGTRAP, why)
-        return self._stop(0, SIGINT)
+        return self._stop(tid - 1 if tid in self.threads() else 0, SIGINT)
 
     def _still_valid(self, index: int, why: DebugStop, plan: dict[int, str | None]) -> bool:
         """Whether a stop that waited in the queue still means something to GDB."""
@@ -253,6 +272,7 @@ class MachineTarget:
 
     def _run(self, plan: dict[int, str]) -> None:
         self._cache.clear()
+        self._kvm_pages = None
         self.stopped = False
         for index, how in plan.items():
             self.debug.apply(self.vcpus[index], step=how == "s")

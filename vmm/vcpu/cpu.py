@@ -7,8 +7,9 @@ through its `stop` callback with an ExitCode.
 
 Guest debugging (akvm.vcpu.debug): with a `debugger` attached, a debug
 exit, the debugger's own int3 (an emulation failure where ring 0 is
-emulated) or a write to a watched page ends in a DebugStop: the thread
-pauses itself, held by DEBUG_HOLD, and tells the debugger once parked.
+emulated), an access to a watched range, or code KVM cannot fetch from a
+page a read watchpoint took away ends in a DebugStop: the thread pauses
+itself, held by DEBUG_HOLD, and tells the debugger once parked.
 While `stepping`, every exit ends the step: the instruction that caused
 it has executed (on kvm_pvm an instruction that exits to akvm ends with
 that exit, not a debug exit).
@@ -351,6 +352,13 @@ class VcpuThread(threading.Thread):
             if (internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION
                     and self.completer is not None and self.completer(self)):
                 return True
+            if internal.suberror == kvm.KVM_INTERNAL_ERROR_EMULATION and self.debugger is not None:
+                # What akvm completes needs no fetch by KVM; anything else on a watched
+                # page with no memory slot stops for the debugger, which says why.
+                self.debug_event = self.debugger.fetch_stop(self)
+                if self.debug_event is not None:
+                    self.completion_report = None
+                    return True
             report, self.completion_report = self.completion_report, None
             self.fatal(f"KVM internal error, suberror {internal.suberror}"
                        f"{' (emulation failure)' if internal.suberror == 1 else ''}"

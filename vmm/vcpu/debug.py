@@ -29,12 +29,22 @@ measured; README "Debugging the guest"):
   Execution breakpoints stop at the instruction, and RFLAGS.RF does not
   carry the vCPU past one here: a debugger steps over with the register
   cleared for that step (`apply(..., skip=address)`).
-- Write watchpoints: the page is write-protected (a KVM_MEM_READONLY
-  memory slot carved out of the RAM slot), so the guest's writes to it
-  exit as MMIO whatever the ring; a bus device writes the data to RAM and
-  stops the vCPU, after the instruction, when it touched a watched
-  range. Debug-register data breakpoints never fire on this host.
-  Writes by DMA and by KVM itself are not seen.
+- Watchpoints: debug-register data breakpoints never fire on this host,
+  so a watched page is taken from the guest's direct access instead. For
+  writes (WATCH) it gets a KVM_MEM_READONLY memory slot carved out of the
+  RAM slot, so the guest's writes exit as MMIO whatever the ring; for reads
+  (RWATCH) or both (AWATCH) it gets no memory slot at all, so every read and
+  write does (the hole wins on a page with both). A bus device (WatchedPage)
+  does the access on RAM and stops the vCPU, after the instruction, when it
+  touched a watched range of a kind that matches.
+  KVM accesses some pages itself, not through exits: the paging structures,
+  GDT, IDT and TSS (read) and the stack (interrupt frames written). Without
+  a slot there, or read-only under the stack, the vCPU faults (a triple
+  fault here), so a watchpoint on such a page of any vCPU (as it is at the
+  stop: other address spaces and stacks are not known) is refused. KVM
+  cannot fetch instructions from a page with no slot either: that is an
+  emulation failure (in ring 0 and ring 3 here), reported as a FETCH stop.
+  Accesses by DMA, by KVM itself and by akvm's completer are not seen.
 """
 from __future__ import annotations
 
@@ -46,13 +56,18 @@ from dataclasses import dataclass
 from akvm.base import kvm
 from akvm.base.bus import Bus
 from akvm.base.memory import GuestMemory, GuestMemoryError
-from akvm.vcpu.paging import (BP, CR0_PG, DB, INSPECT, PAGE_SIZE, Access, GuestFault, PagingState,
-                              translate)
+from akvm.vcpu.paging import (BP, CR0_PE, CR0_PG, DB, INSPECT, PAGE_SIZE, Access, GuestFault,
+                              PagingState, table_pages, translate)
 
 INT3 = 0xCC
 NUM_DEBUG_REGISTERS = 4
 DR6_BS = 1 << 14                 # single-step
 MAX_WATCH_LENGTH = 16 * PAGE_SIZE
+# Watchpoint kinds, as GDB's stop replies name them: writes, reads, either.
+WATCH, RWATCH, AWATCH = "watch", "rwatch", "awatch"
+FETCH = "fetch"                  # a stop: code on a page a read or access watchpoint took away
+# What a watched page's memory slot becomes: read-only (only writes exit), or none (all do).
+READONLY, HOLE = "read-only", "hole"
 # Where ring 3 runs natively under kvm_pvm, its int3 (and its debug traps) never exit.
 RING3_TRAPS_EXIT = not os.path.isdir("/sys/module/kvm_pvm")
 
@@ -65,8 +80,8 @@ def dr7_enable(index: int) -> int:
 @dataclass(frozen=True)
 class DebugStop:
     """Why a vCPU stopped for the debugger."""
-    kind: str                    # "step", "swbreak", "hwbreak", "watch", "trap"
-    address: int | None = None   # the breakpoint's, or the watched range's, linear address
+    kind: str          # "step", "swbreak", "hwbreak", WATCH, RWATCH, AWATCH, FETCH, "trap"
+    address: int | None = None   # the breakpoint's, the watched range's, or (FETCH) the code's
 
 
 STEP = DebugStop("step")
@@ -83,6 +98,13 @@ def linear_ip(regs, sregs) -> int:
     return (sregs.cs.base + (regs.rip & 0xFFFF_FFFF)) & 0xFFFF_FFFF
 
 
+def linear_sp(regs, sregs) -> int:
+    """The linear address of the top of the stack (SS base applied outside 64-bit mode)."""
+    if sregs.efer & (1 << 10) and sregs.cs.l:
+        return regs.rsp
+    return (sregs.ss.base + (regs.rsp & 0xFFFF_FFFF)) & 0xFFFF_FFFF
+
+
 @dataclass
 class _SwBreak:
     original: int
@@ -90,25 +112,30 @@ class _SwBreak:
 
 
 class WatchedPage:
-    """The bus device behind a write-protected page: does the guest's writes, reports hits."""
+    """The bus device behind a watched page: does the guest's accesses that exit (writes to
+    a read-only page, reads and writes of a page with no slot at all), reports hits."""
 
     def __init__(self, debug: "GuestDebug", gpa: int):
         self.debug = debug
         self.gpa = gpa
 
     def read(self, offset: int, size: int) -> int:
-        # KVM reads a read-only slot itself; this serves an access that still exits.
-        return int.from_bytes(self.debug.memory.view(self.gpa + offset, size), "little")
+        gpa = self.gpa + offset
+        value = int.from_bytes(self.debug.memory.read(gpa, size), "little")
+        self._hit(gpa, size, write=False)
+        return value
 
     def write(self, offset: int, size: int, value: int) -> None:
         gpa = self.gpa + offset
-        size = min(size, PAGE_SIZE - offset)
         self.debug.memory.write(gpa, value.to_bytes(8, "little")[:size])
-        hit = self.debug.watch_hit(gpa, size)
+        self._hit(gpa, size, write=True)
+
+    def _hit(self, gpa: int, size: int, write: bool) -> None:
+        hit = self.debug.watch_hit(gpa, size, write)
         if hit is not None:
-            thread = threading.current_thread()     # the VcpuThread doing the write
+            thread = threading.current_thread()     # the VcpuThread doing the access
             if hasattr(thread, "debug_event") and thread.debug_event is None:
-                thread.debug_event = DebugStop("watch", hit)
+                thread.debug_event = hit
 
 
 class GuestDebug:
@@ -123,8 +150,10 @@ class GuestDebug:
         self._sw: dict[int, _SwBreak] = {}   # guest-physical address -> the int3 there
         self._sw_at: dict[int, int] = {}     # linear address -> guest-physical address
         self._dr: list[tuple[str, int] | None] = [None] * NUM_DEBUG_REGISTERS  # ("hw"|"sw", linear)
-        self._watches: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (addr, len) -> gpa pieces
-        self._protected: dict[int, object] = {}   # page gpa -> its bus range
+        # (WATCH|RWATCH|AWATCH, linear, length) -> its (gpa, n) pieces
+        self._watches: dict[tuple[str, int, int], list[tuple[int, int]]] = {}
+        self._pages: dict[int, str] = {}           # watched page gpa -> READONLY or HOLE, as set
+        self._ranges: dict[int, object] = {}       # watched page gpa -> its bus range
         self._slot_ids: dict[int, list[int]] = {}  # RAM slot index -> KVM slot ids now used for it
         self._applied: dict[int, tuple] = {}       # vCPU index -> what KVM_SET_GUEST_DEBUG was given
         system = vm.system
@@ -323,77 +352,122 @@ class GuestDebug:
 
     # --- watchpoints ---------------------------------------------------------------
 
-    def insert_watchpoint(self, ps: PagingState, linear: int, length: int) -> None:
-        """Stop after any write to [linear, linear + length); it takes effect at commit()."""
-        if not self.readonly_memory:
+    def insert_watchpoint(self, ps: PagingState, linear: int, length: int, kind: str = WATCH,
+                          kvm_pages: dict[int, str] | None = None) -> None:
+        """Stop after any write (WATCH), read (RWATCH) or either (AWATCH) of
+        [linear, linear + length); it takes effect at commit(). DebugError when that
+        would take from KVM a page it needs (`kvm_pages`, from kvm_pages())."""
+        if kind == WATCH and not self.readonly_memory:
             raise DebugError("this KVM cannot write-protect guest memory (KVM_CAP_READONLY_MEM)")
         if not 0 < length <= MAX_WATCH_LENGTH:
             raise DebugError(f"a watched range is 1 to {MAX_WATCH_LENGTH} bytes")
         with self._lock:
-            self._watches[(linear, length)] = self._pieces(ps, linear, length, partial=False)
+            pieces = self._pieces(ps, linear, length, partial=False)
+            for gpa, _ in pieces:
+                what = kvm_pages.get(gpa & ~(PAGE_SIZE - 1)) if kvm_pages else None
+                if what == "stack":
+                    raise DebugError(f"{linear:#x} is on the page of a vCPU's stack, where KVM "
+                                     f"itself writes interrupt frames: watched, the vCPU would "
+                                     f"fault")
+                if what is not None and kind != WATCH:
+                    raise DebugError(f"{linear:#x} is on a page of a vCPU's {what}, which KVM "
+                                     f"reads itself: watched for reads, the vCPU would fault "
+                                     f"(a write watchpoint works)")
+            self._watches[(kind, linear, length)] = pieces
 
-    def remove_watchpoint(self, linear: int, length: int) -> bool:
-        with self._lock:
-            return self._watches.pop((linear, length), None) is not None
+    def kvm_pages(self, regs, sregs) -> dict[int, str]:
+        """The guest-physical pages KVM accesses itself for a vCPU in this state, by what
+        they hold: its paging structures, GDT, IDT and TSS (read), and the page of its
+        stack (interrupt frames written). With no memory slot under one, or a read-only
+        one under the stack, the vCPU does not exit but faults (a triple fault, measured)."""
+        ps = PagingState.from_sregs(sregs)
+        pages = dict.fromkeys(table_pages(self.memory, ps), "page tables")
+        areas = [("IDT", sregs.idt.base, sregs.idt.limit + 1), ("stack", linear_sp(regs, sregs), 1)]
+        if sregs.cr0 & CR0_PE:                   # real mode has no GDT or TSS
+            areas[:0] = [("GDT", sregs.gdt.base, sregs.gdt.limit + 1),
+                         ("TSS", sregs.tr.base, sregs.tr.limit + 1)]
+        for what, base, size in areas:
+            try:
+                for gpa, _ in self._pieces(ps, base, min(size, MAX_WATCH_LENGTH), partial=True):
+                    pages[gpa & ~(PAGE_SIZE - 1)] = what
+            except DebugError:
+                pass                             # not mapped: nothing of it to take away
+        return pages
 
-    def watch_hit(self, gpa: int, size: int) -> int | None:
-        """The watched linear address a write of [gpa, gpa + size) touches, or None."""
+    def remove_watchpoint(self, linear: int, length: int, kind: str = WATCH) -> bool:
         with self._lock:
-            for (linear, _), pieces in self._watches.items():
+            return self._watches.pop((kind, linear, length), None) is not None
+
+    def watch_hit(self, gpa: int, size: int, write: bool) -> DebugStop | None:
+        """The stop a guest write (or read) of [gpa, gpa + size) makes, or None."""
+        with self._lock:
+            for (kind, linear, _), pieces in self._watches.items():
+                if kind == (RWATCH if write else WATCH):
+                    continue
                 for at, n in pieces:
                     if at < gpa + size and gpa < at + n:
-                        return linear
+                        return DebugStop(kind, linear)
         return None
 
     def commit(self) -> None:
-        """Write-protect exactly the watched pages. Only while no vCPU runs: a memory
+        """Give each watched page what its watchpoints need: no memory slot at all when
+        one watches reads, else a read-only slot. Only while no vCPU runs: a memory
         slot being replaced is briefly absent. Removing and re-inserting a watchpoint
         between two runs (as GDB does at every stop) costs nothing."""
         with self._lock:
-            want = {gpa & ~(PAGE_SIZE - 1) for pieces in self._watches.values()
-                    for gpa, _ in pieces}
-            have = set(self._protected)
+            want: dict[int, str] = {}                # page gpa -> HOLE or READONLY
+            for (kind, _, _), pieces in self._watches.items():
+                for gpa, _ in pieces:
+                    page = gpa & ~(PAGE_SIZE - 1)
+                    want[page] = HOLE if kind != WATCH or want.get(page) == HOLE else READONLY
+            have = self._pages
             if want == have:
                 return
-            for page in sorted(want - have):
-                self._protected[page] = self.mmio_bus.register(page, PAGE_SIZE,
-                                                               WatchedPage(self, page), "watch")
+            for page in sorted(want.keys() - self._ranges.keys()):
+                self._ranges[page] = self.mmio_bus.register(page, PAGE_SIZE,
+                                                            WatchedPage(self, page),
+                                                            "gdb watchpoint")
             for slot in self.memory.slots:
-                inside = lambda pages: sorted(p for p in pages if slot.gpa <= p < slot.end)
+                inside = lambda pages: {p: m for p, m in pages.items() if slot.gpa <= p < slot.end}
                 if inside(want) != inside(have):
                     self._program_slot(slot, inside(want))
-            for page in sorted(have - want):
-                self.mmio_bus.unregister(self._protected.pop(page))
+            for page in sorted(self._ranges.keys() - want.keys()):
+                self.mmio_bus.unregister(self._ranges.pop(page))
+            self._pages = want
 
-    def _program_slot(self, slot, pages: list[int]) -> None:
-        """Replace a RAM slot's KVM memory slots by pieces, `pages` read-only."""
-        pieces, at = [], slot.gpa
-        for page in pages:
-            if pieces and pieces[-1][2] and pieces[-1][0] + pieces[-1][1] == page:
-                pieces[-1] = (pieces[-1][0], pieces[-1][1] + PAGE_SIZE, True)
+    def _program_slot(self, slot, pages: dict[int, str]) -> None:
+        """Replace a RAM slot's KVM memory slots by pieces: `pages` read-only or left out."""
+        pieces, at = [], slot.gpa                    # (gpa, size, READONLY, HOLE or None: RAM)
+        for page in sorted(pages):
+            if page > at:
+                pieces.append((at, page - at, None))
+            if pieces and pieces[-1][2] == pages[page] and pieces[-1][0] + pieces[-1][1] == page:
+                pieces[-1] = (pieces[-1][0], pieces[-1][1] + PAGE_SIZE, pages[page])
             else:
-                if page > at:
-                    pieces.append((at, page - at, False))
-                pieces.append((page, PAGE_SIZE, True))
+                pieces.append((page, PAGE_SIZE, pages[page]))
             at = page + PAGE_SIZE
         if at < slot.end:
-            pieces.append((at, slot.end - at, False))
+            pieces.append((at, slot.end - at, None))
+        mapped = [piece for piece in pieces if piece[2] != HOLE]
+        old = self._slot_ids.get(slot.index, [slot.index])
+        spare = old[1:]
+        fresh = self._next_id + 1 - len(self.memory.slots)     # ids _slot_id() can still make
+        if len(mapped) - 1 > len(spare) + len(self._free_ids) + fresh:
+            raise DebugError("no KVM memory slot left to watch one more page")
+        ids = [slot.index] + [spare.pop() if spare else self._slot_id() for _ in mapped[1:]]
+        ids = ids[:len(mapped)]                  # none when the whole slot is one hole
         host = self.memory.host_address(slot)
-        ids = self._slot_ids.get(slot.index, [slot.index])
-        for sid in ids:
+        for sid in old:
             self.vm.set_user_memory_region(sid, slot.gpa, 0, host)      # size 0: delete
-        self._free_ids += ids[1:]
-        ids = [slot.index] + [self._slot_id() for _ in pieces[1:]]
+        self._free_ids += spare
         self._slot_ids[slot.index] = ids
-        for sid, (gpa, size, readonly) in zip(ids, pieces):
+        for sid, (gpa, size, mode) in zip(ids, mapped):
             self.vm.set_user_memory_region(sid, gpa, size, host + gpa - slot.gpa,
-                                           kvm.KVM_MEM_READONLY if readonly else 0)
+                                           kvm.KVM_MEM_READONLY if mode == READONLY else 0)
 
     def _slot_id(self) -> int:
         if self._free_ids:
             return self._free_ids.pop()
-        if self._next_id < len(self.memory.slots):
-            raise DebugError("no KVM memory slot left to write-protect a page")
         self._next_id -= 1
         return self._next_id + 1
 
@@ -466,6 +540,23 @@ class GuestDebug:
         with self._lock:
             if gpa in self._sw and self.memory.read(gpa, 1)[0] == INT3:
                 return DebugStop("swbreak", linear)
+        return None
+
+    def fetch_stop(self, thread) -> DebugStop | None:
+        """The stop for an emulation failure at an instruction on a page a read or access
+        watchpoint left without a memory slot (KVM cannot fetch from it), or None."""
+        if HOLE not in self._pages.values():
+            return None
+        regs, sregs = thread.vcpu.get_regs(), thread.vcpu.get_sregs()
+        ps, linear = PagingState.from_sregs(sregs), linear_ip(regs, sregs)
+        with self._lock:
+            for at in (linear, linear + 14):     # its first and (at most 15 bytes) last byte
+                try:
+                    gpa = self.translate(ps, at)
+                except DebugError:
+                    continue
+                if self._pages.get(gpa & ~(PAGE_SIZE - 1)) == HOLE:
+                    return DebugStop(FETCH, linear)
         return None
 
     def stopped(self, thread, event: DebugStop) -> None:

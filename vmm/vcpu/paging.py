@@ -22,6 +22,7 @@ GuestMemoryError (the VMM cannot follow it: there is nothing to fault).
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from akvm.base.memory import GuestMemory, GuestMemoryError
@@ -235,6 +236,43 @@ def translate(memory: GuestMemory, ps: PagingState, linear: int, access: Access 
         if access.write:
             _set_bits(memory, leaf, PTE_D)
     return gpa
+
+
+def table_pages(memory: GuestMemory, ps: PagingState, limit: int = 4096) -> set[int]:
+    """The guest-physical pages holding the paging structures reachable from CR3 (what a
+    walk may read), at most about `limit` of them: a guest's tables can be arbitrarily
+    large. Tables outside guest RAM are not read."""
+    mode = ps.mode
+    if mode == "off":
+        return set()
+    if mode == "32-bit":
+        root, width, depth, address = ps.cr3 & 0xFFFF_F000, 4, 2, 0xFFFF_F000
+    elif mode == "pae":
+        root, width, depth, address = ps.cr3 & 0xFFFF_FFE0, 8, 3, _ADDR_52
+    else:
+        root, width, address = ps.cr3 & _ADDR_52, 8, _ADDR_52
+        depth = 5 if mode == "5-level" else 4
+    large_ok = mode != "32-bit" or ps.cr4 & CR4_PSE
+    pages: set[int] = set()
+    todo = [(root, depth)]
+    while todo and len(pages) < limit:
+        table, depth = todo.pop()
+        if (table & ~0xFFF) in pages:
+            continue                             # a table reached twice (a self-map, say)
+        pages.add(table & ~0xFFF)
+        if depth == 1:
+            continue                             # a page table: its entries map data
+        count = 4 if table == root and mode == "pae" else PAGE_SIZE // width
+        try:
+            entries = struct.unpack(f"<{count}{'I' if width == 4 else 'Q'}",
+                                    memory.read(table, count * width))
+        except GuestMemoryError:
+            continue
+        for entry in entries:
+            if entry & PTE_P and not (entry & PTE_PS and depth in (2, 3) and large_ok) \
+                    and len(todo) < limit:
+                todo.append((entry & address, depth - 1))
+    return pages
 
 
 def _set_bits(memory: GuestMemory, entry_addr: int, bits: int) -> None:
