@@ -20,11 +20,14 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from akvm.base import kvm
 from akvm.base.exitcode import ExitCode
 from akvm.base.native import ffi, lib
-from akvm.vcpu.debug import STEP, DebugStop
+
+if TYPE_CHECKING:
+    from akvm.vcpu.debug import DebugStop     # imported by a debugger, not at every start
 
 log = logging.getLogger("akvm.cpu")
 
@@ -271,6 +274,7 @@ class VcpuThread(threading.Thread):
             elif reason != EXIT_DONE_IN_C and not self._other_exit(reason, run):
                 return
             if self.stepping and self.debug_event is None and reason != kvm.KVM_EXIT_DEBUG:
+                from akvm.vcpu.debug import STEP
                 self.debug_event = STEP       # an instruction that exits has executed
             if self.debug_event is not None:
                 self._debug_stop(reason in (kvm.KVM_EXIT_IO, kvm.KVM_EXIT_MMIO, EXIT_DONE_IN_C))
