@@ -45,6 +45,7 @@ def boots_and_restores(log) -> tuple[dict, dict]:
 def test_first_boots_later_restore(pytester, monkeypatch):
     log = pytester.path / "log.txt"
     monkeypatch.setenv("AKVM_TEST_LOG", str(log))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)   # when this suite runs under -n
     pytester.makepyfile(SUITE)
     result = pytester.runpytest_subprocess("-p", "no:xdist", timeout=300)
     result.assert_outcomes(passed=6)

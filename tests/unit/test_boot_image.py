@@ -18,7 +18,7 @@ RAM = 32 * MiB
 FACTS = DeviceFacts(pci_interrupts=((1, 0, 10), (2, 1, 11)), dmar_width=48)
 
 
-def children() -> set[int]:
+def all_children() -> set[int]:
     """This process's child processes, zombies included."""
     pids = set()
     for task in pathlib.Path("/proc/self/task").iterdir():
@@ -27,6 +27,21 @@ def children() -> set[int]:
         except FileNotFoundError:
             pass                # a thread that just ended (the reaper)
     return pids
+
+
+_before: set[int] = set()
+
+
+@pytest.fixture(autouse=True)
+def _others():
+    """Children an earlier test of this process left (a pytest-xdist worker runs many)."""
+    global _before
+    _before = all_children()
+
+
+def children() -> set[int]:
+    """The child processes this test started."""
+    return all_children() - _before
 
 
 def reaped(timeout=5.0) -> bool:
