@@ -9,6 +9,7 @@ where it goes.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import subprocess
@@ -43,12 +44,17 @@ def build(sources: Path = SOURCES) -> Path:
     out = build_dir(sources)
     make = ["make", "-s", "-C", str(sources), f"BUILD={out}"]
     try:
-        fresh = subprocess.run([*make, "-q"], capture_output=True).returncode == 0
-        if not fresh:
-            print(f"akvm: building the bundled guest kernel into {out}", file=sys.stderr, flush=True)
-            r = subprocess.run(make, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise GuestBuildError(f"make -C {sources} failed:\n{r.stdout}{r.stderr}")
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / ".lock", "w") as lock:
+            # One make at a time: pytest-xdist workers, or two akvm started at once.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            fresh = subprocess.run([*make, "-q"], capture_output=True).returncode == 0
+            if not fresh:
+                print(f"akvm: building the bundled guest kernel into {out}", file=sys.stderr,
+                      flush=True)
+                r = subprocess.run(make, capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise GuestBuildError(f"make -C {sources} failed:\n{r.stdout}{r.stderr}")
     except FileNotFoundError:
         raise GuestBuildError("building the guest kernel needs make and gcc (or pass --kernel)") from None
     return out / "kernel"
