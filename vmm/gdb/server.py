@@ -23,7 +23,8 @@ log = logging.getLogger("akvm.gdb")
 
 SEND_TIMEOUT = 10.0       # a client that reads nothing for this long is dropped
 POLL_INTERVAL = 0.25      # how often the machine's end is noticed
-CLOSE_WAIT = 0.5          # at close, how long the thread may take to notice (shutdown's bound)
+CLOSE_GRACE = 0.25        # at close, how long a reply being sent may take
+CLOSE_WAIT = 0.5          # and then how long the thread may take to notice the cut
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -59,12 +60,14 @@ class GdbServer:
         return self
 
     def close(self) -> None:
-        """Stop serving (the machine has ended). A send blocked on a client that reads
-        nothing is cut short by shutting its socket down, so this returns within
-        CLOSE_WAIT."""
+        """Stop serving (the machine has ended). The thread gets CLOSE_GRACE to send
+        what it is sending (the OK to a kill that ended the machine); a send still
+        blocked then, on a client that reads nothing, is cut short by shutting its
+        socket down, so this returns within CLOSE_GRACE + CLOSE_WAIT."""
         os.write(self._stop_w, b".")
+        self._thread.join(timeout=CLOSE_GRACE)
         client = self._client
-        if client is not None:
+        if client is not None and self._thread.is_alive():
             try:
                 client.shutdown(socket.SHUT_RDWR)
             except OSError:
