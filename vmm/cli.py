@@ -7,6 +7,7 @@ the exit status documented in README.md (akvm.base.exitcode.ExitCode).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -40,7 +41,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
 
 
+@functools.cache
 def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (made once: --restore asks it for the defaults too)."""
     parser = _Parser(prog="akvm", description="Run a kernel in a KVM virtual machine.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"akvm {__version__}")
