@@ -215,6 +215,16 @@ def test_the_same_driver_on_qemus_nics(akvm_guest_factory, line_server):
     check(guest, "e1000", line_server, fwd_e, "e1000")
     check(guest, r"virtio-net pci 00:\w\w\.0", line_server, fwd_v, "virtio-pci")
 
+def pings_went_on(restored) -> None:
+    """The restored guest's `pingloop` ends, its pings answered across the snapshot."""
+    restored.expect(r"net: ping 10\.0\.2\.2: (\d+)/(\d+) replies, the last \d+ ms before the end",
+                    timeout=60)
+    answered, sent = (int(g) for g in restored.child.match.groups())
+    restored.expect(restored.prompt, timeout=30)
+    assert re.search(r"pid \d+ \(net\): exit status 0", restored.serial_log), restored.serial_log
+    assert answered >= sent - 3
+
+
 
 def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
     """Saved while a process pings through virtio-net (its queues served in C), resumed in a
@@ -227,12 +237,7 @@ def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
     guest.snapshot(tmp_path / "snap")
     guest.close()
     restored = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False)
-    restored.expect(r"net: ping 10\.0\.2\.2: (\d+)/(\d+) replies, the last \d+ ms before the end",
-                    timeout=60)
-    answered, sent = (int(g) for g in restored.child.match.groups())
-    restored.expect(restored.prompt, timeout=30)
-    assert re.search(r"pid \d+ \(net\): exit status 0", restored.serial_log), restored.serial_log
-    assert answered >= sent - 3
+    pings_went_on(restored)
 
 
 @pytest.mark.parametrize("iommu", [[], ["--iommu", "vtd"]], ids=["no-iommu", "vtd"])
@@ -255,12 +260,7 @@ def test_a_snapshot_with_the_e1000_at_work(akvm_guest_factory, line_server, tmp_
 
     restored = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False,
                                   args=["--stats"])
-    restored.expect(r"net: ping 10\.0\.2\.2: (\d+)/(\d+) replies, the last \d+ ms before the end",
-                    timeout=60)
-    answered, sent = (int(g) for g in restored.child.match.groups())
-    restored.expect(restored.prompt, timeout=30)
-    assert re.search(r"pid \d+ \(net\): exit status 0", restored.serial_log), restored.serial_log
-    assert answered >= sent - 3
+    pings_went_on(restored)
     result = restored.selftest("e1000")
     assert result.passed == ["e1000"], result.output
     out = check(restored, "e1000", line_server, fwd, "e1000")
