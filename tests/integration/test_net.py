@@ -215,6 +215,7 @@ def test_the_same_driver_on_qemus_nics(akvm_guest_factory, line_server):
     check(guest, "e1000", line_server, fwd_e, "e1000")
     check(guest, r"virtio-net pci 00:\w\w\.0", line_server, fwd_v, "virtio-pci")
 
+
 def pings_went_on(restored) -> None:
     """The restored guest's `pingloop` ends, its pings answered across the snapshot."""
     restored.expect(r"net: ping 10\.0\.2\.2: (\d+)/(\d+) replies, the last \d+ ms before the end",
@@ -223,7 +224,6 @@ def pings_went_on(restored) -> None:
     restored.expect(restored.prompt, timeout=30)
     assert re.search(r"pid \d+ \(net\): exit status 0", restored.serial_log), restored.serial_log
     assert answered >= sent - 3
-
 
 
 def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
