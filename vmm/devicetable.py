@@ -234,4 +234,11 @@ def help_text() -> str:
 
 
 def _format(value: Any) -> str:
-    return ("on" if value else "off") if isinstance(value, bool) else str(value)
+    """A default as the command line would write it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple) and value and value == tuple(range(value[0], value[-1] + 1)):
+        return f"{value[0]}-{value[-1]}"
+    if isinstance(value, tuple):
+        return "+".join(map(str, value))
+    return str(value)

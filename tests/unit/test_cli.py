@@ -1,5 +1,6 @@
 """Bad user input: one line on stderr, exit status 2, never a traceback."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -169,6 +170,20 @@ def test_help_lists_every_kind_and_option():
         assert f"  {kind.name}: {kind.help}" in out
         for option in kind.options:
             assert f"{option.key}={option.metavar}" in out
+
+
+def test_help_shows_each_default_as_the_command_line_takes_it():
+    """A default in --help, given back as the option's value, means the default."""
+    from akvm.devicetable import DEVICES, IOMMUS, REQUIRED
+    out = akvm("run", "--help").stdout
+    for kind in [*DEVICES.values(), *IOMMUS.values()]:
+        for option in kind.options:
+            if option.default in (None, REQUIRED) or option.repeat:
+                continue
+            line = next(l for l in out.splitlines() if f" {option.key}={option.metavar}" in l)
+            shown = re.search(r"default ([^;)\s]+)", line)
+            assert shown, line
+            assert option.parse(shown.group(1)) == option.default, (kind.name, line)
 
 
 def test_ioat_functions_option():
