@@ -167,8 +167,10 @@ def test_e1000_on_user_networking(akvm_guest_factory, line_server):
     assert "net: e1000 mac 02:00:00:00:10:00, DMA to physical addresses" in out
     guest.close()
     m = re.search(r"^\s*e1000-0: (\d+) frames out, (\d+) in, 0 dropped, 0 errors; ([1-9]\d*) "
-                  r"TDT/RDT writes in C; 1 interrupts; link up", guest.serial_log, re.M)
+                  r"TDT/RDT writes in C \((\d+) sent by the vCPU\); 1 interrupts; link up",
+                  guest.serial_log, re.M)
     assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
+    assert 0 < int(m.group(4)) <= int(m.group(3))      # the vCPU runs libslirp's input
 
 
 def test_e1000_behind_the_iommu(akvm_guest_factory, line_server):
