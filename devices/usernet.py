@@ -162,6 +162,7 @@ class UserBackend:
         self._stopping = False
         self._engine = None
         self._native = None                 # (on_python_tx, on_irq, keepalive) with a C data path
+        self._final = None                  # the engine's counters when it was freed
         from akvm.devices.virtio.netback import MAX_FRAME
         self._max_frame = MAX_FRAME
         self._queue_limit = self._slirp_mod.lib.AKS_QUEUE
@@ -317,7 +318,10 @@ class UserBackend:
                 log.exception("%s: user networking stopped", self.name)
         if self._engine is not None:
             engine, self._engine = self._engine, None
-            self._slirp_mod.lib.aks_engine_free(engine)
+            lib = self._slirp_mod.lib
+            self._final = ([lib.aks_engine_counts(engine, i) for i in range(6)],
+                           lib.aks_engine_dropped(engine))      # for --stats at exit
+            lib.aks_engine_free(engine)
 
     def _loop(self) -> None:
         lib, ffi = self._slirp_mod.lib, self._slirp_mod.ffi
@@ -395,7 +399,10 @@ class UserBackend:
         """(frames to the network, to the guest by C, to the guest through Python, dropped)."""
         lib, e = self._slirp_mod.lib, self._engine
         if e is None:
-            return self.sent, 0, self.received, self.dropped
+            if self._final is None:
+                return self.sent, 0, self.received, self.dropped
+            (network, by_c, by_python, *_), dropped = self._final
+            return network, by_c, by_python, self.dropped + dropped
         return (lib.aks_engine_counts(e, 0), lib.aks_engine_counts(e, 1),
                 lib.aks_engine_counts(e, 2), self.dropped + lib.aks_engine_dropped(e))
 
@@ -405,7 +412,7 @@ class UserBackend:
         found the engine busy and left the turn to it)."""
         lib, e = self._slirp_mod.lib, self._engine
         if e is None:
-            return 0, 0, 0
+            return (0, 0, 0) if self._final is None else tuple(self._final[0][3:6])
         return tuple(lib.aks_engine_counts(e, i) for i in (3, 4, 5))
 
 

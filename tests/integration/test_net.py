@@ -119,9 +119,14 @@ def test_virtio_net_pci_and_mmio_on_user_networking(akvm_guest_factory, line_ser
     assert "net: virtio-net mmio mac 02:41:4b:56:4d:02, DMA to physical addresses" in out
     guest.close()
     for nic in ("virtio-net0", "virtio-net1"):
-        m = re.search(rf"^\s*{nic}: (\d+) frames out, (\d+) in, 0 dropped, 0 errors", guest.serial_log,
+        m = re.search(rf"^\s*{nic}: (\d+) frames out, (\d+) in, 0 dropped, 0 errors; (\d+) "
+                      r"transmit notifications in C \((\d+) sent by the vCPU\)", guest.serial_log,
                       re.M)
         assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
+        if nic == "virtio-net0":        # PCI: the transmit notify completes in C, the vCPU
+            assert 0 < int(m.group(4)) <= int(m.group(3)), m.group(0)    # runs libslirp
+        else:                           # virtio-mmio: its ioeventfd and the engine's thread
+            assert int(m.group(3)) == 0, m.group(0)
 
 
 def test_virtio_net_behind_the_iommu(akvm_guest_factory, line_server):

@@ -404,3 +404,64 @@ def test_e1000_after_close_the_vcpu_no_longer_enters_the_engine():
     nic.dev.s.native = 1                # as if a vCPU raced the close: still no turn
     nic.send(arp_for_the_gateway())
     assert nic.dev.s.direct == direct
+
+
+def test_virtio_net_transmit_notify_in_c_runs_slirp_on_the_vcpu():
+    """With the queues in C, the transport is asked to complete the transmit queue's notify
+    address in C (netq.c's handler, not its ioeventfd); a notify there runs the engine's
+    turn on the vCPU: the DHCP DISCOVER reaches slirp and the OFFER is in the receive
+    queue when the handler returns. A reset gives the address back to the kernel."""
+    import os
+    from akvm.base.native import ffi, lib
+    from akvm.devices.virtio.net import HDR, TRANSMITQ, VirtioNet
+    from tests.unit.test_fastpath import RunPage
+    from tests.unit.virtio_driver import DATA, Recorder, bring_up, new_memory, wait_for
+
+    class Transport(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.in_c = {}
+
+        def notify_in_c(self, index, function, owner):
+            self.in_c[index] = (function, owner)
+            return True
+
+        def notify_in_kernel(self, index):
+            self.in_c.pop(index, None)
+
+    dev = VirtioNet(slirp_or_skip()(), GUEST_MAC)
+    dev.transport = transport = Transport()
+    mem = new_memory()
+    rx, tx = bring_up(dev, mem)
+    dev.start()
+    run_page = RunPage()
+    try:
+        assert wait_for(lambda: TRANSMITQ in transport.in_c)
+        function, native = transport.in_c[TRANSMITQ]
+        assert function == "akvm_vnetq_exit" and native is dev._native
+        discover = from_guest(F.dhcp(GUEST_MAC, F.DHCP_DISCOVER), dst=F.BROADCAST)
+        for attempt in range(10):
+            rx.add([(DATA + 0x80000 + 0x1000 * attempt, 2048, True)])
+            os.eventfd_write(dev.kick_fds[0], 1)
+            time.sleep(0.05)                    # (the engine's thread takes the buffer)
+            used = rx.used_idx
+            mem.write(DATA + 0x1000 * attempt, bytes(HDR.size) + discover)
+            tx.add([(DATA + 0x1000 * attempt, HDR.size + len(discover), False)])
+            run_page.mmio(0xC000_3004, 2, True, TRANSMITQ)
+            assert lib.akvm_vnetq_exit(native.handle, ffi.cast("void *", run_page.address))
+            stats = dev.stats()
+            if stats["tx_sent_by_vcpu"]:
+                assert rx.used_idx == used + 1          # the OFFER, placed within the exit
+                break
+            assert wait_for(lambda: rx.used_idx == used + 1)
+        else:
+            raise AssertionError("the vCPU never ran the turn itself")
+        (_, n), = rx.take_used()[-1:]
+        offer = F.parse(mem.read(DATA + 0x80000 + 0x1000 * attempt + HDR.size, n - HDR.size))
+        assert offer.dhcp["yiaddr"] == GUEST
+        assert stats["tx_notify_exits_in_c"] == attempt + 1
+        assert dev.backend.vcpu_turns[0] >= 1
+        dev.reset()
+        assert wait_for(lambda: TRANSMITQ not in transport.in_c)
+    finally:
+        dev.close()
