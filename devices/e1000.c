@@ -9,8 +9,13 @@
  * and the packet handed to the network with the lock released. The vCPU
  * that writes TDT gathers them at once, into a queue of frames (as the
  * hardware would, so descriptors are done when it returns to the guest);
- * the backend's thread, woken, sends them (every network call is its) and
- * gathers what did not fit. A packet
+ * the backend's thread, woken, sends them and gathers what did not fit.
+ * With a backend that lets the vCPU run its turn (attach(), nicport.h:
+ * libslirp under the backend's lock), the vCPU runs that turn itself
+ * instead, so the frames reach the network, and the network's answers
+ * (a TCP ACK) the receive ring, before it returns to the guest, with no
+ * second thread to wake; when the backend is busy or held, the queue and
+ * the thread serve as before. A packet
  * that wants more (a context descriptor, offloads, VLAN, a chain not yet
  * ended), a ring Python would complain of, or a buffer outside guest RAM
  * ends C's turn at that packet: AKVM_NIC_PYTHON, and Python serves the rest
@@ -39,6 +44,9 @@ struct akvm_e1000_c {
 	const struct akvm_mem_slot *slots;
 	unsigned int nslots;
 	uint8_t frame[E1000_MAX_TX_PACKET + E1000_MIN_FRAME];
+	/* the backend's turn a vCPU may run at its TDT write (nicport.h), or NULL */
+	akvm_nic_turn_fn turn;
+	void *engine;
 	/* frames the vCPU gathered at its TDT write, for the backend's thread */
 	unsigned int txq_head, txq_tail;
 	uint32_t txq_len[E1000_TXQ_SLOTS];
@@ -401,7 +409,12 @@ int akvm_e1000_exit(void *opaque, void *kvm_run)
 	int wake = 1;
 	if (off == E1000_TDT) {
 		c->s.tdt = value & 0xFFFF;
-		if (!c->s.python_tx && !c->s.python_rx) {	/* as the hardware would: at once */
+		if (c->s.python_tx || c->s.python_rx) {
+			/* Python's turn: the thread takes it */
+		} else if (c->turn && c->turn(c->engine) == 0) {
+			wake = 0;			/* sent, here; the backend woke its thread if it must */
+			c->s.direct++;
+		} else {				/* as the hardware would: at once */
 			uint32_t causes = 0;
 			gather(c, NULL, NULL, &causes);
 			c->s.icr |= causes;		/* the thread raises INTA# if it must */
@@ -435,6 +448,17 @@ int akvm_e1000_queued(struct akvm_e1000_c *c, unsigned int i, uint8_t *out)
 	}
 	pthread_mutex_unlock(&c->lock);
 	return len;
+}
+
+/* nicport.h's attach(): once it returns, no vCPU is inside the turn it replaced. */
+void akvm_e1000_attach(void *opaque, akvm_nic_turn_fn turn, void *engine)
+{
+	struct akvm_e1000_c *c = opaque;
+
+	pthread_mutex_lock(&c->lock);
+	c->turn = turn;
+	c->engine = engine;
+	pthread_mutex_unlock(&c->lock);
 }
 
 struct akvm_e1000_c *akvm_e1000_new(void)

@@ -119,6 +119,7 @@ struct akvm_e1000 {
 	unsigned long long bar;	/* BAR0's address, for the exit handler */
 	/* counters for --stats */
 	unsigned long long tx_frames, rx_frames, rx_dropped, exits;
+	unsigned long long direct;	/* TDT writes whose frames the vCPU sent itself */
 };
 
 struct akvm_e1000_c;
@@ -134,6 +135,7 @@ void akvm_e1000_unlock(struct akvm_e1000_c *c);
 /* devices/nicport.h */
 int akvm_e1000_tx(void *c, akvm_nic_out_fn out, void *ctx);
 int akvm_e1000_rx(void *c, const uint8_t *frame, size_t len);
+void akvm_e1000_attach(void *c, akvm_nic_turn_fn turn, void *engine);
 /* A frame gathered for the backend's thread and not sent yet (snapshots). */
 int akvm_e1000_queued(struct akvm_e1000_c *c, unsigned int i, uint8_t *out);
 /* The vCPU's exit handler (akvm_exit_fn): TDT and RDT writes while native. */

@@ -370,7 +370,8 @@ class E1000(PciDevice):
             self.s.native = 1
         self.backend.set_native(_address("akvm_e1000_tx"), _address("akvm_e1000_rx"),
                                 int(ffi.cast("uintptr_t", self.handle)), (self._kick, -1),
-                                self._python_turn, self._native_interrupt, self)
+                                self._python_turn, self._native_interrupt, self,
+                                attach=_address("akvm_e1000_attach"))
         os.eventfd_write(self._kick, 1)
 
     def _go_on(self) -> None:
@@ -1122,7 +1123,8 @@ class E1000(PciDevice):
             return {"tx_frames": self.tx_frames + s.tx_frames,
                     "rx_frames": self.rx_frames + s.rx_frames,
                     "dropped": self.rx_dropped + self.tx_dropped + s.rx_dropped + b.dropped,
-                    "errors": self.errors, "exits_in_c": s.exits, "interrupts": self.interrupts,
+                    "errors": self.errors, "exits_in_c": s.exits,
+                    "sent_by_vcpu": s.direct, "interrupts": self.interrupts,
                     "link_up": bool(self._status() & STATUS_LU),
                     "autonegotiations": self.autonegotiations, "mdio_errors": self.phy_errors}
 
@@ -1130,7 +1132,8 @@ class E1000(PciDevice):
         s = s or self.stats()
         return (f"{self.name}: {s['tx_frames']} frames out, {s['rx_frames']} in, "
                 f"{s['dropped']} dropped, {s['errors']} errors; {s['exits_in_c']} TDT/RDT writes "
-                f"in C; {s['interrupts']} interrupts; link {'up' if s['link_up'] else 'down'}, "
+                f"in C ({s['sent_by_vcpu']} sent by the vCPU); {s['interrupts']} interrupts; "
+                f"link {'up' if s['link_up'] else 'down'}, "
                 f"{s['autonegotiations']} autonegotiations, {s['mdio_errors']} MDIO errors")
 
 

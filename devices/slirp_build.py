@@ -6,8 +6,9 @@ and runs everything else where libslirp is missing; setup.py builds this
 module only when <slirp/libslirp.h> is there, and akvm.devices.usernet says
 in one line what to install when it is not.
 
-libslirp is not thread-safe: one thread owns a Slirp and makes every call
-into it (akvm.devices.usernet). That thread's loop is C here, an "engine":
+libslirp is not thread-safe: one thread owns a Slirp (akvm.devices.usernet)
+and every call into it is made under the engine's lock. That thread's loop
+is C here, an "engine":
 one aks_engine_run() call polls (poll(2), GIL released) slirp's sockets,
 a wake eventfd, the fds Python watches and the NIC's eventfds, lets slirp
 handle its events and timers, and returns only when something is
@@ -16,6 +17,21 @@ A NIC with a data path in C (devices/nicport.h) is served in it without
 Python: what the guest queued goes to slirp_input(), what slirp sends
 goes into the guest's ring; frames the NIC has no room for yet wait here.
 Python's rare callbacks (timers, guest errors) are `extern "Python"`.
+
+A NIC may also run its turn on the vCPU thread that rang its doorbell
+(aks_engine_vcpu_turn, handed to it by attach(): devices/nicport.h), as
+QEMU calls libslirp on its vCPU thread under its big lock: the frames go to
+slirp_input() and slirp's answers into the guest's ring at once, without
+waking this thread. The vCPU only tries the lock (the thread holds it
+while it serves slirp, never while it sleeps in poll(2)), and leaves the
+work to the thread when it is busy or held (a snapshot). What the vCPU
+changed may need the thread: frames or an interrupt for Python, a new
+socket or one with data to flush (the thread sleeps on the poll set it
+filled), an earlier slirp deadline, a timer. So after its turn the vCPU
+fills a probe poll set the same way and wakes the thread only when that
+set or deadline differs from the one the thread sleeps on; the thread then
+ignores the poll results of that sleep (slirp's sockets were indexed anew)
+and fills again.
 """
 import os
 import pathlib
@@ -57,7 +73,9 @@ int aks_engine_run(struct aks_engine *e, int timeout_ms);
 int aks_engine_ready(struct aks_engine *e, int *fds, int max);
 int aks_engine_watch(struct aks_engine *e, int fd);
 void aks_engine_unwatch(struct aks_engine *e, int fd);
-void aks_engine_set_nic(struct aks_engine *e, void *tx, void *rx, void *nic, int fd0, int fd1);
+void aks_engine_set_nic(struct aks_engine *e, void *tx, void *rx, void *nic, int fd0, int fd1,
+                        void *attach);
+void aks_engine_hold(struct aks_engine *e, int held);
 void aks_engine_input(struct aks_engine *e, const uint8_t *frame, int len);
 int aks_engine_pop(struct aks_engine *e, uint8_t *out, int cap);
 int aks_engine_queued(struct aks_engine *e);
@@ -65,7 +83,7 @@ unsigned long long aks_engine_dropped(struct aks_engine *e);
 unsigned long long aks_engine_counts(struct aks_engine *e, int which);
 int aks_hostfwd(Slirp *slirp, int udp, uint32_t host_addr, int host_port,
                 uint32_t guest_addr, int guest_port);
-int aks_timer_fire(Slirp *slirp, SlirpTimerCb cb, void *cb_opaque, int id);
+int aks_timer_fire(struct aks_engine *e, SlirpTimerCb cb, void *cb_opaque, int id);
 const char *slirp_version_string(void);
 
 extern "Python" void aks_py_guest_error(const char *msg, void *py);
@@ -83,6 +101,7 @@ SOURCE = r"""
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 #include <slirp/libslirp.h>
@@ -160,6 +179,7 @@ static void frames_clear(struct aks_frames *q)
 }
 
 struct aks_engine {
+    pthread_mutex_t lock;               /* every call into slirp, and what follows */
     Slirp *slirp;
     void *py;                           /* the Python backend's handle (callbacks) */
     int wake_fd;
@@ -168,6 +188,17 @@ struct aks_engine {
     int watch[AKS_WATCH_MAX], nwatch;
     int ready[AKS_WATCH_MAX], nready;
     int events;                         /* gathered for Python this turn */
+    int self_fd;                        /* eventfd: a vCPU's turn needs the thread */
+    /* the poll set and deadline the thread sleeps on (slirp's part), for the vCPU's probe */
+    int first_slirp;
+    struct pollfd *probe;               /* the vCPU's: slirp's part only */
+    int probe_n, probe_cap, probe_differs;
+    int64_t sleep_until_ns;
+    unsigned gen;                       /* +1 when a vCPU re-indexed slirp's sockets */
+    int on_hold;                        /* a snapshot holds the thread: no vCPU turns */
+    int timers_moved;                   /* a slirp timer was set or freed in a vCPU's turn */
+    akvm_nic_attach_fn nic_attach;
+    unsigned long long vcpu_turns, vcpu_wakes, vcpu_busy;
     struct aks_frames to_python;        /* frames from the network the NIC left to Python */
     struct aks_frames held;             /* frames the NIC had no room for yet */
     akvm_nic_tx_fn nic_tx;              /* the NIC's C data path, if it has one */
@@ -235,11 +266,13 @@ static void *aks_timer_new(SlirpTimerCb cb, void *cb_opaque, void *opaque)
 
 static void aks_timer_free(void *timer, void *opaque)
 {
+    ((struct aks_engine *)opaque)->timers_moved = 1;
     aks_py_timer_free(timer, ((struct aks_engine *)opaque)->py);
 }
 
 static void aks_timer_mod(void *timer, int64_t expire_ms, void *opaque)
 {
+    ((struct aks_engine *)opaque)->timers_moved = 1;
     aks_py_timer_mod(timer, expire_ms, ((struct aks_engine *)opaque)->py);
 }
 
@@ -283,6 +316,12 @@ static struct aks_engine *aks_engine_new(const struct aks_config *c, int wake_fd
     e->py = py;
     e->wake_fd = wake_fd;
     e->nic_fd[0] = e->nic_fd[1] = -1;
+    e->self_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->self_fd < 0) {
+        free(e);
+        return NULL;
+    }
+    pthread_mutex_init(&e->lock, NULL);
     pthread_mutex_init(&e->to_python.lock, NULL);
     pthread_mutex_init(&e->held.lock, NULL);
     SlirpConfig cfg;
@@ -305,6 +344,7 @@ static struct aks_engine *aks_engine_new(const struct aks_config *c, int wake_fd
     cfg.vnameserver = aks_addr(c->dns);
     e->slirp = slirp_new(&cfg, &aks_callbacks, e);
     if (!e->slirp) {
+        close(e->self_fd);
         free(e);
         return NULL;
     }
@@ -315,15 +355,23 @@ static void aks_engine_free(struct aks_engine *e)
 {
     if (!e)
         return;
+    pthread_mutex_lock(&e->lock);
+    if (e->nic_attach)                  /* no vCPU comes in from now on */
+        e->nic_attach(e->nic, NULL, NULL);
+    e->nic_attach = NULL;
     slirp_cleanup(e->slirp);
+    pthread_mutex_unlock(&e->lock);
     frames_clear(&e->to_python);
     frames_clear(&e->held);
+    close(e->self_fd);
     free(e->fds);
+    free(e->probe);
     free(e);
 }
 
 static Slirp *aks_engine_slirp(struct aks_engine *e) { return e->slirp; }
 
+/* (Before the NIC is set: no vCPU can come in yet.) */
 static int aks_hostfwd(Slirp *slirp, int udp, uint32_t host_addr, int host_port,
                        uint32_t guest_addr, int guest_port)
 {
@@ -332,19 +380,22 @@ static int aks_hostfwd(Slirp *slirp, int udp, uint32_t host_addr, int host_port,
 }
 
 /* timer_new's callback, or (libslirp 4.7's timer_new_opaque) the timer id. */
-static int aks_timer_fire(Slirp *slirp, SlirpTimerCb cb, void *cb_opaque, int id)
+static int aks_timer_fire(struct aks_engine *e, SlirpTimerCb cb, void *cb_opaque, int id)
 {
+    int rc = 0;
+    pthread_mutex_lock(&e->lock);
     if (cb) {
         cb(cb_opaque);
-        return 0;
-    }
+    } else {
 #if SLIRP_CHECK_VERSION(4, 7, 0)
-    slirp_handle_timer(slirp, (SlirpTimerId)id, cb_opaque);
-    return 0;
+        slirp_handle_timer(e->slirp, (SlirpTimerId)id, cb_opaque);
 #else
-    (void)slirp; (void)id;
-    return -1;
+        (void)id;
+        rc = -1;
 #endif
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
 }
 
 static int aks_engine_watch(struct aks_engine *e, int fd)
@@ -365,10 +416,19 @@ static void aks_engine_unwatch(struct aks_engine *e, int fd)
             e->watch[i--] = e->watch[--e->nwatch];
 }
 
-/* The NIC's C path (NULL: none); its eventfds, drained here, say "run tx()". */
+static int aks_engine_vcpu_turn(void *opaque);
+
+/* The NIC's C path (NULL: none); its eventfds, drained here, say "run tx()";
+ * attach (or NULL) lets its vCPU run its turn (nicport.h). */
 static void aks_engine_set_nic(struct aks_engine *e, void *tx, void *rx, void *nic, int fd0,
-                               int fd1)
+                               int fd1, void *attach)
 {
+    pthread_mutex_lock(&e->lock);
+    if (e->nic_attach)
+        e->nic_attach(e->nic, NULL, NULL);
+    e->nic_attach = (akvm_nic_attach_fn)attach;
+    if (e->nic_attach && nic && tx)
+        e->nic_attach(nic, aks_engine_vcpu_turn, e);
     e->nic_tx = (akvm_nic_tx_fn)tx;
     e->nic_rx = (akvm_nic_rx_fn)rx;
     e->nic = nic;
@@ -385,6 +445,28 @@ static void aks_engine_set_nic(struct aks_engine *e, void *tx, void *rx, void *n
             free(f);
         }
     }
+    pthread_mutex_unlock(&e->lock);
+}
+
+/* A snapshot holds the thread (held 1) or lets it go (0): no vCPU turns meanwhile,
+ * so what the guest queues stays in the NIC, where the snapshot finds it. */
+static void aks_engine_hold(struct aks_engine *e, int held)
+{
+    pthread_mutex_lock(&e->lock);
+    e->on_hold = held;
+    pthread_mutex_unlock(&e->lock);
+}
+
+static short aks_poll_events(int events)
+{
+    short ev = 0;
+    if (events & SLIRP_POLL_IN)
+        ev |= POLLIN;
+    if (events & SLIRP_POLL_OUT)
+        ev |= POLLOUT;
+    if (events & SLIRP_POLL_PRI)
+        ev |= POLLPRI;
+    return ev;
 }
 
 static int aks_add_poll(int fd, int events, void *opaque)
@@ -398,17 +480,22 @@ static int aks_add_poll(int fd, int events, void *opaque)
         e->fds = fds;
         e->cap = cap;
     }
-    short ev = 0;
-    if (events & SLIRP_POLL_IN)
-        ev |= POLLIN;
-    if (events & SLIRP_POLL_OUT)
-        ev |= POLLOUT;
-    if (events & SLIRP_POLL_PRI)
-        ev |= POLLPRI;
     e->fds[e->n].fd = fd;
-    e->fds[e->n].events = ev;
+    e->fds[e->n].events = aks_poll_events(events);
     e->fds[e->n].revents = 0;
     return e->n++;
+}
+
+/* The vCPU's probe (lock held): slirp's sockets indexed as the thread's fill would,
+ * noting any difference from the set it sleeps on (only fd and events are read,
+ * which poll(2) leaves alone). */
+static int aks_probe_add(int fd, int events, void *opaque)
+{
+    struct aks_engine *e = opaque;
+    int at = e->first_slirp + e->probe_n++;
+    if (at >= e->n || e->fds[at].fd != fd || e->fds[at].events != aks_poll_events(events))
+        e->probe_differs = 1;
+    return at;
 }
 
 static int aks_get_revents(int idx, void *opaque)
@@ -474,11 +561,20 @@ static void aks_nic_turn(struct aks_engine *e)
     }
 }
 
+static void aks_signal(int fd)
+{
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        return;                                 /* (EAGAIN: it is signalled already) */
+}
+
 /* Serve slirp and the NIC in C until something is Python's, or until
- * timeout_ms (Python's next timer; -1: none) has passed: returns AKS_EV_*. */
+ * timeout_ms (Python's next timer; -1: none) has passed: returns AKS_EV_*.
+ * The lock is held throughout but for the sleep in ppoll(). */
 static int aks_engine_run(struct aks_engine *e, int timeout_ms)
 {
     int64_t deadline = timeout_ms < 0 ? -1 : aks_clock_ns(NULL) / 1000000 + timeout_ms;
+    pthread_mutex_lock(&e->lock);
     e->nready = 0;
     for (;;) {
         int64_t now = aks_clock_ns(NULL) / 1000000;
@@ -487,6 +583,7 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
             timeout = deadline <= now ? 0 : (uint32_t)(deadline - now < 1000 ? deadline - now : 1000);
         e->n = 0;
         aks_add_poll(e->wake_fd, SLIRP_POLL_IN, e);
+        aks_add_poll(e->self_fd, SLIRP_POLL_IN, e);
         int first_watch = e->n;
         for (int i = 0; i < e->nwatch; i++)
             aks_add_poll(e->watch[i], SLIRP_POLL_IN, e);
@@ -495,7 +592,9 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
             if (e->nic_fd[i] >= 0 && e->nic_tx)
                 aks_add_poll(e->nic_fd[i], SLIRP_POLL_IN, e);
         int last_nic = e->n;
+        e->first_slirp = e->n;
         slirp_pollfds_fill(e->slirp, &timeout, aks_add_poll, e);
+        unsigned gen = e->gen;
         /* slirp's clock counts whole milliseconds (its delayed ACK is "2 ms
          * on that clock"): wake at the start of the millisecond it is due,
          * not `timeout` ms from now, which is up to one more. */
@@ -503,20 +602,27 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
         int64_t wait = (now_ns / 1000000 + timeout) * 1000000 - now_ns;
         if (e->events || e->nic_again || wait < 0)   /* work waiting: do not sleep */
             wait = 0;
+        e->sleep_until_ns = now_ns + wait;
         struct timespec ts = { .tv_sec = wait / 1000000000, .tv_nsec = wait % 1000000000 };
+        pthread_mutex_unlock(&e->lock);
         int rc = ppoll(e->fds, e->n, &ts, NULL);
+        pthread_mutex_lock(&e->lock);
         if (rc > 0) {
             if (e->fds[0].revents & POLLIN) {
                 aks_drain(e->wake_fd);
                 e->events |= AKS_EV_WAKE;
             }
+            if (e->fds[1].revents & POLLIN)
+                aks_drain(e->self_fd);
             for (int i = first_watch; i < first_nic; i++)
                 if (e->fds[i].revents && e->nready < AKS_WATCH_MAX) {
                     e->ready[e->nready++] = e->fds[i].fd;
                     e->events |= AKS_EV_FDS;
                 }
         }
-        slirp_pollfds_poll(e->slirp, rc < 0, aks_get_revents, e);
+        /* A vCPU's probe indexed slirp's sockets anew meanwhile: these results
+         * are not theirs (they stay pending: the next poll finds them again). */
+        slirp_pollfds_poll(e->slirp, rc < 0 || e->gen != gen, aks_get_revents, e);
         int nic = e->nic_again;
         for (int i = first_nic; rc > 0 && i < last_nic; i++)
             if (e->fds[i].revents & POLLIN) {
@@ -528,11 +634,57 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
         if (e->events) {
             int events = e->events;
             e->events = 0;
+            pthread_mutex_unlock(&e->lock);
             return events;
         }
-        if (deadline >= 0 && aks_clock_ns(NULL) / 1000000 >= deadline)
+        if (deadline >= 0 && aks_clock_ns(NULL) / 1000000 >= deadline) {
+            pthread_mutex_unlock(&e->lock);
             return AKS_EV_TIMEOUT;
+        }
     }
+}
+
+/* nicport.h's turn(), on the vCPU thread that rang the NIC's doorbell (the NIC's
+ * lock held): the NIC's turn as this thread would run it, if the lock is free and
+ * no snapshot holds the thread; then the thread is woken only if it must act:
+ * events for Python, the NIC asking to be called again, a timer moved, or a poll
+ * set or deadline other than the one it sleeps on. */
+static int aks_engine_vcpu_turn(void *opaque)
+{
+    struct aks_engine *e = opaque;
+    if (pthread_mutex_trylock(&e->lock)) {
+        __atomic_fetch_add(&e->vcpu_busy, 1, __ATOMIC_RELAXED);
+        return -1;
+    }
+    if (e->on_hold || !e->nic_tx) {
+        pthread_mutex_unlock(&e->lock);
+        return -1;
+    }
+    e->timers_moved = 0;
+    aks_nic_turn(e);
+    int timers = e->timers_moved, wake = e->events || e->nic_again;
+    if (!wake && !timers) {
+        uint32_t timeout = 1000;
+        e->probe_n = 0;
+        e->probe_differs = 0;
+        slirp_pollfds_fill(e->slirp, &timeout, aks_probe_add, e);
+        if (e->probe_differs || e->first_slirp + e->probe_n != e->n) {
+            e->gen++;
+            wake = 1;
+        } else {
+            int64_t now_ns = aks_clock_ns(NULL);
+            wake = (now_ns / 1000000 + timeout) * 1000000 < e->sleep_until_ns;
+        }
+    }
+    e->vcpu_turns++;
+    if (wake || timers)
+        e->vcpu_wakes++;
+    pthread_mutex_unlock(&e->lock);
+    if (timers)
+        aks_signal(e->wake_fd);                 /* Python's deadline moved */
+    else if (wake)
+        aks_signal(e->self_fd);
+    return 0;
 }
 
 /* The fds that were readable (AKS_EV_FDS). */
@@ -546,7 +698,9 @@ static int aks_engine_ready(struct aks_engine *e, int *fds, int max)
 /* A frame from the guest through Python (on the engine's thread). */
 static void aks_engine_input(struct aks_engine *e, const uint8_t *frame, int len)
 {
+    pthread_mutex_lock(&e->lock);
     aks_out(e, frame, (size_t)len);
+    pthread_mutex_unlock(&e->lock);
 }
 
 /* The next frame for Python: its length (copied up to cap bytes), or -1. */
@@ -568,10 +722,18 @@ static int aks_engine_queued(struct aks_engine *e)
 
 static unsigned long long aks_engine_dropped(struct aks_engine *e) { return e->dropped; }
 
-/* 0: frames to the network; 1: to the guest by C; 2: to the guest through Python */
+/* 0: frames to the network; 1: to the guest by C; 2: to the guest through Python;
+ * 3: turns vCPUs ran; 4: ... that woke the thread; 5: vCPUs that found it busy */
 static unsigned long long aks_engine_counts(struct aks_engine *e, int which)
 {
-    return which == 0 ? e->to_network : which == 1 ? e->to_guest_c : e->to_guest_python;
+    switch (which) {
+    case 0: return e->to_network;
+    case 1: return e->to_guest_c;
+    case 2: return e->to_guest_python;
+    case 3: return e->vcpu_turns;
+    case 4: return e->vcpu_wakes;
+    default: return __atomic_load_n(&e->vcpu_busy, __ATOMIC_RELAXED);
+    }
 }
 """
 

@@ -9,17 +9,22 @@ the guest (bound to 127.0.0.1 unless an address is given); `restrict=on`
 cuts the guest off from everything but its forwards.
 
 libslirp (akvm.devices._slirp, built from devices/slirp_build.py) is not
-thread-safe, so each backend has its own thread that owns its Slirp and
-makes every call into it. That thread runs a loop in C (the "engine"),
+thread-safe, so each backend has its own thread that owns its Slirp, and
+every call into it is made under the engine's lock. That thread runs a
+loop in C (the "engine"),
 which polls slirp's sockets, a wake eventfd and the descriptors the NIC
 asks it to watch, and comes back to Python only when something is
 Python's. The thread is also the NIC's worker (`worker`): the NIC's
 queue notifications are served on it, so a frame the guest sends goes
 to slirp_input() on the same thread, and what slirp sends the guest is
 queued in C for the NIC (on_frames()). A NIC with a data path in C
-(`set_native()`) is served without Python at all. Queues are bounded and
-drop (counted) when full; other threads (a vCPU) only queue frames and
-kick an eventfd, so nothing ever waits for the network.
+(`set_native()`) is served without Python at all; one that lets its vCPU
+run the turn (an `attach` function, devices/nicport.h) has the frames a
+vCPU queues sent on that vCPU, slirp's answers placed before the guest
+runs again, with no thread to wake, whenever the engine's lock is free
+(the vCPU only tries it) and no snapshot holds the thread. Queues are
+bounded and drop (counted) when full; otherwise other threads only queue
+frames and kick an eventfd, so nothing ever waits for the network.
 
 Same interface as akvm.devices.virtio.netback's backends: send(frame),
 recv(), start(worker, on_frames), pause(), resume(), close().
@@ -157,6 +162,7 @@ class UserBackend:
         self._stopping = False
         self._engine = None
         self._native = None                 # (on_python_tx, on_irq, keepalive) with a C data path
+        self._final = None                  # the engine's counters when it was freed
         from akvm.devices.virtio.netback import MAX_FRAME
         self._max_frame = MAX_FRAME
         self._queue_limit = self._slirp_mod.lib.AKS_QUEUE
@@ -210,22 +216,29 @@ class UserBackend:
         self._on_frames = on_frames
 
     def set_native(self, tx, rx, nic, fds: tuple[int, int], on_python_tx, on_irq,
-                   keepalive) -> None:
+                   keepalive, attach=None) -> None:
         """Serve the NIC's C data path on this thread (devices/nicport.h): tx and rx are
         its functions' addresses, nic its state, fds the eventfds that say "run tx";
         on_python_tx() when it leaves its transmit ring to Python, on_irq() when the
-        guest wants an interrupt. tx=None takes it back. Call on this thread."""
+        guest wants an interrupt; attach, its function that lets its vCPUs run the turn
+        themselves. tx=None takes it back. Call on this thread."""
         ffi, lib = self._slirp_mod.ffi, self._slirp_mod.lib
         if self._engine is None:
             return
         self._native = None if tx is None else (on_python_tx, on_irq, keepalive)
         pointers = (ffi.NULL if a is None else ffi.cast("void *", a) for a in (tx, rx, nic))
-        lib.aks_engine_set_nic(self._engine, *pointers, *fds)
+        lib.aks_engine_set_nic(self._engine, *pointers, *fds,
+                               ffi.NULL if attach is None else ffi.cast("void *", attach))
 
     # --- the backend's side --------------------------------------------------------------
 
     def pause(self) -> None:
         self._paused = True
+
+    def _hold(self, held: bool) -> None:
+        """No vCPU runs the NIC's turn while a snapshot holds this thread (held)."""
+        if self._engine is not None:
+            self._slirp_mod.lib.aks_engine_hold(self._engine, int(held))
 
     def resume(self) -> None:
         if self._paused:
@@ -304,8 +317,11 @@ class UserBackend:
             except Exception:               # a bug here: the link goes down, akvm runs on
                 log.exception("%s: user networking stopped", self.name)
         if self._engine is not None:
-            self._slirp_mod.lib.aks_engine_free(self._engine)
-            self._engine = None
+            engine, self._engine = self._engine, None
+            lib = self._slirp_mod.lib
+            self._final = ([lib.aks_engine_counts(engine, i) for i in range(6)],
+                           lib.aks_engine_dropped(engine))      # for --stats at exit
+            lib.aks_engine_free(engine)
 
     def _loop(self) -> None:
         lib, ffi = self._slirp_mod.lib, self._slirp_mod.ffi
@@ -347,7 +363,6 @@ class UserBackend:
 
     def _run_timers(self) -> None:
         lib, ffi = self._slirp_mod.lib, self._slirp_mod.ffi
-        slirp = lib.aks_engine_slirp(self._engine)
         now = time.monotonic_ns() // 1_000_000
         while self._heap and self._heap[0][0] <= now:
             _, seq, handle = heapq.heappop(self._heap)
@@ -355,9 +370,11 @@ class UserBackend:
             if timer is None or timer.seq != seq:
                 continue                    # freed, or re-armed since
             timer.seq = -1
-            lib.aks_timer_fire(slirp, timer.cb or ffi.NULL, timer.cb_opaque, timer.timer_id)
+            lib.aks_timer_fire(self._engine, timer.cb or ffi.NULL, timer.cb_opaque,
+                               timer.timer_id)
 
-    # --- callbacks from libslirp (on the slirp thread, inside a slirp call) -------------
+    # --- callbacks from libslirp (inside a slirp call, under the engine's lock: on the
+    # slirp thread, or on a vCPU running the NIC's turn) ------------------------------
 
     def _guest_error(self, message: str) -> None:
         self.guest_errors += 1
@@ -382,9 +399,21 @@ class UserBackend:
         """(frames to the network, to the guest by C, to the guest through Python, dropped)."""
         lib, e = self._slirp_mod.lib, self._engine
         if e is None:
-            return self.sent, 0, self.received, self.dropped
+            if self._final is None:
+                return self.sent, 0, self.received, self.dropped
+            (network, by_c, by_python, *_), dropped = self._final
+            return network, by_c, by_python, self.dropped + dropped
         return (lib.aks_engine_counts(e, 0), lib.aks_engine_counts(e, 1),
                 lib.aks_engine_counts(e, 2), self.dropped + lib.aks_engine_dropped(e))
+
+    @property
+    def vcpu_turns(self) -> tuple[int, int, int]:
+        """(turns vCPUs ran themselves, how many of them woke this thread, vCPUs that
+        found the engine busy and left the turn to it)."""
+        lib, e = self._slirp_mod.lib, self._engine
+        if e is None:
+            return (0, 0, 0) if self._final is None else tuple(self._final[0][3:6])
+        return tuple(lib.aks_engine_counts(e, i) for i in (3, 4, 5))
 
 
 class EngineWorker(HoldBetweenCalls):
@@ -406,6 +435,16 @@ class EngineWorker(HoldBetweenCalls):
 
     def call(self, fn) -> None:
         self._backend.call(fn)
+
+    def pause(self, timeout: float) -> bool:
+        """Hold the thread, and keep vCPUs from running the NIC's turn meanwhile: what the
+        guest queues stays in the NIC (a snapshot saves it) until resume()."""
+        self._backend._hold(True)
+        return super().pause(timeout)
+
+    def resume(self) -> None:
+        super().resume()
+        self._backend._hold(False)
 
     def start(self) -> None:
         """Running since the backend was made."""

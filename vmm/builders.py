@@ -53,8 +53,9 @@ def add_virtio(machine, device, spec) -> None:
     """Put `device` on the transport the spec asks for; the machine serves it from run()."""
     machine.virtio_devices.append(device)
     if spec.values["transport"] == "pci":
-        machine.pci.add(VirtioPci(device, ioeventfd=_ioeventfd(machine),
-                                  irqfd=machine.msi_irqfds()))
+        transport = VirtioPci(device, ioeventfd=_ioeventfd(machine), irqfd=machine.msi_irqfds())
+        transport.fastpath = machine.fastpath   # a notify address may complete in C
+        machine.pci.add(transport)
         return
     slot = sum(1 for d in machine.virtio_devices if isinstance(d.transport, VirtioMmio))
     if slot >= len(layout.VIRTIO_MMIO_GSIS):

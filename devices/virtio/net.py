@@ -10,8 +10,12 @@ the device stops reading the backend, so frames wait there, not here.
 
 On a backend with a loop in C (user networking) and with direct DMA, the
 queues are served in C on the backend's thread from DRIVER_OK on
-(akvm.devices.virtio.netq, netq.c): no Python runs per frame. A reset takes
-them back; so does C when it meets what Python must report.
+(akvm.devices.virtio.netq, netq.c): no Python runs per frame. On virtio-pci
+with the machine's fast path, the transmit queue's notify address then
+completes in C on the vCPU (in place of its ioeventfd), which hands the
+frames to libslirp itself when the backend lets it (nicport.h), as the
+e1000's TDT write does. A reset takes them back; so does C when it meets
+what Python must report.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ class VirtioNet(VirtioDevice):
         struct.pack_into("<6sHHH", self.config, 0, mac, VIRTIO_NET_S_LINK_UP, 1, MTU)
         self._held: bytes | None = None        # a frame read while no buffer was posted
         self.rx_frames = self.tx_frames = self.rx_dropped = 0
+        self.notify_exits = self.sent_by_vcpu = 0   # transmit notifications C completed
         self.native = True                     # serve the queues in C where the backend can
         self._native = None                    # NativeNetQueues while C serves them
 
@@ -94,6 +99,12 @@ class VirtioNet(VirtioDevice):
         self._held = None if state["held"] is None else unpack(state["held"])
         restore_counters(self, state, self._COUNTERS)
 
+    def close(self) -> None:
+        native = self._native
+        if native is not None:
+            native.stop()           # C's notify handler kicks no eventfd from now on
+        super().close()
+
     def on_close(self) -> None:
         self.backend.close()
 
@@ -116,9 +127,15 @@ class VirtioNet(VirtioDevice):
             self._native = native
         for fd in self.kick_fds:
             self.worker.unwatch(fd)
+        from akvm.devices.virtio.netq import address
+        native.set_kick(self.kick_fds[TRANSMITQ])
         self.backend.set_native(native.tx_function, native.rx_function, native.address,
                                 tuple(self.kick_fds), self._native_gave_back,
-                                self._native_interrupts, native)
+                                self._native_interrupts, native,
+                                attach=address("akvm_vnetq_attach"))
+        notify_in_c = getattr(self.transport, "notify_in_c", None)
+        if notify_in_c is not None:
+            notify_in_c(TRANSMITQ, "akvm_vnetq_exit", native)
         self._kick_native()
 
     def _kick_native(self) -> None:
@@ -137,6 +154,8 @@ class VirtioNet(VirtioDevice):
         self.rx_frames += counts["rx_frames"]
         self.rx_dropped += counts["rx_dropped"]
         self.errors += counts["errors"]
+        self.notify_exits += counts["notifies"]
+        self.sent_by_vcpu += counts["direct"]
         if signal and self.transport is not None:
             for irq, vq in ((rx_irq, self.queues[RECEIVEQ]), (tx_irq, self.queues[TRANSMITQ])):
                 if irq:
@@ -156,6 +175,9 @@ class VirtioNet(VirtioDevice):
             self.receive()
 
     def _leave_native(self) -> None:
+        notify_in_kernel = getattr(self.transport, "notify_in_kernel", None)
+        if notify_in_kernel is not None:
+            notify_in_kernel(TRANSMITQ)         # no vCPU in netq.c's handler from now on
         self.backend.set_native(None, None, None, (-1, -1), None, None, None)
         self._native = None
         for i, fd in enumerate(self.kick_fds):
@@ -238,9 +260,12 @@ class VirtioNet(VirtioDevice):
     def stats(self) -> dict:
         self._native_poll(signal=False)
         return {**super().stats(), "tx_frames": self.tx_frames, "rx_frames": self.rx_frames,
-                "rx_dropped": self.rx_dropped + self.backend.dropped}
+                "rx_dropped": self.rx_dropped + self.backend.dropped,
+                "tx_notify_exits_in_c": self.notify_exits, "tx_sent_by_vcpu": self.sent_by_vcpu}
 
     def format_stats(self, s: dict | None = None) -> str:
         s = s or self.stats()
         return (f"{self.name}: {s['tx_frames']} frames out, {s['rx_frames']} in, "
-                f"{s['rx_dropped']} dropped, {s['errors']} errors")
+                f"{s['rx_dropped']} dropped, {s['errors']} errors; "
+                f"{s['tx_notify_exits_in_c']} transmit notifications in C "
+                f"({s['tx_sent_by_vcpu']} sent by the vCPU)")

@@ -19,21 +19,36 @@
  * backend calls again at once), so a driver that keeps sending does not
  * exit for each batch either.
  *
+ * With a backend that lets a vCPU run its turn (nicport.h: attach()), the
+ * transmit queue's notify address completes in C on the vCPU
+ * (akvm_vnetq_exit, in place of its ioeventfd): the vCPU runs the turn
+ * itself, so the frames reach the network, and its answers the receive
+ * queue, before the guest runs again, with no thread to wake. That turn
+ * leaves notifications on when it is done (the next notify is as cheap as
+ * the turn it saves); when the backend cannot take it, the kick eventfd
+ * wakes its thread as the ioeventfd would.
+ *
  * Anything Python would report (a broken chain, a ring word outside guest
  * RAM) ends C's turn untouched and gives the queues back to Python, which
  * then finds the same thing and asks for a reset. */
+#include <linux/kvm.h>
 #include <linux/virtio_ring.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "netq.h"
 #include "virtq.h"
 
 struct akvm_netq {
-	pthread_mutex_t lock;
+	pthread_mutex_t lock;		/* recursive: a vCPU's turn comes back into tx/rx */
 	int stopped, given_back;
+	akvm_nic_turn_fn turn;		/* the backend's turn a vCPU may run (nicport.h) */
+	void *engine;
+	int in_vcpu;			/* that turn is running (on the thread holding the lock) */
+	int kick_fd;			/* the transmit queue's eventfd: the thread's turn instead */
 	struct akvm_netq_config c;
 	struct akvm_netq_stats stats;
 	const struct akvm_mem_slot *slots;
@@ -163,10 +178,11 @@ int akvm_vnetq_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 			code = give_back(q);
 			goto out;
 		}
-		if (!n && pushed) {
+		if (!n && pushed && !q->in_vcpu) {
 			/* Busy: leave notifications off and look again on the next
 			 * turn of the loop, after the network had its say; a
-			 * sending driver then need not notify for each batch. */
+			 * sending driver then need not notify for each batch. (A
+			 * vCPU's turn does not: the thread would have to wake.) */
 			code |= AKVM_NIC_AGAIN;
 			break;
 		}
@@ -283,7 +299,12 @@ struct akvm_netq *akvm_vnetq_new(const struct akvm_netq_config *config,
 	struct akvm_netq *q = calloc(1, sizeof(*q));
 	if (!q)
 		return NULL;
-	pthread_mutex_init(&q->lock, NULL);
+	pthread_mutexattr_t attr;
+	pthread_mutexattr_init(&attr);
+	pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+	pthread_mutex_init(&q->lock, &attr);
+	pthread_mutexattr_destroy(&attr);
+	q->kick_fd = -1;
 	q->c = *config;
 	q->slots = slots;
 	q->nslots = nslots;
@@ -298,10 +319,59 @@ void akvm_vnetq_free(struct akvm_netq *q)
 	free(q);
 }
 
+/* nicport.h's attach(): once it returns, no vCPU is inside the turn it replaced. */
+void akvm_vnetq_attach(void *opaque, akvm_nic_turn_fn turn, void *engine)
+{
+	struct akvm_netq *q = opaque;
+
+	pthread_mutex_lock(&q->lock);
+	q->turn = turn;
+	q->engine = engine;
+	pthread_mutex_unlock(&q->lock);
+}
+
+void akvm_vnetq_set_kick(struct akvm_netq *q, int fd)
+{
+	pthread_mutex_lock(&q->lock);
+	q->kick_fd = fd;
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* The vCPU's exit handler (akvm_exit_fn) for the transmit queue's notify
+ * address: a write runs the backend's turn here, or kicks its thread. */
+int akvm_vnetq_exit(void *opaque, void *kvm_run)
+{
+	struct akvm_netq *q = opaque;
+	struct kvm_run *run = kvm_run;
+	uint64_t one = 1;
+	int fd;
+
+	if (run->exit_reason != KVM_EXIT_MMIO || !run->mmio.is_write)
+		return 0;
+	pthread_mutex_lock(&q->lock);
+	q->stats.notifies++;
+	if (q->turn && !q->stopped && !q->given_back) {
+		q->in_vcpu = 1;
+		int r = q->turn(q->engine);
+		q->in_vcpu = 0;
+		if (r == 0) {
+			q->stats.direct++;
+			pthread_mutex_unlock(&q->lock);
+			return 1;
+		}
+	}
+	fd = q->kick_fd;
+	pthread_mutex_unlock(&q->lock);
+	if (fd >= 0 && write(fd, &one, sizeof(one)) < 0)
+		return 1;			/* (EAGAIN: kicked already) */
+	return 1;
+}
+
 void akvm_vnetq_stop(struct akvm_netq *q)
 {
 	pthread_mutex_lock(&q->lock);
 	q->stopped = 1;
+	q->kick_fd = -1;
 	pthread_mutex_unlock(&q->lock);
 }
 

@@ -29,6 +29,7 @@ struct akvm_netq_config {
 };
 struct akvm_netq_stats {
 	unsigned long long tx_frames, rx_frames, rx_dropped, errors;
+	unsigned long long notifies, direct;	/* notify exits in C; turns the vCPU ran */
 };
 struct akvm_netq;
 struct akvm_netq *akvm_vnetq_new(const struct akvm_netq_config *config,
@@ -41,5 +42,10 @@ int akvm_vnetq_state(struct akvm_netq *q, struct akvm_netq_config *out,
 		     struct akvm_netq_stats *stats);
 int akvm_vnetq_tx(void *q, akvm_nic_out_fn out, void *ctx);
 int akvm_vnetq_rx(void *q, const uint8_t *frame, size_t len);
+void akvm_vnetq_attach(void *q, akvm_nic_turn_fn turn, void *engine);
+/* The transmit queue's notify address in C (the transport's choice, instead of
+ * its ioeventfd): the vCPU runs the attached turn, or writes fd (its kick eventfd). */
+void akvm_vnetq_set_kick(struct akvm_netq *q, int fd);
+int akvm_vnetq_exit(void *q, void *kvm_run);
 
 #endif

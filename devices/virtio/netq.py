@@ -48,8 +48,14 @@ class NativeNetQueues:
         return int(ffi.cast("uintptr_t", self.handle))
 
     def stop(self) -> None:
-        """No guest memory access from now on (returns after the turn in progress)."""
+        """No guest memory access from now on (returns after the turn in progress), and
+        no kick from the notify handler."""
         lib.akvm_vnetq_stop(self.handle)
+
+    def set_kick(self, fd: int) -> None:
+        """The eventfd the notify handler (akvm_vnetq_exit) writes when the vCPU cannot run
+        the backend's turn itself."""
+        lib.akvm_vnetq_set_kick(self.handle, fd)
 
     def poll(self) -> tuple[bool, bool, bool, dict]:
         """(given back to Python, receive queue wants an interrupt, transmit queue wants
@@ -58,7 +64,8 @@ class NativeNetQueues:
         s = self._stats
         return (given_back, bool(self._state.rx.irq), bool(self._state.tx.irq),
                 {"tx_frames": s.tx_frames, "rx_frames": s.rx_frames,
-                 "rx_dropped": s.rx_dropped, "errors": s.errors})
+                 "rx_dropped": s.rx_dropped, "errors": s.errors,
+                 "notifies": s.notifies, "direct": s.direct})
 
     def store(self, rxq, txq) -> None:
         """The queues' state back into the Virtqueues (after stop(), or once given back)."""

@@ -15,7 +15,10 @@ MSI-X (one vector per queue and one for configuration changes) in BAR1.
 Notifications: each queue's notify address is a KVM ioeventfd on the
 queue's kick eventfd when the machine provides one (a 16-bit write then
 never leaves the kernel); any other write reaches write() below and kicks
-the queue the same way. Interrupts: MSI-X when the driver enabled it,
+the queue the same way. A device may ask for a queue's notify address to
+complete in C on the vCPU instead (notify_in_c(), with the machine's fast
+path): virtio-net on user networking does, so that the vCPU hands what
+the guest sends to libslirp itself. Interrupts: MSI-X when the driver enabled it,
 else INTx with the ISR. Given `irqfd` (a new_irqfd(address, data) factory,
 see PciDevice.use_irqfds) each MSI-X vector the driver unmasks is an
 eventfd bound to a KVM MSI route that follows the vector's table entry, and
@@ -124,6 +127,9 @@ class VirtioPci(PciDevice):
         c.set_wmask(self.pci_cfg + CAP_LENGTH, 4, 0xFFFF_FFFF)
         c.set_wmask(self.pci_cfg + PCI_CFG_DATA, 4, 0xFFFF_FFFF)
         self._registered: list[tuple[int, int]] = []     # (fd, addr) ioeventfds in KVM
+        self.fastpath = None            # the machine's (akvm.base.runloop.FastPath), if any
+        self._regs_base: int | None = None
+        self._in_c: dict[int, list] = {}        # queue -> [C function, owner, handler id]
         if irqfd is not None:
             self.use_irqfds(irqfd)
         self._reset_transport()
@@ -324,26 +330,77 @@ class VirtioPci(PciDevice):
 
     def bar_moved(self, bar, old, new) -> None:
         super().bar_moved(bar, old, new)
-        if bar.index == REGS_BAR and self.ioeventfd is not None:
-            self._move_ioeventfds(new)
+        if bar.index == REGS_BAR:
+            self._regs_base = new
+            if self.ioeventfd is not None:
+                self._move_ioeventfds(new)
+            for index in self._in_c:
+                self._place_in_c(index)
 
     def _move_ioeventfds(self, base: int | None) -> None:
         for fd, addr in self._registered:
-            try:
-                self.ioeventfd(fd, addr, 2, deassign=True)
-            except OSError as e:
-                log.warning("%s: ioeventfd at %#x not removed: %s", self.name, addr, e)
+            self._deassign(fd, addr)
         self._registered = []
         if base is None:
             return
-        for i, fd in enumerate(self.device.kick_fds):
-            addr = base + NOTIFY_CFG_OFFSET + i * NOTIFY_OFF_MULTIPLIER
-            try:
-                self.ioeventfd(fd, addr, 2)
-            except OSError as e:             # the MMIO exit path still works
-                log.warning("%s: no ioeventfd at %#x: %s", self.name, addr, e)
-                continue
-            self._registered.append((fd, addr))
+        for i in range(len(self.device.kick_fds)):
+            if i not in self._in_c:
+                self._assign(i, base)
+
+    def _assign(self, index: int, base: int) -> None:
+        fd, addr = self.device.kick_fds[index], base + NOTIFY_CFG_OFFSET + index * NOTIFY_OFF_MULTIPLIER
+        try:
+            self.ioeventfd(fd, addr, 2)
+        except OSError as e:             # the MMIO exit path still works
+            log.warning("%s: no ioeventfd at %#x: %s", self.name, addr, e)
+            return
+        self._registered.append((fd, addr))
+
+    def _deassign(self, fd: int, addr: int) -> None:
+        try:
+            self.ioeventfd(fd, addr, 2, deassign=True)
+        except OSError as e:
+            log.warning("%s: ioeventfd at %#x not removed: %s", self.name, addr, e)
+
+    def notify_in_c(self, index: int, function: str, owner) -> bool:
+        """Queue `index`'s notify address completes in C on the vCPU: `function` (an
+        akvm_exit_fn, with owner.handle) in place of the queue's ioeventfd. False when
+        there is no fast path to do it with."""
+        if self.fastpath is None:
+            return False
+        from akvm.base.runloop import MMIO
+        with self.lock:
+            self.notify_in_kernel(index)
+            self._in_c[index] = [function, owner, None, MMIO]
+            self._place_in_c(index)          # the handler first: no write is lost between
+            if self.ioeventfd is not None:
+                addr = None if self._regs_base is None else \
+                    self._regs_base + NOTIFY_CFG_OFFSET + index * NOTIFY_OFF_MULTIPLIER
+                for fd, at in [r for r in self._registered if r[1] == addr]:
+                    self._deassign(fd, at)
+                    self._registered.remove((fd, at))
+        return True
+
+    def notify_in_kernel(self, index: int) -> None:
+        """Back to the queue's ioeventfd (or write()); once this returns no vCPU is in the
+        C function notify_in_c() gave."""
+        with self.lock:
+            entry = self._in_c.pop(index, None)
+            if entry is None:
+                return
+            if self.ioeventfd is not None and self._regs_base is not None:
+                self._assign(index, self._regs_base)
+            if entry[2] is not None:
+                self.fastpath.remove(entry[2])
+
+    def _place_in_c(self, index: int) -> None:
+        entry = self._in_c[index]
+        if entry[2] is not None:
+            self.fastpath.remove(entry[2])
+            entry[2] = None
+        if self._regs_base is not None:
+            entry[2] = self.fastpath.add(entry[3], self._regs_base + NOTIFY_CFG_OFFSET +
+                                         index * NOTIFY_OFF_MULTIPLIER, 2, entry[0], entry[1])
 
     # --- VIRTIO_PCI_CAP_PCI_CFG: BAR access through configuration space -----------------
 

@@ -21,7 +21,8 @@ pytestmark = [needs_kvm, pytest.mark.skipif(not os.path.isfile(AKAROS),
                                             reason="set AKVM_AKAROS_KERNEL to an upstream Akaros kernel")]
 MAC = "02:41:4b:56:4d:01"
 MONITOR = r"ROS\(Core 0\)> "
-STATS = (r"^\s*e1000-0: .*0 errors; \d+ TDT/RDT writes in C; \d+ interrupts; link up, "
+STATS = (r"^\s*e1000-0: .*0 errors; \d+ TDT/RDT writes in C \(\d+ sent by the vCPU\); "
+         r"\d+ interrupts; link up, "
          r"([1-9]\d*) autonegotiations")
 
 

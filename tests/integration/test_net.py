@@ -119,9 +119,14 @@ def test_virtio_net_pci_and_mmio_on_user_networking(akvm_guest_factory, line_ser
     assert "net: virtio-net mmio mac 02:41:4b:56:4d:02, DMA to physical addresses" in out
     guest.close()
     for nic in ("virtio-net0", "virtio-net1"):
-        m = re.search(rf"^\s*{nic}: (\d+) frames out, (\d+) in, 0 dropped, 0 errors", guest.serial_log,
+        m = re.search(rf"^\s*{nic}: (\d+) frames out, (\d+) in, 0 dropped, 0 errors; (\d+) "
+                      r"transmit notifications in C \((\d+) sent by the vCPU\)", guest.serial_log,
                       re.M)
         assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
+        if nic == "virtio-net0":        # PCI: the transmit notify completes in C, the vCPU
+            assert 0 < int(m.group(4)) <= int(m.group(3)), m.group(0)    # runs libslirp
+        else:                           # virtio-mmio: its ioeventfd and the engine's thread
+            assert int(m.group(3)) == 0, m.group(0)
 
 
 def test_virtio_net_behind_the_iommu(akvm_guest_factory, line_server):
@@ -167,8 +172,10 @@ def test_e1000_on_user_networking(akvm_guest_factory, line_server):
     assert "net: e1000 mac 02:00:00:00:10:00, DMA to physical addresses" in out
     guest.close()
     m = re.search(r"^\s*e1000-0: (\d+) frames out, (\d+) in, 0 dropped, 0 errors; ([1-9]\d*) "
-                  r"TDT/RDT writes in C; 1 interrupts; link up", guest.serial_log, re.M)
+                  r"TDT/RDT writes in C \((\d+) sent by the vCPU\); 1 interrupts; link up",
+                  guest.serial_log, re.M)
     assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
+    assert 0 < int(m.group(4)) <= int(m.group(3))      # the vCPU runs libslirp's input
 
 
 def test_e1000_behind_the_iommu(akvm_guest_factory, line_server):

@@ -265,3 +265,203 @@ def test_backend_choice_errors(text, message):
     from akvm.builders import net_backend
     with pytest.raises(ConfigError, match=f"^{message}"):
         net_backend(parse_device(text))
+
+
+class E1000OnSlirp:
+    """An e1000 with direct DMA on a real UserBackend (its rings in C on the backend's
+    thread), driven by hand: TDT written through the vCPU's exit handler, as KVM_RUN
+    would hand it over."""
+
+    RING, TX, RX, BUFS, TXBUF = 16, 0x1000, 0x2000, 0x10000, 0x8000
+
+    def __init__(self):
+        from akvm.base.bus import Bus
+        from akvm.base.dma import DirectDma
+        from akvm.base.irq import IrqLine
+        from akvm.base.memory import GuestMemory
+        from akvm.devices import e1000 as E
+        from akvm.devices.pci import PciRoot
+        from akvm.devices.pci.config import COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE
+        from tests.unit.test_fastpath import RunPage
+        self.E = E
+        self.mem = GuestMemory.from_bytearray(1 << 20)
+        self.backend = slirp_or_skip()()
+        self.dev = E.E1000(self.backend, GUEST_MAC)
+        root = PciRoot(None, Bus("mmio"), mmio_window=(0xC000_0000, 0xE000_0000), io_window=None,
+                       irq=lambda gsi: IrqLine(gsi), dma=lambda rid: DirectDma(self.mem))
+        root.add(self.dev)
+        self.dev.set_command(COMMAND_BUS_MASTER | COMMAND_MEMORY_SPACE)
+        for i in range(self.RING):
+            self.mem.write(self.RX + 16 * i, (self.BUFS + 2048 * i).to_bytes(8, "little"))
+        for reg, value in ((E.TDBAL, self.TX), (E.TDLEN, self.RING * 16), (E.TCTL, E.TCTL_EN),
+                           (E.RDBAL, self.RX), (E.RDLEN, self.RING * 16),
+                           (E.RCTL, E.RCTL_EN | E.RCTL_BAM | E.RCTL_SECRC),
+                           (E.RDT, self.RING - 1)):
+            self.dev.write(reg, 4, value)
+        self.dev.start()
+        end = time.monotonic() + 5
+        while not self.dev.s.native and time.monotonic() < end:
+            time.sleep(0.005)
+        assert self.dev.s.native
+        self.run_page = RunPage()
+        self.tail = 0
+        self.rx_next = 0
+
+    def send(self, frame):
+        """One frame in the next transmit descriptor, then the vCPU's TDT write."""
+        from akvm.base.native import ffi, lib
+        E = self.E
+        t = self.tail
+        self.mem.write(self.TXBUF + 2048 * t, frame)
+        cmd = E.TXD_CMD_EOP | E.TXD_CMD_IFCS | E.TXD_CMD_RS
+        self.mem.write(self.TX + 16 * t, (self.TXBUF + 2048 * t).to_bytes(8, "little") +
+                       (len(frame) | cmd << 24).to_bytes(8, "little"))
+        self.tail = (t + 1) % self.RING
+        self.run_page.mmio(self.dev.bar_address(0) + E.TDT, 4, True, self.tail)
+        assert lib.akvm_e1000_exit(self.dev.handle, ffi.cast("void *", self.run_page.address))
+
+    def received(self):
+        """The next received frame if its descriptor is done (FCS cut), else None."""
+        desc = self.mem.read(self.RX + 16 * self.rx_next, 16)
+        if not desc[12] & self.E.RXD_STAT_DD:
+            return None
+        length = int.from_bytes(desc[8:10], "little")
+        frame = self.mem.read(self.BUFS + 2048 * self.rx_next, length)
+        self.rx_next += 1
+        return F.parse(frame)                   # (RCTL.SECRC: no FCS)
+
+    def wait_received(self, timeout=5.0):
+        end = time.monotonic() + timeout
+        while (f := self.received()) is None and time.monotonic() < end:
+            time.sleep(0.002)
+        return f
+
+    def close(self):
+        self.dev.close()
+
+
+def arp_for_the_gateway():
+    return from_guest(F.arp_request(GUEST_MAC, GUEST, GATEWAY), F.ETH_ARP, F.BROADCAST)
+
+
+def test_e1000_frames_reach_slirp_on_the_vcpu_and_the_answer_is_there_at_once():
+    """A TDT write runs the engine's turn on the vCPU itself (no thread to wake): the
+    frame reaches libslirp, and slirp's answer is in the receive ring before the exit
+    handler returns. (The engine's thread may be busy at that moment: the vCPU then leaves
+    the turn to it, so a few tries are allowed.)"""
+    nic = E1000OnSlirp()
+    try:
+        for _ in range(10):
+            before = nic.dev.s.direct
+            nic.send(arp_for_the_gateway())
+            if nic.dev.s.direct > before:
+                reply = nic.received()          # no wait: placed within the exit
+                assert reply is not None and reply.arp_op == 2
+                assert reply.arp_sender == (b"\x52\x55" + socket.inet_aton(GATEWAY), GATEWAY)
+                break
+            assert nic.wait_received().arp_op == 2
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the vCPU never ran the turn itself")
+        assert nic.backend.vcpu_turns[0] >= 1
+        assert nic.dev.stats()["sent_by_vcpu"] == nic.dev.s.direct
+    finally:
+        nic.close()
+
+
+def test_e1000_frame_sent_while_a_snapshot_holds_the_thread_waits_and_is_not_lost():
+    """pause() holds the backend's thread and keeps vCPUs from running its turn: the frame
+    a TDT write gathers stays in the NIC's queue (where a snapshot saves it), nothing
+    reaches slirp, and after resume() the thread sends it."""
+    nic = E1000OnSlirp()
+    try:
+        to_network = nic.backend.counts[0]
+        direct = nic.dev.s.direct
+        assert nic.dev.pause(5)
+        try:
+            frame = arp_for_the_gateway()
+            nic.send(frame)
+            time.sleep(0.05)
+            assert nic.dev.s.direct == direct and nic.backend.counts[0] == to_network
+            assert [q[:len(frame)] for q in nic.dev._queued_frames()] == [frame]
+            assert len(nic.dev.device_snapshot()["queued"]) == 1
+            assert nic.received() is None
+        finally:
+            nic.dev.resume()
+        reply = nic.wait_received()
+        assert reply is not None and reply.arp_op == 2
+        assert nic.backend.counts[0] == to_network + 1 and nic.dev._queued_frames() == []
+    finally:
+        nic.close()
+
+
+def test_e1000_after_close_the_vcpu_no_longer_enters_the_engine():
+    """close() frees the engine only once the NIC is detached from it: a later TDT write
+    falls back to the queue (no use of freed memory)."""
+    nic = E1000OnSlirp()
+    nic.close()
+    direct = nic.dev.s.direct
+    nic.dev.s.native = 1                # as if a vCPU raced the close: still no turn
+    nic.send(arp_for_the_gateway())
+    assert nic.dev.s.direct == direct
+
+
+def test_virtio_net_transmit_notify_in_c_runs_slirp_on_the_vcpu():
+    """With the queues in C, the transport is asked to complete the transmit queue's notify
+    address in C (netq.c's handler, not its ioeventfd); a notify there runs the engine's
+    turn on the vCPU: the DHCP DISCOVER reaches slirp and the OFFER is in the receive
+    queue when the handler returns. A reset gives the address back to the kernel."""
+    import os
+    from akvm.base.native import ffi, lib
+    from akvm.devices.virtio.net import HDR, TRANSMITQ, VirtioNet
+    from tests.unit.test_fastpath import RunPage
+    from tests.unit.virtio_driver import DATA, Recorder, bring_up, new_memory, wait_for
+
+    class Transport(Recorder):
+        def __init__(self):
+            super().__init__()
+            self.in_c = {}
+
+        def notify_in_c(self, index, function, owner):
+            self.in_c[index] = (function, owner)
+            return True
+
+        def notify_in_kernel(self, index):
+            self.in_c.pop(index, None)
+
+    dev = VirtioNet(slirp_or_skip()(), GUEST_MAC)
+    dev.transport = transport = Transport()
+    mem = new_memory()
+    rx, tx = bring_up(dev, mem)
+    dev.start()
+    run_page = RunPage()
+    try:
+        assert wait_for(lambda: TRANSMITQ in transport.in_c)
+        function, native = transport.in_c[TRANSMITQ]
+        assert function == "akvm_vnetq_exit" and native is dev._native
+        discover = from_guest(F.dhcp(GUEST_MAC, F.DHCP_DISCOVER), dst=F.BROADCAST)
+        for attempt in range(10):
+            rx.add([(DATA + 0x80000 + 0x1000 * attempt, 2048, True)])
+            os.eventfd_write(dev.kick_fds[0], 1)
+            time.sleep(0.05)                    # (the engine's thread takes the buffer)
+            used = rx.used_idx
+            mem.write(DATA + 0x1000 * attempt, bytes(HDR.size) + discover)
+            tx.add([(DATA + 0x1000 * attempt, HDR.size + len(discover), False)])
+            run_page.mmio(0xC000_3004, 2, True, TRANSMITQ)
+            assert lib.akvm_vnetq_exit(native.handle, ffi.cast("void *", run_page.address))
+            stats = dev.stats()
+            if stats["tx_sent_by_vcpu"]:
+                assert rx.used_idx == used + 1          # the OFFER, placed within the exit
+                break
+            assert wait_for(lambda: rx.used_idx == used + 1)
+        else:
+            raise AssertionError("the vCPU never ran the turn itself")
+        (_, n), = rx.take_used()[-1:]
+        offer = F.parse(mem.read(DATA + 0x80000 + 0x1000 * attempt + HDR.size, n - HDR.size))
+        assert offer.dhcp["yiaddr"] == GUEST
+        assert stats["tx_notify_exits_in_c"] == attempt + 1
+        assert dev.backend.vcpu_turns[0] >= 1
+        dev.reset()
+        assert wait_for(lambda: TRANSMITQ not in transport.in_c)
+    finally:
+        dev.close()

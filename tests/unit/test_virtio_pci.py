@@ -268,6 +268,46 @@ def test_ioeventfds_follow_bar0():
     machine.device.close()
 
 
+class RecordingFastPath:
+    def __init__(self):
+        self.handlers, self.next_id = {}, 0
+
+    def add(self, bus, base, size, function, owner):
+        self.next_id += 1
+        self.handlers[self.next_id] = (base, size, function, owner)
+        return self.next_id
+
+    def remove(self, hid):
+        del self.handlers[hid]
+
+
+def test_a_notify_address_in_c_replaces_its_ioeventfd_and_follows_bar0():
+    """notify_in_c(): the queue's ioeventfd goes and a C handler takes its address (added
+    first, so no write is lost), moves with BAR0, and notify_in_kernel() swaps them back."""
+    calls = []
+    machine = Machine(VirtioRng(), ioeventfd=lambda fd, addr, length, datamatch=None,
+                      deassign=False: calls.append((fd, addr, deassign)))
+    fast = machine.pci.fastpath = RecordingFastPath()
+    notify = machine.region(VIRTIO_PCI_CAP_NOTIFY_CFG)
+    fd = machine.device.kick_fds[0]
+    owner = object()
+    assert machine.pci.notify_in_c(0, "akvm_vnetq_exit", owner)
+    assert list(fast.handlers.values()) == [(notify, 2, "akvm_vnetq_exit", owner)]
+    assert calls == [(fd, notify, False), (fd, notify, True)]
+    machine.pci.set_bar_address(0, 0xD000_0000)
+    assert list(fast.handlers.values()) == [(0xD000_3000, 2, "akvm_vnetq_exit", owner)]
+    assert calls[2:] == []                      # no ioeventfd for that queue meanwhile
+    machine.pci.notify_in_kernel(0)
+    assert fast.handlers == {} and calls[2:] == [(fd, 0xD000_3000, False)]
+    machine.device.close()
+
+
+def test_without_a_fast_path_the_notify_address_stays_in_the_kernel():
+    machine = Machine(VirtioRng())
+    assert not machine.pci.notify_in_c(0, "akvm_vnetq_exit", object())
+    machine.device.close()
+
+
 def test_failed_ioeventfd_falls_back_to_the_exit_path():
     def refuse(*a, **kw):
         raise OSError(22, "no")
