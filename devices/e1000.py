@@ -362,7 +362,9 @@ class E1000(PciDevice):
     def _go_native(self) -> None:
         """The rings in C on the backend's thread (devices/e1000.c): TDT and RDT writes
         complete in the vCPU's exit handler and wake that thread."""
+        from akvm.devices.virtio.worker import closed_with
         self._kick = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._close_kick = closed_with(self, [self._kick])
         with self._locked():
             lib.akvm_e1000_use_ram(self.handle, self._slots, len(self._slots))
             self.s.kick_fd = self._kick
@@ -408,7 +410,7 @@ class E1000(PciDevice):
             self.fastpath.remove(self._fastpath_id)
             self._fastpath_id = None
         if self._kick >= 0:
-            os.close(self._kick)
+            self._close_kick()
             self._kick = -1
 
     def _locked(self):

@@ -30,7 +30,7 @@ import threading
 from akvm.base.dma import DmaError
 from akvm.devices.state import SnapshotUnsupported, pack, restore_counters, save_counters, unpack
 from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
-from akvm.devices.virtio.worker import Worker, drain_eventfd, new_eventfd
+from akvm.devices.virtio.worker import Worker, closed_with, drain_eventfd, new_eventfd
 from akvm.devices.virtio.spec import (
     VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_ID_BLOCK, VIRTIO_ID_CONSOLE, VIRTIO_ID_ENTROPY, VIRTIO_ID_NET, VIRTIO_STATUS_ACKNOWLEDGE, VIRTIO_STATUS_DEVICE_NEEDS_RESET, VIRTIO_STATUS_DRIVER, VIRTIO_STATUS_DRIVER_OK, VIRTIO_STATUS_FAILED, VIRTIO_STATUS_FEATURES_OK,
 )
@@ -128,6 +128,7 @@ class VirtioDevice:
         self.platform_dma = None
         self.dma = None                    # the one in use since FEATURES_OK
         self.kick_fds = [new_eventfd() for _ in queue_sizes]
+        self._close_kicks = closed_with(self, self.kick_fds)
         self.worker: Worker | None = None
         self.requests = 0
         self.errors = 0
@@ -194,8 +195,9 @@ class VirtioDevice:
     def close(self) -> None:
         """Stop the thread (bounded: Worker.stop) and release what the device holds."""
         if self.worker is None or self.worker.stop():
-            for fd in self.kick_fds:
-                os.close(fd)
+            self._close_kicks()
+        else:
+            self._close_kicks.detach()     # the thread that did not stop may still poll them
         self.kick_fds = []
         self.on_close()
 

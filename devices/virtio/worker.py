@@ -13,6 +13,7 @@ import logging
 import os
 import selectors
 import threading
+import weakref
 from typing import Callable
 
 from akvm.devices.state import HoldBetweenCalls
@@ -24,6 +25,17 @@ JOIN_S = 0.5            # how long stop() waits for the thread to finish what it
 
 def new_eventfd() -> int:
     return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def closed_with(owner, fds) -> weakref.finalize:
+    """A call that closes `fds` once: made by owner.close(), or when owner is collected
+    without it (a model built and dropped by a test or tools/fuzz) so nothing leaks."""
+    return weakref.finalize(owner, _close_all, tuple(fds))
+
+
+def _close_all(fds) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def drain_eventfd(fd: int) -> None:

@@ -11,6 +11,7 @@ interrupt line.
 """
 import os
 import struct
+import weakref
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -50,6 +51,7 @@ class Side:
             self.slots = native_slots(self.mem)
             lib.akvm_e1000_use_ram(self.dev.handle, self.slots, len(self.slots))
             self.kick = os.eventfd(0, os.EFD_NONBLOCK)
+            weakref.finalize(self, os.close, self.kick)     # hypothesis makes hundreds
             self.dev.s.kick_fd = self.kick
             self.dev.s.native = 1
             self.out = ffi.callback("akvm_nic_out_fn", self._out)
