@@ -189,7 +189,8 @@ class Guest:
         """Start the VMM; wait for the prompt (a restored guest is asked for a fresh one:
         its prompt was printed before the snapshot)."""
         cmd = self.command_line()
-        self.child = pexpect.spawn(cmd[0], cmd[1:], timeout=self.timeout, dimensions=(50, 200))
+        self.child = pexpect.spawn(cmd[0], cmd[1:], timeout=self.timeout, dimensions=(50, 200),
+                                   use_poll=True)   # a test process may hold 1024+ fds
         self.child.delaybeforesend = None   # (pexpect's default: 50 ms before every send)
         self.child.logfile_read = self.log
         if wait_prompt:

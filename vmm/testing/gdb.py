@@ -33,7 +33,7 @@ class Gdb:
         # TERM=dumb: no readline escapes (bracketed paste) in what is parsed.
         self.child = pexpect.spawn("gdb", ["-q", "-nx", str(elf)], timeout=timeout,
                                    dimensions=(200, 300), encoding="utf-8", codec_errors="replace",
-                                   env={**os.environ, "TERM": "dumb"})
+                                   env={**os.environ, "TERM": "dumb"}, use_poll=True)
         self.transcript = []
         self.running = False          # a started command has not stopped yet
         self._expect_prompt()
