@@ -117,6 +117,9 @@ class Iotlb(_PerDomain):
 
     C owns the keys, the hash, the LRU order and the invalidation walks; the
     slots' contents (IotlbEntry or Negative) and the statistics stay here.
+    A translator in C (iommu/vtdfast.c) fills slots too, on the misses it
+    walks: a slot whose stamp is not the one this object saw when it filled
+    it holds what C put there, and is read back from C when next needed.
     """
 
     def __init__(self, capacity: int = 512):
@@ -126,13 +129,32 @@ class Iotlb(_PerDomain):
             raise MemoryError("akvm_iotlb_new")
         self._keys: list[tuple[int, int, int] | None] = [None] * self.capacity
         self._values: list[IotlbEntry | Negative | None] = [None] * self.capacity
-        self._count = 0
+        self._stamps = [0] * self.capacity       # C's stamp of what _values holds (0: none)
         self._evicted = ffi.new("int *")
         self._slots = ffi.new("int[]", self.capacity)
+        self._info = ffi.new("struct akvm_iotlb_info *")
         self.domains: dict[int, DomainStats] = {}
 
     def __len__(self) -> int:
-        return self._count
+        return lib.akvm_iotlb_count(self._table)
+
+    def _value(self, slot: int) -> IotlbEntry | Negative | None:
+        """What a used slot holds: this object's copy, or what C filled it with."""
+        stamp = lib.akvm_iotlb_stamp(self._table, slot)
+        if stamp != self._stamps[slot]:
+            info = self._info
+            lib.akvm_iotlb_info(self._table, slot, info)
+            leaf = Leaf(info.iova, info.frame, info.shift, bool(info.perm & lib.AKVM_IOTLB_R),
+                        bool(info.perm & lib.AKVM_IOTLB_W), info.pte)
+            self._keys[slot] = (info.did, info.shift, info.iova >> info.shift)
+            self._values[slot] = IotlbEntry(info.did, leaf, info.sid)
+            self._stamps[slot] = stamp
+        return self._values[slot]
+
+    def _did(self, slot: int) -> int:
+        """The domain of a slot's key (it stays in C while the slot is empty)."""
+        lib.akvm_iotlb_info(self._table, slot, self._info)
+        return self._info.did
 
     def lookup(self, did: int, iova: int) -> IotlbEntry | Negative | None:
         slot = lib.akvm_iotlb_lookup(self._table, did, iova)
@@ -140,28 +162,30 @@ class Iotlb(_PerDomain):
             self.stats(did).misses += 1
             return None
         self.stats(did).hits += 1
-        return self._values[slot]
+        return self._value(slot)
 
     def insert(self, did: int, iova: int, shift: int, entry: IotlbEntry | Negative) -> None:
+        victim = lib.akvm_iotlb_victim(self._table)
+        victim_did = self._did(victim) if victim >= 0 else None
         slot = lib.akvm_iotlb_insert(self._table, did, iova, shift, self._evicted)
         if slot < 0:
             raise ValueError(f"IOTLB: no {shift}-bit pages")
-        victim = self._evicted[0]
-        if victim >= 0:
-            self.stats(self._keys[victim][0]).evictions += 1
-        elif self._keys[slot] is None:
-            self._count += 1
+        if self._evicted[0] >= 0:
+            self.stats(victim_did).evictions += 1
         self._keys[slot] = (did, shift, iova >> shift)
         self._values[slot] = entry
+        self._stamps[slot] = lib.akvm_iotlb_stamp(self._table, slot)
         if isinstance(entry, IotlbEntry):               # what C translates from (vtdfast.c)
             leaf = entry.leaf
             lib.akvm_iotlb_set_leaf(self._table, slot, leaf.frame,
                                     (lib.AKVM_IOTLB_R if leaf.read else 0) |
                                     (lib.AKVM_IOTLB_W if leaf.write else 0))
+            lib.akvm_iotlb_set_origin(self._table, slot, entry.sid, leaf.pte_address)
 
     def entries(self) -> list[tuple[tuple[int, int, int], IotlbEntry | Negative]]:
         n = lib.akvm_iotlb_order(self._table, self._slots, self.capacity)
-        return [(self._keys[i], self._values[i]) for i in self._slots[0:n]]
+        slots = list(self._slots[0:n])
+        return [(self._keys[i], value) for i in slots for value in (self._value(i),)]
 
     def _invalidate(self, granularity: int, did: int = 0, address: int = 0, mask: int = 0) -> int:
         n = lib.akvm_iotlb_invalidate(self._table, granularity, did, address, mask,
@@ -177,9 +201,9 @@ class Iotlb(_PerDomain):
     def drop_slots(self, n: int) -> int:
         """Forget the contents of the n slots C emptied (listed in the buffer)."""
         for i in self._slots[0:n]:
-            self.stats(self._keys[i][0]).invalidated += 1
+            self.stats(self._did(i)).invalidated += 1
             self._keys[i] = self._values[i] = None
-        self._count -= n
+            self._stamps[i] = 0
         return n
 
     def invalidate_all(self) -> int:

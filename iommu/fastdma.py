@@ -4,11 +4,14 @@ A device engine in C (devices/ioat.c) asks its TranslatedDma for a
 translator before each round; while the function's context is translated
 and the unit can serve it from C (its IOTLB and lock in C, no coherence
 checker), it gets a struct akvm_dma_xlate (vmm/base/dmaxlate.h) that
-translates IOTLB hits with the unit's lock held. A miss, a cached fault, an
+translates with the unit's lock held: IOTLB hits, and misses, which C walks
+from the context the context cache holds (given here) and puts in the
+IOTLB as VtdIommu._translate would. A walk that faults, a cached fault, an
 access the page does not permit, or a context that changed since (the
 context cache's epoch moved) is the engine's cue to let Python do that
-access through TranslatedDma, which walks, fills the IOTLB or records the
-fault. C's hits join the unit's statistics when the device says it is done.
+access through TranslatedDma, which walks again and records the fault. C's
+hits, misses and evictions join the unit's statistics when the device says
+it is done.
 """
 from __future__ import annotations
 
@@ -47,21 +50,37 @@ class FastTranslator:
             ctx = self.iommu.fast_context(self.requester_id)
             self._answer = None
             if ctx is not None:
-                self.fast.did, self.fast.limit = ctx
-                self.fast.seen = self._epoch
+                params = self.iommu.params
+                f = self.fast
+                f.did, f.limit, f.sid = ctx.did, 1 << ctx.width, self.requester_id
+                # walks in C for what C's walker takes (translate.walk_native's test)
+                ok = 0 <= ctx.slptptr < 1 << 64 and 1 <= ctx.levels <= lib.AKVM_SL_MAX_LEVELS
+                f.slptptr = ctx.slptptr if ok else 0
+                f.levels = ctx.levels if ok else 0
+                f.width, f.haw = min(ctx.width, 64), min(params.haw, 64)
+                f.large_pages = params.large_pages & 3
+                f.seen = self._epoch
                 self._answer = self.xlate
             return self._answer
 
     def done(self) -> None:
         """After a use: the hits go to the unit's statistics now and then (and at
         VtdIommu.stats())."""
-        if self.fast.hits >= COLLECT_EVERY:
+        if self.fast.hits + self.fast.misses >= COLLECT_EVERY:
             with self.iommu.lock:
                 self.collect()
 
     def collect(self) -> None:
-        """C's hits into the statistics (the unit's lock held)."""
-        hits, self.fast.hits = self.fast.hits, 0
-        if hits:
-            self.iommu.translations += hits
-            self.iommu.iotlb.stats(self.fast.did).hits += hits
+        """C's hits, misses and evictions into the statistics (the unit's lock held)."""
+        f = self.fast
+        hits, misses = f.hits, f.misses
+        f.hits = f.misses = 0
+        if hits or misses:
+            self.iommu.translations += hits + misses
+            stats = self.iommu.iotlb.stats(f.did)
+            stats.hits += hits
+            stats.misses += misses
+        for e in f.evicted:
+            if e.count:
+                self.iommu.iotlb.stats(e.did).evictions += e.count
+                e.count = 0

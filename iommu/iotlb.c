@@ -19,6 +19,9 @@ struct slot {
 	unsigned long long pfn;		/* iova >> shift */
 	unsigned long long frame;	/* akvm_iotlb_set_leaf(); perm 0 until then */
 	unsigned int perm;
+	unsigned long long pte;		/* akvm_iotlb_set_origin() */
+	unsigned int sid;
+	unsigned long long stamp;	/* the table's insert count when this key came */
 	unsigned int did;
 	unsigned int shift_index;
 	int used;
@@ -33,6 +36,7 @@ struct akvm_iotlb {
 	int mru, lru, free;		/* free list threads through hnext */
 	unsigned int by_shift[3];
 	unsigned long long generation;	/* moves whenever a translation changes or goes */
+	unsigned long long stamps;	/* inserts of a new key so far */
 };
 
 static unsigned int hash(unsigned int did, unsigned int si, unsigned long long pfn, unsigned int n)
@@ -170,7 +174,8 @@ int akvm_iotlb_insert(struct akvm_iotlb *t, unsigned int did, unsigned long long
 	}
 	i = t->free;
 	t->free = t->slots[i].hnext;
-	t->slots[i] = (struct slot){ .pfn = pfn, .did = did, .shift_index = si, .used = 1 };
+	t->slots[i] = (struct slot){ .pfn = pfn, .did = did, .shift_index = si, .used = 1,
+				     .stamp = ++t->stamps };
 	unsigned int b = hash(did, si, pfn, t->nbuckets);
 	t->slots[i].hnext = t->buckets[b];
 	t->buckets[b] = i;
@@ -188,6 +193,47 @@ void akvm_iotlb_set_leaf(struct akvm_iotlb *t, int slot, unsigned long long fram
 		t->slots[slot].perm = perm;
 		t->generation++;
 	}
+}
+
+void akvm_iotlb_set_origin(struct akvm_iotlb *t, int slot, unsigned int sid,
+			   unsigned long long pte)
+{
+	if (slot >= 0 && (unsigned int)slot < t->capacity && t->slots[slot].used) {
+		t->slots[slot].sid = sid;
+		t->slots[slot].pte = pte;
+	}
+}
+
+int akvm_iotlb_info(const struct akvm_iotlb *t, int slot, struct akvm_iotlb_info *out)
+{
+	if (slot < 0 || (unsigned int)slot >= t->capacity)
+		return -1;
+	const struct slot *s = &t->slots[slot];
+	out->did = s->did;
+	out->shift = shifts[s->shift_index];
+	out->iova = s->pfn << out->shift;
+	out->frame = s->frame;
+	out->perm = s->perm;
+	out->pte = s->pte;
+	out->sid = s->sid;
+	out->stamp = s->stamp;
+	out->used = s->used;
+	return 0;
+}
+
+unsigned long long akvm_iotlb_stamp(const struct akvm_iotlb *t, int slot)
+{
+	return slot >= 0 && (unsigned int)slot < t->capacity ? t->slots[slot].stamp : 0;
+}
+
+int akvm_iotlb_victim(const struct akvm_iotlb *t)
+{
+	return t->free == NIL ? t->lru : NIL;
+}
+
+unsigned int akvm_iotlb_count(const struct akvm_iotlb *t)
+{
+	return t->count;
 }
 
 unsigned long long akvm_iotlb_generation(const struct akvm_iotlb *t)

@@ -42,5 +42,23 @@ void akvm_iotlb_set_leaf(struct akvm_iotlb *t, int slot, unsigned long long fram
 int akvm_iotlb_leaf(struct akvm_iotlb *t, unsigned int did, unsigned long long iova,
 		    unsigned long long *frame, unsigned int *perm, unsigned int *shift);
 unsigned long long akvm_iotlb_generation(const struct akvm_iotlb *t);
+/* Who filled a slot (the requester id, the address of the leaf entry), for
+ * reports; set after set_leaf() by whoever inserted. info() reads a slot
+ * back, used or not (a slot emptied keeps its key until reused): the key,
+ * the leaf, the origin and its stamp, which is new at every insert of a new
+ * key, so a caller that keeps a copy of what a slot holds knows whether the
+ * slot was refilled since (by C: vtdfast.c fills the IOTLB on a miss).
+ * victim() is the slot the next insert of a new key empties, or -1;
+ * count() how many slots are used. */
+struct akvm_iotlb_info {
+	unsigned long long iova, frame, pte, stamp;
+	unsigned int did, shift, perm, sid, used;
+};
+void akvm_iotlb_set_origin(struct akvm_iotlb *t, int slot, unsigned int sid,
+			   unsigned long long pte);
+int akvm_iotlb_info(const struct akvm_iotlb *t, int slot, struct akvm_iotlb_info *out);
+unsigned long long akvm_iotlb_stamp(const struct akvm_iotlb *t, int slot);
+int akvm_iotlb_victim(const struct akvm_iotlb *t);
+unsigned int akvm_iotlb_count(const struct akvm_iotlb *t);
 
 #endif

@@ -308,11 +308,10 @@ class VtdIommu:
             top = max(slot.end for slot in self.memory.slots)
             return ctx.pass_through and top <= 1 << ctx.width
 
-    def fast_context(self, sid: int) -> tuple[int, int] | None:
-        """(domain, input address limit) of sid's context when a translator in C may
-        serve its DMA from the IOTLB (akvm.iommu.fastdma), with the lock held: a
-        translated context, the C IOTLB and lock, and no coherence checker (which
-        must see every hit). Else None."""
+    def fast_context(self, sid: int) -> ContextEntry | None:
+        """sid's context when a translator in C may serve its DMA (akvm.iommu.fastdma),
+        with the lock held: a translated context, the C IOTLB and lock, and no
+        coherence checker (which must see every hit). Else None."""
         if self.doorbell is None or self.checker is not None or not self.gsts & GSTS_TES:
             return None
         try:
@@ -322,7 +321,7 @@ class VtdIommu:
         except Exception as e:          # as in translate(): never a VMM crash
             self._internal_error("fast_context", e)
             return None
-        return None if ctx.pass_through else (ctx.did, 1 << ctx.width)
+        return None if ctx.pass_through else ctx
 
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)

@@ -97,6 +97,18 @@ void akvm_vtd_door_set_slots(struct akvm_vtd_door *d, const struct akvm_mem_slot
 	pthread_mutex_unlock(&d->lock);
 }
 
+const struct akvm_mem_slot *akvm_vtd_door_slots(const struct akvm_vtd_door *d,
+						unsigned int *nslots)
+{
+	*nslots = d->nslots;
+	return d->slots;
+}
+
+int akvm_vtd_door_removed_pending(const struct akvm_vtd_door *d)
+{
+	return d->sum.removed != 0;
+}
+
 void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
 			struct akvm_qi_result *sum)
 {

@@ -38,6 +38,12 @@ void akvm_vtd_door_publish(struct akvm_vtd_door *d, const struct akvm_vtd_queue 
  * array alive as long as the door may use it. */
 void akvm_vtd_door_set_slots(struct akvm_vtd_door *d, const struct akvm_mem_slot *slots,
 			     unsigned int nslots);
+/* For C that fills the IOTLB under the lock (vtdfast.c): the RAM view, and
+ * whether slots C emptied wait for Python's take (their keys say which
+ * domain lost them: no slot may be refilled before). */
+const struct akvm_mem_slot *akvm_vtd_door_slots(const struct akvm_vtd_door *d,
+						unsigned int *nslots);
+int akvm_vtd_door_removed_pending(const struct akvm_vtd_door *d);
 void akvm_vtd_door_take(struct akvm_vtd_door *d, struct akvm_vtd_queue *q,
 			struct akvm_qi_result *sum);
 /* An akvm_exit_fn (runloop.h) for the register page; opaque is the akvm_vtd_door. */
