@@ -369,8 +369,8 @@ class Machine:
                     raise ValueError(f"{len(saved['vcpus'])} vCPUs saved, {config.cpus} configured")
                 m._create_vcpus([vcpu_state.cpuid_of(v) for v in saved["vcpus"]])
                 m._restore_state(saved)
-            except (KeyError, IndexError, TypeError, ValueError, vcpu_state.VcpuStateError,
-                    kvm.KvmError) as e:
+            except (KeyError, IndexError, TypeError, ValueError, OverflowError, AttributeError,
+                    vcpu_state.VcpuStateError, kvm.KvmError) as e:
                 raise SnapshotError(f"snapshot {snap.path}: cannot restore it: "
                                     f"{type(e).__name__}: {e}") from None
         except BaseException:

@@ -5,6 +5,9 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -226,3 +229,61 @@ def test_a_well_formed_manifest_with_a_bad_state(small_snapshot, tmp_path):
         (d / "manifest.json").write_bytes(json.dumps(h).encode() + b"\n" + body)
     assert_one_line_error(broken(small_snapshot, tmp_path, edit), "cannot restore it",
                           "com1", "lcr")
+
+
+@pytest.fixture(scope="module")
+def every_kind_snapshot(tmp_path_factory):
+    """Every --device kind and VT-d, saved at the prompt."""
+    from tests.integration.test_hostile_bus import device_specs
+    d = tmp_path_factory.mktemp("every")
+    args = [a for spec in device_specs(str(d)) for a in ("--device", spec.text)]
+    guest = Guest(args=[*args, "--iommu", "vtd"], control=d / "c.sock", timeout=TIMEOUT)
+    guest.start()
+    guest.snapshot(d / "snap")
+    guest.close()
+    return d / "snap"
+
+
+def _replace_numbers(value, new):
+    if isinstance(value, dict):
+        return {k: _replace_numbers(v, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_numbers(v, new) for v in value]
+    return new if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+@pytest.mark.parametrize("new", [1 << 70, "x"], ids=["huge", "string"])
+def test_an_edited_device_state_is_one_line_or_runs(every_kind_snapshot, tmp_path, new):
+    """Each device's saved numbers replaced by a value no device wrote (checksum made
+    right, as an editor would): akvm refuses with one line, or takes the values and
+    runs; never a traceback."""
+    import zlib
+    header, _, body = (every_kind_snapshot / "manifest.json").read_bytes().partition(b"\n")
+    state = json.loads(body)
+    for name in state["devices"]:
+        same = re.fullmatch(r"pci/(\w\w:\w\w)\.[1-7]", name)
+        if same and f"pci/{same.group(1)}.0" in state["devices"]:
+            continue                # a multi-function device's other functions: one model
+        edited = json.loads(body)
+        edited["devices"][name] = _replace_numbers(edited["devices"][name], new)
+        data = json.dumps(edited).encode()
+        h = json.loads(header)
+        h.update(crc32=zlib.crc32(data), bytes=len(data))
+        copy = tmp_path / "edited"
+        # Links, not copies: a copy of the sparse RAM file would take the guest's whole RAM.
+        shutil.copytree(every_kind_snapshot, copy, copy_function=os.link)
+        (copy / "manifest.json").unlink()
+        (copy / "manifest.json").write_bytes(json.dumps(h).encode() + b"\n" + data)
+        proc = subprocess.Popen([sys.executable, "-m", "akvm", "run", "--restore", str(copy)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)        # it took the values and runs
+        _, err = proc.communicate(timeout=20)
+        shutil.rmtree(copy)
+        assert "Traceback" not in err and "internal error" not in err, (name, err)
+        if proc.returncode == 2:        # after any notes of the machine's build, one line
+            errors = [line for line in err.splitlines() if line.startswith("akvm: error: ")]
+            assert len(errors) == 1 and err.strip().endswith(errors[0]), (name, err)
