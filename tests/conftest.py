@@ -7,6 +7,7 @@ Profiles (HYPOTHESIS_PROFILE, default `ci` when CI is set, else hypothesis's own
          a change to a C path (the campaigns in tools/fuzz go further)
 Tests give their example counts through examples(n), which the profile scales.
 """
+import gc
 import os
 import shutil
 
@@ -34,6 +35,14 @@ def kvm_usable() -> str | None:
 
 _KVM_REASON = kvm_usable()
 needs_kvm = pytest.mark.skipif(_KVM_REASON is not None, reason=f"needs KVM: {_KVM_REASON}")
+
+
+def open_fds() -> set[str]:
+    """This process's open descriptors, once the collector has run the finalizers of
+    models earlier tests dropped (they close their eventfds then: a pytest-xdist worker
+    runs many tests in one process)."""
+    gc.collect()
+    return set(os.listdir("/proc/self/fd"))
 needs_binutils = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
                                     reason="needs GNU as and ld to build test kernels")
 needs_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
