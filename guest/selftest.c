@@ -180,7 +180,10 @@ static const char *test_timer(void)
 	/* 16 periods of 10 ms, judged by their median: a busy host (ring 0 is
 	 * emulated on kvm_pvm) delays a tick or has KVM merge two, which
 	 * stretches a few periods and shortens the one after a late tick, but
-	 * leaves most of them at what was programmed. */
+	 * leaves most of them at what was programmed. A loaded CI host has
+	 * stretched the median itself by a fifth; delay never shortens it, so
+	 * the bound below is tight and the one above loose: a wrong timer
+	 * frequency is off by far more than either. */
 	if (!lapic_timer_hz)
 		return "LAPIC timer frequency unknown";
 	uint32_t count = lapic_timer_hz / 100;
@@ -208,7 +211,7 @@ static const char *test_timer(void)
 	}
 	uint64_t median = period[(n - 1) / 2];  /* TSC cycles */
 	uint64_t pct = median * 10 / tsc_khz;   /* tsc_khz = cycles per ms */
-	if (pct < 90 || pct > 110)
+	if (pct < 90 || pct > 150)
 		return FAIL("median period %lu us, programmed 10000 us", median * 1000 / tsc_khz);
 	return NULL;
 }
