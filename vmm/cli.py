@@ -140,6 +140,9 @@ def main(argv: list[str] | None, image: BootImage) -> int:
     try:
         return _run(args, image, err)
     finally:
+        sandbox = sys.modules.get("akvm.base.sandbox")
+        if sandbox is not None:
+            sandbox.settle()        # an error may come while its import still runs
         err.queue.close(STDERR_FLUSH_S)
 
 

@@ -97,6 +97,13 @@ def prepare() -> None:
         _loading.start()
 
 
+def settle() -> None:
+    """Wait (bounded) for prepare()'s import: a thread still loading libseccomp while the
+    interpreter exits can crash it (a SIGSEGV after a one-line error, seen in CI)."""
+    if _loading is not None:
+        _loading.join(timeout=IMPORT_S)
+
+
 def _import() -> None:
     """pyseccomp finds its libraries with ctypes.util.find_library, which runs ldconfig
     once for each (child processes that cost a boot about 10 ms on two CPUs): they are
