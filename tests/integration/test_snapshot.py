@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from akvm.testing import Guest, parse_selftest
+from akvm.testing import Guest
 from tests.conftest import needs_kvm
 from tests.unit.test_cli import akvm, assert_one_line_error
 
@@ -95,12 +95,14 @@ def test_mid_selftest_with_virtio_blk_and_vtd(akvm_guest_factory, tmp_path, disk
     second.expect(r"\d+ passed, \d+ failed", timeout=TIMEOUT)
     second.expect(second.prompt)
     after = second.serial_log
+    # The guest's own count: the line being printed at the snapshot can show on both
+    # consoles, so the two logs' PASS lines are not counted against it.
     text = before[before.index("selftest"):] + after
-    result = parse_selftest(text[:text.index("failed") + len("failed")])
-    assert result.failed == {}, result.failed
+    assert "FAIL " not in text, text
+    assert re.search(r"\b[1-9]\d* passed, 0 failed", after), after
     for name in ("iommu-qi", "iommu-translate", "iommu-fault", "virtio-blk", "iommu-shootdown",
                  "user-shootdown"):
-        assert name in result.passed and f"PASS {name}" in after, name
+        assert f"PASS {name}" in after, name
     second.close()
     assert re.search(r"virtio-blk0: [1-9]\d* reads, [1-9]\d* writes", second.serial_log)
     assert "iommu: enabled" in second.serial_log
