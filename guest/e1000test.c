@@ -7,6 +7,9 @@
  * after a restart; nothing at address 2), and one interrupt:
  * ICS raises a cause, IMS lets it through, INTA# reaches this core through
  * the IOAPIC (level-triggered) and reading ICR in the handler clears it.
+ * IMS passes only RXSEQ, which no idle device raises by itself: a link
+ * change (LSC) the device signals on its own timer may land at any moment
+ * under QEMU and must not count as a second interrupt.
  * Frames are user/net's business (run net -d e1000 ...).
  */
 #include "acpi.h"
@@ -116,7 +119,7 @@ static const char *test_e1000(void)
 	rd(ICR);
 	irqs = 0;
 	irq_icr = 0;
-	wr(IMS, ICR_LSC);
+	wr(IMS, ICR_RXSEQ);
 	wr(ICS, ICR_LSC | ICR_RXSEQ);
 	uint64_t end = tsc_deadline_us(500000);
 	while (!irqs && !tsc_passed(end))
@@ -128,7 +131,7 @@ static const char *test_e1000(void)
 	ioapic_mask_gsi(gsi);
 	if (!n)
 		return FAIL("no interrupt on GSI %u after ICS with IMS set", gsi);
-	if (n != 1 || irq_icr != (ICR_LSC | ICR_RXSEQ) || after)
+	if (n != 1 || irq_icr != (ICR_LSC | ICR_RXSEQ) || (after & ~ICR_LSC))
 		return FAIL("%u interrupts, ICR 0x%x in the handler and 0x%x after", n, irq_icr, after);
 	kprintf("e1000 %02x:%02x.%x: mac %02x:%02x:%02x:%02x:%02x:%02x (EEPROM sum 0xbaba), "
 		"PHY 0141:0c20 link up, autonegotiation %s, INTA# -> GSI %u -> vector 0x%x: ICR 0x%x\n",
