@@ -140,16 +140,10 @@ def main(argv: list[str] | None, image: BootImage) -> int:
     try:
         return _run(args, image, err)
     finally:
-        sandbox = sys.modules.get("akvm.base.sandbox")
-        if sandbox is not None:
-            sandbox.settle()        # an error may come while its import still runs
         err.queue.close(STDERR_FLUSH_S)
 
 
 def _run(args, image: BootImage, err: TextOutput) -> int:
-    if args.sandbox == "on":
-        from akvm.base import sandbox
-        sandbox.prepare()
     control = early = listener = None
     try:
         if args.restore:
@@ -178,9 +172,10 @@ def _run(args, image: BootImage, err: TextOutput) -> int:
         print(f"akvm: error: {e}", file=err)
         return ExitCode.USAGE
     if args.sandbox == "on":
+        from akvm.base import sandbox
         try:
             sandbox.apply()
-        except (OSError, ImportError, RuntimeError) as e:
+        except (OSError, RuntimeError) as e:
             print(f"akvm: error: --sandbox: cannot load the system-call filter ({e}); "
                   "--sandbox off runs without it", file=err)
             for server in (control, listener):

@@ -102,3 +102,16 @@ def test_sandbox_off_on_the_command_line(tiny_kernel):
     r = subprocess.run([sys.executable, "-m", "akvm", "run", "--kernel", str(tiny_kernel),
                         "--cmdline", "p", "--sandbox", "off"], capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stdout == b"tiny: hello, cmdline=p\n"
+
+
+def test_a_missing_libseccomp_is_one_line_and_no_run(tiny_kernel):
+    """A host without libseccomp: one line naming the way out, exit 2, the guest never runs."""
+    child = ("import sys; from akvm.base import sandbox; from akvm.__main__ import main; "
+             "sandbox.LIBSECCOMP = 'libseccomp-absent.so.2'; sys.exit(main(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", child, "run", "--kernel", str(tiny_kernel),
+                        "--cmdline", "p"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.splitlines() == [
+        "akvm: error: --sandbox: cannot load the system-call filter (libseccomp-absent.so.2: "
+        "cannot open shared object file: No such file or directory); --sandbox off runs "
+        "without it"]

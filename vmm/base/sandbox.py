@@ -5,8 +5,8 @@ akvm's privileges, often root's. Once the machine is built (KVM's VM and
 vCPUs made, guest RAM mapped, images, sockets and consoles open), a run
 needs far less than that: KVM and terminal ioctls, I/O on descriptors it
 has or opens, threads, memory, sockets, time. apply() loads a filter
-(libseccomp, through pyseccomp) that allows those for every thread, now
-and later, with no_new_privs set; any other call fails with EPERM.
+(libseccomp) that allows those for every thread, now and later, with
+no_new_privs set; any other call fails with EPERM.
 
 What it denies, among the rest: starting programs (execve), new processes
 (fork, vfork, clone without CLONE_THREAD), signals to other processes,
@@ -20,14 +20,24 @@ socket, file, mmap, poll, timer and thread use, so that device threads,
 a gdb stub, user networking or snapshots need no change here; a call a
 new feature needs goes into its group. `akvm run --sandbox off` runs
 without the filter, to tell whether it is the cause of a failure.
+
+libseccomp is called through ctypes, which the KVM bindings have loaded
+already: a Python wrapper such as pyseccomp brings ctypes.util and
+subprocess with it, 4-5 ms more on every start (README.md, Dependencies).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-import threading
+import socket
 
-IMPORT_S = 10.0         # how long apply() waits for prepare()'s import of pyseccomp
+LIBSECCOMP = "libseccomp.so.2"      # by soname: the ABI this binding is written for
+# From <seccomp.h>: actions, filter attributes (enum scmp_filter_attr) and
+# argument comparisons (enum scmp_compare).
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_FLTATR_CTL_NNP, SCMP_FLTATR_CTL_TSYNC, SCMP_FLTATR_CTL_OPTIMIZE = 3, 4, 8
+SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ = 4, 7
 # CLONE_THREAD: a new thread of this process; clone without it is a new process.
 CLONE_THREAD = 0x0001_0000
 PR_SET_NAME, PR_GET_NAME = 15, 16
@@ -66,88 +76,100 @@ ALLOWED = {
 }
 
 
-def _rules():
-    """(syscall, *args) for the calls allowed only with some arguments."""
-    import socket
+def SCMP_ACT_ERRNO(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
 
-    from pyseccomp import EQ, MASKED_EQ, Arg
-    rules = [("clone", Arg(0, MASKED_EQ, CLONE_THREAD, CLONE_THREAD)),     # threads only
-             ("tgkill", Arg(0, EQ, os.getpid())),                          # this process's
-             ("prctl", Arg(0, EQ, PR_SET_NAME)), ("prctl", Arg(0, EQ, PR_GET_NAME)),
-             ("ioctl", Arg(1, MASKED_EQ, 0xFF00, KVM_IOCTL_TYPE << 8))]
-    rules += [("ioctl", Arg(1, EQ, request)) for request in TERMINAL_IOCTLS]
-    rules += [("socket", Arg(0, EQ, family))
+
+class scmp_arg_cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int),
+                ("datum_a", ctypes.c_uint64), ("datum_b", ctypes.c_uint64)]
+
+
+def _rules():
+    """(syscall, (arg, op, datum_a[, datum_b])...) for the calls allowed only with
+    some arguments."""
+    rules = [("clone", (0, SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD)),  # threads only
+             ("tgkill", (0, SCMP_CMP_EQ, os.getpid())),                       # this process's
+             ("prctl", (0, SCMP_CMP_EQ, PR_SET_NAME)), ("prctl", (0, SCMP_CMP_EQ, PR_GET_NAME)),
+             ("ioctl", (1, SCMP_CMP_MASKED_EQ, 0xFF00, KVM_IOCTL_TYPE << 8))]
+    rules += [("ioctl", (1, SCMP_CMP_EQ, request)) for request in TERMINAL_IOCTLS]
+    rules += [("socket", (0, SCMP_CMP_EQ, family))
               for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)]
     return rules
 
 
-_loading: threading.Thread | None = None
+def _libseccomp() -> ctypes.CDLL:
+    lib = ctypes.CDLL(LIBSECCOMP, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_priority.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint8]
+    lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                           ctypes.c_uint, ctypes.POINTER(scmp_arg_cmp)]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    return lib
 
 
-# The libraries pyseccomp loads, by the sonames their ABIs fix.
-SONAMES = {"c": "libc.so.6", "seccomp": "libseccomp.so.2"}
+class _Filter:
+    """A libseccomp filter context; each call's negative errno becomes an OSError."""
 
+    def __init__(self, lib: ctypes.CDLL, default_action: int):
+        self.lib = lib
+        self.ctx = lib.seccomp_init(default_action)
+        if not self.ctx:
+            raise OSError(errno.ENOMEM, "seccomp_init failed")
 
-def prepare() -> None:
-    """Import pyseccomp on a thread while the VM is built (about 15 ms otherwise on the
-    start-up's path)."""
-    global _loading
-    if _loading is None:
-        _loading = threading.Thread(target=_import, name="sandbox-import", daemon=True)
-        _loading.start()
+    def _check(self, rc: int, what: str) -> None:
+        if rc < 0:
+            raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
 
+    def _nr(self, name: str) -> int:
+        nr = self.lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            raise RuntimeError(f"libseccomp does not know the system call {name}")
+        return nr
 
-def settle() -> None:
-    """Wait (bounded) for prepare()'s import: a thread still loading libseccomp while the
-    interpreter exits can crash it (a SIGSEGV after a one-line error, seen in CI)."""
-    if _loading is not None:
-        _loading.join(timeout=IMPORT_S)
+    def attr(self, attr: int, value: int) -> None:
+        self._check(self.lib.seccomp_attr_set(self.ctx, attr, value), "seccomp_attr_set")
 
+    def priority(self, name: str, priority: int) -> None:
+        self._check(self.lib.seccomp_syscall_priority(self.ctx, self._nr(name), priority),
+                    f"seccomp_syscall_priority {name}")
 
-def _import() -> None:
-    """pyseccomp finds its libraries with ctypes.util.find_library, which runs ldconfig
-    once for each (child processes that cost a boot about 10 ms on two CPUs): they are
-    named by soname instead, and looked up only when that soname does not load."""
-    import ctypes
-    import ctypes.util
-    real = ctypes.util.find_library
+    def add(self, action: int, name: str, *args: tuple) -> None:
+        cmps = (scmp_arg_cmp * len(args))(*(scmp_arg_cmp(*a) for a in args))
+        self._check(self.lib.seccomp_rule_add_array(self.ctx, action, self._nr(name),
+                                                    len(args), cmps),
+                    f"seccomp_rule_add {name}")
 
-    def find_library(name: str) -> str | None:
-        try:
-            ctypes.CDLL(SONAMES[name])
-            return SONAMES[name]
-        except (KeyError, OSError):
-            return real(name)
+    def load(self) -> None:
+        self._check(self.lib.seccomp_load(self.ctx), "seccomp_load")
 
-    ctypes.util.find_library = find_library
-    try:
-        import pyseccomp  # noqa: F401
-        import socket  # noqa: F401  (for the rules; nothing else at start-up needs it)
-    except Exception:       # apply() imports it again and reports why
-        pass
-    finally:
-        ctypes.util.find_library = real
+    def release(self) -> None:
+        self.lib.seccomp_release(self.ctx)
 
 
 def apply() -> None:
     """Load the filter for every thread of the process (TSYNC), no_new_privs set.
-    Raises OSError if the kernel refuses it, ImportError without pyseccomp or libseccomp."""
-    if _loading is not None:
-        _loading.join(timeout=IMPORT_S)     # if not done by then, the import below waits
-    import pyseccomp as seccomp
-    f = seccomp.SyscallFilter(seccomp.ERRNO(errno.EPERM))
-    f.set_attr(seccomp.Attr.CTL_TSYNC, 1)
-    f.set_attr(seccomp.Attr.CTL_NNP, 1)
-    # Every exit C completes is one ioctl (KVM_RUN): test it first, the rest by a
-    # binary search, so the filter costs an exit a few BPF instructions.
-    f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
-    f.syscall_priority("ioctl", 255)
-    for names in ALLOWED.values():
-        for name in names:
-            f.add_rule(seccomp.ALLOW, name)
-    for name, *args in _rules():
-        f.add_rule(seccomp.ALLOW, name, *args)
-    # glibc makes threads with clone3, whose flags a filter cannot see; told it is
-    # missing, glibc uses clone, whose flags the rule above checks.
-    f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
-    f.load()
+    Raises OSError if libseccomp is missing or the kernel refuses the filter."""
+    f = _Filter(_libseccomp(), SCMP_ACT_ERRNO(errno.EPERM))
+    try:
+        f.attr(SCMP_FLTATR_CTL_TSYNC, 1)
+        f.attr(SCMP_FLTATR_CTL_NNP, 1)
+        # Every exit C completes is one ioctl (KVM_RUN): test it first, the rest by a
+        # binary search, so the filter costs an exit a few BPF instructions.
+        f.attr(SCMP_FLTATR_CTL_OPTIMIZE, 2)
+        f.priority("ioctl", 255)
+        for names in ALLOWED.values():
+            for name in names:
+                f.add(SCMP_ACT_ALLOW, name)
+        for name, *args in _rules():
+            f.add(SCMP_ACT_ALLOW, name, *args)
+        # glibc makes threads with clone3, whose flags a filter cannot see; told it is
+        # missing, glibc uses clone, whose flags the rule above checks.
+        f.add(SCMP_ACT_ERRNO(errno.ENOSYS), "clone3")
+        f.load()
+    finally:
+        f.release()
