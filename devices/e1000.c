@@ -15,9 +15,14 @@
  * instead, so the frames reach the network, and the network's answers
  * (a TCP ACK) the receive ring, before it returns to the guest, with no
  * second thread to wake; when the backend is busy or held, the queue and
- * the thread serve as before. A packet
- * that wants more (a context descriptor, offloads, VLAN, a chain not yet
- * ended), a ring Python would complain of, or a buffer outside guest RAM
+ * the thread serve as before. Behind an IOMMU, every ring and buffer
+ * address goes through the unit's translator in C (dmaxlate.h; VT-d:
+ * iommu/vtdfast.c), whose lock a step holds while it touches that memory
+ * (as hardware drains DMA in flight before an invalidation completes). A
+ * packet that wants more (a context descriptor, offloads, VLAN, a chain not
+ * yet ended), a ring Python would complain of, a buffer outside guest RAM,
+ * or an address the translator cannot serve (a miss that faults, a buffer
+ * across pages it does not map contiguously, a context that changed)
  * ends C's turn at that packet: AKVM_NIC_PYTHON, and Python serves the rest
  * of the ring. Receive: the filters, padding, FCS, buffer sizes and
  * descriptors of _rx_frame(); VLAN filtering and what Python would report
@@ -43,6 +48,9 @@ struct akvm_e1000_c {
 	struct akvm_e1000 s;
 	const struct akvm_mem_slot *slots;
 	unsigned int nslots;
+	/* behind an IOMMU: addresses through x only; held while its lock is */
+	int translated, held;
+	const struct akvm_dma_xlate *x;
 	uint8_t frame[E1000_MAX_TX_PACKET + E1000_MIN_FRAME];
 	/* the backend's turn a vCPU may run at its TDT write (nicport.h), or NULL */
 	akvm_nic_turn_fn turn;
@@ -77,8 +85,47 @@ unsigned int akvm_e1000_crc32(const uint8_t *data, size_t len)
 	return c ^ 0xFFFFFFFFu;
 }
 
-static unsigned char *ram(const struct akvm_e1000_c *c, uint64_t gpa, uint64_t n)
+/* The translator's lock for the rest of this step: 0, or -1 when C cannot
+ * translate now (no translator, or its translations changed since). */
+static int hold(struct akvm_e1000_c *c)
 {
+	if (!c->translated || c->held)
+		return 0;
+	if (!c->x || c->x->lock(c->x->opaque))
+		return -1;
+	c->held = 1;
+	return 0;
+}
+
+/* The end of a step's memory accesses: before the lock is let go, and before a
+ * frame is handed to the network (which may come back with a received one). */
+static void let_go(struct akvm_e1000_c *c)
+{
+	if (c->held) {
+		c->x->unlock(c->x->opaque);
+		c->held = 0;
+	}
+}
+
+#define RD 1
+#define WR 2
+
+/* [addr, addr + n) of the device's address space in host memory, in one
+ * piece, for `access` (RD, WR or both: a descriptor is read, then its status
+ * written), or NULL when C does not reach it (Python's to do: it translates
+ * again, records a fault, or reports the bad address). */
+static unsigned char *ram(struct akvm_e1000_c *c, uint64_t addr, uint64_t n, int access)
+{
+	uint64_t gpa = addr, span = n;
+
+	if (c->translated) {
+		if (hold(c))
+			return NULL;
+		for (int write = 0; write < 2; write++)
+			if (access & (write ? WR : RD) &&
+			    (c->x->translate(c->x->opaque, addr, write, &gpa, &span) || span < n))
+				return NULL;
+	}
 	return akvm_ram(c->slots, c->nslots, gpa, n);
 }
 
@@ -169,7 +216,8 @@ static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32
 			room = E1000_TXQ_SLOT;
 		}
 		while (i != s->tdt && !eop) {
-			uint64_t *d = (uint64_t *)ram(c, base + 16ull * i, 16);
+			/* writable: its status may be written back (RS) */
+			uint64_t *d = (uint64_t *)ram(c, base + 16ull * i, 16, RD | WR);
 			if (!d)
 				return AKVM_NIC_PYTHON;
 			uint64_t hi = d[1];
@@ -190,7 +238,7 @@ static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32
 				return AKVM_NIC_PYTHON;
 			}
 			if (dlen) {
-				const unsigned char *p = ram(c, d[0], dlen);
+				const unsigned char *p = ram(c, d[0], dlen, RD);
 				if (!p)
 					return AKVM_NIC_PYTHON;
 				memcpy(frame + len, p, dlen);
@@ -202,7 +250,12 @@ static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32
 		if (!eop || len < 14)		/* a chain not ended yet (Python holds it), a runt */
 			return AKVM_NIC_PYTHON;
 		for (uint32_t j = s->tdh; j != i; j = (j + 1) % n) {
-			unsigned char *d = ram(c, base + 16ull * j, 16);
+			/* mapped above; translated again (an IOTLB fill in between may have
+			 * evicted it), it could fail where the guest changed its tables:
+			 * then Python does the packet again (nothing sent, TDH not moved) */
+			unsigned char *d = ram(c, base + 16ull * j, 16, RD | WR);
+			if (!d)
+				return AKVM_NIC_PYTHON;
 			if (d[11] & E1000_TXD_CMD_RS) {
 				d[12] = (d[12] & 0xF) | E1000_TXD_STAT_DD;
 				rs = 1;
@@ -223,6 +276,7 @@ static int gather(struct akvm_e1000_c *c, akvm_nic_out_fn out, void *ctx, uint32
 			c->txq_head++;
 			continue;
 		}
+		let_go(c);
 		pthread_mutex_unlock(&c->lock);
 		out(ctx, frame, len);		/* may come back into akvm_e1000_rx() */
 		pthread_mutex_lock(&c->lock);
@@ -250,10 +304,13 @@ int akvm_e1000_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 		pthread_mutex_lock(&c->lock);
 		c->txq_tail++;
 	}
-	if (!s->native || s->python_tx || s->python_rx)
+	if (s->tx_stopped)
+		;				/* until the guest writes TDT again */
+	else if (!s->native || s->python_tx || s->python_rx)
 		code = AKVM_NIC_PYTHON;
 	else
 		code = gather(c, out, ctx, &causes);
+	let_go(c);
 	if (causes)
 		cause(s, causes);
 	if ((s->icr & s->ims) && !s->intx)
@@ -354,11 +411,11 @@ int akvm_e1000_rx(void *opaque, const uint8_t *frame, size_t flen)
 	unsigned char *desc[MAX_PIECES], *buf[MAX_PIECES];
 	for (uint32_t k = 0; k < need; k++) {
 		uint32_t piece = len - k * bsize < bsize ? (uint32_t)(len - k * bsize) : bsize;
-		desc[k] = ram(c, base + 16ull * ((s->rdh + k) % n), 16);
+		desc[k] = ram(c, base + 16ull * ((s->rdh + k) % n), 16, RD | WR);
 		uint64_t addr;
 		if (desc[k])
 			memcpy(&addr, desc[k], 8);
-		if (!desc[k] || !(buf[k] = ram(c, addr, piece))) {
+		if (!desc[k] || !(buf[k] = ram(c, addr, piece, WR))) {
 			code = AKVM_NIC_PYTHON;	/* Python reports it and drops the frame */
 			goto out;
 		}
@@ -384,6 +441,7 @@ int akvm_e1000_rx(void *opaque, const uint8_t *frame, size_t flen)
 		causes |= E1000_ICR_RXDMT0;
 	code |= cause(s, causes);
 out:
+	let_go(c);
 	pthread_mutex_unlock(&c->lock);
 	return code;
 }
@@ -409,6 +467,7 @@ int akvm_e1000_exit(void *opaque, void *kvm_run)
 	int wake = 1;
 	if (off == E1000_TDT) {
 		c->s.tdt = value & 0xFFFF;
+		c->s.tx_stopped = 0;
 		if (c->s.python_tx || c->s.python_rx) {
 			/* Python's turn: the thread takes it */
 		} else if (c->turn && c->turn(c->engine) == 0) {
@@ -417,6 +476,7 @@ int akvm_e1000_exit(void *opaque, void *kvm_run)
 		} else {				/* as the hardware would: at once */
 			uint32_t causes = 0;
 			gather(c, NULL, NULL, &causes);
+			let_go(c);
 			c->s.icr |= causes;		/* the thread raises INTA# if it must */
 		}
 	} else {
@@ -489,6 +549,15 @@ void akvm_e1000_use_ram(struct akvm_e1000_c *c, const struct akvm_mem_slot *slot
 	pthread_mutex_lock(&c->lock);
 	c->slots = slots;
 	c->nslots = nslots;
+	pthread_mutex_unlock(&c->lock);
+}
+
+void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x,
+			  int translated)
+{
+	pthread_mutex_lock(&c->lock);
+	c->x = x;
+	c->translated = translated;
 	pthread_mutex_unlock(&c->lock);
 }
 

@@ -1,6 +1,7 @@
 #ifndef AKVM_E1000_H
 #define AKVM_E1000_H
 
+#include "dmaxlate.h"
 #include "guestram.h"
 #include "nicport.h"
 
@@ -110,9 +111,10 @@ struct akvm_e1000 {
 	int link_up;		/* STATUS.LU */
 	int bus_master;		/* PCI Bus Master Enable */
 	int intx;		/* INTA# asserted */
-	int native;		/* C may serve the rings (direct DMA, a backend's thread) */
+	int native;		/* C may serve the rings (a backend's thread) */
 	int python_tx;		/* Python holds part of a packet: the ring is Python's */
 	int python_rx;		/* Python holds a received frame: frames wait, turns are Python's */
+	int tx_stopped;		/* a transmit DMA failed: nothing is sent until a TDT write */
 	int rx_waiting;		/* a frame found no free descriptor: an RDT write wakes the thread */
 	int rx_full;		/* ... and RNBC counted it: until a frame is placed again */
 	int kick_fd;		/* eventfd of the backend's thread: TDT or RDT written */
@@ -128,6 +130,12 @@ void akvm_e1000_free(struct akvm_e1000_c *c);
 /* Guest RAM for the data path (the slots stay alive while in use); needed before native. */
 void akvm_e1000_use_ram(struct akvm_e1000_c *c, const struct akvm_mem_slot *slots,
 			unsigned int nslots);
+/* Behind an IOMMU (translated nonzero): ring and buffer addresses are bus
+ * addresses, which C reaches only through x (dmaxlate.h), holding its lock
+ * from a step's first access to its last; x NULL or an address x cannot
+ * translate leaves the work to Python. translated 0: guest-physical. */
+void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x,
+			  int translated);
 struct akvm_e1000 *akvm_e1000_state(struct akvm_e1000_c *c);
 /* Recursive: Python may take it again inside a register access. */
 void akvm_e1000_lock(struct akvm_e1000_c *c);

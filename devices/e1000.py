@@ -354,7 +354,8 @@ class E1000(PciDevice):
         self.backend.start(self.worker, self.receive)
         self.worker.start()
         self.worker.call(self._go_on)
-        if hasattr(self.backend, "set_native") and type(self.dma) is DirectDma:
+        if hasattr(self.backend, "set_native") and (type(self.dma) is DirectDma
+                                                    or self.dma.translated):
             self._slots = native_slots(self.dma.memory)
             if self._slots is not None:
                 self.worker.call(self._go_native)
@@ -367,6 +368,7 @@ class E1000(PciDevice):
         self._close_kick = closed_with(self, [self._kick])
         with self._locked():
             lib.akvm_e1000_use_ram(self.handle, self._slots, len(self._slots))
+            self._use_translator()
             self.s.kick_fd = self._kick
             self.s.bus_master = int(self.bus_master)
             self.s.native = 1
@@ -388,10 +390,21 @@ class E1000(PciDevice):
         if self._held is not None:
             self._resume()
 
+    def _use_translator(self) -> None:
+        """Behind an IOMMU, the translator C may use now (akvm.iommu.fastdma; for a
+        pass-through context too), or none (the coherence checker on, a context that
+        faults): asked again whenever C leaves work to Python, which may be why (the
+        context changed). Locks held."""
+        if self.dma.translated:
+            self.dma.fast_done()
+            lib.akvm_e1000_use_xlate(self.handle,
+                                     self.dma.fast_translator(passthrough=True) or ffi.NULL, 1)
+
     def _python_turn(self) -> None:
         """C left this turn to Python (backend's thread): the rest of the transmit ring, and
         a received frame Python holds, which may have room now."""
         with self._locked():
+            self._use_translator()
             self._transmit()
         if self._held is not None:
             self._resume()
@@ -454,7 +467,8 @@ class E1000(PciDevice):
         self.mdic = MDIC_READY
         s = self.s
         for field in ("icr", "ims", "rctl", "tctl", "rdh", "rdt", "tdh", "tdt", "rdbal", "rdbah",
-                      "rdlen", "tdbal", "tdbah", "tdlen", "python_tx", "rx_full", "python_rx"):
+                      "rdlen", "tdbal", "tdbah", "tdlen", "python_tx", "rx_full", "python_rx",
+                      "tx_stopped"):
             setattr(s, field, 0)
         for i in range(RAL_COUNT):
             s.ra[i][0] = s.ra[i][1] = 0
@@ -483,7 +497,7 @@ class E1000(PciDevice):
     # follow from the rest, bar from BAR0, native and kick_fd from start().
     _C_STATE = ("rctl", "tctl", "icr", "ims", "rdbal", "rdbah", "rdlen", "rdh", "rdt", "tdbal",
                 "tdbah", "tdlen", "tdh", "tdt", "python_tx", "python_rx", "rx_waiting", "rx_full",
-                "tx_frames", "rx_frames", "rx_dropped", "exits")
+                "tx_stopped", "tx_frames", "rx_frames", "rx_dropped", "exits")
     _EEPROM = ("latched", "shift", "bits", "reading", "position", "refused")
     _NIC_COUNTERS = ("tx_frames", "rx_frames", "rx_dropped", "tx_dropped", "errors",
                      "bad_accesses", "interrupts", "phy_errors", "autonegotiations")
@@ -667,6 +681,7 @@ class E1000(PciDevice):
             s.tdh = value & 0xFFFF
         elif offset == TDT:
             s.tdt = value & 0xFFFF
+            s.tx_stopped = 0
             self._rings_changed(tx=True)
         elif offset == STATUS or STATS_START <= offset < STATS_END:
             pass                          # read-only
@@ -816,7 +831,7 @@ class E1000(PciDevice):
 
     def _transmit(self) -> None:
         s = self.s
-        if not s.tctl & TCTL_EN or s.tdh == s.tdt or not self._dma_ok():
+        if not s.tctl & TCTL_EN or s.tdh == s.tdt or s.tx_stopped or not self._dma_ok():
             return
         ring = self._ring(tx=True)
         if ring is None:
@@ -835,6 +850,7 @@ class E1000(PciDevice):
                 self.errors += 1
                 self.log_once("tx-dma", f"transmit descriptor {s.tdh}: {e}: transmission "
                                         "stopped until the next TDT write")
+                s.tx_stopped = 1            # C's turns too (e1000.c)
                 break
             s.tdh = (s.tdh + 1) % count
         if s.tdh == s.tdt:
@@ -1010,6 +1026,8 @@ class E1000(PciDevice):
         """Move frames from the backend into the receive ring (device thread)."""
         while True:
             with self._locked():
+                if self.s.native:
+                    self._use_translator()
                 frame = self._held if self._held is not None else self.backend.recv()
                 self._held = None
                 self.s.python_rx = 0

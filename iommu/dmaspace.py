@@ -65,13 +65,14 @@ class TranslatedDma(DmaSpace):
             address += n
         return out
 
-    def fast_translator(self):
-        """C may translate this requester's IOTLB hits itself (akvm.iommu.fastdma)."""
+    def fast_translator(self, passthrough: bool = False):
+        """C may translate this requester's IOTLB hits itself (akvm.iommu.fastdma);
+        with passthrough, also pass its DMA through while the unit does."""
         if getattr(self.iommu, "doorbell", None) is None:
             return None
         if self._fast is None:
             self._fast = FastTranslator(self.iommu, self.requester_id)
-        return self._fast.get()
+        return self._fast.get(passthrough)
 
     def fast_done(self) -> None:
         if self._fast is not None:

@@ -37,21 +37,34 @@ class FastTranslator:
         self._answer = None
         iommu.fast_translators.append(self)
 
-    def get(self):
-        """The translator for the context as it is now, or None. While the context
-        cache's epoch stays, the last answer stands, without the lock (C's lock
-        checks the epoch again under the lock)."""
+    def get(self, passthrough: bool = False):
+        """The translator for the context as it is now, or None; with passthrough, one
+        for a context that passes DMA through (or translation off) as well, which C
+        must then use for every access, since only its lock sees the context change.
+        While the context cache's epoch stays, the last translator stands, without
+        the lock (C's lock checks the epoch again under the lock); no translator is
+        asked again each time, since a context the unit could not find (not cached)
+        may appear without the epoch moving."""
         epoch = self.iommu.context_cache.epoch
-        if epoch[0] == self._epoch:
-            return self._answer
+        if epoch[0] != self._epoch:
+            self._refresh(epoch)
+        return self._answer if passthrough or not self.fast.identity else None
+
+    def _refresh(self, epoch) -> None:
         with self.iommu.lock:
             self.collect()
             self._epoch = epoch[0]
             ctx = self.iommu.fast_context(self.requester_id)
             self._answer = None
-            if ctx is not None:
+            f = self.fast
+            f.identity = 0
+            if ctx is None:
+                limit = self.iommu.fast_passthrough(self.requester_id)
+                if limit is not None:
+                    f.identity, f.limit, f.seen = 1, min(limit, (1 << 64) - 1), self._epoch
+                    self._answer = self.xlate
+            else:
                 params = self.iommu.params
-                f = self.fast
                 f.did, f.limit, f.sid = ctx.did, 1 << ctx.width, self.requester_id
                 # walks in C for what C's walker takes (translate.walk_native's test)
                 ok = 0 <= ctx.slptptr < 1 << 64 and 1 <= ctx.levels <= lib.AKVM_SL_MAX_LEVELS
@@ -61,7 +74,8 @@ class FastTranslator:
                 f.large_pages = params.large_pages & 3
                 f.seen = self._epoch
                 self._answer = self.xlate
-            return self._answer
+            if self._answer is None:
+                self._epoch = None
 
     def done(self) -> None:
         """After a use: the hits go to the unit's statistics now and then (and at

@@ -323,6 +323,25 @@ class VtdIommu:
             return None
         return None if ctx.pass_through else ctx
 
+    def fast_passthrough(self, sid: int) -> int | None:
+        """With the lock held: the bound below which sid's DMA reaches guest-physical
+        addresses unchanged, when a translator in C may serve it so (translation off,
+        or a pass-through context covering RAM; the C lock and no coherence checker,
+        as for fast_context). Else None."""
+        if self.doorbell is None or self.checker is not None:
+            return None
+        if not self.gsts & GSTS_TES:
+            return 1 << 64
+        try:
+            ctx = self._context(sid, 0)
+        except TranslationFault:
+            return None
+        except Exception as e:          # as in translate(): never a VMM crash
+            self._internal_error("fast_passthrough", e)
+            return None
+        top = max(slot.end for slot in self.memory.slots)
+        return 1 << ctx.width if ctx.pass_through and top <= 1 << ctx.width else None
+
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)
         if cached is None:

@@ -107,6 +107,11 @@ int akvm_vtd_fast_translate(void *opaque, unsigned long long addr, int write,
 
 	if (addr >= f->limit)
 		return -1;
+	if (f->identity) {
+		*gpa = addr;
+		*span = f->limit - addr;
+		return 0;
+	}
 	if (gen != f->generation) {
 		memset(f->recent, 0, sizeof(f->recent));
 		f->generation = gen;

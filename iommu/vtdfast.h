@@ -15,7 +15,10 @@
  * cached fault, or an IOTLB that cannot take the entry now is
  * akvm.iommu.vtd's to do again (it records faults). The lock is the unit's;
  * `epoch` is the unit's count of context-cache and translation-enable
- * changes, and a translator handed out at `seen` refuses once it moved. */
+ * changes, and a translator handed out at `seen` refuses once it moved.
+ * With `identity` set it serves a context that passes DMA through (or a
+ * unit with translation off) instead: addresses below `limit` are
+ * guest-physical, for as long as the epoch stays. */
 /* What the last translations were, while the IOTLB's generation stays:
  * each page's first use goes to the IOTLB (a hash lookup, LRU updated), the
  * next ones come from here. */
@@ -42,6 +45,7 @@ struct akvm_vtd_fast {
 	unsigned int levels;		/* its levels (0: no walks in C) */
 	unsigned int width, haw, large_pages;
 	unsigned int sid;		/* the requester, for the IOTLB's reports */
+	unsigned int identity;		/* pass-through: no IOTLB, no walk */
 	/* Python moves these into the unit's statistics: */
 	unsigned long long hits;	/* IOTLB hits */
 	unsigned long long misses;	/* IOTLB misses walked and filled here */

@@ -106,3 +106,37 @@ def test_untranslated_follows_the_context_and_records_no_fault():
     rig.iommu.context_cache.invalidate_all()
     assert not dma.untranslated()                 # translating
     assert DirectDma(rig.mem).untranslated()
+
+
+def test_a_pass_through_translator_in_c_holds_only_while_the_context_does():
+    """fast_translator(passthrough=True): for C that cannot ask untranslated() before each
+    access (the e1000's exit handler), addresses pass through unchanged, but its lock
+    refuses once translation is turned on or the context cache lets the entry go."""
+    from akvm.base.native import ffi
+    rig = Rig(base=0xFED9_0000)
+    dma = rig.dma()
+    gpa, span = ffi.new("unsigned long long *"), ffi.new("unsigned long long *")
+
+    def passes(x, addr):
+        assert x.lock(x.opaque) == 0
+        try:
+            assert x.translate(x.opaque, addr, 1, gpa, span) == 0
+            return gpa[0] == addr and span[0] > 0
+        finally:
+            x.unlock(x.opaque)
+
+    off = dma.fast_translator(passthrough=True)     # translation off
+    assert dma.fast_translator() is None            # not for code that asks untranslated()
+    assert passes(off, 0x12345)
+    rig.enable()
+    assert off.lock(off.opaque) != 0                # turned on: C stops at once
+    assert dma.fast_translator(passthrough=True) is None    # no context: Python faults it
+    rig.set_context(SID, tt=2, did=3)               # pass-through
+    rig.iommu.context_cache.invalidate_all()
+    x = dma.fast_translator(passthrough=True)
+    assert passes(x, 0x4000)
+    rig.set_context(SID, tt=0, did=3, table=rig.page())
+    assert passes(x, 0x4000)                        # the cached context still says so
+    rig.iommu.context_cache.invalidate_all()
+    assert x.lock(x.opaque) != 0                    # translating now: refused
+    assert dma.fast_translator(passthrough=True) is not None    # a translator that walks

@@ -49,11 +49,13 @@ class DmaSpace:
         """Whether device addresses are guest-physical addresses right now."""
         return not self.translated
 
-    def fast_translator(self):
+    def fast_translator(self, passthrough: bool = False):
         """A struct akvm_dma_xlate * (dmaxlate.h) through which C code may translate
         this space's addresses for now, or None (then untranslated() DMA goes
-        straight to RAM and the rest through this object). What it cannot
-        translate stays this object's to do; call fast_done() after a use."""
+        straight to RAM and the rest through this object). With passthrough, one
+        also while the addresses are guest-physical (an IOMMU passing them
+        through), for C that cannot ask untranslated() before each access. What it
+        cannot translate stays this object's to do; call fast_done() after a use."""
         return None
 
     def fast_done(self) -> None:
