@@ -296,17 +296,22 @@ class VtdIommu:
         its context (looked up as a DMA would, without recording a fault) is
         pass-through with an address width that covers guest RAM."""
         with self.lock:
-            if not self.gsts & GSTS_TES:
-                return True
-            try:
-                ctx = self._context(sid, 0)
-            except TranslationFault:
-                return False
-            except Exception as e:      # as in translate(): never a VMM crash
-                self._internal_error("untranslated", e)
-                return False
-            top = max(slot.end for slot in self.memory.slots)
-            return ctx.pass_through and top <= 1 << ctx.width
+            return self._passthrough_limit(sid, "untranslated") is not None
+
+    def _passthrough_limit(self, sid: int, where: str) -> int | None:
+        """With the lock held: the bound below which sid's DMA passes through unchanged
+        (untranslated()), or None."""
+        if not self.gsts & GSTS_TES:
+            return 1 << 64
+        try:
+            ctx = self._context(sid, 0)
+        except TranslationFault:
+            return None
+        except Exception as e:          # as in translate(): never a VMM crash
+            self._internal_error(where, e)
+            return None
+        top = max(slot.end for slot in self.memory.slots)
+        return 1 << ctx.width if ctx.pass_through and top <= 1 << ctx.width else None
 
     def fast_context(self, sid: int) -> ContextEntry | None:
         """sid's context when a translator in C may serve its DMA (akvm.iommu.fastdma),
@@ -325,22 +330,11 @@ class VtdIommu:
 
     def fast_passthrough(self, sid: int) -> int | None:
         """With the lock held: the bound below which sid's DMA reaches guest-physical
-        addresses unchanged, when a translator in C may serve it so (translation off,
-        or a pass-through context covering RAM; the C lock and no coherence checker,
-        as for fast_context). Else None."""
+        addresses unchanged, when a translator in C may serve it so (the C lock and no
+        coherence checker, as for fast_context). Else None."""
         if self.doorbell is None or self.checker is not None:
             return None
-        if not self.gsts & GSTS_TES:
-            return 1 << 64
-        try:
-            ctx = self._context(sid, 0)
-        except TranslationFault:
-            return None
-        except Exception as e:          # as in translate(): never a VMM crash
-            self._internal_error("fast_passthrough", e)
-            return None
-        top = max(slot.end for slot in self.memory.slots)
-        return 1 << ctx.width if ctx.pass_through and top <= 1 << ctx.width else None
+        return self._passthrough_limit(sid, "fast_passthrough")
 
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)
