@@ -162,7 +162,8 @@ def build_net(machine, spec) -> None:
     mac = nic_mac(machine, spec)
     backend = net_backend(spec)
     try:
-        add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind)), spec)
+        add_virtio(machine, VirtioNet(backend, mac, name=_name(machine, spec.kind),
+                                      tx_by_vcpu=spec.values["tx"] == "vcpu"), spec)
     except BaseException:
         backend.close()
         raise

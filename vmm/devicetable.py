@@ -143,6 +143,10 @@ DEVICES: dict[str, Kind] = {k.name: k for k in (
     Kind("virtio-net", f"{VIRTIO}:build_net",
          "a NIC on one backend: user networking, tap, socket or loopback", (
         *NET_OPTIONS,
+        Option("tx", choice("thread", "vcpu"), "thread", "thread|vcpu",
+               "on PCI with net=user, who sends what a transmit notify announces: the "
+               "backend's thread (its ioeventfd), or the vCPU itself (for a host with no "
+               "CPU to spare)"),
         TRANSPORT,
     )),
     Kind("virtio-rng", f"{VIRTIO}:build_rng", "entropy from getrandom(2)", (TRANSPORT,)),

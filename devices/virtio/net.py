@@ -11,11 +11,15 @@ the device stops reading the backend, so frames wait there, not here.
 On a backend with a loop in C (user networking) and with direct DMA, the
 queues are served in C on the backend's thread from DRIVER_OK on
 (akvm.devices.virtio.netq, netq.c): no Python runs per frame. On virtio-pci
-with the machine's fast path, the transmit queue's notify address then
-completes in C on the vCPU (in place of its ioeventfd), which hands the
-frames to libslirp itself when the backend lets it (nicport.h), as the
-e1000's TDT write does. A reset takes them back; so does C when it meets
-what Python must report.
+with the machine's fast path, tx_by_vcpu (`tx=vcpu`) has the transmit
+queue's notify address complete in C on the vCPU (in place of its
+ioeventfd), which hands the frames to libslirp itself when the backend lets
+it (nicport.h), as the e1000's TDT write does. That saves waking the
+backend's thread, but the guest waits for the turn: it pays where the host
+has no CPU to spare for that thread, while the thread, sending beside the
+guest, is quicker where it has one (README, the net figures), hence the
+default. A reset takes the queues back; so does C when it meets what Python
+must report.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ class VirtioNet(VirtioDevice):
     device_id = VIRTIO_ID_NET
     kind = "virtio-net"
 
-    def __init__(self, backend, mac: bytes, name: str | None = None):
+    def __init__(self, backend, mac: bytes, name: str | None = None, tx_by_vcpu: bool = False):
         super().__init__([QUEUE_SIZE, QUEUE_SIZE],
                          bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS) | bit(VIRTIO_NET_F_MTU),
                          CONFIG_SIZE, name)
@@ -67,6 +71,7 @@ class VirtioNet(VirtioDevice):
         self.notify_exits = self.sent_by_vcpu = 0   # transmit notifications C completed
         self.native = True                     # serve the queues in C where the backend can
         self._native = None                    # NativeNetQueues while C serves them
+        self.tx_by_vcpu = tx_by_vcpu           # a transmit notify runs the turn on the vCPU
 
     def make_worker(self):
         """The backend's thread when it has one (user networking), so frames cross
@@ -134,7 +139,7 @@ class VirtioNet(VirtioDevice):
                                 self._native_interrupts, native,
                                 attach=address("akvm_vnetq_attach"))
         notify_in_c = getattr(self.transport, "notify_in_c", None)
-        if notify_in_c is not None:
+        if notify_in_c is not None and self.tx_by_vcpu:
             notify_in_c(TRANSMITQ, "akvm_vnetq_exit", native)
         self._kick_native()
 

@@ -109,7 +109,8 @@ def test_virtio_net_pci_and_mmio_on_user_networking(akvm_guest_factory, line_ser
     driver from the configuration space) and on virtio-mmio."""
     fwd_pci, fwd_mmio = free_port(), free_port()
     guest = akvm_guest_factory(args=[
-        "--device", f"virtio-net,net=user,hostfwd=tcp::{fwd_pci}-:{GUEST_PORT},mac=02:00:00:aa:bb:cc",
+        "--device", f"virtio-net,net=user,hostfwd=tcp::{fwd_pci}-:{GUEST_PORT},mac=02:00:00:aa:bb:cc,"
+                    "tx=vcpu",
         "--device", f"virtio-net,net=user,hostfwd=tcp:127.0.0.1:{fwd_mmio}-:{GUEST_PORT},"
                     "transport=mmio", "--stats"],
         cmdline="virtio_mmio.device=0x200@0xf0000000:5", timeout=TIMEOUT)
@@ -123,8 +124,8 @@ def test_virtio_net_pci_and_mmio_on_user_networking(akvm_guest_factory, line_ser
                       r"transmit notifications in C \((\d+) sent by the vCPU\)", guest.serial_log,
                       re.M)
         assert m and int(m.group(1)) >= 15 and int(m.group(2)) >= 15, guest.serial_log[-3000:]
-        if nic == "virtio-net0":        # PCI: the transmit notify completes in C, the vCPU
-            assert 0 < int(m.group(4)) <= int(m.group(3)), m.group(0)    # runs libslirp
+        if nic == "virtio-net0":        # PCI, tx=vcpu: the transmit notify completes in C,
+            assert 0 < int(m.group(4)) <= int(m.group(3)), m.group(0)    # the vCPU runs libslirp
         else:                           # virtio-mmio: its ioeventfd and the engine's thread
             assert int(m.group(3)) == 0, m.group(0)
 
@@ -235,7 +236,8 @@ def pings_went_on(restored) -> None:
 
 def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
     """Saved while a process pings through virtio-net (its queues served in C), resumed in a
-    new akvm with a new libslirp: the rings go on where they were, the pings are answered."""
+    new akvm with a new libslirp: the rings go on where they were, the pings are answered.
+    By default (tx=thread) the transmit notify stays the ioeventfd's: none reaches C."""
     libslirp_or_skip()
     guest = akvm_guest_factory(args=["--device", "virtio-net,net=user"],
                                control=tmp_path / "control.sock", timeout=TIMEOUT)
@@ -243,8 +245,13 @@ def test_a_snapshot_with_the_nic_at_work(akvm_guest_factory, tmp_path):
     guest.expect("net: pinging 10.0.2.2 for 6 s")
     guest.snapshot(tmp_path / "snap")
     guest.close()
-    restored = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False)
+    restored = akvm_guest_factory(restore=tmp_path / "snap", timeout=TIMEOUT, wait_prompt=False,
+                                  args=["--stats"])
     pings_went_on(restored)
+    restored.close()
+    m = re.search(r"^\s*virtio-net0: (\d+) frames out, .* (\d+) transmit notifications in C",
+                  restored.serial_log, re.M)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) == 0, restored.serial_log[-3000:]
 
 
 @pytest.mark.parametrize("iommu", [[], ["--iommu", "vtd"]], ids=["no-iommu", "vtd"])

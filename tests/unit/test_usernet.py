@@ -429,7 +429,7 @@ def test_virtio_net_transmit_notify_in_c_runs_slirp_on_the_vcpu():
         def notify_in_kernel(self, index):
             self.in_c.pop(index, None)
 
-    dev = VirtioNet(slirp_or_skip()(), GUEST_MAC)
+    dev = VirtioNet(slirp_or_skip()(), GUEST_MAC, tx_by_vcpu=True)
     dev.transport = transport = Transport()
     mem = new_memory()
     rx, tx = bring_up(dev, mem)

@@ -16,9 +16,10 @@ alternate between the VMMs, figures are medians. The guest's ring 3 is
 native on this host, so these measure the VMMs' device models and backends
 (and the exits each driver makes), not ring-0 emulation.
 
-Then the e1000 behind VT-d, the guest's driver DMAing through a translated
-context: akvm `--iommu vtd`, QEMU's intel-iommu, which wants its q35
-machine with the IOAPIC in QEMU (kernel-irqchip=split).
+Then virtio-net with `tx=vcpu` (the vCPU that notifies sends, instead of the
+backend's thread), and the e1000 behind VT-d, the guest's driver DMAing
+through a translated context: akvm `--iommu vtd`, QEMU's intel-iommu, which
+wants its q35 machine with the IOAPIC in QEMU (kernel-irqchip=split).
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ SETUPS = (
      ["--device", "e1000,net=user", "--device", "virtio-net,net=user"],
      ["-nic", "user,model=e1000",
       "-netdev", "user,id=n1", "-device", "virtio-net-pci,netdev=n1,disable-legacy=on"]),
+    ("user networking, tx=vcpu", NICS[:1], ["--device", "virtio-net,net=user,tx=vcpu"],
+     ["-netdev", "user,id=n1", "-device", "virtio-net-pci,netdev=n1,disable-legacy=on"]),
     ("behind VT-d, user networking", NICS[1:],
      ["--device", "e1000,net=user", "--iommu", "vtd"],
      ["-machine", "q35,kernel-irqchip=split",
