@@ -275,18 +275,25 @@ static const char *test_user_shootdown(void)
 
 #define FAULT_IOVA      0x0F000000ULL   /* user/edudma.c has the same */
 
+/* Translation on, and d (what: its name) behind the IOMMU. */
+static const char *iommu_covering(const struct pci_dev *d, const char *what)
+{
+	const char *err;
+	if ((err = iommu_probe()))
+		return SKIP("no IOMMU: %s", err);
+	if ((err = iommu_enable()))
+		return FAIL("enabling translation: %s", err);
+	if (!iommu_covers(d->bus, d->dev, d->fn))
+		return SKIP("%s is not in the DRHD's device scope", what);
+	return NULL;
+}
+
 static const char *need_edu_iommu(void)
 {
 	const char *err = edu_probe();
 	if (err)
 		return SKIP("%s", err);
-	if ((err = iommu_probe()))
-		return SKIP("no IOMMU: %s", err);
-	if ((err = iommu_enable()))
-		return FAIL("enabling translation: %s", err);
-	if (!iommu_covers(edu.pci->bus, edu.pci->dev, edu.pci->fn))
-		return SKIP("edu is not in the DRHD's device scope");
-	return NULL;
+	return iommu_covering(edu.pci, "edu");
 }
 
 /* d's context entry is the kernel's pass-through (or identity) one. */
@@ -604,13 +611,9 @@ static const char *need_ioat_iommu(struct pci_dev **out)
 	const char *err = ioat_probe();
 	if (err)
 		return SKIP("%s", err);
-	if ((err = iommu_probe()))
-		return SKIP("no IOMMU: %s", err);
-	if ((err = iommu_enable()))
-		return FAIL("enabling translation: %s", err);
 	struct pci_dev *d = ioat_chans[ioat_nchans - 1].pci;
-	if (!iommu_covers(d->bus, d->dev, d->fn))
-		return SKIP("the I/OAT function is not in the DRHD's device scope");
+	if ((err = iommu_covering(d, "the I/OAT function")))
+		return err;
 	*out = d;
 	return NULL;
 }
