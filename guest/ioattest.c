@@ -182,6 +182,19 @@ static const char *long_chain(uint64_t *last)
 	return NULL;
 }
 
+/* The channel started on 2 MiB of pattern, the long chain at CHAINADDR and not
+ * counted in yet: where the append and suspend tests begin. */
+static const char *start_long_chain(uint64_t *last)
+{
+	const char *err = need_ioat();
+	if (err)
+		return err;
+	TRY(ioat_start(c, CHANCTRL_RUN));
+	pattern(2 * MiB);
+	TRY(long_chain(last));
+	return NULL;
+}
+
 static const char *chain_done(uint64_t last)
 {
 	if (ioat_wait(c, 20 * WAIT_US) != CHANSTS_IDLE)
@@ -195,13 +208,10 @@ static const char *chain_done(uint64_t last)
 
 static const char *test_ioat_append(void)
 {
-	const char *err = need_ioat();
 	uint64_t last;
+	const char *err = start_long_chain(&last);
 	if (err)
 		return err;
-	TRY(ioat_start(c, CHANCTRL_RUN));
-	pattern(2 * MiB);
-	TRY(long_chain(&last));
 	ioat_w16(c, IOAT_DMACOUNT, LONG);
 	unsigned active = 0;
 	for (unsigned k = 1; k <= APPENDS; k++) {
@@ -260,13 +270,10 @@ static const char *test_ioat_intx(void) { return irq_test(2); }
 
 static const char *test_ioat_suspend(void)
 {
-	const char *err = need_ioat();
 	uint64_t last;
+	const char *err = start_long_chain(&last);
 	if (err)
 		return err;
-	TRY(ioat_start(c, CHANCTRL_RUN));
-	pattern(2 * MiB);
-	TRY(long_chain(&last));
 	ioat_w16(c, IOAT_DMACOUNT, LONG + APPENDS);
 	ioat_w8(c, IOAT_CHANCMD, CHANCMD_SUSPEND);
 	uint64_t sts = ioat_r64(c, IOAT_CHANSTS);
