@@ -16,6 +16,8 @@ Python's (a call, a watched fd, frames, a timer, an interrupt to send).
 A NIC with a data path in C (devices/nicport.h) is served in it without
 Python: what the guest queued goes to slirp_input(), what slirp sends
 goes into the guest's ring; frames the NIC has no room for yet wait here.
+For AKS_SPIN_NS after frames moved the thread polls without sleeping, so the
+next frame of an exchange finds it awake; an idle NIC costs no CPU.
 Python's rare callbacks (timers, guest errors) are `extern "Python"`.
 
 A NIC may also run its turn on the vCPU thread that rang its doorbell
@@ -102,6 +104,7 @@ SOURCE = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <slirp/libslirp.h>
@@ -178,6 +181,17 @@ static void frames_clear(struct aks_frames *q)
         free(f);
 }
 
+/* After frames moved, the thread polls without sleeping this long: the guest's
+ * next frame, or the host's answer, mostly comes sooner than a thread woken
+ * from sleep would run again (about 30 us on this host). But on a host with
+ * no CPU to spare, polling takes the CPU the vCPUs need: a thread the
+ * scheduler preempted (an involuntary context switch) within the last
+ * AKS_SPIN_CHECK_NS sleeps as soon as it has nothing to do, for
+ * AKS_SPIN_PAUSE_NS (tools/bench net; README). */
+#define AKS_SPIN_NS 50000LL
+#define AKS_SPIN_CHECK_NS 100000000LL
+#define AKS_SPIN_PAUSE_NS 1000000000LL
+
 struct aks_engine {
     pthread_mutex_t lock;               /* every call into slirp, and what follows */
     Slirp *slirp;
@@ -194,6 +208,9 @@ struct aks_engine {
     struct pollfd *probe;               /* the vCPU's: slirp's part only */
     int probe_n, probe_cap, probe_differs;
     int64_t sleep_until_ns;
+    int64_t last_work_ns;               /* when frames last moved (AKS_SPIN_NS) */
+    int64_t spin_checked_ns, no_spin_until_ns;
+    long nivcsw;                        /* this thread's involuntary switches, then */
     unsigned gen;                       /* +1 when a vCPU re-indexed slirp's sockets */
     int on_hold;                        /* a snapshot holds the thread: no vCPU turns */
     int timers_moved;                   /* a slirp timer was set or freed in a vCPU's turn */
@@ -568,6 +585,26 @@ static void aks_signal(int fd)
         return;                                 /* (EAGAIN: it is signalled already) */
 }
 
+/* Whether the thread may poll on without sleeping now (AKS_SPIN_NS). */
+static int aks_may_spin(struct aks_engine *e, int64_t now_ns)
+{
+    if (now_ns < e->no_spin_until_ns)
+        return 0;
+    if (now_ns - e->spin_checked_ns >= AKS_SPIN_CHECK_NS) {
+        struct rusage ru;
+        if (getrusage(RUSAGE_THREAD, &ru) == 0) {
+            int preempted = e->spin_checked_ns && ru.ru_nivcsw != e->nivcsw;
+            e->nivcsw = ru.ru_nivcsw;
+            e->spin_checked_ns = now_ns;
+            if (preempted) {
+                e->no_spin_until_ns = now_ns + AKS_SPIN_PAUSE_NS;
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /* Serve slirp and the NIC in C until something is Python's, or until
  * timeout_ms (Python's next timer; -1: none) has passed: returns AKS_EV_*.
  * The lock is held throughout but for the sleep in ppoll(). */
@@ -602,6 +639,9 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
         int64_t wait = (now_ns / 1000000 + timeout) * 1000000 - now_ns;
         if (e->events || e->nic_again || wait < 0)   /* work waiting: do not sleep */
             wait = 0;
+        if (wait > 0 && now_ns - e->last_work_ns < AKS_SPIN_NS && aks_may_spin(e, now_ns))
+            wait = 0;                           /* frames just moved: poll on, awake */
+        unsigned long long work0 = e->to_network + e->to_guest_c;
         e->sleep_until_ns = now_ns + wait;
         struct timespec ts = { .tv_sec = wait / 1000000000, .tv_nsec = wait % 1000000000 };
         pthread_mutex_unlock(&e->lock);
@@ -631,6 +671,8 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
             }
         if (nic)
             aks_nic_turn(e);
+        if (e->to_network + e->to_guest_c != work0)
+            e->last_work_ns = aks_clock_ns(NULL);
         if (e->events) {
             int events = e->events;
             e->events = 0;

@@ -465,3 +465,17 @@ def test_virtio_net_transmit_notify_in_c_runs_slirp_on_the_vcpu():
         assert wait_for(lambda: TRANSMITQ not in transport.in_c)
     finally:
         dev.close()
+
+
+def test_the_engine_polls_awake_only_just_after_frames_moved():
+    """After an exchange the engine's thread polls without sleeping for a moment
+    (slirp_build.py, AKS_SPIN_NS), then sleeps: an idle NIC costs no CPU."""
+    nic = E1000OnSlirp()
+    try:
+        nic.send(arp_for_the_gateway())
+        assert nic.wait_received() is not None          # frames moved both ways
+        before = time.process_time()                    # every thread of this process
+        time.sleep(2.0)                 # (the thread may sleep up to 1 s before it sees them)
+        assert time.process_time() - before < 0.2
+    finally:
+        nic.close()

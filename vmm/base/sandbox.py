@@ -70,8 +70,8 @@ ALLOWED = {
                 "getpeername", "getsockopt", "setsockopt", "sendto", "recvfrom", "sendmsg",
                 "recvmsg", "sendmmsg", "recvmmsg", "shutdown"),
     "children": ("wait4", "waitid"),            # reaping the boot image's builder
-    "process facts": ("uname", "sysinfo", "prlimit64", "getrlimit", "getuid", "geteuid",
-                      "getgid", "getegid", "getrandom", "getcpu", "sched_getparam",
+    "process facts": ("uname", "sysinfo", "prlimit64", "getrlimit", "getrusage", "getuid",
+                      "geteuid", "getgid", "getegid", "getrandom", "getcpu", "sched_getparam",
                       "sched_getscheduler", "getpriority"),
 }
 
