@@ -89,22 +89,17 @@ unsigned int akvm_e1000_crc32(const uint8_t *data, size_t len)
  * translate now (no translator, or its translations changed since). */
 static int hold(struct akvm_e1000_c *c)
 {
-	if (!c->translated || c->held)
+	if (!c->translated)
 		return 0;
-	if (!c->x || c->x->lock(c->x->opaque))
-		return -1;
-	c->held = 1;
-	return 0;
+	return c->x ? akvm_xlate_hold(c->x, &c->held) : -1;
 }
 
 /* The end of a step's memory accesses: before the lock is let go, and before a
  * frame is handed to the network (which may come back with a received one). */
 static void let_go(struct akvm_e1000_c *c)
 {
-	if (c->held) {
-		c->x->unlock(c->x->opaque);
-		c->held = 0;
-	}
+	if (c->x)
+		akvm_xlate_let_go(c->x, &c->held);
 }
 
 #define RD 1

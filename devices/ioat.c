@@ -79,20 +79,13 @@ unsigned int akvm_ioat_chanerr(struct akvm_ioat_chan *ch, unsigned int set, unsi
  * may have changed since it was handed out (then nothing is held). */
 static int hold(struct mem *m)
 {
-	if (!m->x || m->locked)
-		return 0;
-	if (m->x->lock(m->x->opaque))
-		return -1;
-	m->locked = 1;
-	return 0;
+	return m->x ? akvm_xlate_hold(m->x, &m->locked) : 0;
 }
 
 static void let_go(struct mem *m)
 {
-	if (m->locked) {
-		m->x->unlock(m->x->opaque);
-		m->locked = 0;
-	}
+	if (m->x)
+		akvm_xlate_let_go(m->x, &m->locked);
 }
 
 /* [addr, addr + len) as host pieces: their number, or -1 when some of it is

@@ -22,4 +22,28 @@ struct akvm_dma_xlate {
 	void *opaque;
 };
 
+#ifndef AKVM_CDEF
+/* A step's hold on x's lock, *held saying whether it has it: taken once for
+ * all the step's accesses (0), or -1 with nothing held when x's translations
+ * changed since it was handed out. */
+static inline int akvm_xlate_hold(const struct akvm_dma_xlate *x, int *held)
+{
+	if (*held)
+		return 0;
+	if (x->lock(x->opaque))
+		return -1;
+	*held = 1;
+	return 0;
+}
+
+/* The step is done with the memory x named. */
+static inline void akvm_xlate_let_go(const struct akvm_dma_xlate *x, int *held)
+{
+	if (*held) {
+		x->unlock(x->opaque);
+		*held = 0;
+	}
+}
+#endif
+
 #endif
