@@ -58,12 +58,10 @@ class FastTranslator:
             self._answer = None
             f = self.fast
             f.identity = 0
-            if ctx is None:
-                limit = self.iommu.fast_passthrough(self.requester_id)
-                if limit is not None:
-                    f.identity, f.limit, f.seen = 1, min(limit, (1 << 64) - 1), self._epoch
-                    self._answer = self.xlate
-            else:
+            if isinstance(ctx, int):                    # passed through below that bound
+                f.identity, f.limit, f.seen = 1, min(ctx, (1 << 64) - 1), self._epoch
+                self._answer = self.xlate
+            elif ctx is not None:
                 params = self.iommu.params
                 f.did, f.limit, f.sid = ctx.did, 1 << ctx.width, self.requester_id
                 # walks in C for what C's walker takes (translate.walk_native's test)

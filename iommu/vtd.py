@@ -296,11 +296,12 @@ class VtdIommu:
         its context (looked up as a DMA would, without recording a fault) is
         pass-through with an address width that covers guest RAM."""
         with self.lock:
-            return self._passthrough_limit(sid, "untranslated") is not None
+            return isinstance(self._dma_target(sid, "untranslated"), int)
 
-    def _passthrough_limit(self, sid: int, where: str) -> int | None:
-        """With the lock held: the bound below which sid's DMA passes through unchanged
-        (untranslated()), or None."""
+    def _dma_target(self, sid: int, where: str) -> ContextEntry | int | None:
+        """With the lock held, what sid's DMA goes through now: the bound below which
+        it passes unchanged (untranslated()), its translated context, or None (no
+        context, or a pass-through one short of RAM)."""
         if not self.gsts & GSTS_TES:
             return 1 << 64
         try:
@@ -310,31 +311,19 @@ class VtdIommu:
         except Exception as e:          # as in translate(): never a VMM crash
             self._internal_error(where, e)
             return None
+        if not ctx.pass_through:
+            return ctx
         top = max(slot.end for slot in self.memory.slots)
-        return 1 << ctx.width if ctx.pass_through and top <= 1 << ctx.width else None
+        return 1 << ctx.width if top <= 1 << ctx.width else None
 
-    def fast_context(self, sid: int) -> ContextEntry | None:
-        """sid's context when a translator in C may serve its DMA (akvm.iommu.fastdma),
-        with the lock held: a translated context, the C IOTLB and lock, and no
-        coherence checker (which must see every hit). Else None."""
-        if self.doorbell is None or self.checker is not None or not self.gsts & GSTS_TES:
-            return None
-        try:
-            ctx = self._context(sid, 0)
-        except TranslationFault:
-            return None
-        except Exception as e:          # as in translate(): never a VMM crash
-            self._internal_error("fast_context", e)
-            return None
-        return None if ctx.pass_through else ctx
-
-    def fast_passthrough(self, sid: int) -> int | None:
-        """With the lock held: the bound below which sid's DMA reaches guest-physical
-        addresses unchanged, when a translator in C may serve it so (the C lock and no
-        coherence checker, as for fast_context). Else None."""
+    def fast_context(self, sid: int) -> ContextEntry | int | None:
+        """With the lock held, what a translator in C may serve sid's DMA from
+        (akvm.iommu.fastdma): its translated context, or the bound below which the
+        DMA passes unchanged (as _dma_target()); None without the C IOTLB and lock,
+        or with the coherence checker on (which must see every access)."""
         if self.doorbell is None or self.checker is not None:
             return None
-        return self._passthrough_limit(sid, "fast_passthrough")
+        return self._dma_target(sid, "fast_context")
 
     def _context(self, sid: int, address: int) -> ContextEntry:
         cached = self.context_cache.lookup(sid)
