@@ -547,12 +547,11 @@ void akvm_e1000_use_ram(struct akvm_e1000_c *c, const struct akvm_mem_slot *slot
 	pthread_mutex_unlock(&c->lock);
 }
 
-void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x,
-			  int translated)
+void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x)
 {
 	pthread_mutex_lock(&c->lock);
 	c->x = x;
-	c->translated = translated;
+	c->translated = 1;
 	pthread_mutex_unlock(&c->lock);
 }
 

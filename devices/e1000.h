@@ -130,12 +130,11 @@ void akvm_e1000_free(struct akvm_e1000_c *c);
 /* Guest RAM for the data path (the slots stay alive while in use); needed before native. */
 void akvm_e1000_use_ram(struct akvm_e1000_c *c, const struct akvm_mem_slot *slots,
 			unsigned int nslots);
-/* Behind an IOMMU (translated nonzero): ring and buffer addresses are bus
+/* Behind an IOMMU, from the first call on: ring and buffer addresses are bus
  * addresses, which C reaches only through x (dmaxlate.h), holding its lock
  * from a step's first access to its last; x NULL or an address x cannot
- * translate leaves the work to Python. translated 0: guest-physical. */
-void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x,
-			  int translated);
+ * translate leaves the work to Python. Without a call: guest-physical. */
+void akvm_e1000_use_xlate(struct akvm_e1000_c *c, const struct akvm_dma_xlate *x);
 struct akvm_e1000 *akvm_e1000_state(struct akvm_e1000_c *c);
 /* Recursive: Python may take it again inside a register access. */
 void akvm_e1000_lock(struct akvm_e1000_c *c);

@@ -398,7 +398,7 @@ class E1000(PciDevice):
         if self.dma.translated:
             self.dma.fast_done()
             lib.akvm_e1000_use_xlate(self.handle,
-                                     self.dma.fast_translator(passthrough=True) or ffi.NULL, 1)
+                                     self.dma.fast_translator(passthrough=True) or ffi.NULL)
 
     def _python_turn(self) -> None:
         """C left this turn to Python (backend's thread): the rest of the transmit ring, and
@@ -1024,10 +1024,11 @@ class E1000(PciDevice):
 
     def receive(self) -> None:
         """Move frames from the backend into the receive ring (device thread)."""
+        if self.s.native:
+            with self._locked():
+                self._use_translator()      # C gave these frames back: perhaps why
         while True:
             with self._locked():
-                if self.s.native:
-                    self._use_translator()
                 frame = self._held if self._held is not None else self.backend.recv()
                 self._held = None
                 self.s.python_rx = 0
