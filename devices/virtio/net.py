@@ -133,13 +133,13 @@ class VirtioNet(VirtioDevice):
         for fd in self.kick_fds:
             self.worker.unwatch(fd)
         from akvm.devices.virtio.netq import address
-        native.set_kick(self.kick_fds[TRANSMITQ])
         self.backend.set_native(native.tx_function, native.rx_function, native.address,
                                 tuple(self.kick_fds), self._native_gave_back,
                                 self._native_interrupts, native,
                                 attach=address("akvm_vnetq_attach"))
         notify_in_c = getattr(self.transport, "notify_in_c", None)
         if notify_in_c is not None and self.tx_by_vcpu:
+            native.set_kick(self.kick_fds[TRANSMITQ])   # when the vCPU cannot take the turn
             notify_in_c(TRANSMITQ, "akvm_vnetq_exit", native)
         self._kick_native()
 

@@ -17,8 +17,8 @@ queue's kick eventfd when the machine provides one (a 16-bit write then
 never leaves the kernel); any other write reaches write() below and kicks
 the queue the same way. A device may ask for a queue's notify address to
 complete in C on the vCPU instead (notify_in_c(), with the machine's fast
-path): virtio-net on user networking does, so that the vCPU hands what
-the guest sends to libslirp itself. Interrupts: MSI-X when the driver enabled it,
+path): virtio-net on user networking does with `tx=vcpu`, so that the vCPU
+hands what the guest sends to libslirp itself. Interrupts: MSI-X when the driver enabled it,
 else INTx with the ISR. Given `irqfd` (a new_irqfd(address, data) factory,
 see PciDevice.use_irqfds) each MSI-X vector the driver unmasks is an
 eventfd bound to a KVM MSI route that follows the vector's table entry, and
