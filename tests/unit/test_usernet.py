@@ -2,6 +2,7 @@
 
 Every server a test talks to is one it started on 127.0.0.1."""
 import socket
+import struct
 import time
 
 import pytest
@@ -146,6 +147,92 @@ def test_the_gateway_is_the_hosts_loopback(backend):
     assert data.payload == b"hello guest\n" and (data.src_ip, data.sport) == (GATEWAY, port)
     conn.close()
     server.close()
+
+
+RESOLVED = "192.0.2.7"              # TEST-NET-1: what the test's resolver answers
+
+
+def dns_query(ident: int, name: str) -> bytes:
+    """A recursive query for NAME's A record (RFC 1035 4.1)."""
+    qname = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", 1, 1)
+
+
+def dns_answer(query: bytes, address: str) -> bytes:
+    """QUERY answered with one A record: the header flipped to a response, the question
+    kept, the answer's name a pointer to it."""
+    ident = query[:2]
+    return (ident + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + query[12:]
+            + struct.pack("!HHHIH", 0xC00C, 1, 1, 60, 4) + socket.inet_aton(address))
+
+
+def answer_dns_in_a_namespace() -> None:
+    """Run under `unshare -Urnm` (its own network, mount table and root): make
+    /etc/resolv.conf say 127.0.0.1, answer queries there on port 53, and ask 10.0.2.3 for
+    akvm.test from the guest's side. Prints what both ends saw, as JSON."""
+    import ctypes
+    import fcntl
+    import json
+    import tempfile
+    import threading
+    SIOCSIFFLAGS, IFF_UP, IFF_LOOPBACK, IFF_RUNNING, MS_BIND = 0x8914, 0x1, 0x8, 0x40, 4096
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo",
+                                                  IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as conf:
+        conf.write("nameserver 127.0.0.1\n")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(conf.name.encode(), b"/etc/resolv.conf", None, MS_BIND, None):
+        raise OSError(ctypes.get_errno(), "bind-mounting /etc/resolv.conf")
+    resolver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    resolver.bind(("127.0.0.1", 53))
+    seen = {}
+
+    def serve():
+        query, peer = resolver.recvfrom(512)
+        seen.update(query=query.hex(), peer=peer[0])
+        resolver.sendto(dns_answer(query, RESOLVED), peer)
+    threading.Thread(target=serve, daemon=True).start()
+
+    b = slirp_or_skip()()
+    try:
+        b.send(from_guest(F.arp_request(GUEST_MAC, GUEST, DNS), F.ETH_ARP, F.BROADCAST))
+        expect(b, lambda f: f.ethertype == F.ETH_ARP)
+        b.send(from_guest(F.udp(GUEST, DNS, 5353, 53, dns_query(0x4B56, "akvm.test"))))
+        reply = expect(b, lambda f: f.proto == F.IP_UDP and f.sport == 53)
+    finally:
+        b.close()
+    print(json.dumps(dict(seen, src=reply.src_ip, dport=reply.dport,
+                          payload=reply.payload.hex())))
+
+
+def test_dns_at_10_0_2_3_is_the_hosts_resolver():
+    """The guest asks 10.0.2.3 and gets what the resolver in the host's /etc/resolv.conf
+    answers. The resolver is the test's own, on 127.0.0.1:53 in a user namespace (with its
+    own network and /etc/resolv.conf), so nothing leaves the machine."""
+    import json
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+    slirp_or_skip()
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("no unshare(1) (util-linux) to make a namespace for the test's resolver")
+    probe = subprocess.run([unshare, "-Urnm", "true"], capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"no user namespaces here for the test's resolver: {probe.stderr.strip()}")
+    root = pathlib.Path(__file__).resolve().parents[2]
+    run = subprocess.run(
+        [unshare, "-Urnm", sys.executable, "-c",
+         "from tests.unit.test_usernet import answer_dns_in_a_namespace as f; f()"],
+        cwd=root, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.splitlines()[-1])
+    query = dns_query(0x4B56, "akvm.test")
+    assert bytes.fromhex(seen["query"]) == query and seen["peer"] == "127.0.0.1"
+    assert (seen["src"], seen["dport"]) == (DNS, 5353)
+    assert bytes.fromhex(seen["payload"]) == dns_answer(query, RESOLVED)
 
 
 def test_hostfwd_reaches_the_guest(backend):
