@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 
 from akvm import __version__
@@ -36,6 +37,20 @@ class LogFormatter(logging.Formatter):
         return f"akvm: {name}: {super().format(record)}"
 
 
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's, sized to the terminal as shutil.get_terminal_size() would (COLUMNS,
+    then stdout's width, else 80) without importing shutil: argparse makes one formatter
+    per option while the parser is built, so every start, a restore's too, paid shutil's
+    import (about 3 ms)."""
+
+    def __init__(self, prog: str):
+        try:
+            columns = int(os.environ.get("COLUMNS", 0)) or os.get_terminal_size(1).columns
+        except (ValueError, OSError):
+            columns = 80
+        super().__init__(prog, width=(columns or 80) - 2)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, status 2, as for every other bad input
         self.exit(ExitCode.USAGE, f"akvm: error: {message}\n")
@@ -45,11 +60,11 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (made once: --restore asks it for the defaults too)."""
     parser = _Parser(prog="akvm", description="Run a kernel in a KVM virtual machine.",
-                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     epilog=EPILOG, formatter_class=_Formatter)
     parser.add_argument("--version", action="version", version=f"akvm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     run = sub.add_parser("run", help="boot a kernel", epilog=f"{help_text()}\n\n{EPILOG}",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+                         formatter_class=_Formatter)
     run.add_argument("--kernel", metavar="PATH",
                      help="Multiboot kernel (ELF32/ELF64, or with the a.out kludge); "
                           "default: the bundled guest kernel, built with make on demand")

@@ -27,7 +27,6 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from akvm.base.errors import ConfigError
 from akvm.config import MachineConfig, Module
@@ -81,7 +80,7 @@ def make_dir(path: str) -> None:
     """The snapshot's directory, made before the machine pauses: a bad path costs nothing."""
     try:
         if not os.path.isdir(path):
-            Path(path).mkdir(parents=True, exist_ok=True)
+            os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise SnapshotError(f"snapshot {path}: {e.strerror or e}") from None
 
@@ -91,13 +90,13 @@ def write(path: str, state: dict, memory) -> dict:
     RAM from `memory`, then the manifest with `state` (which gets the RAM file's layout).
     Returns a summary for the user."""
     start = time.monotonic()
-    folder = Path(path)
+    folder = os.fspath(path)
     ram_name = f"ram-{os.urandom(6).hex()}"
     offsets, pos = [], 0
     for slot in memory.slots:
         offsets.append(pos)
         pos += slot.size
-    ram_path = folder / ram_name
+    ram_path = os.path.join(folder, ram_name)
     try:
         fd = os.open(ram_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -114,25 +113,25 @@ def write(path: str, state: dict, memory) -> dict:
         body = json.dumps(state, separators=(",", ":")).encode()
         header = json.dumps({"format": FORMAT, "version": VERSION, "crc32": zlib.crc32(body),
                              "bytes": len(body)})
-        tmp = folder / f"{MANIFEST}.{ram_name}"
+        tmp = os.path.join(folder, f"{MANIFEST}.{ram_name}")
         with open(tmp, "wb") as f:
             f.write(header.encode() + b"\n" + body)
-        os.replace(tmp, folder / MANIFEST)
+        os.replace(tmp, os.path.join(folder, MANIFEST))
     except OSError as e:
-        for leftover in (ram_path, folder / f"{MANIFEST}.{ram_name}"):
+        for leftover in (ram_path, os.path.join(folder, f"{MANIFEST}.{ram_name}")):
             try:
                 os.unlink(leftover)
             except OSError:
                 pass
         raise SnapshotError(f"snapshot {path}: {e.strerror or e}") from None
-    for old in folder.glob("ram-*"):          # earlier snapshots' RAM (a restored machine
-        if old.name != ram_name:              # may still map one: unlinking is safe)
-            try:
-                old.unlink()
+    for old in os.listdir(folder):            # earlier snapshots' RAM (a restored machine
+        if old.startswith("ram-") and old != ram_name:    # may still map one: unlinking
+            try:                                            # is safe)
+                os.unlink(os.path.join(folder, old))
             except OSError:
                 pass
-    used = sum(p.stat().st_blocks * 512 for p in (ram_path, folder / MANIFEST))
-    return {"path": str(folder), "seconds": round(time.monotonic() - start, 6),
+    used = sum(os.stat(p).st_blocks * 512 for p in (ram_path, os.path.join(folder, MANIFEST)))
+    return {"path": folder, "seconds": round(time.monotonic() - start, 6),
             "ram_data": saved["data"], "ram_touched": saved["touched"], "disk_usage": used}
 
 
@@ -140,7 +139,7 @@ def write(path: str, state: dict, memory) -> dict:
 
 @dataclass
 class Snapshot:
-    path: Path
+    path: str
     state: dict
 
     def config(self, serial: str | None = None, stats: bool = False) -> MachineConfig:
@@ -180,7 +179,7 @@ class Snapshot:
     def open_ram(self) -> tuple[int, list]:
         """The RAM file, open, and the slots as GuestMemory.from_ram_file() takes them."""
         ram = self.state["ram"]
-        path = self.path / ram["file"]
+        path = os.path.join(self.path, ram["file"])
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -201,14 +200,13 @@ class Snapshot:
 
 def load(path: str) -> Snapshot:
     """Read and check a snapshot's manifest; any problem is a SnapshotError (one line)."""
-    folder = Path(path)
     where = f"snapshot {path}"
     try:
-        with open(folder / MANIFEST, "rb") as f:
+        with open(os.path.join(path, MANIFEST), "rb") as f:
             header_line = f.readline(4096)
             body = f.read()
     except FileNotFoundError:
-        what = "does not exist" if not folder.exists() else f"has no {MANIFEST}"
+        what = "does not exist" if not os.path.exists(path) else f"has no {MANIFEST}"
         raise SnapshotError(f"{where} {what}") from None
     except OSError as e:
         raise SnapshotError(f"{where}: {e.strerror or e}") from None
@@ -232,7 +230,7 @@ def load(path: str) -> Snapshot:
         state = json.loads(body)
     except ValueError as e:
         raise SnapshotError(f"{where}: {MANIFEST} is corrupt ({e})") from None
-    return Snapshot(folder, state)
+    return Snapshot(path, state)
 
 
 class EarlyVm(threading.Thread):

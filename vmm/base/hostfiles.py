@@ -5,12 +5,14 @@ link someone planted (to /etc/shadow, say): output files are opened without
 following a link in the last component (O_NOFOLLOW). A listening UNIX socket
 is created 0600 whatever the umask, so only its owner can connect to a
 guest's console or network link.
+
+socket is imported only where a socket is probed: every start opens output
+files through this module, and most starts listen on no socket.
 """
 from __future__ import annotations
 
 import errno
 import os
-import socket
 import stat
 
 
@@ -43,6 +45,7 @@ def remove_stale_socket(path: str) -> None:
         return
     if not stat.S_ISSOCK(st.st_mode):
         raise FileExistsError("exists and is not a socket; refusing to replace it")
+    import socket
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:

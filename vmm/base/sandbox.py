@@ -30,7 +30,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import socket
 
 LIBSECCOMP = "libseccomp.so.2"      # by soname: the ABI this binding is written for
 # From <seccomp.h>: actions, filter attributes (enum scmp_filter_attr) and
@@ -41,6 +40,7 @@ SCMP_CMP_EQ, SCMP_CMP_MASKED_EQ = 4, 7
 # CLONE_THREAD: a new thread of this process; clone without it is a new process.
 CLONE_THREAD = 0x0001_0000
 PR_SET_NAME, PR_GET_NAME = 15, 16
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10       # <sys/socket.h>
 KVM_IOCTL_TYPE = 0xAE               # _IO(KVMIO, ...): bits 15:8 of the request
 TERMINAL_IOCTLS = (0x5401, 0x5402, 0x5403, 0x5404,      # TCGETS, TCSETS, TCSETSW, TCSETSF
                    0x5413, 0x541B, 0x5421, 0x5451, 0x5450)  # TIOCGWINSZ, FIONREAD, FIONBIO,
@@ -94,7 +94,7 @@ def _rules():
              ("ioctl", (1, SCMP_CMP_MASKED_EQ, 0xFF00, KVM_IOCTL_TYPE << 8))]
     rules += [("ioctl", (1, SCMP_CMP_EQ, request)) for request in TERMINAL_IOCTLS]
     rules += [("socket", (0, SCMP_CMP_EQ, family))
-              for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)]
+              for family in (AF_UNIX, AF_INET, AF_INET6)]
     return rules
 
 
