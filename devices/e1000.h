@@ -140,7 +140,7 @@ struct akvm_e1000 *akvm_e1000_state(struct akvm_e1000_c *c);
 void akvm_e1000_lock(struct akvm_e1000_c *c);
 void akvm_e1000_unlock(struct akvm_e1000_c *c);
 /* devices/nicport.h */
-int akvm_e1000_tx(void *c, akvm_nic_out_fn out, void *ctx);
+int akvm_e1000_tx(void *c, akvm_nic_out_fn out, void *ctx, int polling);
 int akvm_e1000_rx(void *c, const uint8_t *frame, size_t len);
 void akvm_e1000_attach(void *c, akvm_nic_turn_fn turn, void *engine);
 /* A frame gathered for the backend's thread and not sent yet (snapshots). */

@@ -23,8 +23,11 @@
 
 /* out(ctx, frame, len): one frame the guest sent, for the network. */
 typedef void (*akvm_nic_out_fn)(void *ctx, const uint8_t *frame, size_t len);
-/* tx(nic, out, ctx): take every frame the guest queued, each through out(). */
-typedef int (*akvm_nic_tx_fn)(void *nic, akvm_nic_out_fn out, void *ctx);
+/* tx(nic, out, ctx, polling): take every frame the guest queued, each through
+ * out(). polling: the caller polls on for a while, notified or not, so a NIC
+ * whose guest need not notify (virtio's notification suppression) may leave
+ * notifications off when its queue is empty (and say AKVM_NIC_POLL). */
+typedef int (*akvm_nic_tx_fn)(void *nic, akvm_nic_out_fn out, void *ctx, int polling);
 /* rx(nic, frame, len): give the guest one frame from the network. */
 typedef int (*akvm_nic_rx_fn)(void *nic, const uint8_t *frame, size_t len);
 
@@ -43,5 +46,9 @@ typedef void (*akvm_nic_attach_fn)(void *nic, akvm_nic_turn_fn turn, void *engin
 #define AKVM_NIC_IRQ 4		/* ORed in: the guest wants an interrupt, Python sends it */
 #define AKVM_NIC_AGAIN 8	/* ORed in by tx: call again soon, even unasked (the guest
 				 * need not notify while it keeps sending) */
+#define AKVM_NIC_POLL 16	/* ORed in by tx(polling): nothing queued, and the guest
+				 * was told not to notify: before the caller stops
+				 * polling, one more tx() without polling turns
+				 * notifications back on */
 
 #endif

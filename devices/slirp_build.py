@@ -223,6 +223,7 @@ struct aks_engine {
     void *nic;
     int nic_fd[2];                      /* its eventfds: the guest queued frames or freed room */
     int nic_again;                      /* the NIC asked to be called on the next turn */
+    int nic_poll;                       /* ... and its guest does not notify meanwhile */
     unsigned long long dropped, to_network, to_guest_c, to_guest_python;
 };
 
@@ -540,8 +541,10 @@ static void aks_out(void *ctx, const uint8_t *frame, size_t len)
     e->to_network++;
 }
 
-/* The NIC's turn: frames it held first (room may have come), then its transmit ring. */
-static void aks_nic_turn(struct aks_engine *e)
+/* The NIC's turn: frames it held first (room may have come), then its transmit ring.
+ * polling: this thread polls on for now (AKS_SPIN_NS), so the NIC may leave its
+ * guest's notifications off (nicport.h). */
+static void aks_nic_turn(struct aks_engine *e, int polling)
 {
     size_t len;
     uint8_t *f;
@@ -567,12 +570,13 @@ static void aks_nic_turn(struct aks_engine *e)
         }
         free(f);
     }
-    e->nic_again = 0;
+    e->nic_again = e->nic_poll = 0;
     if (e->nic_tx) {
-        int r = e->nic_tx(e->nic, aks_out, e);
+        int r = e->nic_tx(e->nic, aks_out, e, polling);
         if (r & AKVM_NIC_IRQ)
             e->events |= AKS_EV_IRQ;
         e->nic_again = !!(r & AKVM_NIC_AGAIN);
+        e->nic_poll = !!(r & AKVM_NIC_POLL);
         if ((r & ~(AKVM_NIC_IRQ | AKVM_NIC_AGAIN)) == AKVM_NIC_PYTHON)
             e->events |= AKS_EV_NIC_PYTHON;     /* Python's turn (this one, or from now on) */
     }
@@ -639,8 +643,9 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
         int64_t wait = (now_ns / 1000000 + timeout) * 1000000 - now_ns;
         if (e->events || e->nic_again || wait < 0)   /* work waiting: do not sleep */
             wait = 0;
-        if (wait > 0 && now_ns - e->last_work_ns < AKS_SPIN_NS && aks_may_spin(e, now_ns))
-            wait = 0;                           /* frames just moved: poll on, awake */
+        int spin = now_ns - e->last_work_ns < AKS_SPIN_NS && aks_may_spin(e, now_ns);
+        if (spin || e->nic_poll)                /* frames just moved: poll on, awake; */
+            wait = 0;                           /* or turn the NIC's notifications on first */
         unsigned long long work0 = e->to_network + e->to_guest_c;
         e->sleep_until_ns = now_ns + wait;
         struct timespec ts = { .tv_sec = wait / 1000000000, .tv_nsec = wait % 1000000000 };
@@ -663,14 +668,14 @@ static int aks_engine_run(struct aks_engine *e, int timeout_ms)
         /* A vCPU's probe indexed slirp's sockets anew meanwhile: these results
          * are not theirs (they stay pending: the next poll finds them again). */
         slirp_pollfds_poll(e->slirp, rc < 0 || e->gen != gen, aks_get_revents, e);
-        int nic = e->nic_again;
+        int nic = e->nic_again || e->nic_poll;
         for (int i = first_nic; rc > 0 && i < last_nic; i++)
             if (e->fds[i].revents & POLLIN) {
                 aks_drain(e->fds[i].fd);
                 nic = 1;
             }
         if (nic)
-            aks_nic_turn(e);
+            aks_nic_turn(e, spin);
         if (e->to_network + e->to_guest_c != work0)
             e->last_work_ns = aks_clock_ns(NULL);
         if (e->events) {
@@ -703,7 +708,7 @@ static int aks_engine_vcpu_turn(void *opaque)
         return -1;
     }
     e->timers_moved = 0;
-    aks_nic_turn(e);
+    aks_nic_turn(e, 0);
     int timers = e->timers_moved, wake = e->events || e->nic_again;
     if (!wake && !timers) {
         uint32_t timeout = 1000;

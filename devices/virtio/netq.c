@@ -162,7 +162,7 @@ static int give_back(struct akvm_netq *q)
 	return AKVM_NIC_PYTHON;
 }
 
-int akvm_vnetq_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
+int akvm_vnetq_tx(void *opaque, akvm_nic_out_fn out, void *ctx, int polling)
 {
 	struct akvm_netq *q = opaque;
 	struct akvm_netq_ring *r = &q->c.tx;
@@ -184,6 +184,13 @@ int akvm_vnetq_tx(void *opaque, akvm_nic_out_fn out, void *ctx)
 			 * sending driver then need not notify for each batch. (A
 			 * vCPU's turn does not: the thread would have to wake.) */
 			code |= AKVM_NIC_AGAIN;
+			break;
+		}
+		if (!n && polling && !q->in_vcpu) {
+			/* The caller polls on anyway: the driver need not notify
+			 * (a notify is an exit, emulated on some hosts) until the
+			 * caller stops and calls without polling. */
+			code |= AKVM_NIC_POLL;
 			break;
 		}
 		if (!n) {

@@ -40,7 +40,7 @@ void akvm_vnetq_stop(struct akvm_netq *q);
  * counters since the last call, and whether C gave the queues back. */
 int akvm_vnetq_state(struct akvm_netq *q, struct akvm_netq_config *out,
 		     struct akvm_netq_stats *stats);
-int akvm_vnetq_tx(void *q, akvm_nic_out_fn out, void *ctx);
+int akvm_vnetq_tx(void *q, akvm_nic_out_fn out, void *ctx, int polling);
 int akvm_vnetq_rx(void *q, const uint8_t *frame, size_t len);
 void akvm_vnetq_attach(void *q, akvm_nic_turn_fn turn, void *engine);
 /* The transmit queue's notify address in C (the transport's choice, instead of

@@ -134,7 +134,7 @@ class Side:
             frame = self.held.pop(0)
             if code == lib.AKVM_NIC_PYTHON:
                 self._python_rx(frame)
-        if self._code(lib.akvm_e1000_tx(self.dev.handle, self.out, ffi.NULL)) == lib.AKVM_NIC_PYTHON:
+        if self._code(lib.akvm_e1000_tx(self.dev.handle, self.out, ffi.NULL, 0)) == lib.AKVM_NIC_PYTHON:
             self.dev._python_turn()
 
     def _python_rx(self, frame):

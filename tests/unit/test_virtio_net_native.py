@@ -106,7 +106,7 @@ class Side:
             if code == lib.AKVM_NIC_DONE:
                 self.held.pop(0)
         while self.native is not None:          # as the backend's thread: again while asked
-            code = lib.akvm_vnetq_tx(self.native.handle, self.out, ffi.NULL)
+            code = lib.akvm_vnetq_tx(self.native.handle, self.out, ffi.NULL, 0)
             self._code(code & ~lib.AKVM_NIC_AGAIN)
             if not code & lib.AKVM_NIC_AGAIN:
                 break
@@ -189,3 +189,27 @@ def test_c_and_python_agree(program, event_idx):
         assert native[2] == python[2], op
         assert native[0] == python[0], op
         assert native[3] == python[3], op
+
+
+def test_a_polling_caller_keeps_the_drivers_notifications_off():
+    """While the backend's thread polls on (tx(polling=1)), an empty transmit queue keeps
+    VRING_USED_F_NO_NOTIFY set, so the guest sends without a notify exit; the calls
+    without polling that end the poll send what came meanwhile and turn them on."""
+    from akvm.devices.virtio.spec import VIRTQ_USED_F_NO_NOTIFY
+    side = Side(native=True, event_idx=False)
+    frame = bytes(HDR.size) + bytes(range(60))
+
+    def tx(polling):
+        return lib.akvm_vnetq_tx(side.native.handle, side.out, ffi.NULL, polling)
+
+    assert tx(1) & lib.AKVM_NIC_POLL and side.tx.used_flags & VIRTQ_USED_F_NO_NOTIFY
+    at = side.buffer(len(frame))
+    side.mem.write(at, frame)
+    side.tx.add([(at, len(frame), False)])          # sent without a notify
+    assert tx(1) & lib.AKVM_NIC_AGAIN and side.wire.sent == [frame[HDR.size:]]
+    assert tx(1) & lib.AKVM_NIC_POLL and side.tx.used_flags & VIRTQ_USED_F_NO_NOTIFY
+    side.tx.add([(at, len(frame), False)])
+    assert tx(0) & lib.AKVM_NIC_AGAIN and len(side.wire.sent) == 2     # the poll ends
+    assert side.tx.used_flags & VIRTQ_USED_F_NO_NOTIFY        # busy: asked again at once
+    assert not tx(0) & (lib.AKVM_NIC_POLL | lib.AKVM_NIC_AGAIN)
+    assert not side.tx.used_flags & VIRTQ_USED_F_NO_NOTIFY
