@@ -135,9 +135,9 @@ def restored_config(args):
             raise ConfigError(f"{option}: a restored machine has the snapshot's configuration "
                               "(only --serial, --control, --gdb and --stats may go with --restore)")
     snap = load(args.restore)
-    config = snap.config(serial=args.serial, stats=args.stats)
-    config.gdb = parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None
-    config.gdb_wait = args.gdb_wait
+    config = snap.config(serial=args.serial, stats=args.stats)._replace(
+        gdb=parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
+        gdb_wait=args.gdb_wait)
     snap.check_disks(force=args.restore_force)
     return snap, config
 

@@ -1,12 +1,15 @@
 """MachineConfig: everything `akvm run` was asked for, validated before any KVM work.
 
 Parsing errors raise ConfigError with one line meant for the user.
+
+Here and in every module a start imports, records are NamedTuples (or plain
+classes), not dataclasses: importing dataclasses (and inspect with it) was
+about 9 ms of each start, a restore's included (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from akvm.base.errors import ConfigError
 
@@ -14,31 +17,28 @@ MIN_MEMORY = 2 << 20            # room for the boot information and a tiny kerne
 MAX_CPUS = 255                  # xAPIC ids in the MADT's type-0 entries are 8 bits
 
 
-@dataclass
-class Module:
+class Module(NamedTuple):
     path: str
     args: str = ""
 
 
-@dataclass
-class DeviceSpec:
+class DeviceSpec(NamedTuple):
     """A parsed `KIND[,KEY=VALUE]...` (akvm.devicetable.parse_device): every option
     of the kind in `values`, typed, with its default when not given."""
     kind: str
-    values: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any]
     text: str = ""
     given: frozenset[str] = frozenset()     # the keys the user wrote
 
 
-@dataclass
-class MachineConfig:
+class MachineConfig(NamedTuple):
     kernel: str | None = None
     cmdline: str = ""
     memory: int = 512 << 20
     cpus: int = 1
     serial: str = "stdio"
-    modules: list[Module] = field(default_factory=list)
-    devices: list[DeviceSpec] = field(default_factory=list)
+    modules: tuple[Module, ...] | list[Module] = ()
+    devices: tuple[DeviceSpec, ...] | list[DeviceSpec] = ()
     iommu: DeviceSpec | None = None
     stats: bool = False
     gdb: tuple[str, int] | None = None      # --gdb: (host, port) of the GDB stub

@@ -9,16 +9,14 @@ only what needs the machine (files, sockets, slots).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from akvm.config import ConfigError, DeviceSpec
 
 REQUIRED = object()         # an Option default: the option must be given
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     key: str
     parse: Callable[[str], Any]         # raises ValueError with the reason
     default: Any = None                 # REQUIRED, None (absent), or the value when absent
@@ -27,12 +25,11 @@ class Option:
     repeat: bool = False                # may be given several times: a tuple, () when absent
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     name: str
     builder: str                        # "module:function", called as function(machine, spec)
     help: str
-    options: tuple[Option, ...] = field(default_factory=tuple)
+    options: tuple[Option, ...] = ()
 
     def option(self, key: str) -> Option | None:
         return next((o for o in self.options if o.key == key), None)

@@ -26,7 +26,7 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from akvm.base.errors import ConfigError
 from akvm.config import MachineConfig, Module
@@ -137,8 +137,7 @@ def write(path: str, state: dict, memory) -> dict:
 
 # --- reading ---------------------------------------------------------------------------
 
-@dataclass
-class Snapshot:
+class Snapshot(NamedTuple):
     path: str
     state: dict
 
@@ -153,7 +152,7 @@ class Snapshot:
         for spec in config.devices:
             if spec.kind == "virtio-blk" and spec.values.get("file"):
                 spec.values["file"] = next(disks)["path"]
-        return replace(config, serial=serial or config.serial, stats=stats)
+        return config._replace(serial=serial or config.serial, stats=stats)
 
     def check_disks(self, force: bool) -> None:
         """Refuse disk images that changed since the snapshot (unless forced)."""

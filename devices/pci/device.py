@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from akvm.devices.pci.config import (
@@ -64,22 +63,21 @@ class BarKind(enum.Enum):
     MEM64 = "mem64"
 
 
-@dataclass(eq=False)
 class Bar:
     """One Base Address Register and the region it decodes.
 
     `handler` is the bus device behind the region (offsets relative to the
     BAR); `address` is where the region is decoded now, None when it is not.
     """
-    index: int
-    kind: BarKind
-    size: int
-    handler: object | None = None
-    prefetchable: bool = False
-    on_move: Callable[["Bar", int | None, int | None], None] | None = None
-    name: str = ""
-    address: int | None = None
-    _range: object = None
+
+    def __init__(self, index: int, kind: BarKind, size: int, handler: object | None,
+                 prefetchable: bool, on_move: Callable[[Bar, int | None, int | None], None]
+                 | None, name: str):
+        self.index, self.kind, self.size = index, kind, size
+        self.handler, self.prefetchable, self.on_move, self.name = (handler, prefetchable,
+                                                                    on_move, name)
+        self.address: int | None = None
+        self._range = None
 
     @property
     def is_io(self) -> bool:

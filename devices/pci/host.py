@@ -18,8 +18,7 @@ the CPU reaches configuration space, BAR placement and INTx wiring.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 from akvm.devices.pci.config import (
     COMMAND_IO_SPACE, COMMAND_MEMORY_SPACE, EXT_CONFIG_SPACE_SIZE, INTERRUPT_LINE,
@@ -65,8 +64,7 @@ class PciHostBridge(PciDevice):
         pass
 
 
-@dataclass(frozen=True)
-class IntxRoute:
+class IntxRoute(NamedTuple):
     """A bus 0 device's INTx pin wired to an IOAPIC pin (same fields as
     akvm.tables.mptable.PciInterrupt; `pin` 0-3 = INTA#-INTD#)."""
     device: int

@@ -165,7 +165,7 @@ def test_a_large_image_is_loaded_in_process(tiny_kernel, tmp_path):
     with open(big, "wb") as f:
         f.truncate(PIPE_LIMIT + 1)              # sparse
     cfg = config(tiny_kernel, modules=[Module(str(big))])
-    cfg.memory = 2 * PIPE_LIMIT
+    cfg = cfg._replace(memory=2 * PIPE_LIMIT)
     image = BootImage.prepare(fork=True)
     assert children()
     image.start(cfg)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import bisect
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class BusDevice(Protocol):
@@ -34,8 +33,7 @@ class BusError(ValueError):
     """A registration that overlaps an existing range."""
 
 
-@dataclass
-class Range:
+class Range(NamedTuple):
     base: int
     size: int
     device: BusDevice

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import mmap
 import os
-from dataclasses import dataclass, field
 
 # The 32-bit PCI hole: MMIO windows, IOAPIC, LAPIC and the VT-d page live here;
 # RAM that does not fit below it continues at 4 GiB.
@@ -32,17 +31,18 @@ MERGE_GAP = 16 * mmap.PAGESIZE
 MAX_EXTENTS = 8192
 
 
-@dataclass
 class Slot:
     """One contiguous piece of guest RAM backed by a host buffer."""
-    index: int
-    gpa: int
-    size: int
-    buf: object          # mmap.mmap or bytearray
-    view: memoryview
-    # (offset, length) ranges mapped from a snapshot's RAM file (from_ram_file): their
-    # pages may hold data without having been touched in this process.
-    file_extents: list[tuple[int, int]] = field(default_factory=list)
+
+    __slots__ = ("index", "gpa", "size", "buf", "view", "file_extents")
+
+    def __init__(self, index: int, gpa: int, size: int, buf, view: memoryview):
+        self.index, self.gpa, self.size = index, gpa, size
+        self.buf = buf              # mmap.mmap or bytearray
+        self.view = view
+        # (offset, length) ranges mapped from a snapshot's RAM file (from_ram_file):
+        # their pages may hold data without having been touched in this process.
+        self.file_extents: list[tuple[int, int]] = []
 
     @property
     def end(self) -> int:

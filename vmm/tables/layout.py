@@ -6,7 +6,7 @@ models and the boot loader cannot disagree about them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from akvm.base.memory import FOUR_GIB, PCI_HOLE_START
 
@@ -89,8 +89,7 @@ E820_RESERVED = 2
 E820_ACPI = 3
 
 
-@dataclass(frozen=True)
-class MemoryRegion:
+class MemoryRegion(NamedTuple):
     """One e820 entry: [base, base + size) of the given type."""
     base: int
     size: int

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from akvm.base import kvm
@@ -40,10 +39,12 @@ EXIT_DONE_IN_C = 1 << 16
 PAUSE_HOLD, DEBUG_HOLD = "pause", "debug"
 
 
-@dataclass
 class VcpuStats:
-    exits: dict[str, int] = field(default_factory=dict)   # handled in Python, by kind
-    fast_exits: object = None     # unsigned long long[1]: completed in C (runloop.c)
+    __slots__ = ("exits", "fast_exits")
+
+    def __init__(self, fast_exits):
+        self.exits: dict[str, int] = {}     # handled in Python, by kind
+        self.fast_exits = fast_exits        # unsigned long long[1]: completed in C (runloop.c)
 
     def count(self, reason: str) -> None:
         self.exits[reason] = self.exits.get(reason, 0) + 1
