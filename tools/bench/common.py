@@ -5,7 +5,11 @@ import platform
 import shutil
 import statistics
 import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -29,6 +33,17 @@ def alternate(runs: int, **samplers) -> dict[str, float]:
         for name, fn in samplers.items():
             samples[name].append(fn())
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def installed_akvm(where: Path) -> tuple[str, str]:
+    """akvm as a user installs it: `pip install` of this checkout into a new venv in
+    `where` (built and byte-compiled as pip does). Start-up figures then count what
+    an installed akvm imports, not an editable install's import hook or this
+    machine's site-packages hooks (.pth files). Returns (its akvm command, its python)."""
+    venv = where / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(ROOT)], check=True)
+    return str(venv / "bin" / "akvm"), str(venv / "bin" / "python")
 
 
 def have_qemu() -> bool:

@@ -1,7 +1,8 @@
 """Restore to an answering prompt: a snapshot resumed in a new process, next to QEMU.
 
 akvm: the guest boots with a control socket, is saved at its prompt
-(snapshot-save), and quits; each sample starts `akvm run --restore DIR`, sends
+(snapshot-save), and quits; each sample starts `akvm run --restore DIR` (akvm
+pip-installed into a new venv, as a user has it: common.installed_akvm), sends
 Enter until the guest's prompt answers, and counts from the process's start
 to that prompt. QEMU: the same guest and machine, saved from its monitor with
 `migrate "exec:cat > FILE"`, each sample started with `-incoming "exec:cat
@@ -25,8 +26,7 @@ from pathlib import Path
 
 import pexpect
 
-from tools.bench.boot import byte_compile
-from tools.bench.common import Row, alternate, have_qemu
+from tools.bench.common import Row, alternate, have_qemu, installed_akvm
 from akvm import guest_kernel
 from akvm.testing import GUEST_PROMPT, Guest
 
@@ -71,10 +71,10 @@ def _time_to_prompt(cmd: list[str], prompt: str, quit_keys: bool, cpu: list | No
     return elapsed
 
 
-def _python_start(cpu: list) -> float:
+def _python_start(python: str, cpu: list) -> float:
     start = time.perf_counter()
     before = os.times()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run([python, "-c", "pass"], check=True)
     after = os.times()
     cpu.append(after.children_user + after.children_system
                - before.children_user - before.children_system)
@@ -140,11 +140,11 @@ def _usage(summary: dict) -> tuple[float, float]:
 
 
 def run() -> list[Row]:
-    byte_compile()
     kernel = str(guest_kernel.build())
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="akvm-bench-") as tmp:
         tmp = Path(tmp)
+        akvm, python = installed_akvm(tmp)
         snaps, samplers, usage = {}, {}, {}
         cpu = {"akvm 512M": [], "akvm 8G": [], "python": []}
         for memory in ("512M", "8G"):
@@ -152,8 +152,7 @@ def run() -> list[Row]:
             folder.mkdir()
             usage[memory] = _usage(_akvm_snapshot(folder, kernel=kernel, cpus=2, memory=memory))
             snaps[memory] = folder / "snap"
-            cmd = [sys.executable, "-m", "akvm", "run", "--restore", str(snaps[memory]),
-                   "--serial", "stdio"]
+            cmd = [akvm, "run", "--restore", str(snaps[memory]), "--serial", "stdio"]
             samplers[f"akvm {memory}"] = lambda cmd=cmd, m=memory: _time_to_prompt(
                 cmd, GUEST_PROMPT, True, cpu[f"akvm {m}"])
             if have_qemu():
@@ -170,16 +169,16 @@ def run() -> list[Row]:
             usage["akaros"] = _usage(_akvm_snapshot(
                 folder, prompt=AKAROS_MONITOR, kernel=akaros, cpus=2, memory="1G",
                 wake=(("Hit ctrl-g to enter the monitor", "\x07"),)))
-            cmd = [sys.executable, "-m", "akvm", "run", "--restore", str(folder / "snap"),
-                   "--serial", "stdio"]
+            cmd = [akvm, "run", "--restore", str(folder / "snap"), "--serial", "stdio"]
             samplers["akvm akaros"] = lambda: _time_to_prompt(cmd, AKAROS_MONITOR, True)
         else:
             print("snapshot: Akaros skipped (set AKVM_AKAROS_KERNEL)", file=sys.stderr)
-        samplers["python"] = lambda: _python_start(cpu["python"])
+        samplers["python"] = lambda: _python_start(python, cpu["python"])
         med = alternate(RUNS, **samplers)
 
     ms = {k: v * 1000 for k, v in med.items()}
-    note = f"median of {RUNS}; whole process, from its start to the prompt answering Enter"
+    note = (f"median of {RUNS}; whole process (akvm installed in a venv), from its start to "
+            "the prompt answering Enter")
     for memory in ("512M", "8G"):
         rows.append(Row(f"guest/ restore to an answering prompt (2 vCPUs, {memory})", "ms",
                         ms[f"akvm {memory}"], "QEMU -incoming", ms.get(f"qemu {memory}"),
@@ -195,7 +194,7 @@ def run() -> list[Row]:
         rows.append(Row("Akaros restore to an answering monitor (2 vCPUs, 1G)", "ms",
                         ms["akvm akaros"], note=f"{note}; target 150 ms (a boot to the monitor "
                                                "takes about 11 s)"))
-    rows.append(Row("Python interpreter start (python -c pass)", "ms", ms["python"],
+    rows.append(Row("Python interpreter start (the venv's python -c pass)", "ms", ms["python"],
                     note="the floor under every figure above: part of each akvm start"))
     for key, label in (("512M", "guest/ at its prompt, 512M"), ("8G", "guest/ at its prompt, 8G"),
                        ("akaros", "Akaros at its monitor, 1G")):
