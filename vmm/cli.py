@@ -45,9 +45,14 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def __init__(self, prog: str):
         try:
-            columns = int(os.environ.get("COLUMNS", 0)) or os.get_terminal_size(1).columns
-        except (ValueError, OSError):
-            columns = 80
+            columns = int(os.environ.get("COLUMNS", ""))
+        except ValueError:
+            columns = 0
+        if columns <= 0:
+            try:
+                columns = os.get_terminal_size(1).columns
+            except OSError:
+                columns = 0
         super().__init__(prog, width=(columns or 80) - 2)
 
 

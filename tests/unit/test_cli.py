@@ -34,6 +34,19 @@ def test_version():
     assert r.returncode == 0 and r.stdout.startswith("akvm ")
 
 
+def test_help_fits_the_terminal_width_that_columns_says():
+    """argparse's wrapping, sized as shutil would size it (akvm's formatter does so
+    without importing shutil): COLUMNS, else the terminal (none here: 80)."""
+    def usage(columns):
+        env = dict(os.environ, COLUMNS=columns)
+        out = akvm("run", "--help", env=env).stdout
+        return out[:out.index("\n\n")].splitlines()
+    narrow, wide, unset = usage("60"), usage("200"), usage("")
+    assert all(len(line) <= 60 for line in narrow) and len(narrow) > len(wide)
+    assert max(len(line) for line in unset) <= 80 < max(len(line) for line in wide)
+    assert usage("-5") == usage("abc") == unset
+
+
 def test_help_lists_run_options():
     r = akvm("run", "--help")
     assert r.returncode == 0
