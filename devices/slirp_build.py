@@ -577,7 +577,7 @@ static void aks_nic_turn(struct aks_engine *e, int polling)
             e->events |= AKS_EV_IRQ;
         e->nic_again = !!(r & AKVM_NIC_AGAIN);
         e->nic_poll = !!(r & AKVM_NIC_POLL);
-        if ((r & ~(AKVM_NIC_IRQ | AKVM_NIC_AGAIN)) == AKVM_NIC_PYTHON)
+        if ((r & ~(AKVM_NIC_IRQ | AKVM_NIC_AGAIN | AKVM_NIC_POLL)) == AKVM_NIC_PYTHON)
             e->events |= AKS_EV_NIC_PYTHON;     /* Python's turn (this one, or from now on) */
     }
 }
