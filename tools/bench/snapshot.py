@@ -30,7 +30,7 @@ from tools.bench.common import Row, alternate, have_qemu, installed_akvm
 from akvm import guest_kernel
 from akvm.testing import GUEST_PROMPT, Guest
 
-RUNS = 7
+RUNS = 15
 AKAROS_MONITOR = r"ROS\(Core 0\)> "
 ENTER_EVERY_S = 0.005
 MiB = 1 << 20
