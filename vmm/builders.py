@@ -4,6 +4,8 @@ A virtio device goes on the transport its spec names. On PCI it is a
 modern virtio-pci function (1af4:1040+id); on MMIO it takes the next
 virtio-mmio slot (layout.VIRTIO_MMIO_BASE, one page and one IOAPIC pin
 each) and akvm prints the `virtio_mmio.device=` string the guest needs.
+Each builder imports its device's modules: a machine (a restore's too)
+imports only the kinds it has (socket only with a network backend).
 Queue notifications are KVM ioeventfds when KVM has them; MSI-X vectors
 are irqfds on MSI routes (Machine.msi_irqfds) when KVM has irqfds and GSI
 routing, else KVM_SIGNAL_MSI. The virtio-mmio line stays KVM_IRQ_LINE.
@@ -13,13 +15,6 @@ from __future__ import annotations
 import sys
 
 from akvm.devices.chardev import ChardevError, parse_serial
-from akvm.devices.virtio import (
-    DirectDma, ImageError, LoopbackBackend, NetBackendError, RawImage, SocketBackend,
-    TapBackend, VirtioBlk, VirtioConsole, VirtioMmio, VirtioNet, VirtioPci, VirtioRng,
-    cmdline_string,
-)
-from akvm.devices.virtio.mmio import VIRTIO_MMIO_SIZE
-from akvm.devices.virtio.net import parse_mac
 from akvm.base import kvm
 from akvm.config import ConfigError
 from akvm.base.exitcode import ExitCode
@@ -51,6 +46,9 @@ def _name(machine, kind: str) -> str:
 
 def add_virtio(machine, device, spec) -> None:
     """Put `device` on the transport the spec asks for; the machine serves it from run()."""
+    from akvm.base.dma import DirectDma
+    from akvm.devices.virtio.mmio import VIRTIO_MMIO_SIZE, VirtioMmio, cmdline_string
+    from akvm.devices.virtio.pci import VirtioPci
     machine.virtio_devices.append(device)
     if spec.values["transport"] == "pci":
         transport = VirtioPci(device, ioeventfd=_ioeventfd(machine), irqfd=machine.msi_irqfds())
@@ -91,6 +89,8 @@ def build_ioat(machine, spec) -> None:
 
 
 def build_blk(machine, spec) -> None:
+    from akvm.devices.virtio.blk import VirtioBlk
+    from akvm.devices.virtio.image import ImageError, RawImage
     path, readonly, serial = (spec.values[k] for k in ("file", "readonly", "serial"))
     try:
         image = RawImage(path, readonly)
@@ -100,10 +100,12 @@ def build_blk(machine, spec) -> None:
 
 
 def build_rng(machine, spec) -> None:
+    from akvm.devices.virtio.rng import VirtioRng
     add_virtio(machine, VirtioRng(name=_name(machine, spec.kind)), spec)
 
 
 def build_console(machine, spec) -> None:
+    from akvm.devices.virtio.console import VirtioConsole
     backend = spec.values["chardev"]
     if backend == "stdio" and machine.config.serial == "stdio":
         raise ConfigError(f"{spec.kind}: chardev=stdio: stdio is already the serial console; "
@@ -120,6 +122,8 @@ def build_console(machine, spec) -> None:
 
 def net_backend(spec):
     """The backend a NIC's spec names (devicetable.NET_OPTIONS): exactly one of them."""
+    from akvm.devices.virtio.netback import (LoopbackBackend, NetBackendError, SocketBackend,
+                                             TapBackend)
     v = spec.values
     tap, path, loopback, user = v["tap"], v["socket"], v["loopback"], v["net"] == "user"
     given = [k for k, on in (("net=user", user), ("tap", tap is not None),
@@ -149,6 +153,7 @@ NIC_KINDS = ("virtio-net", "e1000")
 
 def nic_mac(machine, spec) -> bytes:
     """mac= or the next default address (DEFAULT_MAC_PREFIX:NN, NN counting the NICs)."""
+    from akvm.devices.virtio.net import parse_mac
     count = sum(1 for d in machine.virtio_devices + machine.threaded_devices
                 if getattr(d, "kind", None) in NIC_KINDS)
     mac_text = spec.values["mac"] or f"{DEFAULT_MAC_PREFIX}:{count + 1:02x}"
@@ -159,6 +164,7 @@ def nic_mac(machine, spec) -> bytes:
 
 
 def build_net(machine, spec) -> None:
+    from akvm.devices.virtio.net import VirtioNet
     mac = nic_mac(machine, spec)
     backend = net_backend(spec)
     try:

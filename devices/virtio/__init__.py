@@ -18,21 +18,7 @@ A device model never sees KVM: the machine hands a transport its interrupt
 (PCI function or IRQ line), an optional ioeventfd(fd, addr, length,
 datamatch=None, deassign=False) callable and, on PCI, an optional irqfd
 factory (PciDevice.use_irqfds) for the MSI-X vectors.
-"""
-from akvm.devices.virtio.blk import VirtioBlk
-from akvm.devices.virtio.console import VirtioConsole
-from akvm.devices.virtio.device import VirtioDevice
-from akvm.base.dma import DirectDma, DmaError
-from akvm.devices.virtio.image import ImageError, RawImage
-from akvm.devices.virtio.mmio import VirtioMmio, cmdline_string
-from akvm.devices.virtio.net import VirtioNet
-from akvm.devices.virtio.netback import (LoopbackBackend, NetBackendError, SocketBackend,
-                                    TapBackend)
-from akvm.devices.virtio.pci import VirtioPci
-from akvm.devices.virtio.queue import Chain, RingError, Virtqueue
-from akvm.devices.virtio.rng import VirtioRng
 
-__all__ = ["Chain", "DirectDma", "DmaError", "ImageError", "LoopbackBackend",
-           "NetBackendError", "RawImage", "RingError", "SocketBackend", "TapBackend",
-           "VirtioBlk", "VirtioConsole", "VirtioDevice", "VirtioMmio", "VirtioNet", "VirtioPci",
-           "VirtioRng", "Virtqueue", "cmdline_string"]
+The package imports none of its modules: a machine imports only what its
+devices use (akvm.builders).
+"""

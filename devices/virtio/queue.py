@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass, field
 
 from akvm.base.dma import DirectDma, DmaError
 from akvm.devices.virtio.spec import (
@@ -70,7 +69,6 @@ def ring_layout_error(size: int, desc: int, driver: int, device: int) -> str | N
     return None
 
 
-@dataclass
 class Chain:
     """One descriptor chain: what the driver gave the device for one request.
 
@@ -78,11 +76,14 @@ class Chain:
     ones it fills. Both are byte streams: gather(dma, offset, n) reads the
     readable stream, scatter(dma, offset, data) writes the writable one.
     """
-    head: int
-    readable: list[tuple[int, int]] = field(default_factory=list)
-    writable: list[tuple[int, int]] = field(default_factory=list)
-    readable_len: int = 0
-    writable_len: int = 0
+
+    __slots__ = ("head", "readable", "writable", "readable_len", "writable_len")
+
+    def __init__(self, head: int, readable_len: int = 0, writable_len: int = 0):
+        self.head = head
+        self.readable: list[tuple[int, int]] = []
+        self.writable: list[tuple[int, int]] = []
+        self.readable_len, self.writable_len = readable_len, writable_len
 
     @staticmethod
     def _pieces(segments: list[tuple[int, int]], offset: int, n: int):

@@ -276,7 +276,7 @@ def test_an_image_in_use_is_refused(tiny_kernel, disk):
     from akvm.config import ConfigError, MachineConfig
     from akvm.devicetable import parse_device
     from akvm.machine import Machine
-    from akvm.devices.virtio import RawImage
+    from akvm.devices.virtio.image import RawImage
     holder = RawImage(str(disk))
     try:
         config = MachineConfig(kernel=str(tiny_kernel), serial="none",
