@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gdb_options(args) -> dict:
+    """MachineConfig's gdb and gdb_wait from --gdb and --gdb-wait (which implies --gdb)."""
+    gdb = parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None
+    return {"gdb": gdb, "gdb_wait": args.gdb_wait}
+
+
 def config_from_args(args) -> MachineConfig:
     devices = [parse_device(d) for d in args.device]
     iommu = parse_iommu(args.iommu) if args.iommu else None
@@ -120,9 +126,7 @@ def config_from_args(args) -> MachineConfig:
                          cpus=parse_cpus(args.cpus), serial=args.serial or "stdio",
                          modules=[parse_module(m) for m in args.module],
                          devices=devices, iommu=iommu,
-                         stats=args.stats,
-                         gdb=parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
-                         gdb_wait=args.gdb_wait)
+                         stats=args.stats, **_gdb_options(args))
 
 
 # What --restore takes from the snapshot instead: (attribute, option) of each.
@@ -140,9 +144,7 @@ def restored_config(args):
             raise ConfigError(f"{option}: a restored machine has the snapshot's configuration "
                               "(only --serial, --control, --gdb and --stats may go with --restore)")
     snap = load(args.restore)
-    config = snap.config(serial=args.serial, stats=args.stats)._replace(
-        gdb=parse_gdb(args.gdb or GDB_DEFAULT) if args.gdb or args.gdb_wait else None,
-        gdb_wait=args.gdb_wait)
+    config = snap.config(serial=args.serial, stats=args.stats)._replace(**_gdb_options(args))
     snap.check_disks(force=args.restore_force)
     return snap, config
 

@@ -97,6 +97,8 @@ def write(path: str, state: dict, memory) -> dict:
         offsets.append(pos)
         pos += slot.size
     ram_path = os.path.join(folder, ram_name)
+    manifest = os.path.join(folder, MANIFEST)
+    tmp = f"{manifest}.{ram_name}"
     try:
         fd = os.open(ram_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -113,12 +115,11 @@ def write(path: str, state: dict, memory) -> dict:
         body = json.dumps(state, separators=(",", ":")).encode()
         header = json.dumps({"format": FORMAT, "version": VERSION, "crc32": zlib.crc32(body),
                              "bytes": len(body)})
-        tmp = os.path.join(folder, f"{MANIFEST}.{ram_name}")
         with open(tmp, "wb") as f:
             f.write(header.encode() + b"\n" + body)
-        os.replace(tmp, os.path.join(folder, MANIFEST))
+        os.replace(tmp, manifest)
     except OSError as e:
-        for leftover in (ram_path, os.path.join(folder, f"{MANIFEST}.{ram_name}")):
+        for leftover in (ram_path, tmp):
             try:
                 os.unlink(leftover)
             except OSError:
@@ -130,7 +131,7 @@ def write(path: str, state: dict, memory) -> dict:
                 os.unlink(os.path.join(folder, old))
             except OSError:
                 pass
-    used = sum(os.stat(p).st_blocks * 512 for p in (ram_path, os.path.join(folder, MANIFEST)))
+    used = sum(os.stat(p).st_blocks * 512 for p in (ram_path, manifest))
     return {"path": folder, "seconds": round(time.monotonic() - start, 6),
             "ram_data": saved["data"], "ram_touched": saved["touched"], "disk_usage": used}
 
